@@ -1,0 +1,59 @@
+{
+  lib,
+  rustPlatform,
+}:
+
+let
+  fs = lib.fileset;
+  cargoToml = lib.importTOML ../Cargo.toml;
+
+  # Integration tests that need no network and no servers: tests/repo_*.rs and tests/cli_*.rs
+  # (also as tests/<name>/main.rs). Those in pg_*, s3_* and daemon_* need PostgreSQL, S3 or a
+  # running daemon and are left to CI outside Nix. Listed at evaluation time because cargo fails
+  # on a `--test` pattern that matches nothing.
+  testDir = ../tests;
+  offlineTests = lib.pipe (if builtins.pathExists testDir then builtins.readDir testDir else { }) [
+    (lib.mapAttrsToList (
+      name: type:
+      if type == "regular" && lib.hasSuffix ".rs" name then
+        lib.removeSuffix ".rs" name
+      else if type == "directory" && builtins.pathExists (testDir + "/${name}/main.rs") then
+        name
+      else
+        null
+    ))
+    (lib.filter (name: name != null && (lib.hasPrefix "repo_" name || lib.hasPrefix "cli_" name)))
+  ];
+in
+rustPlatform.buildRustPackage {
+  pname = cargoToml.package.name;
+  inherit (cargoToml.package) version;
+
+  src = fs.toSource {
+    root = ../.;
+    fileset = fs.unions [
+      ../Cargo.toml
+      ../Cargo.lock
+      ../src
+      (fs.maybeMissing ../build.rs)
+      (fs.difference (fs.maybeMissing ../tests) (fs.maybeMissing ../tests/nix))
+      (fs.maybeMissing ../benches)
+      (fs.maybeMissing ../examples)
+    ];
+  };
+
+  # No git dependencies in Cargo.lock, so no output hashes to keep.
+  cargoLock.lockFile = ../Cargo.lock;
+
+  # No pkg-config: zstd-sys builds zstd from its vendored C source with the cc crate.
+
+  # `cargo test --lib --test repo_… --test cli_…`
+  cargoTestFlags = [ "--lib" ] ++ map (name: "--test=${name}") offlineTests;
+
+  meta = {
+    description = cargoToml.package.description;
+    license = lib.licenses.asl20;
+    mainProgram = "backuphub";
+    platforms = lib.platforms.linux;
+  };
+}
