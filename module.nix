@@ -232,6 +232,15 @@ in
       };
     };
 
+    configFile = mkOption {
+      type = types.package;
+      default = checkedConfigFile;
+      defaultText = literalExpression "the TOML file generated from settings, validated unless checkConfig is off";
+      readOnly = true;
+      internal = true;
+      description = "The configuration file the daemon is started with.";
+    };
+
     checkConfig = mkOption {
       type = types.bool;
       default = true;
@@ -412,7 +421,7 @@ in
       serviceConfig = {
         # systemd sets STATE_DIRECTORY=/var/lib/backuphub, which the daemon takes as its state
         # directory (matching the default of settings.repository.state_dir).
-        ExecStart = "${cfg.package}/bin/backuphub daemon --config ${checkedConfigFile}";
+        ExecStart = "${cfg.package}/bin/backuphub daemon --config ${cfg.configFile}";
         # With repository.create the directory must exist before the sandbox is set up
         # (ReadWritePaths= of a missing path fails the unit). "+": runs as root, unsandboxed, and
         # after the mount of the repository (RequiresMountsFor above), so on the external disk.

@@ -1,0 +1,579 @@
+# Evaluates module.nix with lib.evalModules, stub declarations of the NixOS options it sets and a
+# stub pkgs, and checks the generated unit, firewall, users and assertion messages; also checks
+# that flake.lock holds the pin of ../shared/nixpkgs-pin.md. Runs with Nix 2.8 and no nixpkgs:
+#
+#   nix-instantiate --eval --strict --json tests/nix/eval.nix --arg shared /path/to/shared
+#
+# Prints {"passed": N, ...} when every expectation holds; otherwise fails (non-zero exit) with the
+# list of failed expectations. `case` selects a single configuration to force instead (run.sh
+# checks the error message of those); `selfTest = true` adds an expectation that must fail.
+{
+  shared ? ../../../shared,
+  lib ? import (shared + "/nixpkgs-lib/lib"),
+  case ? null,
+  selfTest ? false,
+}:
+
+let
+  inherit (lib) types mkOption;
+
+  # ---------------------------------------------------------------- stub pkgs
+  fakeDrv = name: {
+    type = "derivation";
+    inherit name;
+    outPath = "/nix/store/00000000000000000000000000000000-${name}";
+  };
+
+  # like nixpkgs' pkgs.formats.toml: the same value type; `generate` keeps the value to inspect
+  # and refuses what TOML cannot hold.
+  tomlValue =
+    let
+      valueType =
+        types.nullOr (
+          types.oneOf [
+            types.bool
+            types.int
+            types.float
+            types.str
+            types.path
+            (types.attrsOf valueType)
+            (types.listOf valueType)
+          ]
+        )
+        // {
+          description = "TOML value";
+        };
+    in
+    valueType;
+
+  assertToml =
+    path: v:
+    if v == null then
+      throw "stub formats.toml: null at ${path} cannot be written to TOML"
+    else if builtins.isAttrs v then
+      lib.all lib.id (lib.mapAttrsToList (n: assertToml "${path}.${n}") v)
+    else if builtins.isList v then
+      lib.all lib.id (lib.imap0 (i: assertToml "${path}[${toString i}]") v)
+    else if builtins.isFunction v then
+      throw "stub formats.toml: function at ${path}"
+    else
+      true;
+
+  pkgs = {
+    backuphub = fakeDrv "backuphub-0.1.0";
+    coreutils = fakeDrv "coreutils-9.7";
+    postgresql = fakeDrv "postgresql-17.6";
+    formats.toml =
+      { }:
+      {
+        type = types.attrsOf tomlValue;
+        generate =
+          name: value:
+          assert assertToml "settings" value;
+          fakeDrv name // { inherit value; };
+      };
+    runCommand =
+      name: env: script:
+      fakeDrv name // { inherit env script; };
+  };
+
+  # ---------------------------------------------------------------- stub NixOS options
+  # Close to the real declarations: a typo in an option name fails here too.
+  unitOption =
+    let
+      primitive = types.oneOf [
+        types.bool
+        types.int
+        types.str
+        types.path
+      ];
+    in
+    types.oneOf [
+      primitive
+      (types.listOf primitive)
+    ];
+
+  nixosStubs = {
+    options = {
+      assertions = mkOption {
+        type = types.listOf types.unspecified;
+        default = [ ];
+      };
+      warnings = mkOption {
+        type = types.listOf types.str;
+        default = [ ];
+      };
+      networking.hostName = mkOption {
+        type = types.str;
+        default = "nixos";
+      };
+      networking.firewall.allowedTCPPorts = mkOption {
+        type = types.listOf types.port;
+        default = [ ];
+      };
+      environment.systemPackages = mkOption {
+        type = types.listOf types.package;
+        default = [ ];
+      };
+      users.users = mkOption {
+        type = types.attrsOf (
+          types.submodule {
+            options = {
+              isSystemUser = mkOption {
+                type = types.bool;
+                default = false;
+              };
+              group = mkOption {
+                type = types.str;
+                default = "";
+              };
+              description = mkOption {
+                type = types.str;
+                default = "";
+              };
+            };
+          }
+        );
+        default = { };
+      };
+      users.groups = mkOption {
+        type = types.attrsOf (types.submodule { });
+        default = { };
+      };
+      systemd.services = mkOption {
+        default = { };
+        type = types.attrsOf (
+          types.submodule {
+            options = {
+              description = mkOption {
+                type = types.str;
+                default = "";
+              };
+              wantedBy = mkOption {
+                type = types.listOf types.str;
+                default = [ ];
+              };
+              wants = mkOption {
+                type = types.listOf types.str;
+                default = [ ];
+              };
+              after = mkOption {
+                type = types.listOf types.str;
+                default = [ ];
+              };
+              path = mkOption {
+                type = types.listOf types.package;
+                default = [ ];
+              };
+              environment = mkOption {
+                type = types.attrsOf types.str;
+                default = { };
+              };
+              unitConfig = mkOption {
+                type = types.attrsOf unitOption;
+                default = { };
+              };
+              serviceConfig = mkOption {
+                type = types.attrsOf unitOption;
+                default = { };
+              };
+            };
+          }
+        );
+      };
+    };
+  };
+
+  eval =
+    cfgModule:
+    (lib.evalModules {
+      modules = [
+        nixosStubs
+        ../../module.nix
+        { _module.args.pkgs = pkgs; }
+        cfgModule
+      ];
+    }).config;
+
+  failedAssertions = config: map (a: a.message) (lib.filter (a: !a.assertion) config.assertions);
+
+  # ---------------------------------------------------------------- configurations
+  repo = "/mnt/backup/backuphub";
+  creds = "/run/credentials/backuphub.service";
+
+  baseSettings = {
+    repository = {
+      path = repo;
+      identity_file = "${creds}/identity";
+    };
+    http.token_file = "${creds}/api-token";
+    daemon.concurrency = 2;
+    jobs = {
+      cephfs = {
+        kind = "path";
+        schedule = "0 0 3 * * *";
+        paths = [ "/srv/cephfs" ];
+        exclude = [ "*.tmp" ];
+        retention.keep_daily = 14;
+      };
+      pgdump = {
+        kind = "command";
+        schedule = "0 15 2 * * *";
+        timezone = "Europe/Berlin";
+        command = [
+          "pg_dumpall"
+          "-h"
+          "/run/postgresql"
+        ];
+        name = "all.sql";
+      };
+    };
+  };
+
+  withSettings = extra: {
+    networking.hostName = "pi";
+    services.backuphub = {
+      enable = true;
+      settings = lib.recursiveUpdate baseSettings extra;
+    };
+  };
+
+  base = eval {
+    networking.hostName = "pi";
+    services.backuphub = {
+      enable = true;
+      settings = baseSettings;
+      credentials = {
+        identity = "/var/lib/secrets/backuphub/age-identity.txt";
+        api-token = "/var/lib/secrets/backuphub/api-token";
+      };
+      environmentFile = "/var/lib/secrets/backuphub/env";
+      postgresqlPackage = pkgs.postgresql;
+      extraGroups = [ "ceph" ];
+    };
+  };
+  unit = base.systemd.services.backuphub;
+  sc = unit.serviceConfig;
+
+  unchecked = eval {
+    services.backuphub = {
+      enable = true;
+      settings = baseSettings;
+      checkConfig = false;
+    };
+  };
+
+  firewallOpen = eval (
+    lib.recursiveUpdate (withSettings { http.listen = "0.0.0.0:9751"; }) {
+      services.backuphub.openFirewall = true;
+    }
+  );
+  firewallOpenV6 = eval (
+    lib.recursiveUpdate (withSettings { http.listen = "[::]:9750"; }) {
+      services.backuphub.openFirewall = true;
+    }
+  );
+  firewallLoopback = eval (
+    lib.recursiveUpdate (withSettings { }) { services.backuphub.openFirewall = true; }
+  );
+  firewallLoopbackV6 = eval (
+    lib.recursiveUpdate (withSettings { http.listen = "[::1]:9750"; }) {
+      services.backuphub.openFirewall = true;
+    }
+  );
+  listenWide = eval (withSettings { http.listen = "0.0.0.0:9750"; });
+
+  noPath = eval {
+    services.backuphub = {
+      enable = true;
+      settings.jobs = baseSettings.jobs;
+    };
+  };
+  relativePath = eval (withSettings { repository.path = "backup"; });
+  badJobs = eval (
+    withSettings {
+      jobs.nopaths = {
+        kind = "path";
+        schedule = "0 0 1 * * *";
+      };
+      jobs.noname = {
+        kind = "command";
+        schedule = "0 0 1 * * *";
+        command = [ "etcdctl" ];
+      };
+    }
+  );
+  badCredName = eval (
+    lib.recursiveUpdate (withSettings { }) {
+      services.backuphub.credentials."bad/name" = "/var/lib/secrets/x";
+    }
+  );
+  portZero = eval (withSettings { http.listen = "0.0.0.0:0"; });
+
+  created = eval (
+    lib.recursiveUpdate (withSettings {
+      repository.create = true;
+      repository.state_dir = "/mnt/backup/state";
+    }) { services.backuphub.user = "alice"; }
+  );
+
+  disabled = eval { services.backuphub.settings.repository.path = repo; };
+
+  # configurations that must not evaluate (type errors)
+  badCases = {
+    bad-kind = eval (
+      withSettings {
+        jobs.k8s = {
+          kind = "tape";
+          schedule = "0 0 1 * * *";
+        };
+      }
+    );
+    bad-listen = eval (withSettings { http.listen = "9750"; });
+    store-credential = eval (
+      lib.recursiveUpdate (withSettings { }) {
+        services.backuphub.credentials.identity = "/nix/store/00000000000000000000000000000000-identity";
+      }
+    );
+    relative-credential = eval (
+      lib.recursiveUpdate (withSettings { }) {
+        services.backuphub.credentials.identity = "secrets/identity";
+      }
+    );
+  };
+  # what forcing a bad case evaluates: the unit (as a system build would) and the settings
+  force = c: builtins.deepSeq [ c.services.backuphub.settings c.systemd.services ] true;
+  fails = c: !(builtins.tryEval (force c)).success;
+
+  # ---------------------------------------------------------------- flake.lock
+  lock = builtins.fromJSON (builtins.readFile ../../flake.lock);
+  pinText = builtins.readFile (shared + "/nixpkgs-pin.md");
+  # the pin is the one ```json block of the file: a `"nixpkgs": { ... }` object member
+  pinBlock = lib.removePrefix "json" (builtins.elemAt (lib.splitString "```" pinText) 1);
+  pin = (builtins.fromJSON "{${pinBlock}}").nixpkgs;
+
+  # ---------------------------------------------------------------- expectations
+  show = lib.generators.toPretty { };
+  expect = name: actual: expected: {
+    inherit name;
+    ok = actual == expected;
+    detail = "expected ${show expected}, got ${show actual}";
+  };
+  expectTrue = name: cond: {
+    inherit name;
+    ok = cond;
+    detail = "condition is false";
+  };
+  expectAssertion =
+    name: config: fragment:
+    let
+      msgs = failedAssertions config;
+    in
+    {
+      inherit name;
+      ok = lib.any (lib.hasInfix fragment) msgs;
+      detail = "no failed assertion mentions ${show fragment}; failed assertions: ${show msgs}";
+    };
+
+  pkgBin = "/nix/store/00000000000000000000000000000000-backuphub-0.1.0/bin/backuphub";
+  checkedCfg = "/nix/store/00000000000000000000000000000000-backuphub-config-checked";
+  rawCfg = "/nix/store/00000000000000000000000000000000-backuphub.toml";
+
+  hardening = {
+    ProtectSystem = "strict";
+    ProtectHome = true;
+    PrivateTmp = true;
+    PrivateDevices = true;
+    NoNewPrivileges = true;
+    CapabilityBoundingSet = "";
+    AmbientCapabilities = "";
+    RestrictAddressFamilies = [
+      "AF_UNIX"
+      "AF_INET"
+      "AF_INET6"
+    ];
+    SystemCallFilter = [
+      "@system-service"
+      "~@privileged @resources"
+    ];
+    SystemCallArchitectures = "native";
+    MemoryDenyWriteExecute = true;
+    UMask = "0077";
+    ProtectKernelTunables = true;
+    ProtectKernelModules = true;
+    ProtectKernelLogs = true;
+    ProtectControlGroups = true;
+    ProtectClock = true;
+    ProtectHostname = true;
+    RestrictNamespaces = true;
+    RestrictRealtime = true;
+    RestrictSUIDSGID = true;
+    LockPersonality = true;
+    ProtectProc = "invisible";
+    StateDirectory = "backuphub";
+    StateDirectoryMode = "0700";
+  };
+
+  checks = [
+    # the unit
+    (expect "no failed assertions (base)" (failedAssertions base) [ ])
+    (expect "ExecStart" sc.ExecStart "${pkgBin} daemon --config ${checkedCfg}")
+    (expectTrue "config checked at build time with `backuphub config check`" (
+      lib.hasInfix "${pkgBin} config check --config ${rawCfg}\n" base.services.backuphub.configFile.script
+      && lib.hasInfix "cp ${rawCfg} $out" base.services.backuphub.configFile.script
+    ))
+    (expectTrue "Type=notify, NotifyAccess=main, WatchdogSec=120" (
+      sc.Type == "notify" && sc.NotifyAccess == "main" && sc.WatchdogSec == 120
+    ))
+    (expect "Restart, KillSignal, TimeoutStopSec"
+      [ sc.Restart sc.KillSignal sc.TimeoutStopSec ]
+      [ "on-failure" "SIGTERM" 90 ]
+    )
+    (expect "ProcSubset is not pid (boot_id, /proc/<pid> for stale locks)" (sc.ProcSubset or "all") "all")
+    (expect "RequiresMountsFor" unit.unitConfig.RequiresMountsFor [ repo ])
+    (expect "ReadWritePaths" sc.ReadWritePaths [ repo ])
+    (expect "LoadCredential" sc.LoadCredential [
+      "api-token:/var/lib/secrets/backuphub/api-token"
+      "identity:/var/lib/secrets/backuphub/age-identity.txt"
+    ])
+    (expect "EnvironmentFile" sc.EnvironmentFile [ "/var/lib/secrets/backuphub/env" ])
+    (expect "User, Group, SupplementaryGroups"
+      [ sc.User sc.Group sc.SupplementaryGroups ]
+      [ "backuphub" "backuphub" [ "ceph" ] ]
+    )
+    (expect "no ExecStartPre without repository.create" (sc.ExecStartPre or [ ]) [ ])
+    (expect "postgresqlPackage on PATH" unit.path [ pkgs.postgresql ])
+    (expectTrue "wantedBy multi-user.target" (lib.elem "multi-user.target" unit.wantedBy))
+    (expect "system user and group" [
+      base.users.users.backuphub.isSystemUser
+      base.users.users.backuphub.group
+      (base.users.groups ? backuphub)
+    ] [ true "backuphub" true ])
+    (expectTrue "CLI in systemPackages" (lib.elem pkgs.backuphub base.environment.systemPackages))
+    (expect "firewall closed by default" base.networking.firewall.allowedTCPPorts [ ])
+    (expect "prometheusScrapeConfig" base.services.backuphub.prometheusScrapeConfig {
+      job_name = "backuphub";
+      static_configs = [ { targets = [ "pi:9750" ]; } ];
+    })
+    (expect "credentialsDirectory" base.services.backuphub.credentialsDirectory creds)
+  ]
+  ++ lib.mapAttrsToList (k: v: expect "hardening ${k}" (sc.${k} or "<unset>") v) hardening
+  ++ [
+    # the generated configuration (checkConfig = false: the raw file, no check derivation)
+    (expect "ExecStart without checkConfig" unchecked.systemd.services.backuphub.serviceConfig.ExecStart
+      "${pkgBin} daemon --config ${rawCfg}"
+    )
+  ]
+  ++ (
+    let
+      # the value given to (stub) formats.toml.generate, which refuses nulls
+      s = unchecked.services.backuphub.configFile.value;
+    in
+    [
+      (expect "settings.repository" s.repository {
+        path = repo;
+        create = false;
+        state_dir = "/var/lib/backuphub";
+        identity_file = "${creds}/identity";
+      })
+      (expect "settings.http" s.http {
+        listen = "127.0.0.1:9750";
+        token_file = "${creds}/api-token";
+      })
+      (expect "settings.jobs.cephfs" s.jobs.cephfs {
+        kind = "path";
+        schedule = "0 0 3 * * *";
+        timezone = "UTC";
+        paths = [ "/srv/cephfs" ];
+        exclude = [ "*.tmp" ];
+        retention.keep_daily = 14;
+      })
+      (expect "settings.jobs.pgdump.timezone" s.jobs.pgdump.timezone "Europe/Berlin")
+      (expect "settings.daemon (freeform)" s.daemon { concurrency = 2; })
+    ]
+  )
+  ++ [
+    # firewall
+    (expect "openFirewall 0.0.0.0:9751 opens 9751" firewallOpen.networking.firewall.allowedTCPPorts [
+      9751
+    ])
+    (expect "openFirewall 0.0.0.0:9751: no failed assertions" (failedAssertions firewallOpen) [ ])
+    (expect "scrape target follows the port" firewallOpen.services.backuphub.prometheusScrapeConfig.static_configs [
+      { targets = [ "pi:9751" ]; }
+    ])
+    (expect "openFirewall [::]:9750 opens 9750" firewallOpenV6.networking.firewall.allowedTCPPorts [
+      9750
+    ])
+    (expect "listen 0.0.0.0 without openFirewall keeps it closed" listenWide.networking.firewall.allowedTCPPorts [ ])
+    (expectAssertion "openFirewall with loopback listen" firewallLoopback "listens on loopback only")
+    (expectAssertion "openFirewall with [::1] listen" firewallLoopbackV6 "listens on loopback only")
+
+    # assertions for impossible settings
+    (expectAssertion "missing repository.path" noPath "services.backuphub.settings.repository.path must be set")
+    (expectAssertion "relative repository.path" relativePath "must be an absolute path, not \"backup\"")
+    (expectAssertion "path job without paths" badJobs "jobs.nopaths: a job of kind \"path\" needs `paths`")
+    (expectAssertion "command job without name" badJobs "jobs.noname: a job of kind \"command\" needs `name`")
+    (expectAssertion "bad credential name" badCredName "credentials.\"bad/name\"")
+    (expectAssertion "port 0" portZero "the port must be between 1 and 65535")
+    (expect "a good configuration has none of these" (
+      failedAssertions base ++ failedAssertions listenWide ++ failedAssertions created
+    ) [ ])
+
+    # repository.create, custom user, custom state_dir
+    (expect "repository.create: directory made before the sandbox" created.systemd.services.backuphub.serviceConfig.ExecStartPre
+      [
+        "+/nix/store/00000000000000000000000000000000-coreutils-9.7/bin/install -d -m 0700 -o alice -g backuphub ${repo}"
+      ]
+    )
+    (expect "custom user: none created" (created.users.users ? backuphub) false)
+    (expect "custom user: User=" created.systemd.services.backuphub.serviceConfig.User "alice")
+    (expect "custom state_dir writable and mounted"
+      [
+        created.systemd.services.backuphub.serviceConfig.ReadWritePaths
+        created.systemd.services.backuphub.unitConfig.RequiresMountsFor
+      ]
+      [
+        [ repo "/mnt/backup/state" ]
+        [ repo "/mnt/backup/state" ]
+      ]
+    )
+
+    # disabled: nothing at all
+    (expect "disabled: no unit, no user, no port" [
+      disabled.systemd.services
+      disabled.users.users
+      disabled.networking.firewall.allowedTCPPorts
+      disabled.assertions
+    ] [ { } { } [ ] [ ] ])
+  ]
+  ++ lib.mapAttrsToList (n: c: expectTrue "does not evaluate: ${n}" (fails c)) badCases
+  ++ [
+    # flake.lock
+    (expect "flake.lock version and root" [ lock.version lock.root lock.nodes.root ] [
+      7
+      "root"
+      { inputs.nixpkgs = "nixpkgs"; }
+    ])
+    (expect "flake.lock nodes" (lib.attrNames lock.nodes) [ "nixpkgs" "root" ])
+    (expect "flake.lock nixpkgs node = nixpkgs-pin.md" lock.nodes.nixpkgs pin)
+    (expectTrue "pin has rev and narHash" (
+      lib.stringLength pin.locked.rev == 40 && lib.hasPrefix "sha256-" pin.locked.narHash
+    ))
+  ]
+  ++ lib.optional selfTest (expectTrue "self-test: this expectation must fail" false);
+
+  failures = lib.filter (c: !c.ok) checks;
+in
+if case != null then
+  force badCases.${case}
+else if failures == [ ] then
+  {
+    passed = lib.length checks;
+    failed = 0;
+    checks = map (c: c.name) checks;
+  }
+else
+  throw (
+    "backuphub module eval: ${toString (lib.length failures)} of ${toString (lib.length checks)} expectations failed:\n"
+    + lib.concatMapStrings (c: "  FAIL ${c.name}: ${c.detail}\n") failures
+  )
