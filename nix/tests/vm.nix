@@ -6,7 +6,7 @@ pkgs.testers.runNixOSTest {
   name = "backuphub";
 
   nodes.machine =
-    { config, pkgs, ... }:
+    { config, pkgs, lib, ... }:
     {
       imports = [ ../../module.nix ];
 
@@ -26,7 +26,7 @@ pkgs.testers.runNixOSTest {
       services.postgresql = {
         enable = true;
         # test only: any local user may connect as any role (the daemon dumps as "postgres")
-        authentication = "local all all trust";
+        authentication = lib.mkForce "local all all trust";
       };
 
       services.backuphub = {
@@ -61,7 +61,7 @@ pkgs.testers.runNixOSTest {
 
       # Started by the test script once the database holds the row to compare.
       systemd.services.backuphub = {
-        wantedBy = pkgs.lib.mkForce [ ];
+        wantedBy = lib.mkForce [ ];
         after = [ "postgresql.service" ];
       };
     };

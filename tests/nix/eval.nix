@@ -18,63 +18,21 @@ let
   inherit (lib) types mkOption;
 
   # ---------------------------------------------------------------- stub pkgs
+  stubNixpkgs = {
+    outPath = toString ./stub-nixpkgs;
+    inherit lib;
+  };
+  pkgs = import stubNixpkgs {
+    inherit lib;
+    system = "x86_64-linux";
+  }
+  // {
+    backuphub = fakeDrv "backuphub-0.1.0";
+  };
   fakeDrv = name: {
     type = "derivation";
     inherit name;
     outPath = "/nix/store/00000000000000000000000000000000-${name}";
-  };
-
-  # like nixpkgs' pkgs.formats.toml: the same value type; `generate` keeps the value to inspect
-  # and refuses what TOML cannot hold.
-  tomlValue =
-    let
-      valueType =
-        types.nullOr (
-          types.oneOf [
-            types.bool
-            types.int
-            types.float
-            types.str
-            types.path
-            (types.attrsOf valueType)
-            (types.listOf valueType)
-          ]
-        )
-        // {
-          description = "TOML value";
-        };
-    in
-    valueType;
-
-  assertToml =
-    path: v:
-    if v == null then
-      throw "stub formats.toml: null at ${path} cannot be written to TOML"
-    else if builtins.isAttrs v then
-      lib.all lib.id (lib.mapAttrsToList (n: assertToml "${path}.${n}") v)
-    else if builtins.isList v then
-      lib.all lib.id (lib.imap0 (i: assertToml "${path}[${toString i}]") v)
-    else if builtins.isFunction v then
-      throw "stub formats.toml: function at ${path}"
-    else
-      true;
-
-  pkgs = {
-    backuphub = fakeDrv "backuphub-0.1.0";
-    coreutils = fakeDrv "coreutils-9.7";
-    postgresql = fakeDrv "postgresql-17.6";
-    formats.toml =
-      { }:
-      {
-        type = types.attrsOf tomlValue;
-        generate =
-          name: value:
-          assert assertToml "settings" value;
-          fakeDrv name // { inherit value; };
-      };
-    runCommand =
-      name: env: script:
-      fakeDrv name // { inherit env script; };
   };
 
   # ---------------------------------------------------------------- stub NixOS options
@@ -180,6 +138,31 @@ let
             };
           }
         );
+      };
+    };
+  };
+
+  # what nix/tests/vm.nix sets besides services.backuphub
+  vmStubs = {
+    options = {
+      virtualisation.memorySize = mkOption { type = types.int; };
+      systemd.tmpfiles.rules = mkOption {
+        type = types.listOf types.str;
+        default = [ ];
+      };
+      services.postgresql = {
+        enable = mkOption {
+          type = types.bool;
+          default = false;
+        };
+        authentication = mkOption {
+          type = types.lines;
+          default = "";
+        };
+        package = mkOption {
+          type = types.package;
+          default = pkgs.postgresql;
+        };
       };
     };
   };
@@ -351,6 +334,46 @@ let
   # the pin is the one ```json block of the file: a `"nixpkgs": { ... }` object member
   pinBlock = lib.removePrefix "json" (builtins.elemAt (lib.splitString "```" pinText) 1);
   pin = (builtins.fromJSON "{${pinBlock}}").nixpkgs;
+
+  # ---------------------------------------------------------------- flake.nix
+  flake = import ../../flake.nix;
+  outputs = flake.outputs {
+    self = outputs;
+    nixpkgs = stubNixpkgs;
+  };
+  systems = [
+    "aarch64-linux"
+    "x86_64-linux"
+  ];
+  pkgArgs = outputs.packages.x86_64-linux.default.args;
+  cargoToml = lib.importTOML ../../Cargo.toml;
+  # integration tests the Nix build runs (tests/repo_*.rs, tests/cli_*.rs)
+  testFiles = lib.attrNames (
+    lib.filterAttrs (n: t: t == "regular" && lib.hasSuffix ".rs" n) (
+      if builtins.pathExists ../../tests then builtins.readDir ../../tests else { }
+    )
+  );
+  offlineTests = map (lib.removeSuffix ".rs") (
+    lib.filter (n: lib.hasPrefix "repo_" n || lib.hasPrefix "cli_" n) testFiles
+  );
+
+  # the VM test's machine, evaluated with the stubs and the flake's overlay
+  vmTest = outputs.checks.x86_64-linux.vm.test;
+  vmNode =
+    (lib.evalModules {
+      modules = [
+        nixosStubs
+        vmStubs
+        vmTest.nodes.machine
+        {
+          _module.args.pkgs = import stubNixpkgs {
+            inherit lib;
+            overlays = [ outputs.overlays.default ];
+          };
+        }
+      ];
+    }).config;
+  vmUnit = vmNode.systemd.services.backuphub;
 
   # ---------------------------------------------------------------- expectations
   show = lib.generators.toPretty { };
@@ -559,6 +582,81 @@ let
     (expectTrue "pin has rev and narHash" (
       lib.stringLength pin.locked.rev == 40 && lib.hasPrefix "sha256-" pin.locked.narHash
     ))
+  ]
+  ++ [
+    # flake.nix
+    (expect "flake inputs: nixpkgs only, the pinned branch" flake.inputs {
+      nixpkgs.url = "github:${pin.original.owner}/${pin.original.repo}/${pin.original.ref}";
+    })
+    (expect "flake outputs" (lib.attrNames outputs) [
+      "checks"
+      "devShells"
+      "formatter"
+      "nixosModules"
+      "overlays"
+      "packages"
+    ])
+    (expect "flake systems" (map (o: lib.attrNames outputs.${o}) [
+      "checks"
+      "devShells"
+      "formatter"
+      "packages"
+    ]) [ systems systems systems systems ])
+    (expect "packages.<system>.default" (map (sys: {
+      inherit (outputs.packages.${sys}.default) name system;
+    }) systems) (map (system: {
+      name = "backuphub-${cargoToml.package.version}";
+      inherit system;
+    }) systems))
+    (expect "checks.<system>" (map (sys: lib.attrNames outputs.checks.${sys}) systems) [
+      [ "package" "vm" ]
+      [ "package" "vm" ]
+    ])
+    (expect "nixosModules.default is module.nix" outputs.nixosModules.default ../../module.nix)
+    (expect "formatter is nixfmt" outputs.formatter.x86_64-linux.name "nixfmt-1.1.0")
+    (expectTrue "devShell builds on the package" (
+      outputs.devShells.x86_64-linux.default.args.inputsFrom == [ outputs.packages.x86_64-linux.default ]
+    ))
+
+    # nix/package.nix
+    (expect "package: Cargo.lock, no output hashes" pkgArgs.cargoLock { lockFile = ../../Cargo.lock; })
+    (expect "package: cargo test --lib + repo_*/cli_* tests" pkgArgs.cargoTestFlags (
+      [ "--lib" ] ++ map (n: "--test=${n}") offlineTests
+    ))
+    (expectTrue "package: no pg_/s3_/daemon_ tests" (
+      !lib.any (
+        f: lib.any (p: lib.hasPrefix "--test=${p}" f) [
+          "pg_"
+          "s3_"
+          "daemon_"
+        ]
+      ) pkgArgs.cargoTestFlags
+    ))
+    (expect "package: meta"
+      {
+        inherit (pkgArgs.meta) description mainProgram platforms;
+        license = pkgArgs.meta.license.spdxId;
+      }
+      {
+        inherit (cargoToml.package) description;
+        mainProgram = "backuphub";
+        platforms = lib.platforms.linux;
+        license = "Apache-2.0";
+      }
+    )
+
+    # nix/tests/vm.nix
+    (expect "vm: no failed assertions" (failedAssertions vmNode) [ ])
+    (expect "vm: started by the test script, after PostgreSQL" [ vmUnit.wantedBy (lib.elem "postgresql.service" vmUnit.after) ] [ [ ] true ])
+    (expect "vm: pg_dumpall on PATH" (map (p: p.name) vmUnit.path) [ "postgresql-17.6" ])
+    (expect "vm: repository created" vmUnit.serviceConfig.ExecStartPre [
+      "+/nix/store/00000000000000000000000000000000-coreutils-9.7/bin/install -d -m 0700 -o backuphub -g backuphub /var/backup/backuphub"
+    ])
+    (expect "vm: job kinds" (lib.mapAttrs (_: j: j.kind) vmNode.services.backuphub.settings.jobs) {
+      data = "path";
+      pgdump = "command";
+    })
+    (expectTrue "vm: script restores latest:pgdump" (lib.hasInfix "latest:pgdump all.sql" vmTest.testScript))
   ]
   ++ lib.optional selfTest (expectTrue "self-test: this expectation must fail" false);
 

@@ -1,0 +1,91 @@
+# A stand-in for `import nixpkgs { system; overlays; }`, for tests/nix/eval.nix: just enough of
+# pkgs for flake.nix, nix/package.nix, module.nix and nix/tests/vm.nix to evaluate without
+# nixpkgs. Builders return their arguments (to inspect) marked as derivations; nothing is built.
+{
+  system ? "x86_64-linux",
+  overlays ? [ ],
+  lib ? import ../../../../shared/nixpkgs-lib/lib,
+  ...
+}:
+
+let
+  inherit (lib) types;
+
+  fakeDrv = name: {
+    type = "derivation";
+    inherit name system;
+    outPath = "/nix/store/00000000000000000000000000000000-${name}";
+  };
+
+  # pkgs.formats.toml: the same value type; `generate` keeps the value and refuses what TOML
+  # cannot hold
+  tomlValue =
+    types.nullOr (
+      types.oneOf [
+        types.bool
+        types.int
+        types.float
+        types.str
+        types.path
+        (types.attrsOf tomlValue)
+        (types.listOf tomlValue)
+      ]
+    )
+    // {
+      description = "TOML value";
+    };
+  assertToml =
+    path: v:
+    if v == null then
+      throw "stub formats.toml: null at ${path} cannot be written to TOML"
+    else if builtins.isAttrs v then
+      lib.all lib.id (lib.mapAttrsToList (n: assertToml "${path}.${n}") v)
+    else if builtins.isList v then
+      lib.all lib.id (lib.imap0 (i: assertToml "${path}[${toString i}]") v)
+    else if builtins.isFunction v then
+      throw "stub formats.toml: function at ${path}"
+    else
+      true;
+
+  base = final: {
+    inherit lib system;
+    callPackage =
+      fn: args:
+      let
+        f = if builtins.isFunction fn then fn else import fn;
+      in
+      f (builtins.intersectAttrs (builtins.functionArgs f) final // args);
+
+    rustPlatform.buildRustPackage =
+      args:
+      fakeDrv "${args.pname}-${args.version}"
+      // {
+        inherit args;
+        inherit (args) meta;
+      };
+    mkShell = args: fakeDrv "nix-shell" // { inherit args; };
+    testers.runNixOSTest = test: fakeDrv "vm-test-run-${test.name}" // { inherit test; };
+    runCommand =
+      name: env: script:
+      fakeDrv name // { inherit env script; };
+    formats.toml =
+      { }:
+      {
+        type = types.attrsOf tomlValue;
+        generate =
+          name: value:
+          assert assertToml "settings" value;
+          fakeDrv name // { inherit value; };
+      };
+
+    coreutils = fakeDrv "coreutils-9.7";
+    postgresql = fakeDrv "postgresql-17.6";
+    curl = fakeDrv "curl-8.14.1";
+    jq = fakeDrv "jq-1.8.1";
+    nixfmt = fakeDrv "nixfmt-1.1.0";
+    clippy = fakeDrv "clippy-1.91.1";
+    rustfmt = fakeDrv "rustfmt-1.91.1";
+    rust-analyzer = fakeDrv "rust-analyzer-2025-11-10";
+  };
+in
+lib.fix (final: lib.foldl' (prev: overlay: prev // overlay final prev) (base final) overlays)
