@@ -129,7 +129,7 @@ in
         Options not listed here are passed through as they are.
 
         Secrets never belong here: the file lands in the world-readable Nix store. Pass them
-        with [](#opt-services.backuphub.credentials) and refer to them as
+        with `services.backuphub.credentials` and refer to them as
         `/run/credentials/backuphub.service/<name>`, e.g.
         `repository.identity_file = "/run/credentials/backuphub.service/identity"`.
       '';
@@ -200,7 +200,7 @@ in
                 description = ''
                   Address and port, `host:port` (IPv6 in brackets: `[::]:9750`). Use
                   `0.0.0.0:9750` or `[::]:9750` together with
-                  [](#opt-services.backuphub.openFirewall) to let a Prometheus on the LAN scrape it.
+                  `services.backuphub.openFirewall` to let a Prometheus on the LAN scrape it.
                 '';
                 example = "0.0.0.0:9750";
               };
@@ -254,7 +254,7 @@ in
       type = types.bool;
       default = false;
       description = ''
-        Open the TCP port of [](#opt-services.backuphub.settings.http.listen) (metrics and status)
+        Open the TCP port of `services.backuphub.settings.http.listen` (metrics and status)
         in the firewall, for a Prometheus elsewhere on the LAN.
       '';
     };
@@ -271,8 +271,8 @@ in
         Secret files, by name, passed to the service with systemd's `LoadCredential=`: the file
         is read by systemd (as root) and shown to the daemon, and only to it, as
         `/run/credentials/backuphub.service/<name>`
-        (see [](#opt-services.backuphub.credentialsDirectory)). Refer to that path in
-        [](#opt-services.backuphub.settings). Give the paths as strings: nothing here is copied
+        (see `services.backuphub.credentialsDirectory`). Refer to that path in
+        `services.backuphub.settings`. Give the paths as strings: nothing here is copied
         into the Nix store.
       '';
       example = {
@@ -286,7 +286,7 @@ in
       default = credentialsDirectory;
       readOnly = true;
       description = ''
-        Where the daemon sees [](#opt-services.backuphub.credentials), for use in settings, e.g.
+        Where the daemon sees `services.backuphub.credentials`, for use in settings, e.g.
         `"''${config.services.backuphub.credentialsDirectory}/identity"`.
       '';
     };
