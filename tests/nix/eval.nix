@@ -2,7 +2,8 @@
 # stub pkgs, and checks the generated unit, firewall, users and assertion messages; also checks
 # that flake.lock holds the pin of ../shared/nixpkgs-pin.md. Runs with Nix 2.8 and no nixpkgs:
 #
-#   nix-instantiate --eval --strict --json tests/nix/eval.nix --arg shared /path/to/shared
+#   nix-instantiate --eval --strict --json tests/nix/eval.nix --arg shared /path/to/shared \
+#     --arg piExample /tmp/pi.nix   # the README's example; tests/nix/run.sh does all this
 #
 # Prints {"passed": N, ...} when every expectation holds; otherwise fails (non-zero exit) with the
 # list of failed expectations. `case` selects a single configuration to force instead (run.sh
@@ -12,6 +13,8 @@
   lib ? import (shared + "/nixpkgs-lib/lib"),
   case ? null,
   selfTest ? false,
+  # nix/README.md's pi.nix example, extracted to a file by run.sh
+  piExample ? null,
 }:
 
 let
@@ -164,6 +167,14 @@ let
           default = pkgs.postgresql;
         };
       };
+    };
+  };
+
+  # what the README's example (pi.nix) sets besides services.backuphub
+  readmeStubs = {
+    options.fileSystems = mkOption {
+      type = types.attrsOf types.anything;
+      default = { };
     };
   };
 
@@ -374,6 +385,20 @@ let
       ];
     }).config;
   vmUnit = vmNode.systemd.services.backuphub;
+
+  # the README's complete example for the Pi (run.sh extracts the ```nix block starting with
+  # "# pi.nix" to a file: --eval cannot write one to the store)
+  pi =
+    (lib.evalModules {
+      modules = [
+        nixosStubs
+        readmeStubs
+        ../../module.nix
+        { _module.args.pkgs = pkgs; }
+        (if piExample != null then piExample else { })
+      ];
+    }).config;
+  piUnit = pi.systemd.services.backuphub;
 
   # ---------------------------------------------------------------- expectations
   show = lib.generators.toPretty { };
@@ -657,6 +682,33 @@ let
       pgdump = "command";
     })
     (expectTrue "vm: script restores latest:pgdump" (lib.hasInfix "latest:pgdump all.sql" vmTest.testScript))
+  ]
+  ++ [
+    # nix/README.md: the Pi example
+    (expectTrue "README: pi.nix example given (--arg piExample FILE)" (piExample != null))
+    (expect "README: no failed assertions" (failedAssertions pi) [ ])
+    (expect "README: disk, firewall, credentials"
+      [
+        pi.fileSystems."/mnt/backup".options
+        piUnit.unitConfig.RequiresMountsFor
+        pi.networking.firewall.allowedTCPPorts
+        (map (lib.head) (map (lib.splitString ":") piUnit.serviceConfig.LoadCredential))
+      ]
+      [
+        [ "nofail" "noatime" "x-systemd.device-timeout=10s" ]
+        [ "/mnt/backup/backuphub" ]
+        [ 9750 ]
+        [ "api-token" "etcd-ca" "etcd-cert" "etcd-key" "identity" ]
+      ]
+    )
+    (expect "README: jobs" (lib.mapAttrs (_: j: j.kind) pi.services.backuphub.settings.jobs) {
+      cephfs = "path";
+      etcd = "command";
+    })
+    (expectTrue "README: settings refer to credentials, not secrets" (
+      pi.services.backuphub.settings.repository.identity_file == "${creds}/identity"
+      && pi.services.backuphub.settings.http.token_file == "${creds}/api-token"
+    ))
   ]
   ++ lib.optional selfTest (expectTrue "self-test: this expectation must fail" false);
 

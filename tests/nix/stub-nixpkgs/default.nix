@@ -78,7 +78,10 @@ let
           fakeDrv name // { inherit value; };
       };
 
+    writeShellScript = name: text: fakeDrv name // { inherit text; };
+
     coreutils = fakeDrv "coreutils-9.7";
+    etcd = fakeDrv "etcd-3.5.21";
     postgresql = fakeDrv "postgresql-17.6";
     curl = fakeDrv "curl-8.14.1";
     jq = fakeDrv "jq-1.8.1";
