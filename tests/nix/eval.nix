@@ -1,6 +1,10 @@
-# Evaluates module.nix with lib.evalModules, stub declarations of the NixOS options it sets and a
-# stub pkgs, and checks the generated unit, firewall, users and assertion messages; also checks
-# that flake.lock holds the pin of ../shared/nixpkgs-pin.md. Runs with Nix 2.8 and no nixpkgs:
+# Evaluates, with Nix 2.8 and no nixpkgs (lib from ../shared/nixpkgs-lib, pkgs from
+# ./stub-nixpkgs, stub declarations of the NixOS options used):
+#  - module.nix under lib.evalModules: the generated unit (ExecStart, Type, hardening,
+#    RequiresMountsFor, LoadCredential), settings, users, firewall ports, assertion messages;
+#  - flake.nix's outputs, nix/package.nix's arguments, the machine of nix/tests/vm.nix and the
+#    Pi example of nix/README.md;
+#  - flake.lock against the pin in ../shared/nixpkgs-pin.md.
 #
 #   nix-instantiate --eval --strict --json tests/nix/eval.nix --arg shared /path/to/shared \
 #     --arg piExample /tmp/pi.nix   # the README's example; tests/nix/run.sh does all this
