@@ -1,0 +1,213 @@
+//! Verifying a repository: structure always, data on request.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::File;
+
+use serde::Serialize;
+
+use crate::repo::id::Id;
+use crate::repo::pack;
+use crate::repo::{RepoError, Repository};
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum ReadData {
+    None,
+    All,
+    /// A percentage of packs, chosen at random each run so repeated checks cover all.
+    Subset(f64),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(tag = "problem", rename_all = "snake_case")]
+pub enum Problem {
+    DamagedPack { pack: String, what: String },
+    DamagedSnapshot { snapshot: String, what: String },
+    DamagedChunk { chunk: String, pack: String, what: String, used_by: Vec<String> },
+    MissingChunk { chunk: String, used_by: Vec<String> },
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let users = |u: &Vec<String>| {
+            if u.is_empty() {
+                String::from(" (used by no snapshot)")
+            } else {
+                format!("; used by {}", u.join(", "))
+            }
+        };
+        match self {
+            Problem::DamagedPack { pack, what } => write!(f, "pack {pack}: {what}"),
+            Problem::DamagedSnapshot { snapshot, what } => write!(f, "snapshot {snapshot}: {what}"),
+            Problem::DamagedChunk { chunk, pack, what, used_by } => {
+                write!(f, "chunk {chunk} in pack {pack} is damaged: {what}{}", users(used_by))
+            }
+            Problem::MissingChunk { chunk, used_by } => write!(f, "chunk {chunk} is missing{}", users(used_by)),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct CheckReport {
+    pub packs: u64,
+    pub snapshots: u64,
+    pub packs_read: u64,
+    pub blobs_read: u64,
+    pub problems: Vec<Problem>,
+    pub notes: Vec<String>,
+}
+
+impl CheckReport {
+    pub fn ok(&self) -> bool {
+        self.problems.is_empty()
+    }
+}
+
+/// Checks the repository. Errors are reserved for being unable to check at all; damage
+/// is reported in the returned report.
+pub fn check(repo: &Repository, read_data: ReadData) -> Result<CheckReport, RepoError> {
+    let mut report = CheckReport::default();
+    let packs_dir = repo.packs_dir();
+    let can_open = repo.sealer().can_open();
+    if !can_open {
+        report.notes.push("encrypted repository and no --identity: file contents are not cross-checked and blobs are verified by pack hash only".into());
+    }
+    // Chunks known bad, with the pack they were found in and why.
+    let mut bad: BTreeMap<Id, (String, String)> = BTreeMap::new();
+
+    let mut packs: Vec<Id> = repo.list_packs()?.into_iter().collect();
+    packs.sort();
+    report.packs = packs.len() as u64;
+    for p in &packs {
+        let path = pack::pack_path(&packs_dir, p);
+        let entries = match pack::read_header(&path) {
+            Ok(e) => e,
+            Err(e) => {
+                report.problems.push(Problem::DamagedPack { pack: p.short(), what: e.to_string() });
+                // Whatever the index knew of it can no longer be trusted.
+                repo.index().remove_pack(p)?;
+                continue;
+            }
+        };
+        let selected = match read_data {
+            ReadData::None => false,
+            ReadData::All => true,
+            ReadData::Subset(pct) => {
+                let mut r = [0u8; 4];
+                getrandom::fill(&mut r).expect("the OS random source is available");
+                (u32::from_le_bytes(r) as f64 / u32::MAX as f64) * 100.0 < pct
+            }
+        };
+        if !selected {
+            continue;
+        }
+        report.packs_read += 1;
+        if !pack::verify_file_hash(&path, p)? {
+            report.problems.push(Problem::DamagedPack { pack: p.short(), what: "content does not match its name (bit rot or tampering)".into() });
+            if !can_open {
+                for e in &entries {
+                    bad.insert(e.id, (p.short(), "in a damaged pack".into()));
+                }
+                continue;
+            }
+        }
+        if !can_open {
+            continue;
+        }
+        let f = File::open(&path).map_err(|source| RepoError::Io { path: path.clone(), source })?;
+        let (hasher, _) = repo.write_keys()?;
+        for e in &entries {
+            report.blobs_read += 1;
+            let result = pack::read_blob(&f, &path, e.offset, e.length)
+                .map_err(|e| e.to_string())
+                .and_then(|sealed| repo.sealer().open(&sealed, 64 << 20).map_err(|e| e.to_string()))
+                .and_then(|plain| {
+                    if hasher.id(&plain) == e.id { Ok(()) } else { Err("content does not match its id".into()) }
+                });
+            if let Err(what) = result {
+                bad.insert(e.id, (p.short(), what));
+            }
+        }
+    }
+
+    // Snapshots: every manifest sound, every tree blob and chunk present.
+    let mut missing: BTreeSet<Id> = BTreeSet::new();
+    let ids = repo.snapshot_ids()?;
+    report.snapshots = ids.len() as u64;
+    let mut snaps = Vec::new();
+    for id in ids {
+        match repo.load_snapshot(&id) {
+            Ok(s) => snaps.push((id, s)),
+            Err(e) => report.problems.push(Problem::DamagedSnapshot { snapshot: id.short(), what: e.to_string() }),
+        }
+    }
+    let present = |c: &Id| -> Result<bool, RepoError> { Ok(repo.index().get(c)?.is_some()) };
+    for (id, s) in &snaps {
+        for t in &s.tree {
+            if !present(t)? {
+                missing.insert(*t);
+            }
+        }
+        if !can_open || s.tree.iter().any(|t| missing.contains(t) || bad.contains_key(t)) {
+            continue;
+        }
+        for e in repo.entries(s) {
+            match e {
+                Ok(e) => {
+                    for c in &e.chunks {
+                        if !present(c)? {
+                            missing.insert(*c);
+                        }
+                    }
+                }
+                Err(err) => {
+                    report.problems.push(Problem::DamagedSnapshot { snapshot: id.short(), what: format!("tree unreadable: {err}") });
+                    break;
+                }
+            }
+        }
+    }
+
+    // Name who is affected: walk the trees once more, only when something is wrong.
+    if !bad.is_empty() || !missing.is_empty() {
+        let mut users: BTreeMap<Id, Vec<String>> = BTreeMap::new();
+        for (id, s) in &snaps {
+            let label = format!("{} ({} {})", id.short(), s.job, s.time.format("%Y-%m-%d %H:%M"));
+            for t in &s.tree {
+                if bad.contains_key(t) || missing.contains(t) {
+                    users.entry(*t).or_default().push(format!("{label}: its file list"));
+                }
+            }
+            if !can_open || s.tree.iter().any(|t| bad.contains_key(t) || missing.contains(t)) {
+                continue;
+            }
+            for e in repo.entries(s).flatten() {
+                for c in &e.chunks {
+                    if bad.contains_key(c) || missing.contains(c) {
+                        let v = users.entry(*c).or_default();
+                        let u = format!("{label}: {}", e.path);
+                        if !v.contains(&u) {
+                            v.push(u);
+                        }
+                    }
+                }
+            }
+        }
+        for (c, (p, what)) in &bad {
+            report.problems.push(Problem::DamagedChunk {
+                chunk: c.to_hex(),
+                pack: p.clone(),
+                what: what.clone(),
+                used_by: users.get(c).cloned().unwrap_or_default(),
+            });
+        }
+        for c in &missing {
+            report.problems.push(Problem::MissingChunk { chunk: c.to_hex(), used_by: users.get(c).cloned().unwrap_or_default() });
+        }
+    }
+
+    let tmp = std::fs::read_dir(repo.tmp_dir()).map(|r| r.count()).unwrap_or(0);
+    if tmp > 0 {
+        report.notes.push(format!("{tmp} leftover temporary file(s) from interrupted writes; prune removes them"));
+    }
+    Ok(report)
+}

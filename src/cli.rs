@@ -1,0 +1,496 @@
+//! The `backuphub` command line. Parsing and presentation only: every command calls into
+//! the library, and `anyhow` is used only here, at the edge.
+
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::{Args, Parser, Subcommand};
+
+use crate::archiver::{self, Progress};
+use crate::check::{self, ReadData};
+use crate::config::Config;
+use crate::redact::Redactor;
+use crate::repo::crypto::{Recipient, read_recipients_file};
+use crate::repo::lock::LockKind;
+use crate::repo::snapshot::SnapshotStatus;
+use crate::repo::tree::EntryPath;
+use crate::repo::{InitOptions, OpenOptions, Repository};
+use crate::restore::{self, RestoreOptions};
+use crate::source::Source;
+use crate::source::local::LocalSource;
+use crate::source::stream::{StreamInput, StreamSource};
+
+/// Exit codes, documented in the README.
+pub mod exit {
+    pub const OK: u8 = 0;
+    pub const ERROR: u8 = 1;
+    /// Usage errors (clap's own code).
+    pub const USAGE: u8 = 2;
+    /// A backup stored a partial snapshot: some entries failed.
+    pub const PARTIAL: u8 = 3;
+    /// `check` found damage.
+    pub const DAMAGED: u8 = 4;
+}
+
+#[derive(Parser)]
+#[command(name = "backuphub", version, about = "Deduplicating, encrypting pull-model backups for a homelab", after_help = "Exit codes: 0 success, 1 error, 2 usage error, 3 backup stored a partial snapshot, 4 check found damage.")]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Args, Clone)]
+struct RepoArgs {
+    /// Repository directory.
+    #[arg(long, env = "BACKUPHUB_REPO")]
+    repo: PathBuf,
+    /// Where the index cache and the writer key live.
+    #[arg(long, env = "BACKUPHUB_STATE_DIR")]
+    state_dir: Option<PathBuf>,
+}
+
+#[derive(Args, Clone)]
+struct IdentityArg {
+    /// age identity file or SSH private key, to read encrypted data.
+    #[arg(long, env = "BACKUPHUB_IDENTITY")]
+    identity: Option<PathBuf>,
+}
+
+impl RepoArgs {
+    fn options(&self, identity: Option<&IdentityArg>) -> OpenOptions {
+        OpenOptions {
+            identity: identity.and_then(|i| i.identity.clone()),
+            state_dir: self.state_dir.clone().unwrap_or_else(crate::repo::default_state_dir),
+        }
+    }
+
+    fn open(&self, identity: Option<&IdentityArg>) -> anyhow::Result<Repository> {
+        Ok(Repository::open(&self.repo, &self.options(identity))?)
+    }
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create a repository in an empty or missing directory.
+    Init {
+        #[command(flatten)]
+        repo: RepoArgs,
+        /// Encrypt to this age (age1…) or SSH public key; repeatable.
+        #[arg(long = "recipient")]
+        recipients: Vec<String>,
+        /// Read recipients from a file, one per line.
+        #[arg(long)]
+        recipients_file: Option<PathBuf>,
+        /// zstd level for new data (1-19).
+        #[arg(long, default_value_t = 3)]
+        compression_level: i32,
+    },
+    /// Back up paths, stdin or a command's output as a new snapshot of JOB.
+    Backup {
+        #[command(flatten)]
+        repo: RepoArgs,
+        #[arg(long)]
+        job: String,
+        /// Read the data from stdin, stored as --name.
+        #[arg(long, requires = "name", conflicts_with_all = ["command", "paths"])]
+        stdin: bool,
+        /// Run this command (split like a shell, but no shell) and store its stdout as --name.
+        #[arg(long, requires = "name", conflicts_with = "paths")]
+        command: Option<String>,
+        /// File name for --stdin or --command.
+        #[arg(long)]
+        name: Option<String>,
+        /// Glob of paths to leave out; repeatable.
+        #[arg(long)]
+        exclude: Vec<String>,
+        #[arg(long)]
+        json: bool,
+        paths: Vec<PathBuf>,
+    },
+    /// List snapshots.
+    Snapshots {
+        #[command(flatten)]
+        repo: RepoArgs,
+        #[arg(long)]
+        job: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List a snapshot's entries (SNAPSHOT: id prefix, `latest` or `latest:JOB`).
+    Ls {
+        #[command(flatten)]
+        repo: RepoArgs,
+        #[command(flatten)]
+        identity: IdentityArg,
+        snapshot: String,
+        path: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Restore a snapshot, or part of it, below a directory.
+    Restore {
+        #[command(flatten)]
+        repo: RepoArgs,
+        #[command(flatten)]
+        identity: IdentityArg,
+        snapshot: String,
+        #[arg(long)]
+        target: PathBuf,
+        /// Only this path and what is below it.
+        #[arg(long)]
+        path: Option<String>,
+        /// Replace existing files.
+        #[arg(long)]
+        overwrite: bool,
+    },
+    /// Write one file of a snapshot to stdout.
+    Cat {
+        #[command(flatten)]
+        repo: RepoArgs,
+        #[command(flatten)]
+        identity: IdentityArg,
+        snapshot: String,
+        path: String,
+    },
+    /// Verify the repository; non-zero when anything is wrong.
+    Check {
+        #[command(flatten)]
+        repo: RepoArgs,
+        #[command(flatten)]
+        identity: IdentityArg,
+        /// Read and verify every blob.
+        #[arg(long, conflicts_with = "read_data_subset")]
+        read_data: bool,
+        /// Read and verify this percentage of packs.
+        #[arg(long, value_parser = parse_percent)]
+        read_data_subset: Option<f64>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Repair the repository's caches.
+    Repair {
+        #[command(subcommand)]
+        what: RepairCommand,
+    },
+    /// Key management.
+    Key {
+        #[command(subcommand)]
+        what: KeyCommand,
+    },
+    /// Configuration files.
+    Config {
+        #[command(subcommand)]
+        what: ConfigCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum RepairCommand {
+    /// Rebuild the index from the packs alone.
+    Index {
+        #[command(flatten)]
+        repo: RepoArgs,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeyCommand {
+    /// Cache the repository's write key on this machine (needs the identity once).
+    Cache {
+        #[command(flatten)]
+        repo: RepoArgs,
+        #[arg(long)]
+        identity: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Validate a daemon configuration file.
+    Check {
+        #[arg(long)]
+        config: PathBuf,
+    },
+}
+
+fn parse_percent(s: &str) -> Result<f64, String> {
+    let v: f64 = s.trim_end_matches('%').parse().map_err(|_| format!("{s:?} is not a percentage"))?;
+    if (0.0..=100.0).contains(&v) && v > 0.0 {
+        Ok(v)
+    } else {
+        Err(format!("{s} is not in (0, 100]"))
+    }
+}
+
+/// Shows a progress bar on a terminal; silent otherwise.
+fn progress_bar(progress: Arc<Progress>, done: Arc<AtomicBool>) -> Option<std::thread::JoinHandle<()>> {
+    if !std::io::stderr().is_terminal() {
+        return None;
+    }
+    Some(std::thread::spawn(move || {
+        let bar = indicatif::ProgressBar::new_spinner();
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{spinner} {elapsed} {msg}").expect("valid template"),
+        );
+        while !done.load(Ordering::Relaxed) {
+            let read = progress.read_bytes.load(Ordering::Relaxed);
+            let stored = progress.stored_bytes.load(Ordering::Relaxed);
+            let entries = progress.entries.load(Ordering::Relaxed);
+            bar.set_message(format!(
+                "{entries} entries, {} read, {} stored",
+                bytesize::ByteSize(read),
+                bytesize::ByteSize(stored)
+            ));
+            bar.tick();
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        bar.finish_and_clear();
+    }))
+}
+
+pub fn run(cli: Cli) -> anyhow::Result<u8> {
+    match cli.command {
+        Command::Init { repo, recipients, recipients_file, compression_level } => {
+            let mut keys: Vec<Recipient> = recipients.iter().map(|r| r.parse()).collect::<Result<_, _>>()?;
+            if let Some(f) = recipients_file {
+                keys.extend(read_recipients_file(&f)?);
+            }
+            let init = InitOptions { recipients: keys, compression_level, ..Default::default() };
+            let r = Repository::init(&repo.repo, &repo.options(None), &init)?;
+            println!(
+                "created {} repository {} at {}",
+                if r.encrypted() { "encrypted" } else { "unencrypted" },
+                r.config().id.short(),
+                repo.repo.display()
+            );
+            Ok(exit::OK)
+        }
+        Command::Backup { repo, job, stdin, command, name, exclude, json, paths } => {
+            crate::config::JobName::parse(&job).map_err(anyhow::Error::msg)?;
+            let r = repo.open(None)?;
+            let mut source: Box<dyn Source> = if stdin {
+                Box::new(StreamSource::new(name.as_deref().unwrap_or_default(), StreamInput::Stdin, Redactor::default())?)
+            } else if let Some(cmd) = command {
+                let argv = shlex::split(&cmd).filter(|a| !a.is_empty()).with_context(|| format!("cannot split command {cmd:?}"))?;
+                Box::new(StreamSource::new(
+                    name.as_deref().unwrap_or_default(),
+                    StreamInput::Command { argv, env: Vec::new() },
+                    Redactor::default(),
+                )?)
+            } else {
+                if paths.is_empty() {
+                    bail!("nothing to back up: give paths, --stdin or --command");
+                }
+                Box::new(LocalSource::new(&paths, &exclude)?)
+            };
+            let _lock = r.lock(LockKind::Shared, Some(&job), Duration::from_secs(10))?;
+            let progress = Arc::new(Progress::default());
+            let done = Arc::new(AtomicBool::new(false));
+            let bar = progress_bar(progress.clone(), done.clone());
+            let cancel = AtomicBool::new(false);
+            let result = archiver::archive(&r, &job, source.as_mut(), &progress, &cancel);
+            done.store(true, Ordering::Relaxed);
+            if let Some(b) = bar {
+                let _ = b.join();
+            }
+            let (id, snap) = result?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&serde_json::json!({"id": id, "snapshot": snap}))?);
+            } else {
+                let s = &snap.stats;
+                eprintln!(
+                    "snapshot {} of {}: {:?}, {} entries, {} read, {} new ({} stored), {} failed",
+                    id.short(),
+                    job,
+                    snap.status,
+                    s.entries,
+                    bytesize::ByteSize(s.read_bytes),
+                    bytesize::ByteSize(s.new_bytes),
+                    bytesize::ByteSize(s.stored_bytes),
+                    s.failures
+                );
+                if snap.status == SnapshotStatus::Partial
+                    && let Ok(d) = r.open_details(&snap)
+                {
+                    for f in d.failures {
+                        eprintln!("  failed: {}: {}", f.path, f.error);
+                    }
+                }
+            }
+            Ok(if snap.status == SnapshotStatus::Complete { exit::OK } else { exit::PARTIAL })
+        }
+        Command::Snapshots { repo, job, json } => {
+            let r = repo.open(None)?;
+            let snaps: Vec<_> = r.snapshots()?.into_iter().filter(|s| job.as_ref().is_none_or(|j| &s.snapshot.job == j)).collect();
+            if json {
+                let v: Vec<_> = snaps.iter().map(|s| serde_json::json!({"id": s.id, "snapshot": s.snapshot})).collect();
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                let mut out = std::io::stdout().lock();
+                writeln!(out, "{:<8}  {:<20}  {:<16}  {:<8}  {:>8}  {:>10}  {:>10}", "ID", "TIME (UTC)", "JOB", "STATUS", "ENTRIES", "SIZE", "NEW")?;
+                for s in &snaps {
+                    let n = &s.snapshot;
+                    writeln!(
+                        out,
+                        "{:<8}  {:<20}  {:<16}  {:<8}  {:>8}  {:>10}  {:>10}",
+                        s.id.short(),
+                        n.time.format("%Y-%m-%d %H:%M:%S"),
+                        n.job,
+                        format!("{:?}", n.status).to_lowercase(),
+                        n.stats.entries,
+                        bytesize::ByteSize(n.stats.total_bytes).to_string(),
+                        bytesize::ByteSize(n.stats.stored_bytes).to_string()
+                    )?;
+                }
+            }
+            Ok(exit::OK)
+        }
+        Command::Ls { repo, identity, snapshot, path, json } => {
+            let r = repo.open(Some(&identity))?;
+            let s = r.resolve_snapshot(&snapshot)?;
+            let prefix = path.as_deref().map(EntryPath::from);
+            let mut out = std::io::stdout().lock();
+            let mut first = true;
+            if json {
+                write!(out, "[")?;
+            }
+            for e in r.entries(&s.snapshot) {
+                let e = e?;
+                if prefix.as_ref().is_some_and(|p| !e.path.starts_with(p)) {
+                    continue;
+                }
+                if json {
+                    let sep = if first { "" } else { "," };
+                    write!(out, "{sep}\n{}", serde_json::to_string(&ls_json(&e))?)?;
+                } else {
+                    writeln!(out, "{}", ls_line(&e))?;
+                }
+                first = false;
+            }
+            if json {
+                writeln!(out, "\n]")?;
+            }
+            Ok(exit::OK)
+        }
+        Command::Restore { repo, identity, snapshot, target, path, overwrite } => {
+            let r = repo.open(Some(&identity))?;
+            let s = r.resolve_snapshot(&snapshot)?;
+            let _lock = r.lock(LockKind::Shared, None, Duration::from_secs(10))?;
+            let opts = RestoreOptions { only: path.as_deref().map(EntryPath::from), overwrite };
+            let stats = restore::restore(&r, &s.snapshot, &target, &opts)?;
+            eprintln!("restored {} entries, {} to {}", stats.entries, bytesize::ByteSize(stats.bytes), target.display());
+            Ok(exit::OK)
+        }
+        Command::Cat { repo, identity, snapshot, path } => {
+            let r = repo.open(Some(&identity))?;
+            let s = r.resolve_snapshot(&snapshot)?;
+            let _lock = r.lock(LockKind::Shared, None, Duration::from_secs(10))?;
+            let mut out = std::io::BufWriter::with_capacity(1 << 20, std::io::stdout().lock());
+            restore::cat(&r, &s.snapshot, &EntryPath::from(path.as_str()), &mut out)?;
+            out.flush()?;
+            Ok(exit::OK)
+        }
+        Command::Check { repo, identity, read_data, read_data_subset, json } => {
+            let r = repo.open(Some(&identity))?;
+            let _lock = r.lock(LockKind::Shared, None, Duration::from_secs(10))?;
+            let mode = match (read_data, read_data_subset) {
+                (true, _) => ReadData::All,
+                (false, Some(p)) => ReadData::Subset(p),
+                _ => ReadData::None,
+            };
+            let report = check::check(&r, mode)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                for n in &report.notes {
+                    eprintln!("note: {n}");
+                }
+                for p in &report.problems {
+                    println!("error: {p}");
+                }
+                eprintln!(
+                    "checked {} snapshots, {} packs ({} read, {} blobs verified): {}",
+                    report.snapshots,
+                    report.packs,
+                    report.packs_read,
+                    report.blobs_read,
+                    if report.ok() { "no problems".to_string() } else { format!("{} problem(s)", report.problems.len()) }
+                );
+            }
+            Ok(if report.ok() { exit::OK } else { exit::DAMAGED })
+        }
+        Command::Repair { what: RepairCommand::Index { repo } } => {
+            let r = repo.open(None)?;
+            r.rebuild_index()?;
+            eprintln!("index rebuilt: {} chunks in {} packs", r.index().chunk_count(), r.index().pack_count());
+            Ok(exit::OK)
+        }
+        Command::Key { what: KeyCommand::Cache { repo, identity } } => {
+            let r = repo.open(Some(&IdentityArg { identity: Some(identity) }))?;
+            r.write_keys()?;
+            eprintln!("write key of repository {} cached", r.config().id.short());
+            Ok(exit::OK)
+        }
+        Command::Config { what: ConfigCommand::Check { config } } => {
+            let c = Config::load(&config)?;
+            println!("{}: ok ({} jobs)", config.display(), c.jobs.len());
+            Ok(exit::OK)
+        }
+    }
+}
+
+fn mode_string(e: &crate::repo::tree::Entry) -> String {
+    use crate::repo::tree::EntryKind::*;
+    let t = match e.kind {
+        File => '-',
+        Dir => 'd',
+        Symlink => 'l',
+        Fifo => 'p',
+        CharDevice => 'c',
+        BlockDevice => 'b',
+    };
+    let mut s = String::from(t);
+    for shift in [6, 3, 0] {
+        let bits = (e.mode >> shift) & 7;
+        s.push(if bits & 4 != 0 { 'r' } else { '-' });
+        s.push(if bits & 2 != 0 { 'w' } else { '-' });
+        s.push(if bits & 1 != 0 { 'x' } else { '-' });
+    }
+    s
+}
+
+fn mtime(e: &crate::repo::tree::Entry) -> String {
+    chrono::DateTime::from_timestamp(e.mtime_ns.div_euclid(1_000_000_000), 0)
+        .map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string())
+        .unwrap_or_default()
+}
+
+fn ls_line(e: &crate::repo::tree::Entry) -> String {
+    let mut line = format!("{} {:>6} {:>6} {:>12} {} {}", mode_string(e), e.uid, e.gid, e.size, mtime(e), e.path);
+    if let Some(t) = &e.link_target {
+        line.push_str(&format!(" -> {}", String::from_utf8_lossy(t)));
+    }
+    line
+}
+
+fn ls_json(e: &crate::repo::tree::Entry) -> serde_json::Value {
+    serde_json::json!({
+        "path": e.path.display(),
+        "kind": e.kind,
+        "mode": e.mode,
+        "uid": e.uid,
+        "gid": e.gid,
+        "size": e.size,
+        "mtime": mtime(e),
+        "link_target": e.link_target.as_ref().map(|t| String::from_utf8_lossy(t).into_owned()),
+        "meta": e.meta,
+    })
+}
+
+pub fn exit_code_for_usage() -> u8 {
+    exit::USAGE
+}

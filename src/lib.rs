@@ -1,0 +1,34 @@
+//! backuphub: a pull-model backup daemon for a homelab.
+//!
+//! Data flows one way:
+//!
+//! ```text
+//! config ─▶ daemon/scheduler ─▶ source ─▶ archiver ─▶ repo (packs, index) ─▶ snapshot
+//!                                                      ▲
+//!           retention / prune / check ─────────────────┘      http ◀── shared state (reads)
+//! ```
+//!
+//! - [`config`]: the daemon's TOML, parsed into types (unknown keys rejected).
+//! - [`source`]: where entries come from: [`source::local`] paths, [`source::stream`]
+//!   stdin and command output. One module per kind behind [`source::Source`].
+//! - [`chunker`]: content-defined chunking (pure).
+//! - [`archiver`]: chunk, hash, dedup, compress, seal, pack; writes the snapshot last.
+//! - [`repo`]: the on-disk repository: packs, snapshots, keys, locks, and the sled index
+//!   cache. Knows nothing about sources.
+//! - [`restore`], [`check`]: reading a repository back, and verifying it.
+//! - [`retention`], [`schedule`]: pure planning of what to keep and when to run.
+//! - [`redact`]: keeping secrets out of errors and logs.
+//! - [`cli`], [`logging`]: the binary's edge.
+
+pub mod archiver;
+pub mod check;
+pub mod chunker;
+pub mod cli;
+pub mod config;
+pub mod logging;
+pub mod redact;
+pub mod repo;
+pub mod restore;
+pub mod retention;
+pub mod schedule;
+pub mod source;

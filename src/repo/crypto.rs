@@ -1,0 +1,337 @@
+//! Sealing blobs: zstd compression, then (optionally) age encryption.
+//!
+//! Every blob is sealed on its own so that one damaged blob never takes its neighbours
+//! with it, and so that writing needs only the recipients' public keys.
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+/// The first byte of a blob's plaintext payload says how it was compressed. It lives
+/// inside the encryption so the disk does not reveal which data compressed well.
+const CODEC_RAW: u8 = 0;
+const CODEC_ZSTD: u8 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CryptoError {
+    #[error("invalid recipient {0:?}: expected an age X25519 key (age1…) or an SSH public key (ssh-ed25519 / ssh-rsa)")]
+    BadRecipient(String),
+    #[error("cannot read {path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("{path} holds no usable identity (age secret key or unencrypted SSH private key)")]
+    NoIdentity { path: PathBuf },
+    #[error("this data is encrypted: pass --identity FILE (an age identity or SSH private key matching a recipient)")]
+    IdentityRequired,
+    #[error("the identity does not match any recipient of this repository")]
+    WrongIdentity,
+    #[error("cannot decrypt: {0}")]
+    Decrypt(String),
+    #[error("cannot encrypt: {0}")]
+    Encrypt(String),
+    #[error("cannot decompress: {0}")]
+    Decompress(String),
+    #[error("blob is empty or has an unknown codec byte")]
+    BadCodec,
+}
+
+/// A public key data is encrypted to, kept with its text form for the repository config.
+#[derive(Clone)]
+pub struct Recipient {
+    text: String,
+    key: Arc<dyn age::Recipient + Send + Sync>,
+}
+
+impl Recipient {
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+}
+
+impl FromStr for Recipient {
+    type Err = CryptoError;
+    fn from_str(s: &str) -> Result<Self, CryptoError> {
+        let text = s.trim().to_string();
+        let key: Arc<dyn age::Recipient + Send + Sync> = if text.starts_with("age1") {
+            Arc::new(
+                age::x25519::Recipient::from_str(&text)
+                    .map_err(|_| CryptoError::BadRecipient(text.clone()))?,
+            )
+        } else if text.starts_with("ssh-") {
+            Arc::new(
+                age::ssh::Recipient::from_str(&text)
+                    .map_err(|_| CryptoError::BadRecipient(text.clone()))?,
+            )
+        } else {
+            return Err(CryptoError::BadRecipient(text));
+        };
+        Ok(Recipient { text, key })
+    }
+}
+
+/// Reads a recipients file: one key per line, `#` comments and blank lines ignored.
+pub fn read_recipients_file(path: &Path) -> Result<Vec<Recipient>, CryptoError> {
+    let text = std::fs::read_to_string(path).map_err(|source| CryptoError::Io {
+        path: path.to_owned(),
+        source,
+    })?;
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(Recipient::from_str)
+        .collect()
+}
+
+/// Secret keys able to decrypt, loaded from an age identity file or an SSH private key.
+#[derive(Clone)]
+pub struct Identities(Arc<Vec<Box<dyn age::Identity + Send + Sync>>>);
+
+impl Identities {
+    pub fn from_file(path: &Path) -> Result<Identities, CryptoError> {
+        let io = |source| CryptoError::Io {
+            path: path.to_owned(),
+            source,
+        };
+        let bytes = std::fs::read(path).map_err(io)?;
+        let mut ids: Vec<Box<dyn age::Identity + Send + Sync>> = Vec::new();
+        if let Ok(file) = age::IdentityFile::from_buffer(&bytes[..])
+            && let Ok(found) = file.into_identities()
+        {
+            ids.extend(found);
+        }
+        if ids.is_empty()
+            && let Ok(ssh) = age::ssh::Identity::from_buffer(&bytes[..], None)
+            && matches!(ssh, age::ssh::Identity::Unencrypted(_))
+        {
+            ids.push(Box::new(ssh));
+        }
+        if ids.is_empty() {
+            return Err(CryptoError::NoIdentity {
+                path: path.to_owned(),
+            });
+        }
+        Ok(Identities(Arc::new(ids)))
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &dyn age::Identity> {
+        self.0.iter().map(|b| b.as_ref() as &dyn age::Identity)
+    }
+}
+
+fn age_encrypt(recipients: &[Recipient], plain: &[u8]) -> Result<Vec<u8>, CryptoError> {
+    let enc = age::Encryptor::with_recipients(
+        recipients
+            .iter()
+            .map(|r| r.key.as_ref() as &dyn age::Recipient),
+    )
+    .map_err(|e| CryptoError::Encrypt(e.to_string()))?;
+    let mut out = Vec::with_capacity(plain.len() + 256);
+    let mut w = enc
+        .wrap_output(&mut out)
+        .map_err(|e| CryptoError::Encrypt(e.to_string()))?;
+    w.write_all(plain)
+        .and_then(|_| w.finish().map(|_| ()))
+        .map_err(|e| CryptoError::Encrypt(e.to_string()))?;
+    Ok(out)
+}
+
+fn age_decrypt(identities: &Identities, sealed: &[u8]) -> Result<Vec<u8>, CryptoError> {
+    let dec =
+        age::Decryptor::new_buffered(sealed).map_err(|e| CryptoError::Decrypt(e.to_string()))?;
+    let mut r = dec.decrypt(identities.iter()).map_err(|e| match e {
+        age::DecryptError::NoMatchingKeys => CryptoError::WrongIdentity,
+        other => CryptoError::Decrypt(other.to_string()),
+    })?;
+    let mut out = Vec::new();
+    r.read_to_end(&mut out)
+        .map_err(|e| CryptoError::Decrypt(e.to_string()))?;
+    Ok(out)
+}
+
+/// Secret per-repository key material. Stored in the repository encrypted to the
+/// recipients (so the identity alone restores everything) and cached in plain form in the
+/// writer's state directory (so writing needs no identity).
+#[derive(Clone, Serialize, Deserialize)]
+pub struct KeyMaterial {
+    #[serde(with = "hex_key")]
+    pub id_key: [u8; 32],
+    /// Seeds fastcdc's gear table so chunk boundaries do not fingerprint known files.
+    pub chunker_seed: u64,
+}
+
+mod hex_key {
+    use serde::{Deserialize, Deserializer, Serializer};
+    pub fn serialize<S: Serializer>(k: &[u8; 32], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&hex::encode(k))
+    }
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<[u8; 32], D::Error> {
+        let s = String::deserialize(d)?;
+        let mut out = [0u8; 32];
+        hex::decode_to_slice(s, &mut out).map_err(serde::de::Error::custom)?;
+        Ok(out)
+    }
+}
+
+impl std::fmt::Debug for KeyMaterial {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("KeyMaterial(<redacted>)")
+    }
+}
+
+impl KeyMaterial {
+    pub fn generate() -> KeyMaterial {
+        let mut id_key = [0u8; 32];
+        let mut seed = [0u8; 8];
+        getrandom::fill(&mut id_key).expect("the OS random source is available");
+        getrandom::fill(&mut seed).expect("the OS random source is available");
+        KeyMaterial {
+            id_key,
+            chunker_seed: u64::from_le_bytes(seed),
+        }
+    }
+
+    pub fn seal(&self, recipients: &[Recipient]) -> Result<Vec<u8>, CryptoError> {
+        let json = serde_json::to_vec(self).expect("key material serializes");
+        age_encrypt(recipients, &json)
+    }
+
+    pub fn open(identities: &Identities, sealed: &[u8]) -> Result<KeyMaterial, CryptoError> {
+        let json = age_decrypt(identities, sealed)?;
+        serde_json::from_slice(&json).map_err(|e| CryptoError::Decrypt(e.to_string()))
+    }
+}
+
+/// Compresses and encrypts blobs. Cheap to clone and shared by the worker threads.
+#[derive(Clone)]
+pub struct Sealer {
+    level: i32,
+    recipients: Arc<Vec<Recipient>>,
+    identities: Option<Identities>,
+}
+
+impl Sealer {
+    pub fn new(level: i32, recipients: Vec<Recipient>, identities: Option<Identities>) -> Sealer {
+        Sealer {
+            level,
+            recipients: Arc::new(recipients),
+            identities,
+        }
+    }
+
+    pub fn encrypted(&self) -> bool {
+        !self.recipients.is_empty()
+    }
+
+    pub fn can_open(&self) -> bool {
+        !self.encrypted() || self.identities.is_some()
+    }
+
+    pub fn seal(&self, raw: &[u8]) -> Result<Vec<u8>, CryptoError> {
+        let compressed = zstd::bulk::compress(raw, self.level)
+            .map_err(|e| CryptoError::Encrypt(format!("zstd: {e}")))?;
+        // Keep incompressible data raw: decompressing it would only cost time.
+        let mut payload;
+        if compressed.len() + compressed.len() / 64 < raw.len() {
+            payload = Vec::with_capacity(compressed.len() + 1);
+            payload.push(CODEC_ZSTD);
+            payload.extend_from_slice(&compressed);
+        } else {
+            payload = Vec::with_capacity(raw.len() + 1);
+            payload.push(CODEC_RAW);
+            payload.extend_from_slice(raw);
+        }
+        if self.encrypted() {
+            age_encrypt(&self.recipients, &payload)
+        } else {
+            Ok(payload)
+        }
+    }
+
+    /// The plaintext of a sealed blob. `max_len` bounds decompression so a corrupt or
+    /// hostile blob cannot exhaust memory.
+    pub fn open(&self, sealed: &[u8], max_len: usize) -> Result<Vec<u8>, CryptoError> {
+        let payload;
+        let payload_ref: &[u8] = if self.encrypted() {
+            let ids = self
+                .identities
+                .as_ref()
+                .ok_or(CryptoError::IdentityRequired)?;
+            payload = age_decrypt(ids, sealed)?;
+            &payload
+        } else {
+            sealed
+        };
+        match payload_ref.split_first() {
+            Some((&CODEC_RAW, rest)) => Ok(rest.to_vec()),
+            Some((&CODEC_ZSTD, rest)) => zstd::bulk::decompress(rest, max_len)
+                .map_err(|e| CryptoError::Decompress(e.to_string())),
+            _ => Err(CryptoError::BadCodec),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keypair() -> (Recipient, Identities) {
+        let id = age::x25519::Identity::generate();
+        let r: Recipient = id.to_public().to_string().parse().unwrap();
+        (r, Identities(Arc::new(vec![Box::new(id)])))
+    }
+
+    #[test]
+    fn plain_round_trip_compresses_text_and_keeps_random_raw() {
+        let s = Sealer::new(3, vec![], None);
+        let text = b"hello hello hello hello hello hello hello hello".repeat(100);
+        let sealed = s.seal(&text).unwrap();
+        assert!(sealed.len() < text.len() / 4);
+        assert_eq!(s.open(&sealed, 1 << 20).unwrap(), text);
+
+        let mut random = vec![0u8; 4096];
+        getrandom::fill(&mut random).unwrap();
+        let sealed = s.seal(&random).unwrap();
+        assert_eq!(sealed[0], CODEC_RAW);
+        assert_eq!(s.open(&sealed, 1 << 20).unwrap(), random);
+    }
+
+    #[test]
+    fn encrypted_round_trip_needs_the_identity() {
+        let (r, ids) = keypair();
+        let writer = Sealer::new(3, vec![r.clone()], None);
+        let sealed = writer.seal(b"marker-secret-text").unwrap();
+        assert!(!sealed.windows(6).any(|w| w == b"marker"));
+        assert!(matches!(
+            writer.open(&sealed, 1024),
+            Err(CryptoError::IdentityRequired)
+        ));
+        let reader = Sealer::new(3, vec![r], Some(ids));
+        assert_eq!(reader.open(&sealed, 1024).unwrap(), b"marker-secret-text");
+
+        let (_, other) = keypair();
+        let wrong = Sealer::new(3, writer.recipients.to_vec(), Some(other));
+        assert!(matches!(
+            wrong.open(&sealed, 1024),
+            Err(CryptoError::WrongIdentity)
+        ));
+    }
+
+    #[test]
+    fn bad_recipients_are_named() {
+        let err = "nonsense".parse::<Recipient>().err().unwrap();
+        assert!(err.to_string().contains("nonsense"));
+        assert!("age1xyz".parse::<Recipient>().is_err());
+    }
+
+    #[test]
+    fn key_material_round_trip() {
+        let (r, ids) = keypair();
+        let k = KeyMaterial::generate();
+        let sealed = k.seal(&[r]).unwrap();
+        let back = KeyMaterial::open(&ids, &sealed).unwrap();
+        assert_eq!(back.id_key, k.id_key);
+        assert_eq!(format!("{back:?}"), "KeyMaterial(<redacted>)");
+    }
+}

@@ -1,0 +1,398 @@
+//! The sled index: a cache on the writer's own disk, never the source of truth.
+//!
+//! It maps chunk ids to pack locations and keeps each job's previous entries for
+//! incremental runs. It is rebuilt from pack headers whenever it is missing, corrupt, of
+//! another format, or out of step with the packs on disk; `repair index` forces that.
+//! It lives in the state directory rather than on the backup disk because the file cache
+//! holds plaintext names, which an encrypted repository must never reveal.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+
+use super::id::Id;
+use super::pack::{BlobKind, PackEntry};
+use super::tree::{Entry, EntryPath};
+
+const FORMAT_KEY: &[u8] = b"format";
+const FORMAT: &[u8] = b"backuphub-index-1";
+/// sled's default page cache is 1 GiB; a Pi has far less memory to spare.
+const CACHE_BYTES: u64 = 32 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum IndexError {
+    #[error("index {path}: {source}")]
+    Sled { path: PathBuf, source: sled::Error },
+    #[error("index entry for {0} is malformed")]
+    Malformed(String),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Location {
+    pub pack: Id,
+    pub offset: u64,
+    pub length: u32,
+    pub kind: BlobKind,
+}
+
+impl Location {
+    fn encode(&self) -> [u8; 45] {
+        let mut out = [0u8; 45];
+        out[..32].copy_from_slice(&self.pack.0);
+        out[32..40].copy_from_slice(&self.offset.to_le_bytes());
+        out[40..44].copy_from_slice(&self.length.to_le_bytes());
+        out[44] = self.kind as u8;
+        out
+    }
+
+    fn decode(raw: &[u8]) -> Option<Location> {
+        if raw.len() != 45 {
+            return None;
+        }
+        Some(Location {
+            pack: Id::from_slice(&raw[..32])?,
+            offset: u64::from_le_bytes(raw[32..40].try_into().ok()?),
+            length: u32::from_le_bytes(raw[40..44].try_into().ok()?),
+            kind: BlobKind::from_u8(raw[44])?,
+        })
+    }
+}
+
+/// How the index was opened: persistent, or a throwaway one because another process (the
+/// daemon, usually) holds the persistent index.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IndexMode {
+    Persistent,
+    Temporary,
+}
+
+pub struct Index {
+    db: sled::Db,
+    chunks: sled::Tree,
+    packs: sled::Tree,
+    jobs: sled::Tree,
+    path: PathBuf,
+    pub mode: IndexMode,
+}
+
+fn is_lock_conflict(e: &sled::Error) -> bool {
+    match e {
+        sled::Error::Io(io) => {
+            io.kind() == std::io::ErrorKind::WouldBlock || io.to_string().contains("lock")
+        }
+        _ => false,
+    }
+}
+
+impl Index {
+    /// Opens the index at `dir`. A corrupt or foreign index is discarded and recreated
+    /// empty (the caller then syncs it from the packs); an index held by another process
+    /// gives way to a temporary one.
+    pub fn open(dir: &Path) -> Result<Index, IndexError> {
+        let sled_err = |source| IndexError::Sled {
+            path: dir.to_owned(),
+            source,
+        };
+        let config = || sled::Config::new().path(dir).cache_capacity(CACHE_BYTES);
+        let db = match config().open() {
+            Ok(db) => db,
+            Err(e) if is_lock_conflict(&e) => {
+                tracing::warn!(index = %dir.display(), "index is in use by another process; using a temporary index");
+                let db = sled::Config::new()
+                    .temporary(true)
+                    .cache_capacity(CACHE_BYTES)
+                    .open()
+                    .map_err(sled_err)?;
+                return Index::from_db(db, dir, IndexMode::Temporary);
+            }
+            Err(e) => {
+                tracing::warn!(index = %dir.display(), error = %e, "index is unreadable; rebuilding it");
+                let _ = std::fs::remove_dir_all(dir);
+                config().open().map_err(sled_err)?
+            }
+        };
+        match db.get(FORMAT_KEY) {
+            Ok(Some(v)) if v == FORMAT => {}
+            Ok(None) if db.tree_names().len() <= 1 && db.is_empty() => {
+                db.insert(FORMAT_KEY, FORMAT).map_err(sled_err)?;
+            }
+            _ => {
+                tracing::warn!(index = %dir.display(), "index has another format; rebuilding it");
+                drop(db);
+                let _ = std::fs::remove_dir_all(dir);
+                let db = config().open().map_err(sled_err)?;
+                db.insert(FORMAT_KEY, FORMAT).map_err(sled_err)?;
+                return Index::from_db(db, dir, IndexMode::Persistent);
+            }
+        }
+        Index::from_db(db, dir, IndexMode::Persistent)
+    }
+
+    fn from_db(db: sled::Db, dir: &Path, mode: IndexMode) -> Result<Index, IndexError> {
+        let t = |name: &str| {
+            db.open_tree(name).map_err(|source| IndexError::Sled {
+                path: dir.to_owned(),
+                source,
+            })
+        };
+        Ok(Index {
+            chunks: t("chunks")?,
+            packs: t("packs")?,
+            jobs: t("jobs")?,
+            db,
+            path: dir.to_owned(),
+            mode,
+        })
+    }
+
+    fn err(&self, source: sled::Error) -> IndexError {
+        IndexError::Sled {
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    pub fn get(&self, id: &Id) -> Result<Option<Location>, IndexError> {
+        match self.chunks.get(id.0).map_err(|e| self.err(e))? {
+            None => Ok(None),
+            Some(raw) => Location::decode(&raw)
+                .map(Some)
+                .ok_or_else(|| IndexError::Malformed(id.to_hex())),
+        }
+    }
+
+    pub fn contains(&self, id: &Id) -> Result<bool, IndexError> {
+        self.chunks.contains_key(id.0).map_err(|e| self.err(e))
+    }
+
+    pub fn chunk_count(&self) -> usize {
+        self.chunks.len()
+    }
+
+    pub fn pack_count(&self) -> usize {
+        self.packs.len()
+    }
+
+    pub fn add_pack(&self, pack: Id, entries: &[PackEntry]) -> Result<(), IndexError> {
+        let mut batch = sled::Batch::default();
+        let mut ids = Vec::with_capacity(entries.len() * 32);
+        for e in entries {
+            let loc = Location {
+                pack,
+                offset: e.offset,
+                length: e.length,
+                kind: e.kind,
+            };
+            batch.insert(&e.id.0[..], &loc.encode()[..]);
+            ids.extend_from_slice(&e.id.0);
+        }
+        self.chunks.apply_batch(batch).map_err(|e| self.err(e))?;
+        // The pack is recorded last: a crash in between leaves it unrecorded, so the next
+        // sync reads its header again.
+        self.packs.insert(pack.0, ids).map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    pub fn remove_pack(&self, pack: &Id) -> Result<(), IndexError> {
+        if let Some(ids) = self.packs.get(pack.0).map_err(|e| self.err(e))? {
+            for raw in ids.chunks_exact(32) {
+                if let Some(loc) = self.chunks.get(raw).map_err(|e| self.err(e))?
+                    && Location::decode(&loc).is_some_and(|l| l.pack == *pack)
+                {
+                    self.chunks.remove(raw).map_err(|e| self.err(e))?;
+                }
+            }
+        }
+        self.packs.remove(pack.0).map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    pub fn indexed_packs(&self) -> Result<HashSet<Id>, IndexError> {
+        self.packs
+            .iter()
+            .keys()
+            .map(|k| {
+                let k = k.map_err(|e| self.err(e))?;
+                Id::from_slice(&k).ok_or_else(|| IndexError::Malformed("pack key".into()))
+            })
+            .collect()
+    }
+
+    pub fn clear(&self) -> Result<(), IndexError> {
+        self.chunks.clear().map_err(|e| self.err(e))?;
+        self.packs.clear().map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    pub fn flush(&self) -> Result<(), IndexError> {
+        self.db.flush().map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    // ---- the per-job file cache for incremental runs ----
+
+    /// The previous run's entries of `job`, in path order.
+    pub fn previous(&self, job: &str) -> Result<Previous<'_>, IndexError> {
+        let tree = match self.jobs.get(job.as_bytes()).map_err(|e| self.err(e))? {
+            Some(name) => Some(self.db.open_tree(name).map_err(|e| self.err(e))?),
+            None => None,
+        };
+        Ok(Previous {
+            iter: tree.map(|t| t.iter().peekable()),
+            index: self,
+        })
+    }
+
+    /// Starts recording a run's entries; they replace the job's cache only on `commit`.
+    pub fn begin_file_cache(&self, job: &str) -> Result<FileCacheWriter<'_>, IndexError> {
+        let mut nonce = [0u8; 8];
+        getrandom::fill(&mut nonce).expect("the OS random source is available");
+        let name = format!("files/{job}/{}", hex::encode(nonce));
+        let tree = self.db.open_tree(&name).map_err(|e| self.err(e))?;
+        Ok(FileCacheWriter {
+            index: self,
+            job: job.to_owned(),
+            name,
+            tree,
+            committed: false,
+        })
+    }
+}
+
+/// Merge-join access to a job's previous entries: `find` must be called with increasing
+/// paths, and never loads more than one entry at a time.
+pub struct Previous<'a> {
+    iter: Option<std::iter::Peekable<sled::Iter>>,
+    index: &'a Index,
+}
+
+impl Previous<'_> {
+    pub fn empty(index: &Index) -> Previous<'_> {
+        Previous { iter: None, index }
+    }
+
+    /// The previous entry at `path`, if there was one and all its chunks still exist.
+    pub fn find(&mut self, path: &EntryPath) -> Option<Entry> {
+        let iter = self.iter.as_mut()?;
+        loop {
+            let ordering = match iter.peek()? {
+                Ok((k, _)) => k.as_ref().cmp(path.as_bytes()),
+                Err(_) => {
+                    // A broken cache only costs re-reading.
+                    self.iter = None;
+                    return None;
+                }
+            };
+            match ordering {
+                std::cmp::Ordering::Less => {
+                    iter.next();
+                }
+                std::cmp::Ordering::Greater => return None,
+                std::cmp::Ordering::Equal => {
+                    let (_, v) = iter.next()?.ok()?;
+                    let entry: Entry = ciborium::from_reader(&v[..]).ok()?;
+                    let all_present = entry
+                        .chunks
+                        .iter()
+                        .all(|c| self.index.contains(c).unwrap_or(false));
+                    return all_present.then_some(entry);
+                }
+            }
+        }
+    }
+}
+
+pub struct FileCacheWriter<'a> {
+    index: &'a Index,
+    job: String,
+    name: String,
+    tree: sled::Tree,
+    committed: bool,
+}
+
+impl FileCacheWriter<'_> {
+    pub fn insert(&self, entry: &Entry) -> Result<(), IndexError> {
+        self.tree
+            .insert(entry.path.as_bytes(), entry.encode())
+            .map_err(|e| self.index.err(e))?;
+        Ok(())
+    }
+
+    /// Makes this run's entries the job's previous entries.
+    pub fn commit(mut self) -> Result<(), IndexError> {
+        let old = self
+            .index
+            .jobs
+            .insert(self.job.as_bytes(), self.name.as_bytes())
+            .map_err(|e| self.index.err(e))?;
+        self.committed = true;
+        if let Some(old) = old {
+            let _ = self.index.db.drop_tree(old);
+        }
+        Ok(())
+    }
+}
+
+impl Drop for FileCacheWriter<'_> {
+    fn drop(&mut self) {
+        if !self.committed {
+            let _ = self.index.db.drop_tree(self.name.as_bytes());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::repo::tree::EntryKind;
+
+    #[test]
+    fn locations_and_pack_removal() {
+        let dir = tempfile::tempdir().unwrap();
+        let idx = Index::open(&dir.path().join("i")).unwrap();
+        let (p1, p2) = (Id::of(b"p1"), Id::of(b"p2"));
+        let e = |n: &[u8], off| PackEntry {
+            kind: BlobKind::Data,
+            id: Id::of(n),
+            offset: off,
+            length: 5,
+        };
+        idx.add_pack(p1, &[e(b"a", 8), e(b"b", 13)]).unwrap();
+        idx.add_pack(p2, &[e(b"c", 8)]).unwrap();
+        assert_eq!(idx.get(&Id::of(b"b")).unwrap().unwrap().offset, 13);
+        assert_eq!(idx.indexed_packs().unwrap().len(), 2);
+        idx.remove_pack(&p1).unwrap();
+        assert!(!idx.contains(&Id::of(b"a")).unwrap());
+        assert!(idx.contains(&Id::of(b"c")).unwrap());
+    }
+
+    #[test]
+    fn garbage_index_dirs_are_rebuilt() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("i");
+        std::fs::create_dir_all(&path).unwrap();
+        std::fs::write(path.join("db"), b"this is not a sled database at all").unwrap();
+        std::fs::write(path.join("conf"), b"garbage").unwrap();
+        let idx = Index::open(&path).unwrap();
+        assert_eq!(idx.chunk_count(), 0);
+    }
+
+    #[test]
+    fn file_cache_commits_and_finds_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let idx = Index::open(&dir.path().join("i")).unwrap();
+        let w = idx.begin_file_cache("job").unwrap();
+        for p in ["a", "b/c", "d"] {
+            w.insert(&Entry::new(EntryPath::from(p), EntryKind::File)).unwrap();
+        }
+        // Not committed yet: nothing visible.
+        assert!(idx.previous("job").unwrap().find(&EntryPath::from("a")).is_none());
+        w.commit().unwrap();
+        let mut prev = idx.previous("job").unwrap();
+        assert!(prev.find(&EntryPath::from("a")).is_some());
+        assert!(prev.find(&EntryPath::from("b")).is_none());
+        assert!(prev.find(&EntryPath::from("d")).is_some());
+        // An abandoned writer leaves the committed cache alone.
+        drop(idx.begin_file_cache("job").unwrap());
+        assert!(idx.previous("job").unwrap().find(&EntryPath::from("b/c")).is_some());
+    }
+}

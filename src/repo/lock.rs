@@ -1,0 +1,300 @@
+//! Repository locks: files under `locks/`.
+//!
+//! Backups take a shared lock naming their job (two runs of one job conflict, different
+//! jobs do not); prune takes the exclusive lock. A lock is stale, and is broken by whoever
+//! finds it, when its process is gone (same host and boot, pid dead or reused) or when it
+//! has not been refreshed for `STALE_AFTER`. Holders refresh every `REFRESH_EVERY`, so a
+//! stale lock never blocks a schedule for long, whatever killed its owner.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+pub const REFRESH_EVERY: Duration = Duration::from_secs(5 * 60);
+pub const STALE_AFTER: Duration = Duration::from_secs(30 * 60);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LockKind {
+    Shared,
+    Exclusive,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct LockInfo {
+    pub kind: LockKind,
+    pub job: Option<String>,
+    pub host: String,
+    pub boot_id: String,
+    pub pid: u32,
+    /// The process's start time in clock ticks since boot, to detect pid reuse.
+    pub pid_start: u64,
+    pub created: DateTime<Utc>,
+    pub refreshed: DateTime<Utc>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LockError {
+    #[error("repository is locked: {0}")]
+    Conflict(String),
+    #[error("lock file {path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+}
+
+impl LockInfo {
+    fn conflicts_with(&self, other: &LockInfo) -> bool {
+        match (self.kind, other.kind) {
+            (LockKind::Exclusive, _) | (_, LockKind::Exclusive) => true,
+            (LockKind::Shared, LockKind::Shared) => self.job.is_some() && self.job == other.job,
+        }
+    }
+
+    fn describe(&self) -> String {
+        let what = match (&self.kind, &self.job) {
+            (LockKind::Exclusive, _) => "prune".to_string(),
+            (LockKind::Shared, Some(job)) => format!("a run of job {job:?}"),
+            (LockKind::Shared, None) => "a reader".to_string(),
+        };
+        format!(
+            "{what} (pid {} on {}, since {})",
+            self.pid,
+            self.host,
+            self.created.format("%Y-%m-%d %H:%M:%S UTC")
+        )
+    }
+
+    /// Whether the lock's owner is certainly gone, as seen from `me` at `now`.
+    pub fn is_stale(&self, me: &LockInfo, now: DateTime<Utc>) -> bool {
+        let age = now.signed_duration_since(self.refreshed);
+        if age.to_std().is_ok_and(|a| a > STALE_AFTER) {
+            return true;
+        }
+        if self.host == me.host && self.boot_id == me.boot_id && !me.boot_id.is_empty() {
+            return process_start(self.pid) != Some(self.pid_start);
+        }
+        false
+    }
+}
+
+/// The start time of a live process, `None` when there is no such process.
+fn process_start(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may contain spaces and parentheses: fields start after the last ')'.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+fn boot_id() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}
+
+pub fn hostname() -> String {
+    rustix::system::uname()
+        .nodename()
+        .to_string_lossy()
+        .into_owned()
+}
+
+fn me(kind: LockKind, job: Option<&str>) -> LockInfo {
+    let pid = std::process::id();
+    let now = Utc::now();
+    LockInfo {
+        kind,
+        job: job.map(str::to_owned),
+        host: hostname(),
+        boot_id: boot_id(),
+        pid,
+        pid_start: process_start(pid).unwrap_or(0),
+        created: now,
+        refreshed: now,
+    }
+}
+
+/// A held lock; dropping it releases the lock.
+pub struct LockGuard {
+    path: PathBuf,
+    stop: Arc<AtomicBool>,
+    refresher: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for LockGuard {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.refresher.take() {
+            t.thread().unpark();
+            let _ = t.join();
+        }
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+fn write_lock(dir: &Path, path: &Path, info: &LockInfo) -> Result<(), LockError> {
+    let io = |source| LockError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    let tmp = dir.join(format!(
+        ".{}.tmp",
+        path.file_name().unwrap_or_default().to_string_lossy()
+    ));
+    std::fs::write(&tmp, serde_json::to_vec(info).expect("lock info serializes")).map_err(io)?;
+    std::fs::rename(&tmp, path).map_err(io)
+}
+
+/// Takes a lock, waiting up to `wait` for conflicting holders to finish.
+pub fn acquire(
+    locks_dir: &Path,
+    kind: LockKind,
+    job: Option<&str>,
+    wait: Duration,
+) -> Result<LockGuard, LockError> {
+    let mut info = me(kind, job);
+    let mut nonce = [0u8; 8];
+    getrandom::fill(&mut nonce).expect("the OS random source is available");
+    let path = locks_dir.join(format!("{}.json", hex::encode(nonce)));
+    let deadline = std::time::Instant::now() + wait;
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        write_lock(locks_dir, &path, &info)?;
+        match find_conflict(locks_dir, &path, &info)? {
+            None => break,
+            Some(other) => {
+                let _ = std::fs::remove_file(&path);
+                if std::time::Instant::now() >= deadline {
+                    return Err(LockError::Conflict(format!("held by {}", other.describe())));
+                }
+                // Jitter keeps two contenders that both backed off from colliding again.
+                let mut j = [0u8; 1];
+                let _ = getrandom::fill(&mut j);
+                std::thread::sleep(backoff + Duration::from_millis(j[0] as u64));
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let refresher = {
+        let (stop, own, dir) = (stop.clone(), path.clone(), locks_dir.to_owned());
+        std::thread::Builder::new()
+            .name("lock-refresh".into())
+            .spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    std::thread::park_timeout(REFRESH_EVERY);
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    info.refreshed = Utc::now();
+                    if let Err(e) = write_lock(&dir, &own, &info) {
+                        tracing::warn!(error = %e, "cannot refresh repository lock");
+                    }
+                }
+            })
+            .map_err(|source| LockError::Io {
+                path: path.clone(),
+                source,
+            })?
+    };
+    Ok(LockGuard {
+        path,
+        stop,
+        refresher: Some(refresher),
+    })
+}
+
+fn find_conflict(dir: &Path, own: &Path, me: &LockInfo) -> Result<Option<LockInfo>, LockError> {
+    let io = |source| LockError::Io {
+        path: dir.to_owned(),
+        source,
+    };
+    let now = Utc::now();
+    for item in std::fs::read_dir(dir).map_err(io)? {
+        let path = item.map_err(io)?.path();
+        if path == own || path.extension().is_none_or(|e| e != "json") {
+            continue;
+        }
+        let Ok(bytes) = std::fs::read(&path) else {
+            continue; // released while we looked
+        };
+        let Ok(other) = serde_json::from_slice::<LockInfo>(&bytes) else {
+            // A half-written lock cannot exist (writes are renamed into place), so this
+            // is damage; it must not block backups forever.
+            tracing::warn!(lock = %path.display(), "removing unreadable lock file");
+            let _ = std::fs::remove_file(&path);
+            continue;
+        };
+        if other.is_stale(me, now) {
+            tracing::warn!(lock = %path.display(), holder = %other.describe(), "breaking stale lock");
+            let _ = std::fs::remove_file(&path);
+            continue;
+        }
+        if me.conflicts_with(&other) {
+            return Ok(Some(other));
+        }
+    }
+    Ok(None)
+}
+
+/// Lists current lock holders (for status output).
+pub fn list(dir: &Path) -> Vec<LockInfo> {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    rd.filter_map(|e| e.ok())
+        .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
+        .filter_map(|e| serde_json::from_slice(&std::fs::read(e.path()).ok()?).ok())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shared_locks_of_different_jobs_coexist_same_job_conflicts() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = acquire(dir.path(), LockKind::Shared, Some("a"), Duration::ZERO).unwrap();
+        let _b = acquire(dir.path(), LockKind::Shared, Some("b"), Duration::ZERO).unwrap();
+        let err = acquire(dir.path(), LockKind::Shared, Some("a"), Duration::ZERO)
+            .err()
+            .unwrap();
+        assert!(err.to_string().contains("job \"a\""), "{err}");
+        assert!(acquire(dir.path(), LockKind::Exclusive, None, Duration::ZERO).is_err());
+        drop(a);
+        assert!(acquire(dir.path(), LockKind::Shared, Some("a"), Duration::ZERO).is_ok());
+    }
+
+    #[test]
+    fn dead_owner_and_old_locks_are_broken() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut dead = me(LockKind::Exclusive, None);
+        dead.pid = u32::MAX - 1; // no such process
+        write_lock(dir.path(), &dir.path().join("dead.json"), &dead).unwrap();
+        let mut old = me(LockKind::Exclusive, None);
+        old.host = "elsewhere".into();
+        old.refreshed = Utc::now() - chrono::Duration::hours(2);
+        write_lock(dir.path(), &dir.path().join("old.json"), &old).unwrap();
+        std::fs::write(dir.path().join("junk.json"), b"{").unwrap();
+        let _g = acquire(dir.path(), LockKind::Shared, Some("x"), Duration::ZERO).unwrap();
+        assert_eq!(list(dir.path()).len(), 1);
+    }
+
+    #[test]
+    fn a_live_foreign_lock_is_respected() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut other = me(LockKind::Exclusive, None);
+        other.host = "elsewhere".into();
+        write_lock(dir.path(), &dir.path().join("o.json"), &other).unwrap();
+        assert!(acquire(dir.path(), LockKind::Shared, Some("x"), Duration::from_millis(100)).is_err());
+    }
+
+    #[test]
+    fn own_process_start_is_known() {
+        assert!(process_start(std::process::id()).is_some());
+        assert!(process_start(u32::MAX - 1).is_none());
+    }
+}

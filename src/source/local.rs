@@ -1,0 +1,334 @@
+//! Local paths: directories, files, symlinks and special files, with their metadata.
+//!
+//! Paths are stored without the leading `/` (`/srv/data/x` → `srv/data/x`), ancestors of
+//! the given paths included, so several roots share one tree. The walk emits entries in
+//! byte order of full paths: within a directory, a child directory's own entry sorts under
+//! its name but its contents under `name/`, which is exactly where byte order puts them
+//! (`a` < `a.txt` < `a/x`). Only one directory listing per level is held in memory.
+
+use std::collections::BTreeMap;
+use std::fs::Metadata;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Component, Path, PathBuf};
+
+use globset::{Glob, GlobSet, GlobSetBuilder};
+
+use super::{Content, Source, SourceEntry, SourceError};
+use crate::repo::index::Previous;
+use crate::repo::tree::{Entry, EntryKind, EntryPath};
+
+pub struct LocalSource {
+    roots: Vec<PathBuf>,
+    exclude: GlobSet,
+    exclude_text: Vec<String>,
+}
+
+impl LocalSource {
+    pub fn new(paths: &[PathBuf], exclude: &[String]) -> Result<LocalSource, SourceError> {
+        if paths.is_empty() {
+            return Err(SourceError::Fatal("no paths to back up".into()));
+        }
+        let mut roots: Vec<PathBuf> = Vec::new();
+        for p in paths {
+            let abs = std::path::absolute(p)
+                .map_err(|e| SourceError::Fatal(format!("{}: {e}", p.display())))?;
+            let normal: PathBuf = abs
+                .components()
+                .filter(|c| !matches!(c, Component::CurDir))
+                .collect();
+            if normal.components().any(|c| matches!(c, Component::ParentDir)) {
+                return Err(SourceError::Fatal(format!(
+                    "{}: paths with .. are ambiguous; give the real path",
+                    p.display()
+                )));
+            }
+            std::fs::symlink_metadata(&normal)
+                .map_err(|e| SourceError::Fatal(format!("{}: {e}", normal.display())))?;
+            roots.push(normal);
+        }
+        roots.sort();
+        roots.dedup();
+        // A root inside another root adds nothing.
+        let mut kept: Vec<PathBuf> = Vec::new();
+        for r in roots {
+            if !kept.iter().any(|k| r.starts_with(k)) {
+                kept.push(r);
+            }
+        }
+        let mut b = GlobSetBuilder::new();
+        for pat in exclude {
+            b.add(Glob::new(pat).map_err(|e| SourceError::Fatal(format!("exclude pattern {pat:?}: {e}")))?);
+        }
+        let exclude_set = b
+            .build()
+            .map_err(|e| SourceError::Fatal(format!("exclude patterns: {e}")))?;
+        Ok(LocalSource {
+            roots: kept,
+            exclude: exclude_set,
+            exclude_text: exclude.to_vec(),
+        })
+    }
+}
+
+impl Source for LocalSource {
+    fn description(&self) -> String {
+        let roots: Vec<String> = self.roots.iter().map(|r| r.display().to_string()).collect();
+        if self.exclude_text.is_empty() {
+            format!("paths {}", roots.join(" "))
+        } else {
+            format!("paths {} excluding {}", roots.join(" "), self.exclude_text.join(" "))
+        }
+    }
+
+    fn entries<'a>(
+        &'a mut self,
+        previous: Previous<'a>,
+    ) -> Box<dyn Iterator<Item = Result<SourceEntry, SourceError>> + 'a> {
+        let mut top = VNode::default();
+        for r in &self.roots {
+            top.insert(r);
+        }
+        let mut stack = Vec::new();
+        top.plan(Path::new("/"), &EntryPath::from(""), &mut stack);
+        stack.reverse();
+        Box::new(Walker {
+            stack,
+            exclude: &self.exclude,
+            previous,
+        })
+    }
+}
+
+/// The tree of roots and their ancestors, before walking.
+#[derive(Default)]
+struct VNode {
+    children: BTreeMap<Vec<u8>, VNode>,
+    /// Walk everything below (a root), rather than only `children`.
+    real: bool,
+}
+
+impl VNode {
+    fn insert(&mut self, root: &Path) {
+        let mut node = self;
+        for c in root.components() {
+            if let Component::Normal(name) = c {
+                node = node.children.entry(name.as_bytes().to_vec()).or_default();
+            }
+        }
+        node.real = true;
+    }
+
+    /// Emits this node's children in walk order onto `out` (forward order).
+    fn plan(&self, fs_dir: &Path, dir: &EntryPath, out: &mut Vec<Step>) {
+        if self.real {
+            out.push(Step::Expand(fs_dir.to_owned(), dir.clone()));
+            return;
+        }
+        let mut keyed: Vec<(Vec<u8>, &Vec<u8>, bool)> = Vec::new();
+        for name in self.children.keys() {
+            keyed.push((name.clone(), name, false));
+            let mut k = name.clone();
+            k.push(b'/');
+            keyed.push((k, name, true));
+        }
+        keyed.sort();
+        for (_, name, expand) in keyed {
+            let child = &self.children[name];
+            let fs_path = fs_dir.join(std::ffi::OsStr::from_bytes(name));
+            let path = dir.join(name);
+            if expand {
+                child.plan(&fs_path, &path, out);
+            } else {
+                out.push(Step::Emit(fs_path, path));
+            }
+        }
+    }
+}
+
+enum Step {
+    /// Emit the entry for this file system path.
+    Emit(PathBuf, EntryPath),
+    /// List this directory and schedule its children.
+    Expand(PathBuf, EntryPath),
+}
+
+struct Walker<'a> {
+    /// Pending steps, next on top.
+    stack: Vec<Step>,
+    exclude: &'a GlobSet,
+    previous: Previous<'a>,
+}
+
+impl Walker<'_> {
+    fn expand(&mut self, fs_dir: &Path, dir: &EntryPath) -> Result<(), SourceError> {
+        // A root may be a single file or symlink: nothing to list then.
+        if !std::fs::symlink_metadata(fs_dir).is_ok_and(|m| m.is_dir()) {
+            return Ok(());
+        }
+        let rd = std::fs::read_dir(fs_dir).map_err(|e| SourceError::entry(dir, format!("cannot list directory: {e}")))?;
+        let mut keyed: Vec<(Vec<u8>, Step)> = Vec::new();
+        for item in rd {
+            let item = item.map_err(|e| SourceError::entry(dir, format!("cannot list directory: {e}")))?;
+            let name = item.file_name();
+            let fs_path = item.path();
+            if self.exclude.is_match(&fs_path) {
+                continue;
+            }
+            let name = name.as_bytes().to_vec();
+            let path = dir.join(&name);
+            // The kind is needed now to place the directory's contents; file_type() is
+            // served from the listing on most file systems, without a stat.
+            let is_dir = item.file_type().map(|t| t.is_dir()).unwrap_or(false);
+            if is_dir {
+                let mut k = name.clone();
+                k.push(b'/');
+                keyed.push((k, Step::Expand(fs_path.clone(), path.clone())));
+            }
+            keyed.push((name, Step::Emit(fs_path, path)));
+        }
+        keyed.sort_by(|a, b| a.0.cmp(&b.0));
+        self.stack.extend(keyed.into_iter().rev().map(|(_, s)| s));
+        Ok(())
+    }
+
+    fn emit(&mut self, fs_path: &Path, path: EntryPath) -> Option<Result<SourceEntry, SourceError>> {
+        let md = match std::fs::symlink_metadata(fs_path) {
+            Ok(md) => md,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None, // vanished: not a failure
+            Err(e) => return Some(Err(SourceError::entry(&path, e))),
+        };
+        let ft = md.file_type();
+        let kind = if ft.is_file() {
+            EntryKind::File
+        } else if ft.is_dir() {
+            EntryKind::Dir
+        } else if ft.is_symlink() {
+            EntryKind::Symlink
+        } else if ft.is_fifo() {
+            EntryKind::Fifo
+        } else if ft.is_char_device() {
+            EntryKind::CharDevice
+        } else if ft.is_block_device() {
+            EntryKind::BlockDevice
+        } else {
+            // Sockets only exist while their server runs; there is nothing to keep.
+            tracing::debug!(path = %path, "skipping socket");
+            return None;
+        };
+        let mut entry = entry_from_metadata(path, kind, &md);
+        let content = match kind {
+            EntryKind::Symlink => match std::fs::read_link(fs_path) {
+                Ok(t) => {
+                    entry.link_target = Some(t.as_os_str().as_bytes().to_vec());
+                    Content::None
+                }
+                Err(e) => return Some(Err(SourceError::entry(&entry.path, e))),
+            },
+            EntryKind::CharDevice | EntryKind::BlockDevice => {
+                entry.rdev = Some(md.rdev());
+                Content::None
+            }
+            EntryKind::File if md.len() > 0 => {
+                let unchanged = self.previous.find(&entry.path).filter(|prev| {
+                    prev.kind == EntryKind::File
+                        && prev.size == entry.size
+                        && prev.mtime_ns == entry.mtime_ns
+                        && prev.change == entry.change
+                        && !prev.chunks.is_empty()
+                });
+                match unchanged {
+                    Some(prev) => Content::Reuse(prev.chunks),
+                    None => match std::fs::File::open(fs_path) {
+                        Ok(f) => Content::Read(Box::new(f)),
+                        Err(e) => return Some(Err(SourceError::entry(&entry.path, e))),
+                    },
+                }
+            }
+            _ => Content::None,
+        };
+        Some(Ok(SourceEntry { entry, content }))
+    }
+}
+
+pub fn entry_from_metadata(path: EntryPath, kind: EntryKind, md: &Metadata) -> Entry {
+    let mut e = Entry::new(path, kind);
+    e.mode = md.mode() & 0o7777;
+    e.uid = md.uid();
+    e.gid = md.gid();
+    e.mtime_ns = md.mtime() * 1_000_000_000 + md.mtime_nsec();
+    e.size = if kind == EntryKind::File { md.len() } else { 0 };
+    e.change = Some((md.dev(), md.ino(), md.ctime() * 1_000_000_000 + md.ctime_nsec()));
+    e
+}
+
+impl Iterator for Walker<'_> {
+    type Item = Result<SourceEntry, SourceError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            match self.stack.pop()? {
+                Step::Emit(fs_path, path) => {
+                    if let Some(item) = self.emit(&fs_path, path) {
+                        return Some(item);
+                    }
+                }
+                Step::Expand(fs_dir, dir) => {
+                    if let Err(e) = self.expand(&fs_dir, &dir) {
+                        return Some(Err(e));
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::repo::index::Index;
+
+    fn walk(src: &mut LocalSource) -> Vec<String> {
+        let dir = tempfile::tempdir().unwrap();
+        let idx = Index::open(&dir.path().join("i")).unwrap();
+        src.entries(Previous::empty(&idx))
+            .map(|e| e.unwrap().entry.path.display())
+            .collect()
+    }
+
+    #[test]
+    fn walk_order_is_byte_order_with_ancestors() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path().join("r");
+        for d in ["r/a", "r/a/sub", "r/b"] {
+            std::fs::create_dir_all(t.path().join(d)).unwrap();
+        }
+        for f in ["r/a.txt", "r/a/x", "r/a/sub/y", "r/a-b", "r/b/z.tmp", "r/b/z"] {
+            std::fs::write(t.path().join(f), b"1").unwrap();
+        }
+        let mut src = LocalSource::new(&[root.clone()], &["*.tmp".into()]).unwrap();
+        let paths = walk(&mut src);
+        let mut sorted = paths.clone();
+        sorted.sort();
+        assert_eq!(paths, sorted, "byte order");
+        let rel: Vec<&str> = paths
+            .iter()
+            .map(|p| p.strip_prefix(root.to_str().unwrap().trim_start_matches('/')).unwrap_or(p))
+            .collect();
+        assert!(rel.contains(&"/a/sub/y"));
+        assert!(!rel.iter().any(|p| p.ends_with(".tmp")));
+        // Ancestors of the root are present, so restore recreates the whole path.
+        assert_eq!(paths[0], root.components().nth(1).unwrap().as_os_str().to_str().unwrap());
+    }
+
+    #[test]
+    fn nested_and_missing_roots() {
+        let t = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(t.path().join("a/b")).unwrap();
+        let src = LocalSource::new(&[t.path().join("a"), t.path().join("a/b")], &[]).unwrap();
+        assert_eq!(src.roots.len(), 1);
+        let err = LocalSource::new(&[t.path().join("missing")], &[]).err().unwrap();
+        assert!(err.to_string().contains("missing"));
+        assert!(LocalSource::new(&[t.path().into()], &["[".into()]).is_err());
+    }
+}

@@ -1,0 +1,227 @@
+//! Byte streams: stdin, and a command's stdout stored as one file.
+//!
+//! A stream is always read in full; it never reuses the previous run's content, because
+//! a same-named stream says nothing about its bytes.
+
+use std::collections::VecDeque;
+use std::io::Read;
+use std::process::{Child, ChildStdout, Command, Stdio};
+use std::sync::{Arc, Mutex};
+
+use super::{Content, Source, SourceEntry, SourceError};
+use crate::redact::Redactor;
+use crate::repo::index::Previous;
+use crate::repo::tree::{Entry, EntryKind, EntryPath};
+
+/// How much of a failing command's stderr ends up in the error.
+const STDERR_TAIL: usize = 2048;
+
+/// Where the bytes come from.
+pub enum StreamInput {
+    Stdin,
+    Command {
+        argv: Vec<String>,
+        env: Vec<(String, String)>,
+    },
+}
+
+pub struct StreamSource {
+    name: EntryPath,
+    input: Option<StreamInput>,
+    description: String,
+    redactor: Redactor,
+}
+
+impl StreamSource {
+    pub fn new(name: &str, input: StreamInput, redactor: Redactor) -> Result<StreamSource, SourceError> {
+        let path = EntryPath::from(name);
+        if !path.is_safe() {
+            return Err(SourceError::Fatal(format!(
+                "stream name {name:?} must be a relative path without . or .. components"
+            )));
+        }
+        let description = match &input {
+            StreamInput::Stdin => format!("stdin as {name}"),
+            StreamInput::Command { argv, .. } => {
+                format!("command {} as {name}", redactor.redact(&shlex::try_join(argv.iter().map(String::as_str)).unwrap_or_default()))
+            }
+        };
+        Ok(StreamSource {
+            name: path,
+            input: Some(input),
+            description,
+            redactor,
+        })
+    }
+}
+
+impl Source for StreamSource {
+    fn description(&self) -> String {
+        self.description.clone()
+    }
+
+    fn entries<'a>(
+        &'a mut self,
+        _previous: Previous<'a>,
+    ) -> Box<dyn Iterator<Item = Result<SourceEntry, SourceError>> + 'a> {
+        let Some(input) = self.input.take() else {
+            return Box::new(std::iter::empty());
+        };
+        let mut entry = Entry::new(self.name.clone(), EntryKind::File);
+        entry.mode = 0o600;
+        entry.uid = rustix::process::getuid().as_raw();
+        entry.gid = rustix::process::getgid().as_raw();
+        entry.mtime_ns = chrono::Utc::now().timestamp_nanos_opt().unwrap_or(0);
+        let content: Result<Box<dyn Read + Send>, SourceError> = match input {
+            StreamInput::Stdin => Ok(Box::new(std::io::stdin())),
+            StreamInput::Command { argv, env } => {
+                CommandOutput::spawn(&argv, &env, self.redactor.clone()).map(|c| Box::new(c) as _)
+            }
+        };
+        Box::new(std::iter::once(content.map(|r| SourceEntry {
+            entry,
+            content: Content::Read(r),
+        })))
+    }
+}
+
+/// A child's stdout that reports the child's failure as a read error at the end, so a
+/// dump that died half-way can never be stored as if it were whole.
+pub struct CommandOutput {
+    child: Child,
+    stdout: ChildStdout,
+    stderr: Arc<Mutex<VecDeque<u8>>>,
+    stderr_thread: Option<std::thread::JoinHandle<()>>,
+    program: String,
+    redactor: Redactor,
+    done: bool,
+}
+
+impl CommandOutput {
+    pub fn spawn(argv: &[String], env: &[(String, String)], redactor: Redactor) -> Result<CommandOutput, SourceError> {
+        let (program, args) = argv
+            .split_first()
+            .ok_or_else(|| SourceError::Fatal("empty command".into()))?;
+        let mut child = Command::new(program)
+            .args(args)
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| SourceError::Fatal(format!("cannot start {program:?}: {e}")))?;
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let mut stderr = child.stderr.take().expect("stderr is piped");
+        let tail = Arc::new(Mutex::new(VecDeque::with_capacity(STDERR_TAIL)));
+        let tail2 = tail.clone();
+        // Stderr is drained concurrently so a chatty command cannot block on a full pipe.
+        let stderr_thread = std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = stderr.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                let mut t = tail2.lock().expect("stderr tail lock");
+                t.extend(&buf[..n]);
+                let excess = t.len().saturating_sub(STDERR_TAIL);
+                t.drain(..excess);
+            }
+        });
+        Ok(CommandOutput {
+            child,
+            stdout,
+            stderr: tail,
+            stderr_thread: Some(stderr_thread),
+            program: program.clone(),
+            redactor,
+            done: false,
+        })
+    }
+
+    fn finish(&mut self) -> std::io::Result<()> {
+        self.done = true;
+        let status = self.child.wait()?;
+        if let Some(t) = self.stderr_thread.take() {
+            let _ = t.join();
+        }
+        if status.success() {
+            return Ok(());
+        }
+        let tail = {
+            let t = self.stderr.lock().expect("stderr tail lock");
+            let bytes: Vec<u8> = t.iter().copied().collect();
+            String::from_utf8_lossy(&bytes).trim().to_string()
+        };
+        let tail = self.redactor.redact(&tail);
+        Err(std::io::Error::other(if tail.is_empty() {
+            format!("{} exited with {status}", self.program)
+        } else {
+            format!("{} exited with {status}; stderr: {tail}", self.program)
+        }))
+    }
+}
+
+impl Read for CommandOutput {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.done {
+            return Ok(0);
+        }
+        let n = self.stdout.read(buf)?;
+        if n == 0 && !buf.is_empty() {
+            self.finish()?;
+        }
+        Ok(n)
+    }
+}
+
+impl Drop for CommandOutput {
+    fn drop(&mut self) {
+        if !self.done {
+            // The run was abandoned: do not leave the command running.
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(argv: &[&str]) -> std::io::Result<Vec<u8>> {
+        let argv: Vec<String> = argv.iter().map(|s| s.to_string()).collect();
+        let mut c = CommandOutput::spawn(&argv, &[], Redactor::new(vec!["hunter2".into()])).unwrap();
+        let mut out = Vec::new();
+        c.read_to_end(&mut out).map(|_| out)
+    }
+
+    #[test]
+    fn success_yields_stdout() {
+        assert_eq!(run(&["sh", "-c", "printf hello"]).unwrap(), b"hello");
+    }
+
+    #[test]
+    fn failure_is_an_error_with_redacted_stderr() {
+        let err = run(&["sh", "-c", "printf part; echo 'auth failed for password=hunter2' >&2; exit 3"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("exit status: 3"), "{err}");
+        assert!(err.contains("auth failed"), "{err}");
+        assert!(!err.contains("hunter2"), "{err}");
+    }
+
+    #[test]
+    fn missing_program_is_fatal() {
+        let argv = vec!["/nonexistent/prog".to_string()];
+        assert!(matches!(
+            CommandOutput::spawn(&argv, &[], Redactor::default()),
+            Err(SourceError::Fatal(_))
+        ));
+    }
+
+    #[test]
+    fn unsafe_names_are_refused() {
+        assert!(StreamSource::new("../x", StreamInput::Stdin, Redactor::default()).is_err());
+        assert!(StreamSource::new("dump.sql", StreamInput::Stdin, Redactor::default()).is_ok());
+    }
+}
