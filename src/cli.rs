@@ -12,6 +12,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::archiver::{self, Progress};
 use crate::check::{self, ReadData};
+use crate::chunker::ChunkerParams;
 use crate::config::Config;
 use crate::redact::Redactor;
 use crate::repo::crypto::{Recipient, read_recipients_file};
@@ -88,6 +89,12 @@ enum Command {
         /// zstd level for new data (1-19).
         #[arg(long, default_value_t = 3)]
         compression_level: i32,
+        /// Average chunk size (min is half, max eight times); fixed for the repository's life.
+        #[arg(long, default_value = "1MiB")]
+        chunk_size: bytesize::ByteSize,
+        /// Target size of pack files.
+        #[arg(long, default_value = "32MiB")]
+        pack_size: bytesize::ByteSize,
     },
     /// Back up paths, stdin or a command's output as a new snapshot of JOB.
     Backup {
@@ -254,12 +261,14 @@ fn progress_bar(progress: Arc<Progress>, done: Arc<AtomicBool>) -> Option<std::t
 
 pub fn run(cli: Cli) -> anyhow::Result<u8> {
     match cli.command {
-        Command::Init { repo, recipients, recipients_file, compression_level } => {
+        Command::Init { repo, recipients, recipients_file, compression_level, chunk_size, pack_size } => {
             let mut keys: Vec<Recipient> = recipients.iter().map(|r| r.parse()).collect::<Result<_, _>>()?;
             if let Some(f) = recipients_file {
                 keys.extend(read_recipients_file(&f)?);
             }
-            let init = InitOptions { recipients: keys, compression_level, ..Default::default() };
+            let avg = u32::try_from(chunk_size.as_u64()).context("--chunk-size is too large")?;
+            let chunker = ChunkerParams { min_size: avg / 2, avg_size: avg, max_size: avg.saturating_mul(8) };
+            let init = InitOptions { recipients: keys, compression_level, chunker, pack_size: pack_size.as_u64().max(1 << 16) };
             let r = Repository::init(&repo.repo, &repo.options(None), &init)?;
             println!(
                 "created {} repository {} at {}",

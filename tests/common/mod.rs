@@ -1,0 +1,111 @@
+//! Shared helpers for the integration tests: run the real binary in scratch directories.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+pub struct Env {
+    pub dir: tempfile::TempDir,
+}
+
+impl Env {
+    pub fn new() -> Env {
+        Env { dir: tempfile::tempdir().unwrap() }
+    }
+
+    pub fn path(&self, p: &str) -> PathBuf {
+        self.dir.path().join(p)
+    }
+
+    pub fn repo(&self) -> PathBuf {
+        self.path("repo")
+    }
+
+    /// A command for the binary with this environment's state dir and repository.
+    pub fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_backuphub"));
+        c.args(args)
+            .env("BACKUPHUB_STATE_DIR", self.path("state"))
+            .env("BACKUPHUB_REPO", self.repo())
+            .env_remove("BACKUPHUB_IDENTITY")
+            .env("NO_COLOR", "1");
+        c
+    }
+
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.cmd(args).stdin(Stdio::null()).output().unwrap()
+    }
+
+    /// Runs and insists on exit code 0.
+    pub fn ok(&self, args: &[&str]) -> Output {
+        let out = self.run(args);
+        assert!(out.status.success(), "{args:?} failed: {}", text(&out));
+        out
+    }
+
+    pub fn run_with_stdin(&self, args: &[&str], input: &[u8]) -> Output {
+        use std::io::Write;
+        let mut child = self.cmd(args).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+        child.stdin.take().unwrap().write_all(input).unwrap();
+        child.wait_with_output().unwrap()
+    }
+}
+
+pub fn text(out: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+}
+
+/// Deterministic pseudo-random bytes.
+pub fn noise(n: usize, mut x: u64) -> Vec<u8> {
+    x |= 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+/// Total size of all files below `dir`.
+pub fn du(dir: &Path) -> u64 {
+    let mut total = 0;
+    for e in std::fs::read_dir(dir).unwrap() {
+        let e = e.unwrap();
+        let md = e.metadata().unwrap();
+        total += if md.is_dir() { du(&e.path()) } else { md.len() };
+    }
+    total
+}
+
+/// Compares two trees: names, kinds, content, permissions, mtimes and link targets.
+pub fn assert_same_tree(a: &Path, b: &Path) {
+    use std::os::unix::fs::MetadataExt;
+    let mut names_a: Vec<_> = std::fs::read_dir(a).unwrap().map(|e| e.unwrap().file_name()).collect();
+    let mut names_b: Vec<_> = std::fs::read_dir(b).unwrap().map(|e| e.unwrap().file_name()).collect();
+    names_a.sort();
+    names_b.sort();
+    assert_eq!(names_a, names_b, "entries of {} vs {}", a.display(), b.display());
+    for n in names_a {
+        let (pa, pb) = (a.join(&n), b.join(&n));
+        let (ma, mb) = (pa.symlink_metadata().unwrap(), pb.symlink_metadata().unwrap());
+        assert_eq!(ma.file_type(), mb.file_type(), "{}", pa.display());
+        if ma.file_type().is_symlink() {
+            assert_eq!(std::fs::read_link(&pa).unwrap(), std::fs::read_link(&pb).unwrap());
+            continue;
+        }
+        assert_eq!(ma.mode() & 0o7777, mb.mode() & 0o7777, "mode of {}", pa.display());
+        assert_eq!((ma.mtime(), ma.mtime_nsec()), (mb.mtime(), mb.mtime_nsec()), "mtime of {}", pa.display());
+        if ma.is_dir() {
+            assert_same_tree(&pa, &pb);
+        } else {
+            assert!(std::fs::read(&pa).unwrap() == std::fs::read(&pb).unwrap(), "content of {}", pa.display());
+        }
+    }
+}
+
+/// Where a backed-up absolute path lands below a restore target.
+pub fn restored(target: &Path, original: &Path) -> PathBuf {
+    target.join(original.strip_prefix("/").unwrap())
+}
