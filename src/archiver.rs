@@ -194,20 +194,20 @@ pub fn archive(
             tree: Vec::new(),
         };
         let result = walk.run(source, previous, &file_cache);
-        let Walk { tx, stats, failures, tree, .. } = walk;
+        let Walk { tx, stats, failures, tree, seen, .. } = walk;
         drop(tx);
         for h in handles {
             if h.join().is_err() {
                 shared.fail(RepoError::Corrupt("a worker thread panicked".into()));
             }
         }
-        result.map(|()| (stats, failures, tree))
+        result.map(|()| (stats, failures, tree, seen))
     });
     let last = shared.packer.lock().expect("packer lock").current.take();
     if let Some(e) = shared.error.lock().expect("error lock").take() {
         return Err(e.into());
     }
-    let (mut stats, failures, tree) = walked?;
+    let (mut stats, failures, tree, seen) = walked?;
     if let Some(w) = last.filter(|w| !w.is_empty()) {
         finish_pack(repo, w)?;
     }
@@ -218,6 +218,10 @@ pub fn archive(
     stats.new_chunks = shared.new_chunks.load(Ordering::Relaxed);
     stats.new_bytes = shared.new_bytes.load(Ordering::Relaxed);
     stats.stored_bytes = shared.stored_bytes.load(Ordering::Relaxed);
+    // Every chunk met in this run (a superset of what the tree references: chunks of
+    // entries that failed half-way are kept too, which only delays their collection).
+    let mut refs: Vec<Id> = seen.into_iter().collect();
+    let refs = repo.save_refs(&mut refs)?;
     stats.duration_ms = started.elapsed().as_millis() as u64;
     let snapshot = Snapshot {
         format: SNAPSHOT_FORMAT,
@@ -231,6 +235,7 @@ pub fn archive(
         },
         stats,
         tree,
+        refs,
         details: repo.seal_details(&Details {
             source: description,
             failures,

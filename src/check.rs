@@ -142,6 +142,17 @@ pub fn check(repo: &Repository, read_data: ReadData) -> Result<CheckReport, Repo
     }
     let present = |c: &Id| -> Result<bool, RepoError> { Ok(repo.index().get(c)?.is_some()) };
     for (id, s) in &snaps {
+        // The reference list covers every blob, and needs no identity to check.
+        match repo.load_refs(&s.refs) {
+            Ok(refs) => {
+                for r in &refs {
+                    if !present(r)? {
+                        missing.insert(*r);
+                    }
+                }
+            }
+            Err(e) => report.problems.push(Problem::DamagedSnapshot { snapshot: id.short(), what: e.to_string() }),
+        }
         for t in &s.tree {
             if !present(t)? {
                 missing.insert(*t);

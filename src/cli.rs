@@ -193,6 +193,38 @@ enum Command {
         #[command(subcommand)]
         what: ConfigCommand,
     },
+    /// Run the daemon: every job on its schedule, status and metrics over HTTP.
+    Daemon {
+        #[arg(long, env = "BACKUPHUB_CONFIG")]
+        config: PathBuf,
+    },
+    /// Run one configured job once, in the foreground, exactly as the daemon would.
+    Run {
+        #[arg(long, env = "BACKUPHUB_CONFIG")]
+        config: PathBuf,
+        job: String,
+        /// Print the run's result as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete data no snapshot references and repack mostly-empty packs.
+    Prune {
+        #[command(flatten)]
+        repo: RepoArgs,
+        /// Report what would be removed, remove nothing.
+        #[arg(long)]
+        dry_run: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show a running daemon's status.
+    Status {
+        /// The daemon's base URL.
+        #[arg(long, default_value = "http://127.0.0.1:9750")]
+        url: String,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -260,6 +292,11 @@ fn progress_bar(progress: Arc<Progress>, done: Arc<AtomicBool>) -> Option<std::t
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<u8> {
+    if matches!(cli.command, Command::Daemon { .. }) {
+        crate::logging::init_daemon();
+    } else {
+        crate::logging::init_cli();
+    }
     match cli.command {
         Command::Init { repo, recipients, recipients_file, compression_level, chunk_size, pack_size } => {
             let mut keys: Vec<Recipient> = recipients.iter().map(|r| r.parse()).collect::<Result<_, _>>()?;
@@ -444,12 +481,124 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
             eprintln!("write key of repository {} cached", r.config().id.short());
             Ok(exit::OK)
         }
+        Command::Daemon { config } => {
+            let config = Config::load(&config)?;
+            let rt = tokio::runtime::Runtime::new()?;
+            rt.block_on(crate::daemon::run(config))?;
+            Ok(exit::OK)
+        }
+        Command::Run { config, job, json } => {
+            let config = Config::load(&config)?;
+            let name = config
+                .jobs
+                .keys()
+                .find(|n| n.as_str() == job)
+                .cloned()
+                .with_context(|| format!("no job {job:?} in the configuration"))?;
+            let rt = tokio::runtime::Runtime::new()?;
+            let result = rt.block_on(async move {
+                let _metrics = crate::metrics::install();
+                let ctx = crate::runner::Context::new(config);
+                let run_id = crate::repo::random_hex()[..12].to_string();
+                ctx.execute(&name, &run_id, "manual").await
+            });
+            if json {
+                println!("{}", serde_json::to_string_pretty(&result)?);
+            } else {
+                eprintln!(
+                    "{}: {}{}",
+                    job,
+                    result.status.as_str(),
+                    result.error.as_deref().map(|e| format!(": {e}")).unwrap_or_default()
+                );
+            }
+            Ok(match result.status {
+                crate::state::RunStatus::Complete => exit::OK,
+                crate::state::RunStatus::Partial => exit::PARTIAL,
+                crate::state::RunStatus::Failed => exit::ERROR,
+            })
+        }
+        Command::Prune { repo, dry_run, json } => {
+            let r = repo.open(None)?;
+            let _lock = r.lock(LockKind::Exclusive, None, Duration::from_secs(60))?;
+            let report = crate::prune::prune(&r, dry_run)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                eprintln!(
+                    "{}{} packs deleted, {} repacked, {} blobs removed, {} freed",
+                    if dry_run { "dry run: " } else { "" },
+                    report.packs_deleted,
+                    report.packs_repacked,
+                    report.blobs_removed,
+                    bytesize::ByteSize(report.bytes_freed)
+                );
+            }
+            Ok(exit::OK)
+        }
+        Command::Status { url, json } => {
+            let url = format!("{}/api/v1/status", url.trim_end_matches('/'));
+            let body = ureq::get(&url)
+                .call()
+                .with_context(|| format!("cannot reach {url}"))?
+                .body_mut()
+                .read_to_string()
+                .with_context(|| format!("reading {url}"))?;
+            if json {
+                println!("{body}");
+                return Ok(exit::OK);
+            }
+            let v: serde_json::Value = serde_json::from_str(&body).with_context(|| format!("{url} did not answer JSON"))?;
+            print_status(&v)?;
+            Ok(exit::OK)
+        }
         Command::Config { what: ConfigCommand::Check { config } } => {
             let c = Config::load(&config)?;
             println!("{}: ok ({} jobs)", config.display(), c.jobs.len());
             Ok(exit::OK)
         }
     }
+}
+
+fn print_status(v: &serde_json::Value) -> anyhow::Result<()> {
+    let s = |v: &serde_json::Value| v.as_str().map(str::to_owned).unwrap_or_else(|| "-".into());
+    let bytes = |v: &serde_json::Value| v.as_u64().map(|b| bytesize::ByteSize(b).to_string()).unwrap_or_else(|| "-".into());
+    let mut out = std::io::stdout().lock();
+    let r = &v["repository"];
+    writeln!(out, "backuphub {}  up {}s  ready: {}", s(&v["version"]), v["uptime_seconds"], v["ready"])?;
+    if let Some(reason) = v["ready_reason"].as_str() {
+        writeln!(out, "  not ready: {reason}")?;
+    }
+    writeln!(
+        out,
+        "repository {}: {} in {} packs, {} chunks, {} snapshots; disk {} free of {}",
+        s(&r["path"]),
+        bytes(&r["size_bytes"]),
+        r["packs"],
+        r["chunks"],
+        r["snapshots"],
+        bytes(&r["disk_free_bytes"]),
+        bytes(&r["disk_size_bytes"])
+    )?;
+    writeln!(out)?;
+    writeln!(out, "{:<16} {:<8} {:<9} {:<20} {:<20} {:<9} {:>9}  {}", "JOB", "KIND", "RUNNING", "LAST RUN", "NEXT RUN", "STATUS", "STORED", "ERROR")?;
+    for j in v["jobs"].as_array().into_iter().flatten() {
+        let last = &j["last_run"];
+        let time = |t: &serde_json::Value| t.as_str().map(|t| t.chars().take(19).collect::<String>().replace('T', " ")).unwrap_or_else(|| "-".into());
+        writeln!(
+            out,
+            "{:<16} {:<8} {:<9} {:<20} {:<20} {:<9} {:>9}  {}",
+            s(&j["name"]),
+            s(&j["kind"]),
+            if j["running"].as_bool() == Some(true) { "yes" } else { "no" },
+            time(&last["end"]),
+            time(&j["next_run"]),
+            s(&last["status"]),
+            bytes(&last["stats"]["stored_bytes"]),
+            last["error"].as_str().unwrap_or("")
+        )?;
+    }
+    Ok(())
 }
 
 fn mode_string(e: &crate::repo::tree::Entry) -> String {

@@ -227,7 +227,8 @@ pub struct CommandJob {
 impl Config {
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io { path: path.to_owned(), source })?;
-        Config::parse(&text, path)
+        let abs = std::path::absolute(path).unwrap_or_else(|_| path.to_owned());
+        Config::parse(&text, &abs)
     }
 
     /// Parses and validates. `file` is only used in messages.
@@ -244,6 +245,12 @@ impl Config {
             let line = line_of_key(text, &key).or_else(|| e.span().map(|s| line_of(text, s.start))).unwrap_or(1);
             ConfigError::Invalid { file: file.to_owned(), line, key: display_key(&key), message: clean_message(e.message()) }
         })?;
+        let mut config = config;
+        // Relative paths are read from the config file's directory, so an example can
+        // point next to itself; absolute ones are taken as they are.
+        if let Some(base) = file.parent().filter(|b| b.is_absolute()) {
+            config.resolve_paths(base);
+        }
         config.validate().map_err(|(key, message)| ConfigError::Invalid {
             file: file.to_owned(),
             line: line_of_key(text, &key).unwrap_or(1),
@@ -251,6 +258,35 @@ impl Config {
             message,
         })?;
         Ok(config)
+    }
+
+    fn resolve_paths(&mut self, base: &Path) {
+        let fix = |p: &mut PathBuf| {
+            if p.is_relative() {
+                let joined = base.join(&*p);
+                // Lexically: `..` must not depend on symlinks that may not exist yet.
+                let mut out = PathBuf::new();
+                for c in joined.components() {
+                    match c {
+                        std::path::Component::ParentDir => {
+                            out.pop();
+                        }
+                        std::path::Component::CurDir => {}
+                        other => out.push(other),
+                    }
+                }
+                *p = out;
+            }
+        };
+        let r = &mut self.repository;
+        fix(&mut r.path);
+        r.state_dir.iter_mut().chain(r.recipients_file.iter_mut()).chain(r.identity_file.iter_mut()).for_each(fix);
+        self.http.token_file.iter_mut().for_each(fix);
+        for job in self.jobs.values_mut() {
+            if let JobKind::Path(p) = &mut job.kind {
+                p.paths.iter_mut().for_each(fix);
+            }
+        }
     }
 
     fn validate(&self) -> Result<(), (String, String)> {

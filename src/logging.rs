@@ -5,7 +5,8 @@ use tracing_subscriber::EnvFilter;
 use tracing_subscriber::prelude::*;
 
 fn filter(default: &str) -> EnvFilter {
-    EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default))
+    // The scheduler library narrates its own start-up at info; that is noise here.
+    EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(format!("{default},tokio_cron_scheduler=warn")))
 }
 
 /// For one-shot commands: warnings and errors on stderr, so stdout stays data.

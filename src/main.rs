@@ -3,7 +3,6 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
-    backuphub::logging::init_cli();
     let cli = backuphub::cli::Cli::parse();
     match backuphub::cli::run(cli) {
         Ok(code) => ExitCode::from(code),

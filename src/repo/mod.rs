@@ -6,6 +6,7 @@
 //! <repo>/keys/repo.age         key material, age-encrypted to the recipients
 //! <repo>/packs/xx/<id>         immutable packs, named by BLAKE3 of their bytes
 //! <repo>/snapshots/<id>        manifests, named by BLAKE3 of their bytes
+//! <repo>/refs/<id>             per-snapshot lists of referenced blob ids (plaintext)
 //! <repo>/locks/<nonce>.json    lock holders
 //! <repo>/tmp/                  writes in progress (garbage after a crash)
 //! <state>/<repo-id>/index/     sled index (a cache)
@@ -202,7 +203,7 @@ impl Repository {
                 return Err(RepoError::NotEmpty(root.to_owned()));
             }
         }
-        for d in ["", "keys", "packs", "snapshots", "locks", "tmp"] {
+        for d in ["", "keys", "packs", "snapshots", "refs", "locks", "tmp"] {
             std::fs::create_dir_all(root.join(d)).map_err(io_err(root))?;
         }
         let mut raw_id = [0u8; 32];
@@ -274,7 +275,7 @@ impl Repository {
             };
             material.map(|k| (IdHasher::Keyed(k.id_key), k.chunker_seed))
         };
-        for d in ["packs", "snapshots", "locks", "tmp"] {
+        for d in ["packs", "snapshots", "refs", "locks", "tmp"] {
             std::fs::create_dir_all(root.join(d)).map_err(io_err(root))?;
         }
         let index = Index::open(&state.join("index"))?;
@@ -429,6 +430,35 @@ impl Repository {
             .map_err(|e| RepoError::Corrupt(format!("snapshot details: {e}")))?;
         let json = self.sealer.open(&sealed, MAX_PLAIN_BLOB)?;
         serde_json::from_slice(&json).map_err(|e| RepoError::Corrupt(format!("snapshot details: {e}")))
+    }
+
+    pub fn refs_dir(&self) -> PathBuf {
+        self.root.join("refs")
+    }
+
+    /// Writes a snapshot's reference list (sorted ids, 32 bytes each), named by its hash.
+    pub fn save_refs(&self, ids: &mut [Id]) -> Result<Id, RepoError> {
+        ids.sort_unstable();
+        let mut bytes = Vec::with_capacity(ids.len() * 32);
+        for id in ids.iter() {
+            bytes.extend_from_slice(&id.0);
+        }
+        let id = Id::of(&bytes);
+        let dest = self.refs_dir().join(id.to_hex());
+        if !dest.exists() {
+            write_atomic(&self.tmp_dir(), &dest, &bytes)?;
+        }
+        Ok(id)
+    }
+
+    /// Reads a reference list, verifying it against its name.
+    pub fn load_refs(&self, id: &Id) -> Result<Vec<Id>, RepoError> {
+        let path = self.refs_dir().join(id.to_hex());
+        let bytes = std::fs::read(&path).map_err(io_err(&path))?;
+        if Id::of(&bytes) != *id || bytes.len() % 32 != 0 {
+            return Err(RepoError::Corrupt(format!("reference list {} does not match its name", id.short())));
+        }
+        Ok(bytes.chunks_exact(32).map(|c| Id::from_slice(c).expect("32 bytes")).collect())
     }
 
     /// Writes a manifest atomically; the snapshot exists once this returns.

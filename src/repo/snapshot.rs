@@ -62,6 +62,9 @@ pub struct Snapshot {
     pub stats: SnapshotStats,
     /// Tree blobs, in order.
     pub tree: Vec<Id>,
+    /// The plaintext list of every blob this snapshot references (`refs/<id>`), so that
+    /// prune can mark without the identity. Reveals only keyed ids.
+    pub refs: Id,
     /// Sealed (compressed, maybe encrypted) JSON of [`Details`], base64.
     pub details: String,
 }

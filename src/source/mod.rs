@@ -60,3 +60,19 @@ pub trait Source: Send {
         previous: Previous<'a>,
     ) -> Box<dyn Iterator<Item = Result<SourceEntry, SourceError>> + 'a>;
 }
+
+/// Builds the source for a configured job. Adding a kind adds one arm here.
+pub fn from_config(kind: &crate::config::JobKind, redactor: crate::redact::Redactor) -> Result<Box<dyn Source>, SourceError> {
+    use crate::config::JobKind;
+    Ok(match kind {
+        JobKind::Path(p) => Box::new(local::LocalSource::new(&p.paths, &p.exclude)?),
+        JobKind::Command(c) => Box::new(stream::StreamSource::new(
+            &c.name,
+            stream::StreamInput::Command {
+                argv: c.command.clone(),
+                env: c.environment.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            },
+            redactor,
+        )?),
+    })
+}

@@ -1,0 +1,443 @@
+//! Running a configured job once: the one code path of `backuphub run` and the daemon.
+//!
+//! A run takes a concurrency permit, checks the disk, takes the job's lock, archives,
+//! applies the job's retention, and records the outcome in the shared state and metrics.
+//! Transient failures are retried with exponential backoff; the final outcome counts.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::Utc;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::archiver::{ArchiveError, Progress, archive};
+use crate::config::{Config, JobName};
+use crate::metrics as m;
+use crate::redact::Redactor;
+use crate::repo::crypto::{Recipient, read_recipients_file};
+use crate::repo::lock::LockKind;
+use crate::repo::snapshot::SnapshotStatus;
+use crate::repo::{InitOptions, OpenOptions, RepoError, Repository};
+use crate::source::SourceError;
+use crate::state::{Inner, JobState, RepoState, RunResult, RunStatus, SharedState};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("repository not available: {0}")]
+    Unavailable(String),
+    #[error("only {free} free on the repository's disk, below the threshold of {threshold}; not starting")]
+    DiskSpace { free: bytesize::ByteSize, threshold: bytesize::ByteSize },
+    #[error(transparent)]
+    Archive(#[from] ArchiveError),
+    #[error(transparent)]
+    Repo(#[from] RepoError),
+    #[error("{0}")]
+    Source(#[from] SourceError),
+    #[error("the run's worker failed: {0}")]
+    Internal(String),
+}
+
+impl RunError {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            RunError::Unavailable(_) => "no_repository",
+            RunError::DiskSpace { .. } => "disk_space",
+            RunError::Archive(e) => e.kind(),
+            RunError::Repo(e) => e.kind(),
+            RunError::Source(_) => "source",
+            RunError::Internal(_) => "internal",
+        }
+    }
+
+    /// Whether another attempt might succeed.
+    fn retryable(&self) -> bool {
+        !matches!(self, RunError::Archive(ArchiveError::Cancelled) | RunError::Internal(_))
+            && !matches!(self, RunError::Archive(ArchiveError::Repo(RepoError::NoWriteKey { .. })))
+    }
+}
+
+/// Everything a run needs; shared by the scheduler, the HTTP surface and `run`.
+pub struct Context {
+    pub config: Config,
+    pub state: SharedState,
+    pub redactor: Redactor,
+    pub cancel: CancellationToken,
+    pub tasks: tokio_util::task::TaskTracker,
+    permits: Semaphore,
+    repo: Mutex<Option<Arc<Repository>>>,
+}
+
+/// Free and total bytes of the file system holding `path` (or its nearest existing parent).
+pub fn disk_space(path: &std::path::Path) -> Option<(u64, u64)> {
+    let mut p = path;
+    loop {
+        if let Ok(s) = rustix::fs::statvfs(p) {
+            return Some((s.f_bavail * s.f_frsize, s.f_blocks * s.f_frsize));
+        }
+        p = p.parent()?;
+    }
+}
+
+impl Context {
+    pub fn new(config: Config) -> Arc<Context> {
+        let mut secrets = Vec::new();
+        if let Some(t) = &config.http.token_file
+            && let Ok(s) = std::fs::read_to_string(t)
+        {
+            secrets.push(s);
+        }
+        let jobs = config
+            .jobs
+            .iter()
+            .map(|(name, j)| {
+                (
+                    name.to_string(),
+                    JobState {
+                        name: name.to_string(),
+                        kind: j.kind.name().to_string(),
+                        schedule: j.schedule.to_string(),
+                        timezone: j.timezone.to_string(),
+                        next_run: j.schedule.next_after(Utc::now(), j.timezone),
+                        running: false,
+                        running_since: None,
+                        skipped_runs: 0,
+                        last_run: None,
+                        last_success: None,
+                        snapshots: 0,
+                        drill: None,
+                    },
+                )
+            })
+            .collect();
+        let state = SharedState::new(Inner {
+            started: Utc::now(),
+            repository: RepoState { path: config.repository.path.display().to_string(), ..Default::default() },
+            prune: Default::default(),
+            jobs,
+            min_free_bytes: config.daemon.min_free_space.as_u64(),
+        });
+        Arc::new(Context {
+            permits: Semaphore::new(config.daemon.concurrency),
+            config,
+            state,
+            redactor: Redactor::new(secrets),
+            cancel: CancellationToken::new(),
+            tasks: tokio_util::task::TaskTracker::new(),
+            repo: Mutex::new(None),
+        })
+    }
+
+    /// The repository, opened once (sled allows one opener per process). Created only
+    /// when the config says so: an unmounted disk must never get a fresh repository.
+    pub fn repository(&self) -> Result<Arc<Repository>, RunError> {
+        let mut slot = self.repo.lock().expect("repository slot");
+        if let Some(r) = slot.as_ref() {
+            if r.root().join("backuphub.json").exists() {
+                return Ok(r.clone());
+            }
+            // The disk went away under us.
+            *slot = None;
+        }
+        let rc = &self.config.repository;
+        let opts = OpenOptions { identity: rc.identity_file.clone(), state_dir: self.config.state_dir() };
+        let repo = match Repository::open(&rc.path, &opts) {
+            Ok(r) => r,
+            Err(RepoError::NotARepository(_)) if rc.create => {
+                let mut recipients: Vec<Recipient> =
+                    rc.recipients.iter().map(|r| r.parse()).collect::<Result<_, _>>().map_err(|e: crate::repo::crypto::CryptoError| RunError::Unavailable(e.to_string()))?;
+                if let Some(f) = &rc.recipients_file {
+                    recipients.extend(read_recipients_file(f).map_err(|e| RunError::Unavailable(e.to_string()))?);
+                }
+                tracing::info!(path = %rc.path.display(), "creating repository (repository.create is on)");
+                Repository::init(&rc.path, &opts, &InitOptions { recipients, ..Default::default() })
+                    .map_err(|e| RunError::Unavailable(e.to_string()))?
+            }
+            Err(e) => return Err(RunError::Unavailable(e.to_string())),
+        };
+        let repo = Arc::new(repo);
+        *slot = Some(repo.clone());
+        Ok(repo)
+    }
+
+    /// Refreshes repository and disk figures, readiness and gauges. Blocking.
+    pub fn refresh(&self) {
+        let path = &self.config.repository.path;
+        let (free, size) = disk_space(path).unwrap_or((0, 0));
+        let opened = self.repository();
+        let mut repo_state = RepoState { path: path.display().to_string(), disk_free_bytes: free, disk_size_bytes: size, ..Default::default() };
+        let mut per_job: Vec<(String, u64, Option<chrono::DateTime<Utc>>)> = Vec::new();
+        match opened {
+            Ok(repo) => {
+                // Writable: a failed probe means a read-only or failing disk.
+                let probe = repo.tmp_dir().join(format!("probe-{}", std::process::id()));
+                match std::fs::write(&probe, b"").and_then(|_| std::fs::remove_file(&probe)) {
+                    Ok(()) => repo_state.available = true,
+                    Err(e) => repo_state.error = Some(format!("repository is not writable: {e}")),
+                }
+                let _ = repo.sync_index();
+                repo_state.size_bytes = repo.packs_size().unwrap_or(0);
+                repo_state.chunks = repo.index().chunk_count() as u64;
+                repo_state.packs = repo.index().pack_count() as u64;
+                if let Ok(snaps) = repo.snapshots() {
+                    repo_state.snapshots = snaps.len() as u64;
+                    let logical: u64 = snaps.iter().map(|s| s.snapshot.stats.total_bytes).sum();
+                    if repo_state.size_bytes > 0 {
+                        repo_state.dedup_ratio = Some(logical as f64 / repo_state.size_bytes as f64);
+                    }
+                    for name in self.config.jobs.keys() {
+                        let mine: Vec<_> = snaps.iter().filter(|s| s.snapshot.job == name.as_str()).collect();
+                        let last_ok = mine.iter().rev().find(|s| s.snapshot.status == SnapshotStatus::Complete).map(|s| s.snapshot.time);
+                        per_job.push((name.to_string(), mine.len() as u64, last_ok));
+                    }
+                }
+            }
+            Err(e) => repo_state.error = Some(e.to_string()),
+        }
+        metrics::gauge!(m::DISK_FREE).set(free as f64);
+        metrics::gauge!(m::DISK_SIZE).set(size as f64);
+        metrics::gauge!(m::REPO_SIZE).set(repo_state.size_bytes as f64);
+        metrics::gauge!(m::REPO_CHUNKS).set(repo_state.chunks as f64);
+        metrics::gauge!(m::REPO_PACKS).set(repo_state.packs as f64);
+        let now = Utc::now();
+        self.state.write(|s| {
+            s.repository = repo_state;
+            for (name, count, last_ok) in per_job {
+                if let Some(j) = s.jobs.get_mut(&name) {
+                    j.snapshots = count;
+                    if last_ok > j.last_success {
+                        j.last_success = last_ok;
+                    }
+                    metrics::gauge!(m::SNAPSHOTS, "job" => name.clone()).set(count as f64);
+                    if let Some(t) = j.last_success {
+                        metrics::gauge!(m::JOB_LAST_SUCCESS, "job" => name.clone()).set(t.timestamp() as f64);
+                    }
+                }
+            }
+            for (name, cfg) in &self.config.jobs {
+                if let Some(j) = s.jobs.get_mut(name.as_str()) {
+                    j.next_run = cfg.schedule.next_after(now, cfg.timezone);
+                    if let Some(t) = j.next_run {
+                        metrics::gauge!(m::JOB_NEXT_RUN, "job" => name.to_string()).set(t.timestamp() as f64);
+                    }
+                }
+            }
+        });
+        metrics::gauge!(m::REPO_READY).set(if self.state.not_ready().is_none() { 1.0 } else { 0.0 });
+    }
+
+    /// Starts a run in the background unless one is going. Returns the run's id.
+    pub fn trigger(self: &Arc<Self>, job: &str, reason: &str) -> Result<String, TriggerError> {
+        let name = self.config.jobs.keys().find(|n| n.as_str() == job).cloned().ok_or(TriggerError::UnknownJob)?;
+        let started = self.state.write(|s| {
+            let j = s.jobs.get_mut(job).expect("state has every configured job");
+            if j.running {
+                j.skipped_runs += 1;
+                false
+            } else {
+                j.running = true;
+                j.running_since = Some(Utc::now());
+                true
+            }
+        });
+        if !started {
+            metrics::counter!(m::JOB_SKIPPED, "job" => job.to_string()).increment(1);
+            tracing::warn!(job, reason, "previous run still going; skipping this one");
+            return Err(TriggerError::AlreadyRunning);
+        }
+        let run_id = crate::repo::random_hex()[..12].to_string();
+        let ctx = self.clone();
+        let (id, reason) = (run_id.clone(), reason.to_string());
+        self.tasks.spawn(async move {
+            ctx.execute(&name, &id, &reason).await;
+        });
+        Ok(run_id)
+    }
+
+    /// Runs a job to its final outcome (retries included). The caller has marked the
+    /// job running; this clears the mark.
+    pub async fn execute(self: &Arc<Self>, name: &JobName, run_id: &str, trigger: &str) -> RunResult {
+        let span = tracing::info_span!("run", job = %name, run = %run_id);
+        let result = self.execute_inner(name, run_id, trigger).instrument(span).await;
+        // Figures first, so that whoever sees the run finished also sees its snapshot.
+        let ctx = self.clone();
+        let _ = tokio::task::spawn_blocking(move || ctx.refresh()).await;
+        self.record(name, &result);
+        result
+    }
+
+    async fn execute_inner(self: &Arc<Self>, name: &JobName, run_id: &str, trigger: &str) -> RunResult {
+        let job = name.to_string();
+        metrics::gauge!(m::JOB_RUNNING, "job" => job.clone()).set(1.0);
+        let start = Utc::now();
+        let _permit = tokio::select! {
+            p = self.permits.acquire() => p.ok(),
+            _ = self.cancel.cancelled() => None,
+        };
+        let mut attempts = 0;
+        let mut backoff = Duration::from_secs(self.config.daemon.retry_backoff_secs);
+        let outcome = loop {
+            attempts += 1;
+            if self.cancel.is_cancelled() {
+                break Err(RunError::Archive(ArchiveError::Cancelled));
+            }
+            tracing::info!(attempt = attempts, trigger, "run starting");
+            match self.attempt(name).await {
+                Ok(ok) => break Ok(ok),
+                Err(e) => {
+                    let msg = self.redactor.redact(&e.to_string());
+                    metrics::counter!(m::JOB_FAILURES, "job" => job.clone(), "kind" => e.kind()).increment(1);
+                    if e.retryable() && attempts < self.config.daemon.attempts && !self.cancel.is_cancelled() {
+                        tracing::warn!(attempt = attempts, error = %msg, retry_in = ?backoff, "attempt failed; retrying");
+                        tokio::select! {
+                            _ = tokio::time::sleep(backoff) => {}
+                            _ = self.cancel.cancelled() => {}
+                        }
+                        backoff = backoff.saturating_mul(2);
+                        continue;
+                    }
+                    break Err(e);
+                }
+            }
+        };
+        let end = Utc::now();
+        match outcome {
+            Ok((id, snap)) => {
+                let status = if snap.status == SnapshotStatus::Complete { RunStatus::Complete } else { RunStatus::Partial };
+                tracing::info!(snapshot = %id.short(), ?status, entries = snap.stats.entries, read = snap.stats.read_bytes, stored = snap.stats.stored_bytes, "run finished");
+                RunResult {
+                    run_id: run_id.to_string(),
+                    trigger: trigger.to_string(),
+                    start,
+                    end,
+                    status,
+                    attempts,
+                    snapshot: Some(id.to_hex()),
+                    error: (status == RunStatus::Partial).then(|| format!("{} entries failed", snap.stats.failures)),
+                    error_kind: (status == RunStatus::Partial).then(|| "partial".to_string()),
+                    stats: Some(snap.stats),
+                }
+            }
+            Err(e) => {
+                let msg = self.redactor.redact(&e.to_string());
+                tracing::error!(error = %msg, kind = e.kind(), "run failed");
+                RunResult {
+                    run_id: run_id.to_string(),
+                    trigger: trigger.to_string(),
+                    start,
+                    end,
+                    status: RunStatus::Failed,
+                    attempts,
+                    snapshot: None,
+                    stats: None,
+                    error: Some(msg),
+                    error_kind: Some(e.kind().to_string()),
+                }
+            }
+        }
+    }
+
+    async fn attempt(self: &Arc<Self>, name: &JobName) -> Result<(crate::repo::id::Id, crate::repo::snapshot::Snapshot), RunError> {
+        let ctx = self.clone();
+        let name = name.clone();
+        let cancel = Arc::new(AtomicBool::new(false));
+        let flag = cancel.clone();
+        let token = self.cancel.clone();
+        // The archiver is synchronous; cancellation reaches it through a flag.
+        let watcher = tokio::spawn(async move {
+            token.cancelled().await;
+            flag.store(true, Ordering::Relaxed);
+        });
+        let result = tokio::task::spawn_blocking(move || {
+            let repo = ctx.repository()?;
+            let free = disk_space(repo.root()).map(|(f, _)| f).unwrap_or(u64::MAX);
+            let threshold = ctx.config.daemon.min_free_space;
+            if free < threshold.as_u64() {
+                return Err(RunError::DiskSpace { free: bytesize::ByteSize(free), threshold });
+            }
+            let job = &ctx.config.jobs[&name];
+            // Prune holds the exclusive lock; a backup waits for it rather than fail.
+            let _lock = repo.lock(LockKind::Shared, Some(name.as_str()), Duration::from_secs(3 * 3600))?;
+            let mut source = crate::source::from_config(&job.kind, ctx.redactor.clone())?;
+            let progress = Progress::default();
+            let (id, snap) = archive(&repo, name.as_str(), source.as_mut(), &progress, &cancel)?;
+            let policy = if job.retention.is_empty() { crate::retention::RetentionPolicy::seed_default() } else { job.retention.clone() };
+            match crate::prune::forget(&repo, name.as_str(), &policy, job.timezone, false) {
+                Ok(r) if !r.removed.is_empty() => tracing::info!(removed = ?r.removed, "retention applied"),
+                Ok(_) => {}
+                // The snapshot is safe; an unapplied policy only keeps more.
+                Err(e) => tracing::warn!(error = %e, "retention not applied"),
+            }
+            Ok((id, snap))
+        })
+        .await
+        .unwrap_or_else(|e| Err(RunError::Internal(e.to_string())));
+        watcher.abort();
+        result
+    }
+
+    fn record(&self, name: &JobName, r: &RunResult) {
+        let job = name.to_string();
+        metrics::gauge!(m::JOB_RUNNING, "job" => job.clone()).set(0.0);
+        metrics::counter!(m::JOB_RUNS, "job" => job.clone(), "status" => r.status.as_str()).increment(1);
+        metrics::gauge!(m::JOB_LAST_STATUS, "job" => job.clone()).set(r.status.metric_value());
+        metrics::histogram!(m::JOB_DURATION, "job" => job.clone()).record((r.end - r.start).num_milliseconds() as f64 / 1000.0);
+        if let Some(s) = &r.stats {
+            metrics::counter!(m::JOB_READ_BYTES, "job" => job.clone()).increment(s.read_bytes);
+            metrics::counter!(m::JOB_STORED_BYTES, "job" => job.clone()).increment(s.stored_bytes);
+        }
+        if r.status == RunStatus::Complete {
+            metrics::gauge!(m::JOB_LAST_SUCCESS, "job" => job.clone()).set(r.end.timestamp() as f64);
+        }
+        self.state.update_job(&job, |j| {
+            j.running = false;
+            j.running_since = None;
+            if r.status == RunStatus::Complete {
+                j.last_success = Some(r.end);
+            }
+            j.last_run = Some(r.clone());
+        });
+    }
+
+    /// Applies the prune schedule's work: mark and sweep under the exclusive lock.
+    pub async fn prune(self: &Arc<Self>) -> Result<crate::prune::PruneReport, RunError> {
+        let ctx = self.clone();
+        let now = Utc::now();
+        let result = tokio::task::spawn_blocking(move || {
+            let repo = ctx.repository()?;
+            let _lock = repo.lock(LockKind::Exclusive, None, Duration::from_secs(3600))?;
+            Ok::<_, RunError>(crate::prune::prune(&repo, false)?)
+        })
+        .await
+        .unwrap_or_else(|e| Err(RunError::Internal(e.to_string())));
+        self.state.write(|s| {
+            s.prune.last_run = Some(now);
+            match &result {
+                Ok(_) => {
+                    s.prune.last_success = Some(Utc::now());
+                    s.prune.error = None;
+                }
+                Err(e) => s.prune.error = Some(self.redactor.redact(&e.to_string())),
+            }
+        });
+        match &result {
+            Ok(r) => {
+                metrics::gauge!(m::PRUNE_LAST_SUCCESS).set(Utc::now().timestamp() as f64);
+                metrics::counter!(m::PRUNE_FREED).increment(r.bytes_freed);
+                tracing::info!(freed = r.bytes_freed, deleted = r.packs_deleted, repacked = r.packs_repacked, "prune finished");
+            }
+            Err(e) => tracing::error!(error = %self.redactor.redact(&e.to_string()), "prune failed"),
+        }
+        result
+    }
+}
+
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum TriggerError {
+    #[error("no such job")]
+    UnknownJob,
+    #[error("the job is already running")]
+    AlreadyRunning,
+}

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Runs every test of backuphub, installing what the tests need first (idempotent: a
+# second run installs nothing). Usage: bash tests/run-all.sh
+set -euo pipefail
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$root"
+
+need_apt=()
+command -v setpriv >/dev/null || need_apt+=(util-linux)
+command -v nix-instantiate >/dev/null || need_apt+=(nix-bin)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  echo "installing: ${need_apt[*]}" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq >/dev/null
+  apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+
+# Rust: unit, property and integration tests (real binary, real processes).
+cargo test --locked --all-targets
+
+# Nix: module evaluation, flake.lock pin, parse checks.
+bash tests/nix/run.sh
