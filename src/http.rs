@@ -123,3 +123,68 @@ mod tests {
         assert!(!same_token(b"abc", b"abcd"));
     }
 }
+
+#[cfg(test)]
+mod router_tests {
+    use super::*;
+    use axum::body::Body;
+    use axum::http::Request;
+    use tower::ServiceExt;
+
+    fn app(dir: &std::path::Path) -> (Router, Arc<Context>) {
+        let text = format!(
+            "[repository]\npath = \"{}/repo\"\ncreate = true\nstate_dir = \"{}/state\"\n[daemon]\nmin_free_space = \"1 KiB\"\n[jobs.j]\nkind = \"command\"\nschedule = \"@daily\"\ncommand = [\"true\"]\nname = \"x\"\n",
+            dir.display(),
+            dir.display()
+        );
+        let ctx = Context::new(crate::config::Config::parse(&text, std::path::Path::new("/t.toml")).unwrap());
+        let http = Http { ctx: ctx.clone(), metrics: crate::metrics::install(), token: Some(Arc::from("s3cret-token")) };
+        (router(http), ctx)
+    }
+
+    async fn call(app: &Router, method: &str, uri: &str, token: Option<&str>) -> (StatusCode, serde_json::Value) {
+        let mut req = Request::builder().method(method).uri(uri);
+        if let Some(t) = token {
+            req = req.header("authorization", format!("Bearer {t}"));
+        }
+        let resp = app.clone().oneshot(req.body(Body::empty()).unwrap()).await.unwrap();
+        let code = resp.status();
+        let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20).await.unwrap();
+        (code, serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null))
+    }
+
+    #[tokio::test]
+    async fn auth_and_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let (app, ctx) = app(dir.path());
+        assert_eq!(call(&app, "POST", "/api/v1/jobs/j/run", None).await.0, StatusCode::UNAUTHORIZED);
+        assert_eq!(call(&app, "POST", "/api/v1/jobs/j/run", Some("wrong")).await.0, StatusCode::UNAUTHORIZED);
+        assert_eq!(call(&app, "POST", "/api/v1/jobs/zz/run", Some("s3cret-token")).await.0, StatusCode::NOT_FOUND);
+        ctx.state.update_job("j", |j| j.running = true);
+        assert_eq!(call(&app, "POST", "/api/v1/jobs/j/run", Some("s3cret-token")).await.0, StatusCode::CONFLICT);
+        ctx.state.update_job("j", |j| j.running = false);
+        let (code, body) = call(&app, "POST", "/api/v1/jobs/j/run", Some("s3cret-token")).await;
+        assert_eq!(code, StatusCode::ACCEPTED);
+        assert_eq!(body["job"], "j");
+        assert_eq!(call(&app, "GET", "/nope", None).await.0, StatusCode::NOT_FOUND);
+        assert_eq!(call(&app, "GET", "/api/v1/jobs/zz/snapshots", None).await.0, StatusCode::NOT_FOUND);
+        ctx.tasks.close();
+        ctx.tasks.wait().await;
+        let (code, body) = call(&app, "GET", "/api/v1/jobs/j/snapshots", None).await;
+        assert_eq!(code, StatusCode::OK);
+        assert_eq!(body.as_array().unwrap().len(), 1);
+        let (_, status) = call(&app, "GET", "/api/v1/status", None).await;
+        assert_eq!(status["jobs"][0]["last_run"]["status"], "complete");
+        assert!(!status.to_string().contains("s3cret-token"));
+    }
+
+    #[tokio::test]
+    async fn every_served_path_is_in_the_openapi_document() {
+        let doc: serde_json::Value = serde_json::from_str(include_str!("../docs/openapi.json")).unwrap();
+        let paths = doc["paths"].as_object().unwrap();
+        for p in ["/healthz", "/readyz", "/metrics", "/api/v1/status", "/api/v1/jobs/{job}/snapshots", "/api/v1/jobs/{job}/run"] {
+            assert!(paths.contains_key(p), "{p} missing from docs/openapi.json");
+        }
+        assert_eq!(paths.len(), 6, "the document lists endpoints the router does not serve");
+    }
+}

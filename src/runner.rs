@@ -441,3 +441,67 @@ pub enum TriggerError {
     #[error("the job is already running")]
     AlreadyRunning,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    fn config(dir: &std::path::Path, extra: &str) -> Config {
+        let text = format!(
+            "[repository]\npath = \"{}/repo\"\ncreate = true\nstate_dir = \"{}/state\"\n[daemon]\nmin_free_space = \"1 KiB\"\nattempts = 3\nretry_backoff_secs = 30\n{extra}",
+            dir.display(),
+            dir.display()
+        );
+        Config::parse(&text, std::path::Path::new("/test.toml")).unwrap()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn transient_failures_are_retried_with_backoff_and_the_last_outcome_counts() {
+        let dir = tempfile::tempdir().unwrap();
+        let ctx = Context::new(config(dir.path(), "[jobs.bad]\nkind = \"command\"\nschedule = \"@daily\"\ncommand = [\"sh\", \"-c\", \"echo boom >&2; exit 1\"]\nname = \"x\"\n"));
+        let name = JobName::parse("bad").unwrap();
+        let before = tokio::time::Instant::now();
+        let r = ctx.execute(&name, "r1", "test").await;
+        assert_eq!(r.status, RunStatus::Failed);
+        assert_eq!(r.attempts, 3);
+        assert_eq!(r.error_kind.as_deref(), Some("source"));
+        assert!(r.error.as_deref().unwrap().contains("boom"), "{:?}", r.error);
+        // 30 s then 60 s of (paused, auto-advanced) backoff between the three attempts.
+        assert!(tokio::time::Instant::now() - before >= Duration::from_secs(90));
+        let state = ctx.state.read(|s| s.jobs["bad"].clone());
+        assert!(!state.running);
+        assert_eq!(state.last_run.unwrap().status, RunStatus::Failed);
+    }
+
+    #[tokio::test]
+    async fn one_run_per_job_at_a_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let ctx = Context::new(config(dir.path(), "[jobs.slow]\nkind = \"command\"\nschedule = \"@daily\"\ncommand = [\"sleep\", \"1\"]\nname = \"x\"\n"));
+        ctx.trigger("slow", "test").unwrap();
+        assert_eq!(ctx.trigger("slow", "test"), Err(TriggerError::AlreadyRunning));
+        assert_eq!(ctx.trigger("nope", "test"), Err(TriggerError::UnknownJob));
+        assert_eq!(ctx.state.read(|s| s.jobs["slow"].skipped_runs), 1);
+        ctx.tasks.close();
+        ctx.tasks.wait().await;
+        let last = ctx.state.read(|s| s.jobs["slow"].last_run.clone()).unwrap();
+        assert_eq!(last.status, RunStatus::Complete);
+        ctx.trigger("slow", "test").unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_missing_repository_is_not_created_without_permission() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = format!(
+            "[repository]\npath = \"{}/unmounted/repo\"\nstate_dir = \"{}/state\"\n[daemon]\nattempts = 1\n[jobs.j]\nkind = \"command\"\nschedule = \"@daily\"\ncommand = [\"true\"]\nname = \"x\"\n",
+            dir.path().display(),
+            dir.path().display()
+        );
+        let ctx = Context::new(Config::parse(&text, std::path::Path::new("/t.toml")).unwrap());
+        let r = ctx.execute(&JobName::parse("j").unwrap(), "r", "test").await;
+        assert_eq!(r.status, RunStatus::Failed);
+        assert_eq!(r.error_kind.as_deref(), Some("no_repository"));
+        assert!(!dir.path().join("unmounted").exists());
+        assert!(ctx.state.not_ready().unwrap().contains("not a backuphub repository"));
+    }
+}
