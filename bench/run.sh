@@ -104,6 +104,11 @@ for t in $TOOLS; do
   case $t in
     backuphub)
       if [[ -x $BH_BIN ]]; then
+        # a private copy: a concurrent `cargo build` must not swap the binary mid-run
+        mkdir -p "$WORK/bin"
+        cp "$BH_BIN" "$WORK/bin/backuphub.tmp" && mv "$WORK/bin/backuphub.tmp" "$WORK/bin/backuphub"
+        log "backuphub: using a copy of $BH_BIN"
+        BH_BIN=$WORK/bin/backuphub
         RUN_TOOLS+=(backuphub)
       else
         log "NOTE: backuphub binary not found at $BH_BIN (set BACKUPHUB_BIN, or"
