@@ -9,15 +9,17 @@
 //! seen in this run (32 bytes per MiB stored).
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Instant;
 
 use chrono::Utc;
 
 use crate::repo::id::{Id, IdHasher};
 use crate::repo::pack::{BlobKind, PackWriter};
-use crate::repo::snapshot::{Details, Failure, Snapshot, SnapshotStats, SnapshotStatus, SNAPSHOT_FORMAT};
+use crate::repo::snapshot::{
+    Details, Failure, SNAPSHOT_FORMAT, Snapshot, SnapshotStats, SnapshotStatus,
+};
 use crate::repo::tree::{EntryKind, OrderError, TreeCutter};
 use crate::repo::{RepoError, Repository, random_hex};
 use crate::source::{Content, Source, SourceError};
@@ -37,7 +39,11 @@ pub enum ArchiveError {
 }
 
 fn summarize(failures: &[Failure]) -> String {
-    let mut s: Vec<String> = failures.iter().take(3).map(|f| format!("{}: {}", f.path, f.error)).collect();
+    let mut s: Vec<String> = failures
+        .iter()
+        .take(3)
+        .map(|f| format!("{}: {}", f.path, f.error))
+        .collect();
     if failures.len() > 3 {
         s.push(format!("and {} more", failures.len() - 3));
     }
@@ -77,7 +83,12 @@ struct Packer<'r> {
 
 impl<'r> Packer<'r> {
     /// Adds a blob; hands back a full pack for the caller to finish outside the lock.
-    fn add(&mut self, kind: BlobKind, id: Id, sealed: &[u8]) -> Result<Option<PackWriter>, RepoError> {
+    fn add(
+        &mut self,
+        kind: BlobKind,
+        id: Id,
+        sealed: &[u8],
+    ) -> Result<Option<PackWriter>, RepoError> {
         if self.current.is_none() {
             let tmp = self.repo.tmp_dir().join(format!("{}.pack", random_hex()));
             self.current = Some(PackWriter::create(tmp)?);
@@ -118,7 +129,12 @@ impl Shared<'_> {
 
 type Work = (BlobKind, Id, Vec<u8>);
 
-fn worker(repo: &Repository, rx: crossbeam_channel::Receiver<Work>, shared: &Shared<'_>, progress: &Progress) {
+fn worker(
+    repo: &Repository,
+    rx: crossbeam_channel::Receiver<Work>,
+    shared: &Shared<'_>,
+    progress: &Progress,
+) {
     let sealer = repo.sealer().clone();
     for (kind, id, data) in rx {
         if shared.failed.load(Ordering::Relaxed) {
@@ -126,10 +142,20 @@ fn worker(repo: &Repository, rx: crossbeam_channel::Receiver<Work>, shared: &Sha
         }
         let result = (|| {
             let sealed = sealer.seal(&data)?;
-            let full = shared.packer.lock().expect("packer lock").add(kind, id, &sealed)?;
-            shared.stored_bytes.fetch_add(sealed.len() as u64, Ordering::Relaxed);
-            progress.stored_bytes.fetch_add(sealed.len() as u64, Ordering::Relaxed);
-            shared.new_bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
+            let full = shared
+                .packer
+                .lock()
+                .expect("packer lock")
+                .add(kind, id, &sealed)?;
+            shared
+                .stored_bytes
+                .fetch_add(sealed.len() as u64, Ordering::Relaxed);
+            progress
+                .stored_bytes
+                .fetch_add(sealed.len() as u64, Ordering::Relaxed);
+            shared
+                .new_bytes
+                .fetch_add(data.len() as u64, Ordering::Relaxed);
             shared.new_chunks.fetch_add(1, Ordering::Relaxed);
             if let Some(w) = full {
                 finish_pack(repo, w)?;
@@ -157,9 +183,14 @@ pub fn archive(
     let started = Instant::now();
     let time = Utc::now();
     let (hasher, seed) = repo.write_keys()?;
-    let workers = std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(1, 4);
+    let workers = std::thread::available_parallelism()
+        .map_or(2, |n| n.get())
+        .clamp(1, 4);
     let shared = Shared {
-        packer: Mutex::new(Packer { repo, current: None }),
+        packer: Mutex::new(Packer {
+            repo,
+            current: None,
+        }),
         error: Mutex::new(None),
         failed: AtomicBool::new(false),
         stored_bytes: AtomicU64::new(0),
@@ -194,7 +225,14 @@ pub fn archive(
             tree: Vec::new(),
         };
         let result = walk.run(source, previous, &file_cache);
-        let Walk { tx, stats, failures, tree, seen, .. } = walk;
+        let Walk {
+            tx,
+            stats,
+            failures,
+            tree,
+            seen,
+            ..
+        } = walk;
         drop(tx);
         for h in handles {
             if h.join().is_err() {
@@ -303,7 +341,10 @@ impl Walk<'_, '_> {
                 Err(SourceError::Fatal(m)) => return Err(ArchiveError::Source(m)),
                 Err(SourceError::Entry { path, message }) => {
                     tracing::warn!(path = %path, error = %message, "entry failed");
-                    self.failures.push(Failure { path: path.display(), error: message });
+                    self.failures.push(Failure {
+                        path: path.display(),
+                        error: message,
+                    });
                     continue;
                 }
             };
@@ -311,7 +352,9 @@ impl Walk<'_, '_> {
                 Content::None => {}
                 Content::Reuse(chunks) => {
                     for c in &chunks {
-                        if !self.seen.contains(c) && !self.repo.index().contains(c).map_err(RepoError::from)? {
+                        if !self.seen.contains(c)
+                            && !self.repo.index().contains(c).map_err(RepoError::from)?
+                        {
                             self.failures.push(Failure {
                                 path: se.entry.path.display(),
                                 error: format!("chunk {} of the previous run is gone", c.short()),
@@ -330,14 +373,19 @@ impl Walk<'_, '_> {
                             Ok(d) => d,
                             Err(e) => {
                                 tracing::warn!(path = %se.entry.path, error = %e, "read failed");
-                                self.failures.push(Failure { path: se.entry.path.display(), error: e.to_string() });
+                                self.failures.push(Failure {
+                                    path: se.entry.path.display(),
+                                    error: e.to_string(),
+                                });
                                 continue 'entries;
                             }
                         };
                         let id = self.hasher.id(&data);
                         size += data.len() as u64;
                         self.stats.read_bytes += data.len() as u64;
-                        self.progress.read_bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
+                        self.progress
+                            .read_bytes
+                            .fetch_add(data.len() as u64, Ordering::Relaxed);
                         se.entry.chunks.push(id);
                         self.store(BlobKind::Data, id, data)?;
                     }

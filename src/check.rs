@@ -20,10 +20,24 @@ pub enum ReadData {
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(tag = "problem", rename_all = "snake_case")]
 pub enum Problem {
-    DamagedPack { pack: String, what: String },
-    DamagedSnapshot { snapshot: String, what: String },
-    DamagedChunk { chunk: String, pack: String, what: String, used_by: Vec<String> },
-    MissingChunk { chunk: String, used_by: Vec<String> },
+    DamagedPack {
+        pack: String,
+        what: String,
+    },
+    DamagedSnapshot {
+        snapshot: String,
+        what: String,
+    },
+    DamagedChunk {
+        chunk: String,
+        pack: String,
+        what: String,
+        used_by: Vec<String>,
+    },
+    MissingChunk {
+        chunk: String,
+        used_by: Vec<String>,
+    },
 }
 
 impl std::fmt::Display for Problem {
@@ -38,10 +52,21 @@ impl std::fmt::Display for Problem {
         match self {
             Problem::DamagedPack { pack, what } => write!(f, "pack {pack}: {what}"),
             Problem::DamagedSnapshot { snapshot, what } => write!(f, "snapshot {snapshot}: {what}"),
-            Problem::DamagedChunk { chunk, pack, what, used_by } => {
-                write!(f, "chunk {chunk} in pack {pack} is damaged: {what}{}", users(used_by))
+            Problem::DamagedChunk {
+                chunk,
+                pack,
+                what,
+                used_by,
+            } => {
+                write!(
+                    f,
+                    "chunk {chunk} in pack {pack} is damaged: {what}{}",
+                    users(used_by)
+                )
             }
-            Problem::MissingChunk { chunk, used_by } => write!(f, "chunk {chunk} is missing{}", users(used_by)),
+            Problem::MissingChunk { chunk, used_by } => {
+                write!(f, "chunk {chunk} is missing{}", users(used_by))
+            }
         }
     }
 }
@@ -82,7 +107,10 @@ pub fn check(repo: &Repository, read_data: ReadData) -> Result<CheckReport, Repo
         let entries = match pack::read_header(&path) {
             Ok(e) => e,
             Err(e) => {
-                report.problems.push(Problem::DamagedPack { pack: p.short(), what: e.to_string() });
+                report.problems.push(Problem::DamagedPack {
+                    pack: p.short(),
+                    what: e.to_string(),
+                });
                 // Whatever the index knew of it can no longer be trusted.
                 repo.index().remove_pack(p)?;
                 continue;
@@ -102,7 +130,10 @@ pub fn check(repo: &Repository, read_data: ReadData) -> Result<CheckReport, Repo
         }
         report.packs_read += 1;
         if !pack::verify_file_hash(&path, p)? {
-            report.problems.push(Problem::DamagedPack { pack: p.short(), what: "content does not match its name (bit rot or tampering)".into() });
+            report.problems.push(Problem::DamagedPack {
+                pack: p.short(),
+                what: "content does not match its name (bit rot or tampering)".into(),
+            });
             if !can_open {
                 for e in &entries {
                     bad.insert(e.id, (p.short(), "in a damaged pack".into()));
@@ -113,15 +144,26 @@ pub fn check(repo: &Repository, read_data: ReadData) -> Result<CheckReport, Repo
         if !can_open {
             continue;
         }
-        let f = File::open(&path).map_err(|source| RepoError::Io { path: path.clone(), source })?;
+        let f = File::open(&path).map_err(|source| RepoError::Io {
+            path: path.clone(),
+            source,
+        })?;
         let (hasher, _) = repo.write_keys()?;
         for e in &entries {
             report.blobs_read += 1;
             let result = pack::read_blob(&f, &path, e.offset, e.length)
                 .map_err(|e| e.to_string())
-                .and_then(|sealed| repo.sealer().open(&sealed, 64 << 20).map_err(|e| e.to_string()))
+                .and_then(|sealed| {
+                    repo.sealer()
+                        .open(&sealed, 64 << 20)
+                        .map_err(|e| e.to_string())
+                })
                 .and_then(|plain| {
-                    if hasher.id(&plain) == e.id { Ok(()) } else { Err("content does not match its id".into()) }
+                    if hasher.id(&plain) == e.id {
+                        Ok(())
+                    } else {
+                        Err("content does not match its id".into())
+                    }
                 });
             if let Err(what) = result {
                 bad.insert(e.id, (p.short(), what));
@@ -137,7 +179,10 @@ pub fn check(repo: &Repository, read_data: ReadData) -> Result<CheckReport, Repo
     for id in ids {
         match repo.load_snapshot(&id) {
             Ok(s) => snaps.push((id, s)),
-            Err(e) => report.problems.push(Problem::DamagedSnapshot { snapshot: id.short(), what: e.to_string() }),
+            Err(e) => report.problems.push(Problem::DamagedSnapshot {
+                snapshot: id.short(),
+                what: e.to_string(),
+            }),
         }
     }
     let present = |c: &Id| -> Result<bool, RepoError> { Ok(repo.index().get(c)?.is_some()) };
@@ -151,14 +196,21 @@ pub fn check(repo: &Repository, read_data: ReadData) -> Result<CheckReport, Repo
                     }
                 }
             }
-            Err(e) => report.problems.push(Problem::DamagedSnapshot { snapshot: id.short(), what: e.to_string() }),
+            Err(e) => report.problems.push(Problem::DamagedSnapshot {
+                snapshot: id.short(),
+                what: e.to_string(),
+            }),
         }
         for t in &s.tree {
             if !present(t)? {
                 missing.insert(*t);
             }
         }
-        if !can_open || s.tree.iter().any(|t| missing.contains(t) || bad.contains_key(t)) {
+        if !can_open
+            || s.tree
+                .iter()
+                .any(|t| missing.contains(t) || bad.contains_key(t))
+        {
             continue;
         }
         for e in repo.entries(s) {
@@ -171,7 +223,10 @@ pub fn check(repo: &Repository, read_data: ReadData) -> Result<CheckReport, Repo
                     }
                 }
                 Err(err) => {
-                    report.problems.push(Problem::DamagedSnapshot { snapshot: id.short(), what: format!("tree unreadable: {err}") });
+                    report.problems.push(Problem::DamagedSnapshot {
+                        snapshot: id.short(),
+                        what: format!("tree unreadable: {err}"),
+                    });
                     break;
                 }
             }
@@ -182,13 +237,25 @@ pub fn check(repo: &Repository, read_data: ReadData) -> Result<CheckReport, Repo
     if !bad.is_empty() || !missing.is_empty() {
         let mut users: BTreeMap<Id, Vec<String>> = BTreeMap::new();
         for (id, s) in &snaps {
-            let label = format!("{} ({} {})", id.short(), s.job, s.time.format("%Y-%m-%d %H:%M"));
+            let label = format!(
+                "{} ({} {})",
+                id.short(),
+                s.job,
+                s.time.format("%Y-%m-%d %H:%M")
+            );
             for t in &s.tree {
                 if bad.contains_key(t) || missing.contains(t) {
-                    users.entry(*t).or_default().push(format!("{label}: its file list"));
+                    users
+                        .entry(*t)
+                        .or_default()
+                        .push(format!("{label}: its file list"));
                 }
             }
-            if !can_open || s.tree.iter().any(|t| bad.contains_key(t) || missing.contains(t)) {
+            if !can_open
+                || s.tree
+                    .iter()
+                    .any(|t| bad.contains_key(t) || missing.contains(t))
+            {
                 continue;
             }
             for e in repo.entries(s).flatten() {
@@ -212,13 +279,20 @@ pub fn check(repo: &Repository, read_data: ReadData) -> Result<CheckReport, Repo
             });
         }
         for c in &missing {
-            report.problems.push(Problem::MissingChunk { chunk: c.to_hex(), used_by: users.get(c).cloned().unwrap_or_default() });
+            report.problems.push(Problem::MissingChunk {
+                chunk: c.to_hex(),
+                used_by: users.get(c).cloned().unwrap_or_default(),
+            });
         }
     }
 
-    let tmp = std::fs::read_dir(repo.tmp_dir()).map(|r| r.count()).unwrap_or(0);
+    let tmp = std::fs::read_dir(repo.tmp_dir())
+        .map(|r| r.count())
+        .unwrap_or(0);
     if tmp > 0 {
-        report.notes.push(format!("{tmp} leftover temporary file(s) from interrupted writes; prune removes them"));
+        report.notes.push(format!(
+            "{tmp} leftover temporary file(s) from interrupted writes; prune removes them"
+        ));
     }
     Ok(report)
 }

@@ -129,13 +129,22 @@ mod tests {
                 .collect::<std::collections::HashSet<_>>()
         };
         let (a, b) = (set(&data), set(&edited));
-        assert!(b.difference(&a).count() <= 3, "{} new chunks", b.difference(&a).count());
+        assert!(
+            b.difference(&a).count() <= 3,
+            "{} new chunks",
+            b.difference(&a).count()
+        );
     }
 
     #[test]
     fn the_seed_moves_boundaries() {
         let data = pseudo_random(1 << 20, 9);
-        let lens = |seed| small().chunks(&data[..], seed).map(|c| c.unwrap().len()).collect::<Vec<_>>();
+        let lens = |seed| {
+            small()
+                .chunks(&data[..], seed)
+                .map(|c| c.unwrap().len())
+                .collect::<Vec<_>>()
+        };
         assert_ne!(lens(0), lens(12345));
     }
 }

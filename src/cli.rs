@@ -3,8 +3,8 @@
 
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -38,7 +38,12 @@ pub mod exit {
 }
 
 #[derive(Parser)]
-#[command(name = "backuphub", version, about = "Deduplicating, encrypting pull-model backups for a homelab", after_help = "Exit codes: 0 success, 1 error, 2 usage error, 3 backup stored a partial snapshot, 4 check found damage.")]
+#[command(
+    name = "backuphub",
+    version,
+    about = "Deduplicating, encrypting pull-model backups for a homelab",
+    after_help = "Exit codes: 0 success, 1 error, 2 usage error, 3 backup stored a partial snapshot, 4 check found damage."
+)]
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -65,7 +70,10 @@ impl RepoArgs {
     fn options(&self, identity: Option<&IdentityArg>) -> OpenOptions {
         OpenOptions {
             identity: identity.and_then(|i| i.identity.clone()),
-            state_dir: self.state_dir.clone().unwrap_or_else(crate::repo::default_state_dir),
+            state_dir: self
+                .state_dir
+                .clone()
+                .unwrap_or_else(crate::repo::default_state_dir),
         }
     }
 
@@ -257,7 +265,10 @@ enum ConfigCommand {
 }
 
 fn parse_percent(s: &str) -> Result<f64, String> {
-    let v: f64 = s.trim_end_matches('%').parse().map_err(|_| format!("{s:?} is not a percentage"))?;
+    let v: f64 = s
+        .trim_end_matches('%')
+        .parse()
+        .map_err(|_| format!("{s:?} is not a percentage"))?;
     if (0.0..=100.0).contains(&v) && v > 0.0 {
         Ok(v)
     } else {
@@ -266,14 +277,18 @@ fn parse_percent(s: &str) -> Result<f64, String> {
 }
 
 /// Shows a progress bar on a terminal; silent otherwise.
-fn progress_bar(progress: Arc<Progress>, done: Arc<AtomicBool>) -> Option<std::thread::JoinHandle<()>> {
+fn progress_bar(
+    progress: Arc<Progress>,
+    done: Arc<AtomicBool>,
+) -> Option<std::thread::JoinHandle<()>> {
     if !std::io::stderr().is_terminal() {
         return None;
     }
     Some(std::thread::spawn(move || {
         let bar = indicatif::ProgressBar::new_spinner();
         bar.set_style(
-            indicatif::ProgressStyle::with_template("{spinner} {elapsed} {msg}").expect("valid template"),
+            indicatif::ProgressStyle::with_template("{spinner} {elapsed} {msg}")
+                .expect("valid template"),
         );
         while !done.load(Ordering::Relaxed) {
             let read = progress.read_bytes.load(Ordering::Relaxed);
@@ -298,33 +313,74 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
         crate::logging::init_cli();
     }
     match cli.command {
-        Command::Init { repo, recipients, recipients_file, compression_level, chunk_size, pack_size } => {
-            let mut keys: Vec<Recipient> = recipients.iter().map(|r| r.parse()).collect::<Result<_, _>>()?;
+        Command::Init {
+            repo,
+            recipients,
+            recipients_file,
+            compression_level,
+            chunk_size,
+            pack_size,
+        } => {
+            let mut keys: Vec<Recipient> = recipients
+                .iter()
+                .map(|r| r.parse())
+                .collect::<Result<_, _>>()?;
             if let Some(f) = recipients_file {
                 keys.extend(read_recipients_file(&f)?);
             }
             let avg = u32::try_from(chunk_size.as_u64()).context("--chunk-size is too large")?;
-            let chunker = ChunkerParams { min_size: avg / 2, avg_size: avg, max_size: avg.saturating_mul(8) };
-            let init = InitOptions { recipients: keys, compression_level, chunker, pack_size: pack_size.as_u64().max(1 << 16) };
+            let chunker = ChunkerParams {
+                min_size: avg / 2,
+                avg_size: avg,
+                max_size: avg.saturating_mul(8),
+            };
+            let init = InitOptions {
+                recipients: keys,
+                compression_level,
+                chunker,
+                pack_size: pack_size.as_u64().max(1 << 16),
+            };
             let r = Repository::init(&repo.repo, &repo.options(None), &init)?;
             println!(
                 "created {} repository {} at {}",
-                if r.encrypted() { "encrypted" } else { "unencrypted" },
+                if r.encrypted() {
+                    "encrypted"
+                } else {
+                    "unencrypted"
+                },
                 r.config().id.short(),
                 repo.repo.display()
             );
             Ok(exit::OK)
         }
-        Command::Backup { repo, job, stdin, command, name, exclude, json, paths } => {
+        Command::Backup {
+            repo,
+            job,
+            stdin,
+            command,
+            name,
+            exclude,
+            json,
+            paths,
+        } => {
             crate::config::JobName::parse(&job).map_err(anyhow::Error::msg)?;
             let r = repo.open(None)?;
             let mut source: Box<dyn Source> = if stdin {
-                Box::new(StreamSource::new(name.as_deref().unwrap_or_default(), StreamInput::Stdin, Redactor::default())?)
-            } else if let Some(cmd) = command {
-                let argv = shlex::split(&cmd).filter(|a| !a.is_empty()).with_context(|| format!("cannot split command {cmd:?}"))?;
                 Box::new(StreamSource::new(
                     name.as_deref().unwrap_or_default(),
-                    StreamInput::Command { argv, env: Vec::new() },
+                    StreamInput::Stdin,
+                    Redactor::default(),
+                )?)
+            } else if let Some(cmd) = command {
+                let argv = shlex::split(&cmd)
+                    .filter(|a| !a.is_empty())
+                    .with_context(|| format!("cannot split command {cmd:?}"))?;
+                Box::new(StreamSource::new(
+                    name.as_deref().unwrap_or_default(),
+                    StreamInput::Command {
+                        argv,
+                        env: Vec::new(),
+                    },
                     Redactor::default(),
                 )?)
             } else {
@@ -345,7 +401,10 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
             }
             let (id, snap) = result?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&serde_json::json!({"id": id, "snapshot": snap}))?);
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&serde_json::json!({"id": id, "snapshot": snap}))?
+                );
             } else {
                 let s = &snap.stats;
                 eprintln!(
@@ -367,17 +426,32 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
                     }
                 }
             }
-            Ok(if snap.status == SnapshotStatus::Complete { exit::OK } else { exit::PARTIAL })
+            Ok(if snap.status == SnapshotStatus::Complete {
+                exit::OK
+            } else {
+                exit::PARTIAL
+            })
         }
         Command::Snapshots { repo, job, json } => {
             let r = repo.open(None)?;
-            let snaps: Vec<_> = r.snapshots()?.into_iter().filter(|s| job.as_ref().is_none_or(|j| &s.snapshot.job == j)).collect();
+            let snaps: Vec<_> = r
+                .snapshots()?
+                .into_iter()
+                .filter(|s| job.as_ref().is_none_or(|j| &s.snapshot.job == j))
+                .collect();
             if json {
-                let v: Vec<_> = snaps.iter().map(|s| serde_json::json!({"id": s.id, "snapshot": s.snapshot})).collect();
+                let v: Vec<_> = snaps
+                    .iter()
+                    .map(|s| serde_json::json!({"id": s.id, "snapshot": s.snapshot}))
+                    .collect();
                 println!("{}", serde_json::to_string_pretty(&v)?);
             } else {
                 let mut out = std::io::stdout().lock();
-                writeln!(out, "{:<8}  {:<20}  {:<16}  {:<8}  {:>8}  {:>10}  {:>10}", "ID", "TIME (UTC)", "JOB", "STATUS", "ENTRIES", "SIZE", "NEW")?;
+                writeln!(
+                    out,
+                    "{:<8}  {:<20}  {:<16}  {:<8}  {:>8}  {:>10}  {:>10}",
+                    "ID", "TIME (UTC)", "JOB", "STATUS", "ENTRIES", "SIZE", "NEW"
+                )?;
                 for s in &snaps {
                     let n = &s.snapshot;
                     writeln!(
@@ -395,7 +469,13 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
             }
             Ok(exit::OK)
         }
-        Command::Ls { repo, identity, snapshot, path, json } => {
+        Command::Ls {
+            repo,
+            identity,
+            snapshot,
+            path,
+            json,
+        } => {
             let r = repo.open(Some(&identity))?;
             let s = r.resolve_snapshot(&snapshot)?;
             let prefix = path.as_deref().map(EntryPath::from);
@@ -422,16 +502,36 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
             }
             Ok(exit::OK)
         }
-        Command::Restore { repo, identity, snapshot, target, path, overwrite } => {
+        Command::Restore {
+            repo,
+            identity,
+            snapshot,
+            target,
+            path,
+            overwrite,
+        } => {
             let r = repo.open(Some(&identity))?;
             let s = r.resolve_snapshot(&snapshot)?;
             let _lock = r.lock(LockKind::Shared, None, Duration::from_secs(10))?;
-            let opts = RestoreOptions { only: path.as_deref().map(EntryPath::from), overwrite };
+            let opts = RestoreOptions {
+                only: path.as_deref().map(EntryPath::from),
+                overwrite,
+            };
             let stats = restore::restore(&r, &s.snapshot, &target, &opts)?;
-            eprintln!("restored {} entries, {} to {}", stats.entries, bytesize::ByteSize(stats.bytes), target.display());
+            eprintln!(
+                "restored {} entries, {} to {}",
+                stats.entries,
+                bytesize::ByteSize(stats.bytes),
+                target.display()
+            );
             Ok(exit::OK)
         }
-        Command::Cat { repo, identity, snapshot, path } => {
+        Command::Cat {
+            repo,
+            identity,
+            snapshot,
+            path,
+        } => {
             let r = repo.open(Some(&identity))?;
             let s = r.resolve_snapshot(&snapshot)?;
             let _lock = r.lock(LockKind::Shared, None, Duration::from_secs(10))?;
@@ -440,7 +540,13 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
             out.flush()?;
             Ok(exit::OK)
         }
-        Command::Check { repo, identity, read_data, read_data_subset, json } => {
+        Command::Check {
+            repo,
+            identity,
+            read_data,
+            read_data_subset,
+            json,
+        } => {
             let r = repo.open(Some(&identity))?;
             let _lock = r.lock(LockKind::Shared, None, Duration::from_secs(10))?;
             let mode = match (read_data, read_data_subset) {
@@ -464,19 +570,33 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
                     report.packs,
                     report.packs_read,
                     report.blobs_read,
-                    if report.ok() { "no problems".to_string() } else { format!("{} problem(s)", report.problems.len()) }
+                    if report.ok() {
+                        "no problems".to_string()
+                    } else {
+                        format!("{} problem(s)", report.problems.len())
+                    }
                 );
             }
             Ok(if report.ok() { exit::OK } else { exit::DAMAGED })
         }
-        Command::Repair { what: RepairCommand::Index { repo } } => {
+        Command::Repair {
+            what: RepairCommand::Index { repo },
+        } => {
             let r = repo.open(None)?;
             r.rebuild_index()?;
-            eprintln!("index rebuilt: {} chunks in {} packs", r.index().chunk_count(), r.index().pack_count());
+            eprintln!(
+                "index rebuilt: {} chunks in {} packs",
+                r.index().chunk_count(),
+                r.index().pack_count()
+            );
             Ok(exit::OK)
         }
-        Command::Key { what: KeyCommand::Cache { repo, identity } } => {
-            let r = repo.open(Some(&IdentityArg { identity: Some(identity) }))?;
+        Command::Key {
+            what: KeyCommand::Cache { repo, identity },
+        } => {
+            let r = repo.open(Some(&IdentityArg {
+                identity: Some(identity),
+            }))?;
             r.write_keys()?;
             eprintln!("write key of repository {} cached", r.config().id.short());
             Ok(exit::OK)
@@ -509,7 +629,11 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
                     "{}: {}{}",
                     job,
                     result.status.as_str(),
-                    result.error.as_deref().map(|e| format!(": {e}")).unwrap_or_default()
+                    result
+                        .error
+                        .as_deref()
+                        .map(|e| format!(": {e}"))
+                        .unwrap_or_default()
                 );
             }
             Ok(match result.status {
@@ -518,7 +642,11 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
                 crate::state::RunStatus::Failed => exit::ERROR,
             })
         }
-        Command::Prune { repo, dry_run, json } => {
+        Command::Prune {
+            repo,
+            dry_run,
+            json,
+        } => {
             let r = repo.open(None)?;
             let _lock = r.lock(LockKind::Exclusive, None, Duration::from_secs(60))?;
             let report = crate::prune::prune(&r, dry_run)?;
@@ -548,11 +676,14 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
                 println!("{body}");
                 return Ok(exit::OK);
             }
-            let v: serde_json::Value = serde_json::from_str(&body).with_context(|| format!("{url} did not answer JSON"))?;
+            let v: serde_json::Value = serde_json::from_str(&body)
+                .with_context(|| format!("{url} did not answer JSON"))?;
             print_status(&v)?;
             Ok(exit::OK)
         }
-        Command::Config { what: ConfigCommand::Check { config } } => {
+        Command::Config {
+            what: ConfigCommand::Check { config },
+        } => {
             let c = Config::load(&config)?;
             println!("{}: ok ({} jobs)", config.display(), c.jobs.len());
             Ok(exit::OK)
@@ -562,10 +693,20 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
 
 fn print_status(v: &serde_json::Value) -> anyhow::Result<()> {
     let s = |v: &serde_json::Value| v.as_str().map(str::to_owned).unwrap_or_else(|| "-".into());
-    let bytes = |v: &serde_json::Value| v.as_u64().map(|b| bytesize::ByteSize(b).to_string()).unwrap_or_else(|| "-".into());
+    let bytes = |v: &serde_json::Value| {
+        v.as_u64()
+            .map(|b| bytesize::ByteSize(b).to_string())
+            .unwrap_or_else(|| "-".into())
+    };
     let mut out = std::io::stdout().lock();
     let r = &v["repository"];
-    writeln!(out, "backuphub {}  up {}s  ready: {}", s(&v["version"]), v["uptime_seconds"], v["ready"])?;
+    writeln!(
+        out,
+        "backuphub {}  up {}s  ready: {}",
+        s(&v["version"]),
+        v["uptime_seconds"],
+        v["ready"]
+    )?;
     if let Some(reason) = v["ready_reason"].as_str() {
         writeln!(out, "  not ready: {reason}")?;
     }
@@ -581,16 +722,28 @@ fn print_status(v: &serde_json::Value) -> anyhow::Result<()> {
         bytes(&r["disk_size_bytes"])
     )?;
     writeln!(out)?;
-    writeln!(out, "{:<16} {:<8} {:<9} {:<20} {:<20} {:<9} {:>9}  {}", "JOB", "KIND", "RUNNING", "LAST RUN", "NEXT RUN", "STATUS", "STORED", "ERROR")?;
+    writeln!(
+        out,
+        "{:<16} {:<8} {:<9} {:<20} {:<20} {:<9} {:>9}  ERROR",
+        "JOB", "KIND", "RUNNING", "LAST RUN", "NEXT RUN", "STATUS", "STORED"
+    )?;
     for j in v["jobs"].as_array().into_iter().flatten() {
         let last = &j["last_run"];
-        let time = |t: &serde_json::Value| t.as_str().map(|t| t.chars().take(19).collect::<String>().replace('T', " ")).unwrap_or_else(|| "-".into());
+        let time = |t: &serde_json::Value| {
+            t.as_str()
+                .map(|t| t.chars().take(19).collect::<String>().replace('T', " "))
+                .unwrap_or_else(|| "-".into())
+        };
         writeln!(
             out,
             "{:<16} {:<8} {:<9} {:<20} {:<20} {:<9} {:>9}  {}",
             s(&j["name"]),
             s(&j["kind"]),
-            if j["running"].as_bool() == Some(true) { "yes" } else { "no" },
+            if j["running"].as_bool() == Some(true) {
+                "yes"
+            } else {
+                "no"
+            },
             time(&last["end"]),
             time(&j["next_run"]),
             s(&last["status"]),
@@ -628,7 +781,15 @@ fn mtime(e: &crate::repo::tree::Entry) -> String {
 }
 
 fn ls_line(e: &crate::repo::tree::Entry) -> String {
-    let mut line = format!("{} {:>6} {:>6} {:>12} {} {}", mode_string(e), e.uid, e.gid, e.size, mtime(e), e.path);
+    let mut line = format!(
+        "{} {:>6} {:>6} {:>12} {} {}",
+        mode_string(e),
+        e.uid,
+        e.gid,
+        e.size,
+        mtime(e),
+        e.path
+    );
     if let Some(t) = &e.link_target {
         line.push_str(&format!(" -> {}", String::from_utf8_lossy(t)));
     }

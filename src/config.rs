@@ -17,9 +17,17 @@ use crate::schedule::Schedule;
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{file}:{line}: {key}: {message}")]
-    Invalid { file: PathBuf, line: usize, key: String, message: String },
+    Invalid {
+        file: PathBuf,
+        line: usize,
+        key: String,
+        message: String,
+    },
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -68,7 +76,10 @@ fn default_listen() -> SocketAddr {
 
 impl Default for HttpConfig {
     fn default() -> Self {
-        HttpConfig { listen: default_listen(), token_file: None }
+        HttpConfig {
+            listen: default_listen(),
+            token_file: None,
+        }
     }
 }
 
@@ -133,7 +144,9 @@ fn default_prune_schedule() -> Schedule {
 
 impl Default for PruneConfig {
     fn default() -> Self {
-        PruneConfig { schedule: default_prune_schedule() }
+        PruneConfig {
+            schedule: default_prune_schedule(),
+        }
     }
 }
 
@@ -146,11 +159,14 @@ impl JobName {
     pub fn parse(s: &str) -> Result<JobName, String> {
         let ok = !s.is_empty()
             && s.len() <= 64
-            && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');
         if ok {
             Ok(JobName(s.to_owned()))
         } else {
-            Err(format!("job name {s:?} must be 1-64 characters of a-z, A-Z, 0-9, '-', '_', '.'"))
+            Err(format!(
+                "job name {s:?} must be 1-64 characters of a-z, A-Z, 0-9, '-', '_', '.'"
+            ))
         }
     }
 
@@ -226,7 +242,10 @@ pub struct CommandJob {
 
 impl Config {
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io { path: path.to_owned(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+            path: path.to_owned(),
+            source,
+        })?;
         let abs = std::path::absolute(path).unwrap_or_else(|_| path.to_owned());
         Config::parse(&text, &abs)
     }
@@ -235,28 +254,46 @@ impl Config {
     pub fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
         let de = toml::Deserializer::parse(text).map_err(|e| invalid_from_toml(file, text, &e))?;
         let mut track = serde_path_to_error::Track::new();
-        let config = Config::deserialize(serde_path_to_error::Deserializer::new(de, &mut track)).map_err(|e| {
-            let mut key = track.path().to_string();
-            // Unknown keys inside a flattened job table are reported at the table; name
-            // the key itself, so the line points at it.
-            if let Some(field) = e.message().strip_prefix("unknown field `").and_then(|r| r.split('`').next()) {
-                key = if key.is_empty() || key == "." { field.to_string() } else { format!("{key}.{field}") };
-            }
-            let line = line_of_key(text, &key).or_else(|| e.span().map(|s| line_of(text, s.start))).unwrap_or(1);
-            ConfigError::Invalid { file: file.to_owned(), line, key: display_key(&key), message: clean_message(e.message()) }
-        })?;
+        let config = Config::deserialize(serde_path_to_error::Deserializer::new(de, &mut track))
+            .map_err(|e| {
+                let mut key = track.path().to_string();
+                // Unknown keys inside a flattened job table are reported at the table; name
+                // the key itself, so the line points at it.
+                if let Some(field) = e
+                    .message()
+                    .strip_prefix("unknown field `")
+                    .and_then(|r| r.split('`').next())
+                {
+                    key = if key.is_empty() || key == "." {
+                        field.to_string()
+                    } else {
+                        format!("{key}.{field}")
+                    };
+                }
+                let line = line_of_key(text, &key)
+                    .or_else(|| e.span().map(|s| line_of(text, s.start)))
+                    .unwrap_or(1);
+                ConfigError::Invalid {
+                    file: file.to_owned(),
+                    line,
+                    key: display_key(&key),
+                    message: clean_message(e.message()),
+                }
+            })?;
         let mut config = config;
         // Relative paths are read from the config file's directory, so an example can
         // point next to itself; absolute ones are taken as they are.
         if let Some(base) = file.parent().filter(|b| b.is_absolute()) {
             config.resolve_paths(base);
         }
-        config.validate().map_err(|(key, message)| ConfigError::Invalid {
-            file: file.to_owned(),
-            line: line_of_key(text, &key).unwrap_or(1),
-            key,
-            message,
-        })?;
+        config
+            .validate()
+            .map_err(|(key, message)| ConfigError::Invalid {
+                file: file.to_owned(),
+                line: line_of_key(text, &key).unwrap_or(1),
+                key,
+                message,
+            })?;
         Ok(config)
     }
 
@@ -280,7 +317,11 @@ impl Config {
         };
         let r = &mut self.repository;
         fix(&mut r.path);
-        r.state_dir.iter_mut().chain(r.recipients_file.iter_mut()).chain(r.identity_file.iter_mut()).for_each(fix);
+        r.state_dir
+            .iter_mut()
+            .chain(r.recipients_file.iter_mut())
+            .chain(r.identity_file.iter_mut())
+            .for_each(fix);
         self.http.token_file.iter_mut().for_each(fix);
         for job in self.jobs.values_mut() {
             if let JobKind::Path(p) = &mut job.kind {
@@ -300,18 +341,24 @@ impl Config {
             return Err(("daemon.attempts".into(), "must be at least 1".into()));
         }
         for r in &self.repository.recipients {
-            r.parse::<crate::repo::crypto::Recipient>().map_err(|e| ("repository.recipients".to_string(), e.to_string()))?;
+            r.parse::<crate::repo::crypto::Recipient>()
+                .map_err(|e| ("repository.recipients".to_string(), e.to_string()))?;
         }
         for (name, job) in &self.jobs {
             let key = |k: &str| format!("jobs.{name}.{k}");
-            job.retention.validate().map_err(|m| (key("retention"), m))?;
+            job.retention
+                .validate()
+                .map_err(|m| (key("retention"), m))?;
             match &job.kind {
                 JobKind::Path(p) => {
                     if p.paths.is_empty() {
                         return Err((key("paths"), "needs at least one path".into()));
                     }
                     if let Some(rel) = p.paths.iter().find(|p| !p.is_absolute()) {
-                        return Err((key("paths"), format!("{} is not an absolute path", rel.display())));
+                        return Err((
+                            key("paths"),
+                            format!("{} is not an absolute path", rel.display()),
+                        ));
                     }
                     for g in &p.exclude {
                         globset::Glob::new(g).map_err(|e| (key("exclude"), e.to_string()))?;
@@ -322,7 +369,10 @@ impl Config {
                         return Err((key("command"), "needs a program".into()));
                     }
                     if !crate::repo::tree::EntryPath::from(c.name.as_str()).is_safe() {
-                        return Err((key("name"), format!("{:?} must be a relative file name", c.name)));
+                        return Err((
+                            key("name"),
+                            format!("{:?} must be a relative file name", c.name),
+                        ));
                     }
                 }
             }
@@ -331,7 +381,10 @@ impl Config {
     }
 
     pub fn state_dir(&self) -> PathBuf {
-        self.repository.state_dir.clone().unwrap_or_else(crate::repo::default_state_dir)
+        self.repository
+            .state_dir
+            .clone()
+            .unwrap_or_else(crate::repo::default_state_dir)
     }
 }
 
@@ -349,7 +402,11 @@ fn clean_message(m: &str) -> String {
 }
 
 fn display_key(path: &str) -> String {
-    if path.is_empty() || path == "." { "(top level)".into() } else { path.to_string() }
+    if path.is_empty() || path == "." {
+        "(top level)".into()
+    } else {
+        path.to_string()
+    }
 }
 
 fn line_of(text: &str, offset: usize) -> usize {
@@ -415,7 +472,7 @@ name = "all.sql"
     }
 
     fn err(t: &str) -> String {
-        parse(t).err().expect("should fail").to_string()
+        parse(t).expect_err("should fail").to_string()
     }
 
     #[test]
@@ -441,7 +498,10 @@ name = "all.sql"
         assert!(e.contains("bad name"), "{e}");
 
         let e = err(&GOOD.replace("\"/etc\"", "\"etc\""));
-        assert!(e.contains("jobs.etc.paths") && e.contains("absolute"), "{e}");
+        assert!(
+            e.contains("jobs.etc.paths") && e.contains("absolute"),
+            "{e}"
+        );
 
         let e = err("[repository\npath = 1");
         assert!(e.contains("test.toml:1"), "{e}");

@@ -13,9 +13,15 @@ use crate::runner::Context;
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
     #[error("cannot listen on {addr}: {source}")]
-    Listen { addr: std::net::SocketAddr, source: std::io::Error },
+    Listen {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
     #[error("cannot read the token file {path}: {source}")]
-    Token { path: std::path::PathBuf, source: std::io::Error },
+    Token {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
     #[error("token file {0} is empty")]
     EmptyToken(std::path::PathBuf),
     #[error("scheduler: {0}")]
@@ -32,7 +38,10 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     let metrics = crate::metrics::install();
     let token = match &config.http.token_file {
         Some(p) => {
-            let t = std::fs::read_to_string(p).map_err(|source| DaemonError::Token { path: p.clone(), source })?;
+            let t = std::fs::read_to_string(p).map_err(|source| DaemonError::Token {
+                path: p.clone(),
+                source,
+            })?;
             let t = t.trim().to_string();
             if t.is_empty() {
                 return Err(DaemonError::EmptyToken(p.clone()));
@@ -46,21 +55,36 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     let ctx = Context::new(config);
     {
         let ctx = ctx.clone();
-        tokio::task::spawn_blocking(move || ctx.refresh()).await.ok();
+        tokio::task::spawn_blocking(move || ctx.refresh())
+            .await
+            .ok();
     }
     if let Some(reason) = ctx.state.not_ready() {
         tracing::error!(reason, "not ready: no job will write until this is fixed");
     }
 
-    let listener = tokio::net::TcpListener::bind(listen).await.map_err(|source| DaemonError::Listen { addr: listen, source })?;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|source| DaemonError::Listen {
+            addr: listen,
+            source,
+        })?;
     tracing::info!(addr = %listen, "serving status and metrics");
-    let app = router(Http { ctx: ctx.clone(), metrics, token });
+    let app = router(Http {
+        ctx: ctx.clone(),
+        metrics,
+        token,
+    });
     let shutdown = ctx.cancel.clone();
     let server = tokio::spawn(async move {
-        let _ = axum::serve(listener, app).with_graceful_shutdown(async move { shutdown.cancelled().await }).await;
+        let _ = axum::serve(listener, app)
+            .with_graceful_shutdown(async move { shutdown.cancelled().await })
+            .await;
     });
 
-    let sched = JobScheduler::new().await.map_err(|e| DaemonError::Scheduler(e.to_string()))?;
+    let sched = JobScheduler::new()
+        .await
+        .map_err(|e| DaemonError::Scheduler(e.to_string()))?;
     for (name, job) in &ctx.config.jobs {
         let (c, n) = (ctx.clone(), name.to_string());
         let j = Job::new_async_tz(job.schedule.as_cron(), job.timezone, move |_, _| {
@@ -70,7 +94,10 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
             })
         })
         .map_err(|e| DaemonError::Scheduler(format!("job {name}: {e}")))?;
-        sched.add(j).await.map_err(|e| DaemonError::Scheduler(e.to_string()))?;
+        sched
+            .add(j)
+            .await
+            .map_err(|e| DaemonError::Scheduler(e.to_string()))?;
     }
     {
         let c = ctx.clone();
@@ -81,14 +108,22 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
             })
         })
         .map_err(|e| DaemonError::Scheduler(format!("prune: {e}")))?;
-        sched.add(j).await.map_err(|e| DaemonError::Scheduler(e.to_string()))?;
+        sched
+            .add(j)
+            .await
+            .map_err(|e| DaemonError::Scheduler(e.to_string()))?;
     }
-    sched.start().await.map_err(|e| DaemonError::Scheduler(e.to_string()))?;
+    sched
+        .start()
+        .await
+        .map_err(|e| DaemonError::Scheduler(e.to_string()))?;
 
     // Catch up once on runs missed while we were down (like systemd's Persistent=).
     let now = Utc::now();
     for (name, job) in &ctx.config.jobs {
-        let last = ctx.state.read(|s| s.jobs.get(name.as_str()).and_then(|j| j.last_success));
+        let last = ctx
+            .state
+            .read(|s| s.jobs.get(name.as_str()).and_then(|j| j.last_success));
         if job.schedule.missed(last, now, job.timezone) && ctx.state.not_ready().is_none() {
             tracing::info!(job = %name, ?last, "catching up on a missed run");
             let _ = ctx.trigger(name.as_str(), "catch-up");
@@ -132,8 +167,13 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     let _ = sched.shutdown().await;
     ctx.cancel.cancel();
     ctx.tasks.close();
-    if tokio::time::timeout(stop_timeout, ctx.tasks.wait()).await.is_err() {
-        tracing::warn!("running jobs did not stop in time; exiting anyway (no snapshot was written for them)");
+    if tokio::time::timeout(stop_timeout, ctx.tasks.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            "running jobs did not stop in time; exiting anyway (no snapshot was written for them)"
+        );
     }
     let _ = server.await;
     tracing::info!("stopped");

@@ -43,12 +43,23 @@ fn error(code: StatusCode, message: &str) -> Response {
 async fn readyz(State(h): State<Http>) -> Response {
     match h.ctx.state.not_ready() {
         None => Json(json!({ "ready": true })).into_response(),
-        Some(reason) => (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "ready": false, "reason": reason }))).into_response(),
+        Some(reason) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "ready": false, "reason": reason })),
+        )
+            .into_response(),
     }
 }
 
 async fn metrics(State(h): State<Http>) -> Response {
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], h.metrics.render()).into_response()
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        h.metrics.render(),
+    )
+        .into_response()
 }
 
 async fn status(State(h): State<Http>) -> Response {
@@ -94,7 +105,10 @@ fn same_token(a: &[u8], b: &[u8]) -> bool {
 
 async fn run(State(h): State<Http>, Path(job): Path<String>, headers: HeaderMap) -> Response {
     let Some(token) = &h.token else {
-        return error(StatusCode::FORBIDDEN, "triggering runs is disabled: no http.token_file configured");
+        return error(
+            StatusCode::FORBIDDEN,
+            "triggering runs is disabled: no http.token_file configured",
+        );
     };
     let given = headers
         .get(header::AUTHORIZATION)
@@ -102,13 +116,23 @@ async fn run(State(h): State<Http>, Path(job): Path<String>, headers: HeaderMap)
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim);
     if !given.is_some_and(|g| same_token(g.as_bytes(), token.as_bytes())) {
-        return (StatusCode::UNAUTHORIZED, [(header::WWW_AUTHENTICATE, "Bearer")], Json(json!({ "error": "missing or wrong bearer token" })))
+        return (
+            StatusCode::UNAUTHORIZED,
+            [(header::WWW_AUTHENTICATE, "Bearer")],
+            Json(json!({ "error": "missing or wrong bearer token" })),
+        )
             .into_response();
     }
     match h.ctx.trigger(&job, "http") {
-        Ok(run) => (StatusCode::ACCEPTED, Json(json!({ "job": job, "run": run }))).into_response(),
+        Ok(run) => (
+            StatusCode::ACCEPTED,
+            Json(json!({ "job": job, "run": run })),
+        )
+            .into_response(),
         Err(TriggerError::UnknownJob) => error(StatusCode::NOT_FOUND, "no such job"),
-        Err(TriggerError::AlreadyRunning) => error(StatusCode::CONFLICT, "the job is already running"),
+        Err(TriggerError::AlreadyRunning) => {
+            error(StatusCode::CONFLICT, "the job is already running")
+        }
     }
 }
 
@@ -137,37 +161,81 @@ mod router_tests {
             dir.display(),
             dir.display()
         );
-        let ctx = Context::new(crate::config::Config::parse(&text, std::path::Path::new("/t.toml")).unwrap());
-        let http = Http { ctx: ctx.clone(), metrics: crate::metrics::install(), token: Some(Arc::from("s3cret-token")) };
+        let ctx = Context::new(
+            crate::config::Config::parse(&text, std::path::Path::new("/t.toml")).unwrap(),
+        );
+        let http = Http {
+            ctx: ctx.clone(),
+            metrics: crate::metrics::install(),
+            token: Some(Arc::from("s3cret-token")),
+        };
         (router(http), ctx)
     }
 
-    async fn call(app: &Router, method: &str, uri: &str, token: Option<&str>) -> (StatusCode, serde_json::Value) {
+    async fn call(
+        app: &Router,
+        method: &str,
+        uri: &str,
+        token: Option<&str>,
+    ) -> (StatusCode, serde_json::Value) {
         let mut req = Request::builder().method(method).uri(uri);
         if let Some(t) = token {
             req = req.header("authorization", format!("Bearer {t}"));
         }
-        let resp = app.clone().oneshot(req.body(Body::empty()).unwrap()).await.unwrap();
+        let resp = app
+            .clone()
+            .oneshot(req.body(Body::empty()).unwrap())
+            .await
+            .unwrap();
         let code = resp.status();
-        let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20).await.unwrap();
-        (code, serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null))
+        let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        (
+            code,
+            serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null),
+        )
     }
 
     #[tokio::test]
     async fn auth_and_errors() {
         let dir = tempfile::tempdir().unwrap();
         let (app, ctx) = app(dir.path());
-        assert_eq!(call(&app, "POST", "/api/v1/jobs/j/run", None).await.0, StatusCode::UNAUTHORIZED);
-        assert_eq!(call(&app, "POST", "/api/v1/jobs/j/run", Some("wrong")).await.0, StatusCode::UNAUTHORIZED);
-        assert_eq!(call(&app, "POST", "/api/v1/jobs/zz/run", Some("s3cret-token")).await.0, StatusCode::NOT_FOUND);
+        assert_eq!(
+            call(&app, "POST", "/api/v1/jobs/j/run", None).await.0,
+            StatusCode::UNAUTHORIZED
+        );
+        assert_eq!(
+            call(&app, "POST", "/api/v1/jobs/j/run", Some("wrong"))
+                .await
+                .0,
+            StatusCode::UNAUTHORIZED
+        );
+        assert_eq!(
+            call(&app, "POST", "/api/v1/jobs/zz/run", Some("s3cret-token"))
+                .await
+                .0,
+            StatusCode::NOT_FOUND
+        );
         ctx.state.update_job("j", |j| j.running = true);
-        assert_eq!(call(&app, "POST", "/api/v1/jobs/j/run", Some("s3cret-token")).await.0, StatusCode::CONFLICT);
+        assert_eq!(
+            call(&app, "POST", "/api/v1/jobs/j/run", Some("s3cret-token"))
+                .await
+                .0,
+            StatusCode::CONFLICT
+        );
         ctx.state.update_job("j", |j| j.running = false);
         let (code, body) = call(&app, "POST", "/api/v1/jobs/j/run", Some("s3cret-token")).await;
         assert_eq!(code, StatusCode::ACCEPTED);
         assert_eq!(body["job"], "j");
-        assert_eq!(call(&app, "GET", "/nope", None).await.0, StatusCode::NOT_FOUND);
-        assert_eq!(call(&app, "GET", "/api/v1/jobs/zz/snapshots", None).await.0, StatusCode::NOT_FOUND);
+        assert_eq!(
+            call(&app, "GET", "/nope", None).await.0,
+            StatusCode::NOT_FOUND
+        );
+        assert_eq!(
+            call(&app, "GET", "/api/v1/jobs/zz/snapshots", None).await.0,
+            StatusCode::NOT_FOUND
+        );
         ctx.tasks.close();
         ctx.tasks.wait().await;
         let (code, body) = call(&app, "GET", "/api/v1/jobs/j/snapshots", None).await;
@@ -180,11 +248,23 @@ mod router_tests {
 
     #[tokio::test]
     async fn every_served_path_is_in_the_openapi_document() {
-        let doc: serde_json::Value = serde_json::from_str(include_str!("../docs/openapi.json")).unwrap();
+        let doc: serde_json::Value =
+            serde_json::from_str(include_str!("../docs/openapi.json")).unwrap();
         let paths = doc["paths"].as_object().unwrap();
-        for p in ["/healthz", "/readyz", "/metrics", "/api/v1/status", "/api/v1/jobs/{job}/snapshots", "/api/v1/jobs/{job}/run"] {
+        for p in [
+            "/healthz",
+            "/readyz",
+            "/metrics",
+            "/api/v1/status",
+            "/api/v1/jobs/{job}/snapshots",
+            "/api/v1/jobs/{job}/run",
+        ] {
             assert!(paths.contains_key(p), "{p} missing from docs/openapi.json");
         }
-        assert_eq!(paths.len(), 6, "the document lists endpoints the router does not serve");
+        assert_eq!(
+            paths.len(),
+            6,
+            "the document lists endpoints the router does not serve"
+        );
     }
 }

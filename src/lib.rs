@@ -23,13 +23,13 @@
 pub mod archiver;
 pub mod check;
 pub mod chunker;
-pub mod http;
 pub mod cli;
 pub mod config;
 pub mod daemon;
-pub mod prune;
+pub mod http;
 pub mod logging;
 pub mod metrics;
+pub mod prune;
 pub mod redact;
 pub mod repo;
 pub mod restore;

@@ -6,14 +6,19 @@ use tracing_subscriber::prelude::*;
 
 fn filter(default: &str) -> EnvFilter {
     // The scheduler library narrates its own start-up at info; that is noise here.
-    EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(format!("{default},tokio_cron_scheduler=warn")))
+    EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new(format!("{default},tokio_cron_scheduler=warn")))
 }
 
 /// For one-shot commands: warnings and errors on stderr, so stdout stays data.
 pub fn init_cli() {
     let _ = tracing_subscriber::registry()
         .with(filter("warn"))
-        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_target(false))
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_target(false),
+        )
         .try_init();
 }
 

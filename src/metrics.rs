@@ -35,7 +35,9 @@ pub fn install() -> PrometheusHandle {
             let recorder = PrometheusBuilder::new()
                 .set_buckets_for_metric(
                     Matcher::Full(JOB_DURATION.into()),
-                    &[1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0, 14400.0],
+                    &[
+                        1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0, 14400.0,
+                    ],
                 )
                 .expect("buckets are not empty")
                 .build_recorder();
@@ -50,24 +52,67 @@ pub fn install() -> PrometheusHandle {
 }
 
 fn describe() {
-    describe_gauge!(JOB_LAST_SUCCESS, Unit::Seconds, "Unix time of the job's last complete snapshot.");
-    describe_gauge!(JOB_LAST_STATUS, "Outcome of the job's last run: 1 complete, 2 partial, 0 failed.");
-    describe_counter!(JOB_RUNS, "Finished runs by outcome (complete, partial, failed).");
-    describe_counter!(JOB_SKIPPED, "Scheduled runs skipped because the previous run was still going.");
+    describe_gauge!(
+        JOB_LAST_SUCCESS,
+        Unit::Seconds,
+        "Unix time of the job's last complete snapshot."
+    );
+    describe_gauge!(
+        JOB_LAST_STATUS,
+        "Outcome of the job's last run: 1 complete, 2 partial, 0 failed."
+    );
+    describe_counter!(
+        JOB_RUNS,
+        "Finished runs by outcome (complete, partial, failed)."
+    );
+    describe_counter!(
+        JOB_SKIPPED,
+        "Scheduled runs skipped because the previous run was still going."
+    );
     describe_counter!(JOB_FAILURES, "Failed attempts by error kind.");
     describe_histogram!(JOB_DURATION, Unit::Seconds, "Duration of finished runs.");
     describe_counter!(JOB_READ_BYTES, Unit::Bytes, "Bytes read from sources.");
-    describe_counter!(JOB_STORED_BYTES, Unit::Bytes, "Bytes newly written to the repository (compressed, sealed).");
-    describe_gauge!(JOB_NEXT_RUN, Unit::Seconds, "Unix time of the job's next scheduled run.");
+    describe_counter!(
+        JOB_STORED_BYTES,
+        Unit::Bytes,
+        "Bytes newly written to the repository (compressed, sealed)."
+    );
+    describe_gauge!(
+        JOB_NEXT_RUN,
+        Unit::Seconds,
+        "Unix time of the job's next scheduled run."
+    );
     describe_gauge!(JOB_RUNNING, "1 while the job runs.");
     describe_gauge!(SNAPSHOTS, "Snapshots of the job in the repository.");
-    describe_gauge!(REPO_SIZE, Unit::Bytes, "Total size of the repository's pack files.");
+    describe_gauge!(
+        REPO_SIZE,
+        Unit::Bytes,
+        "Total size of the repository's pack files."
+    );
     describe_gauge!(REPO_CHUNKS, "Blobs in the repository index.");
     describe_gauge!(REPO_PACKS, "Pack files in the repository.");
-    describe_gauge!(REPO_READY, "1 when the repository is present, writable and above the free-space threshold.");
-    describe_gauge!(DISK_FREE, Unit::Bytes, "Free bytes on the repository's file system (for unprivileged users).");
-    describe_gauge!(DISK_SIZE, Unit::Bytes, "Size of the repository's file system.");
-    describe_gauge!(PRUNE_LAST_SUCCESS, Unit::Seconds, "Unix time of the last successful prune.");
+    describe_gauge!(
+        REPO_READY,
+        "1 when the repository is present, writable and above the free-space threshold."
+    );
+    describe_gauge!(
+        DISK_FREE,
+        Unit::Bytes,
+        "Free bytes on the repository's file system (for unprivileged users)."
+    );
+    describe_gauge!(
+        DISK_SIZE,
+        Unit::Bytes,
+        "Size of the repository's file system."
+    );
+    describe_gauge!(
+        PRUNE_LAST_SUCCESS,
+        Unit::Seconds,
+        "Unix time of the last successful prune."
+    );
     describe_counter!(PRUNE_FREED, Unit::Bytes, "Bytes freed by prune.");
-    describe_gauge!(BUILD_INFO, "Always 1; the version label tells the running version.");
+    describe_gauge!(
+        BUILD_INFO,
+        "Always 1; the version label tells the running version."
+    );
 }

@@ -27,7 +27,13 @@ pub struct ForgetReport {
 }
 
 /// Applies `policy` to `job`'s snapshots. With `dry_run`, only reports.
-pub fn forget(repo: &Repository, job: &str, policy: &RetentionPolicy, tz: Tz, dry_run: bool) -> Result<ForgetReport, RepoError> {
+pub fn forget(
+    repo: &Repository,
+    job: &str,
+    policy: &RetentionPolicy,
+    tz: Tz,
+    dry_run: bool,
+) -> Result<ForgetReport, RepoError> {
     let candidates: Vec<Candidate<Id>> = repo
         .snapshots()?
         .into_iter()
@@ -65,7 +71,10 @@ pub struct PruneReport {
 
 /// Marks and sweeps. The caller holds the exclusive lock.
 pub fn prune(repo: &Repository, dry_run: bool) -> Result<PruneReport, RepoError> {
-    let mut report = PruneReport { dry_run, ..Default::default() };
+    let mut report = PruneReport {
+        dry_run,
+        ..Default::default()
+    };
     // Mark: a sorted vector of ids, 32 bytes per live blob and no more, so a Pi can
     // hold the mark set of a full 1 TB disk (about a million chunks) in 32 MiB.
     let mut live_refs = std::collections::HashSet::new();
@@ -95,7 +104,12 @@ pub fn prune(repo: &Repository, dry_run: bool) -> Result<PruneReport, RepoError>
                 continue;
             }
         };
-        let size = std::fs::metadata(&path).map_err(|source| RepoError::Io { path: path.clone(), source })?.len();
+        let size = std::fs::metadata(&path)
+            .map_err(|source| RepoError::Io {
+                path: path.clone(),
+                source,
+            })?
+            .len();
         let (mut live_bytes, mut dead_bytes) = (0u64, 0u64);
         // Of duplicate copies, the one the index points at is kept; the others are dead.
         let kept = |e: &pack::PackEntry| -> Result<bool, RepoError> {
@@ -119,7 +133,10 @@ pub fn prune(repo: &Repository, dry_run: bool) -> Result<PruneReport, RepoError>
             continue;
         }
         report.packs_repacked += 1;
-        let f = File::open(&path).map_err(|source| RepoError::Io { path: path.clone(), source })?;
+        let f = File::open(&path).map_err(|source| RepoError::Io {
+            path: path.clone(),
+            source,
+        })?;
         for e in &entries {
             if !kept(e)? {
                 report.blobs_removed += 1;
@@ -130,7 +147,9 @@ pub fn prune(repo: &Repository, dry_run: bool) -> Result<PruneReport, RepoError>
             }
             let sealed = pack::read_blob(&f, &path, e.offset, e.length)?;
             if new_pack.is_none() {
-                new_pack = Some(PackWriter::create(repo.tmp_dir().join(format!("{}.pack", random_hex())))?);
+                new_pack = Some(PackWriter::create(
+                    repo.tmp_dir().join(format!("{}.pack", random_hex())),
+                )?);
             }
             let w = new_pack.as_mut().expect("just created");
             w.add(e.kind, e.id, &sealed)?;

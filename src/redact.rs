@@ -65,7 +65,10 @@ mod tests {
     fn masks_known_and_shaped_secrets() {
         let r = Redactor::new(vec!["s3cr3t-value\n".into(), "ab".into()]);
         let cases = [
-            ("connect to postgres://app:pa55@db:5432/x failed", "postgres://app:***@db"),
+            (
+                "connect to postgres://app:pa55@db:5432/x failed",
+                "postgres://app:***@db",
+            ),
             ("PGPASSWORD=hunter2 pg_dump", "PGPASSWORD=***"),
             ("password: 'a b c'", "password: ***"),
             ("Authorization: Bearer abc.def", "Bearer ***"),

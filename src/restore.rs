@@ -15,7 +15,10 @@ pub enum RestoreError {
     #[error(transparent)]
     Repo(#[from] RepoError),
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{0} exists; pass --overwrite to replace existing files")]
     Exists(PathBuf),
     #[error("refusing unsafe path {0:?} from the snapshot")]
@@ -59,7 +62,11 @@ pub struct RestoreStats {
 }
 
 /// Writes a file entry's content to `out`.
-pub fn write_content(repo: &Repository, entry: &Entry, out: &mut dyn Write) -> Result<u64, RestoreError> {
+pub fn write_content(
+    repo: &Repository,
+    entry: &Entry,
+    out: &mut dyn Write,
+) -> Result<u64, RestoreError> {
     let mut n = 0u64;
     for c in &entry.chunks {
         let data = repo.read_blob(c)?;
@@ -70,7 +77,11 @@ pub fn write_content(repo: &Repository, entry: &Entry, out: &mut dyn Write) -> R
 }
 
 /// Finds one entry by exact path, streaming the tree.
-pub fn find_entry(repo: &Repository, snap: &Snapshot, path: &EntryPath) -> Result<Entry, RestoreError> {
+pub fn find_entry(
+    repo: &Repository,
+    snap: &Snapshot,
+    path: &EntryPath,
+) -> Result<Entry, RestoreError> {
     for e in repo.entries(snap) {
         let e = e?;
         if &e.path == path {
@@ -84,7 +95,12 @@ pub fn find_entry(repo: &Repository, snap: &Snapshot, path: &EntryPath) -> Resul
 }
 
 /// `cat`: one file's content to `out`.
-pub fn cat(repo: &Repository, snap: &Snapshot, path: &EntryPath, out: &mut dyn Write) -> Result<u64, RestoreError> {
+pub fn cat(
+    repo: &Repository,
+    snap: &Snapshot,
+    path: &EntryPath,
+    out: &mut dyn Write,
+) -> Result<u64, RestoreError> {
     let e = find_entry(repo, snap, path)?;
     if e.kind != EntryKind::File {
         return Err(RestoreError::NotAFile(path.display()));
@@ -94,7 +110,12 @@ pub fn cat(repo: &Repository, snap: &Snapshot, path: &EntryPath, out: &mut dyn W
 
 /// Restores a snapshot (or part of it) below `target`, metadata included. Directory
 /// metadata is applied in a second pass, after their contents are written.
-pub fn restore(repo: &Repository, snap: &Snapshot, target: &Path, opts: &RestoreOptions) -> Result<RestoreStats, RestoreError> {
+pub fn restore(
+    repo: &Repository,
+    snap: &Snapshot,
+    target: &Path,
+    opts: &RestoreOptions,
+) -> Result<RestoreStats, RestoreError> {
     std::fs::create_dir_all(target).map_err(io(target))?;
     let is_root = rustix::process::geteuid().is_root();
     let selected = |e: &Entry| opts.only.as_ref().is_none_or(|p| e.path.starts_with(p));
@@ -119,7 +140,8 @@ pub fn restore(repo: &Repository, snap: &Snapshot, target: &Path, opts: &Restore
                     std::fs::create_dir(&dest).map_err(io(&dest))?;
                 }
                 // Writable until the second pass sets the real mode.
-                std::fs::set_permissions(&dest, std::fs::Permissions::from_mode(0o700)).map_err(io(&dest))?;
+                std::fs::set_permissions(&dest, std::fs::Permissions::from_mode(0o700))
+                    .map_err(io(&dest))?;
             }
             EntryKind::File => {
                 let exists = dest.symlink_metadata().is_ok();
@@ -198,9 +220,13 @@ fn apply_metadata(dest: &Path, e: &Entry, is_root: bool) -> Result<(), RestoreEr
         std::os::unix::fs::lchown(dest, Some(e.uid), Some(e.gid)).map_err(io(dest))?;
     }
     if e.kind != EntryKind::Symlink {
-        std::fs::set_permissions(dest, std::fs::Permissions::from_mode(e.mode & 0o7777)).map_err(io(dest))?;
+        std::fs::set_permissions(dest, std::fs::Permissions::from_mode(e.mode & 0o7777))
+            .map_err(io(dest))?;
     }
-    let mtime = FileTime::from_unix_time(e.mtime_ns.div_euclid(1_000_000_000), e.mtime_ns.rem_euclid(1_000_000_000) as u32);
+    let mtime = FileTime::from_unix_time(
+        e.mtime_ns.div_euclid(1_000_000_000),
+        e.mtime_ns.rem_euclid(1_000_000_000) as u32,
+    );
     filetime::set_symlink_file_times(dest, mtime, mtime).map_err(io(dest))?;
     Ok(())
 }

@@ -34,7 +34,9 @@ mod opt_duration {
     pub fn parse(s: &str) -> Result<Duration, String> {
         let s = s.trim();
         let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
-        let n: i64 = num.parse().map_err(|_| format!("duration {s:?} must look like 36h, 7d, 2w"))?;
+        let n: i64 = num
+            .parse()
+            .map_err(|_| format!("duration {s:?} must look like 36h, 7d, 2w"))?;
         match unit {
             "m" => Ok(Duration::minutes(n)),
             "h" => Ok(Duration::hours(n)),
@@ -62,7 +64,10 @@ mod opt_duration {
 impl RetentionPolicy {
     /// The seed default: two weeks of dailies.
     pub fn seed_default() -> RetentionPolicy {
-        RetentionPolicy { keep_daily: Some(14), ..Default::default() }
+        RetentionPolicy {
+            keep_daily: Some(14),
+            ..Default::default()
+        }
     }
 
     pub fn is_empty(&self) -> bool {
@@ -95,7 +100,11 @@ pub struct Decision<K> {
 
 /// Decides, for one job's snapshots, which to keep. Order of input does not matter;
 /// output is newest first.
-pub fn plan<K: Clone>(snapshots: &[Candidate<K>], policy: &RetentionPolicy, tz: Tz) -> Vec<Decision<K>> {
+pub fn plan<K: Clone>(
+    snapshots: &[Candidate<K>],
+    policy: &RetentionPolicy,
+    tz: Tz,
+) -> Vec<Decision<K>> {
     let mut order: Vec<usize> = (0..snapshots.len()).collect();
     order.sort_by(|&a, &b| snapshots[b].time.cmp(&snapshots[a].time));
     let mut reasons: Vec<Vec<&'static str>> = vec![Vec::new(); snapshots.len()];
@@ -119,7 +128,11 @@ pub fn plan<K: Clone>(snapshots: &[Candidate<K>], policy: &RetentionPolicy, tz: 
         }
     }
     if let Some(n) = policy.keep_last {
-        for &i in order.iter().filter(|&&i| snapshots[i].complete).take(n as usize) {
+        for &i in order
+            .iter()
+            .filter(|&&i| snapshots[i].complete)
+            .take(n as usize)
+        {
             reasons[i].push("last");
         }
     }
@@ -133,13 +146,19 @@ pub fn plan<K: Clone>(snapshots: &[Candidate<K>], policy: &RetentionPolicy, tz: 
     }
     type Bucket = fn(DateTime<Tz>) -> (i32, u32, u32, u32);
     let periods: [(Option<u32>, &'static str, Bucket); 5] = [
-        (policy.keep_hourly, "hourly", |t| (t.year(), t.ordinal(), t.hour(), 0)),
-        (policy.keep_daily, "daily", |t| (t.year(), t.ordinal(), 0, 0)),
+        (policy.keep_hourly, "hourly", |t| {
+            (t.year(), t.ordinal(), t.hour(), 0)
+        }),
+        (policy.keep_daily, "daily", |t| {
+            (t.year(), t.ordinal(), 0, 0)
+        }),
         (policy.keep_weekly, "weekly", |t| {
             let w = t.iso_week();
             (w.year(), w.week(), 0, 0)
         }),
-        (policy.keep_monthly, "monthly", |t| (t.year(), t.month(), 0, 0)),
+        (policy.keep_monthly, "monthly", |t| {
+            (t.year(), t.month(), 0, 0)
+        }),
         (policy.keep_yearly, "yearly", |t| (t.year(), 0, 0, 0)),
     ];
     for (count, name, bucket) in periods {
@@ -157,7 +176,11 @@ pub fn plan<K: Clone>(snapshots: &[Candidate<K>], policy: &RetentionPolicy, tz: 
     }
     order
         .into_iter()
-        .map(|i| Decision { key: snapshots[i].key.clone(), keep: !reasons[i].is_empty(), reasons: reasons[i].clone() })
+        .map(|i| Decision {
+            key: snapshots[i].key.clone(),
+            keep: !reasons[i].is_empty(),
+            reasons: reasons[i].clone(),
+        })
         .collect()
 }
 
@@ -168,7 +191,11 @@ mod tests {
     use proptest::prelude::*;
 
     fn c(key: u32, time: DateTime<Utc>, complete: bool) -> Candidate<u32> {
-        Candidate { key, time, complete }
+        Candidate {
+            key,
+            time,
+            complete,
+        }
     }
 
     fn kept(d: &[Decision<u32>]) -> Vec<u32> {
@@ -181,7 +208,9 @@ mod tests {
     fn fourteen_dailies_keep_the_newest_per_day() {
         let start = Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap();
         // Four snapshots a day for 30 days.
-        let snaps: Vec<_> = (0..120).map(|i| c(i, start + Duration::hours(6 * i as i64), true)).collect();
+        let snaps: Vec<_> = (0..120)
+            .map(|i| c(i, start + Duration::hours(6 * i as i64), true))
+            .collect();
         let d = plan(&snaps, &RetentionPolicy::seed_default(), chrono_tz::UTC);
         let k = kept(&d);
         assert_eq!(k.len(), 14);
@@ -192,8 +221,16 @@ mod tests {
     #[test]
     fn partial_snapshots_do_not_stand_for_a_day() {
         let day = |d, h| Utc.with_ymd_and_hms(2026, 1, d, h, 0, 0).unwrap();
-        let snaps = vec![c(1, day(1, 1), true), c(2, day(1, 20), false), c(3, day(2, 1), true), c(4, day(2, 5), false)];
-        let policy = RetentionPolicy { keep_daily: Some(2), ..Default::default() };
+        let snaps = vec![
+            c(1, day(1, 1), true),
+            c(2, day(1, 20), false),
+            c(3, day(2, 1), true),
+            c(4, day(2, 5), false),
+        ];
+        let policy = RetentionPolicy {
+            keep_daily: Some(2),
+            ..Default::default()
+        };
         let d = plan(&snaps, &policy, chrono_tz::UTC);
         // 2 is partial and older than complete 3: removed; 4 is newer than any complete: kept.
         assert_eq!(kept(&d), vec![1, 3, 4]);
@@ -206,18 +243,37 @@ mod tests {
         let tz = chrono_tz::Europe::Berlin;
         let a = Utc.with_ymd_and_hms(2026, 10, 24, 21, 30, 0).unwrap();
         let b = Utc.with_ymd_and_hms(2026, 10, 24, 22, 30, 0).unwrap();
-        let policy = RetentionPolicy { keep_daily: Some(2), ..Default::default() };
-        assert_eq!(kept(&plan(&[c(1, a, true), c(2, b, true)], &policy, tz)), vec![1, 2]);
-        assert_eq!(kept(&plan(&[c(1, a, true), c(2, b, true)], &policy, chrono_tz::UTC)), vec![2]);
+        let policy = RetentionPolicy {
+            keep_daily: Some(2),
+            ..Default::default()
+        };
+        assert_eq!(
+            kept(&plan(&[c(1, a, true), c(2, b, true)], &policy, tz)),
+            vec![1, 2]
+        );
+        assert_eq!(
+            kept(&plan(
+                &[c(1, a, true), c(2, b, true)],
+                &policy,
+                chrono_tz::UTC
+            )),
+            vec![2]
+        );
     }
 
     #[test]
     fn keep_within_and_empty_policy() {
         let t = |h| Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap() + Duration::hours(h);
         let snaps = vec![c(1, t(0), true), c(2, t(10), true), c(3, t(20), true)];
-        let policy = RetentionPolicy { keep_within: Some(Duration::hours(12)), ..Default::default() };
+        let policy = RetentionPolicy {
+            keep_within: Some(Duration::hours(12)),
+            ..Default::default()
+        };
         assert_eq!(kept(&plan(&snaps, &policy, chrono_tz::UTC)), vec![2, 3]);
-        assert_eq!(kept(&plan(&snaps, &RetentionPolicy::default(), chrono_tz::UTC)), vec![1, 2, 3]);
+        assert_eq!(
+            kept(&plan(&snaps, &RetentionPolicy::default(), chrono_tz::UTC)),
+            vec![1, 2, 3]
+        );
     }
 
     proptest! {

@@ -28,8 +28,13 @@ use crate::state::{Inner, JobState, RepoState, RunResult, RunStatus, SharedState
 pub enum RunError {
     #[error("repository not available: {0}")]
     Unavailable(String),
-    #[error("only {free} free on the repository's disk, below the threshold of {threshold}; not starting")]
-    DiskSpace { free: bytesize::ByteSize, threshold: bytesize::ByteSize },
+    #[error(
+        "only {free} free on the repository's disk, below the threshold of {threshold}; not starting"
+    )]
+    DiskSpace {
+        free: bytesize::ByteSize,
+        threshold: bytesize::ByteSize,
+    },
     #[error(transparent)]
     Archive(#[from] ArchiveError),
     #[error(transparent)]
@@ -54,8 +59,13 @@ impl RunError {
 
     /// Whether another attempt might succeed.
     fn retryable(&self) -> bool {
-        !matches!(self, RunError::Archive(ArchiveError::Cancelled) | RunError::Internal(_))
-            && !matches!(self, RunError::Archive(ArchiveError::Repo(RepoError::NoWriteKey { .. })))
+        !matches!(
+            self,
+            RunError::Archive(ArchiveError::Cancelled) | RunError::Internal(_)
+        ) && !matches!(
+            self,
+            RunError::Archive(ArchiveError::Repo(RepoError::NoWriteKey { .. }))
+        )
     }
 }
 
@@ -114,7 +124,10 @@ impl Context {
             .collect();
         let state = SharedState::new(Inner {
             started: Utc::now(),
-            repository: RepoState { path: config.repository.path.display().to_string(), ..Default::default() },
+            repository: RepoState {
+                path: config.repository.path.display().to_string(),
+                ..Default::default()
+            },
             prune: Default::default(),
             jobs,
             min_free_bytes: config.daemon.min_free_space.as_u64(),
@@ -142,18 +155,37 @@ impl Context {
             *slot = None;
         }
         let rc = &self.config.repository;
-        let opts = OpenOptions { identity: rc.identity_file.clone(), state_dir: self.config.state_dir() };
+        let opts = OpenOptions {
+            identity: rc.identity_file.clone(),
+            state_dir: self.config.state_dir(),
+        };
         let repo = match Repository::open(&rc.path, &opts) {
             Ok(r) => r,
             Err(RepoError::NotARepository(_)) if rc.create => {
-                let mut recipients: Vec<Recipient> =
-                    rc.recipients.iter().map(|r| r.parse()).collect::<Result<_, _>>().map_err(|e: crate::repo::crypto::CryptoError| RunError::Unavailable(e.to_string()))?;
+                let mut recipients: Vec<Recipient> = rc
+                    .recipients
+                    .iter()
+                    .map(|r| r.parse())
+                    .collect::<Result<_, _>>()
+                    .map_err(|e: crate::repo::crypto::CryptoError| {
+                        RunError::Unavailable(e.to_string())
+                    })?;
                 if let Some(f) = &rc.recipients_file {
-                    recipients.extend(read_recipients_file(f).map_err(|e| RunError::Unavailable(e.to_string()))?);
+                    recipients.extend(
+                        read_recipients_file(f)
+                            .map_err(|e| RunError::Unavailable(e.to_string()))?,
+                    );
                 }
                 tracing::info!(path = %rc.path.display(), "creating repository (repository.create is on)");
-                Repository::init(&rc.path, &opts, &InitOptions { recipients, ..Default::default() })
-                    .map_err(|e| RunError::Unavailable(e.to_string()))?
+                Repository::init(
+                    &rc.path,
+                    &opts,
+                    &InitOptions {
+                        recipients,
+                        ..Default::default()
+                    },
+                )
+                .map_err(|e| RunError::Unavailable(e.to_string()))?
             }
             Err(e) => return Err(RunError::Unavailable(e.to_string())),
         };
@@ -167,7 +199,12 @@ impl Context {
         let path = &self.config.repository.path;
         let (free, size) = disk_space(path).unwrap_or((0, 0));
         let opened = self.repository();
-        let mut repo_state = RepoState { path: path.display().to_string(), disk_free_bytes: free, disk_size_bytes: size, ..Default::default() };
+        let mut repo_state = RepoState {
+            path: path.display().to_string(),
+            disk_free_bytes: free,
+            disk_size_bytes: size,
+            ..Default::default()
+        };
         let mut per_job: Vec<(String, u64, Option<chrono::DateTime<Utc>>)> = Vec::new();
         match opened {
             Ok(repo) => {
@@ -185,11 +222,19 @@ impl Context {
                     repo_state.snapshots = snaps.len() as u64;
                     let logical: u64 = snaps.iter().map(|s| s.snapshot.stats.total_bytes).sum();
                     if repo_state.size_bytes > 0 {
-                        repo_state.dedup_ratio = Some(logical as f64 / repo_state.size_bytes as f64);
+                        repo_state.dedup_ratio =
+                            Some(logical as f64 / repo_state.size_bytes as f64);
                     }
                     for name in self.config.jobs.keys() {
-                        let mine: Vec<_> = snaps.iter().filter(|s| s.snapshot.job == name.as_str()).collect();
-                        let last_ok = mine.iter().rev().find(|s| s.snapshot.status == SnapshotStatus::Complete).map(|s| s.snapshot.time);
+                        let mine: Vec<_> = snaps
+                            .iter()
+                            .filter(|s| s.snapshot.job == name.as_str())
+                            .collect();
+                        let last_ok = mine
+                            .iter()
+                            .rev()
+                            .find(|s| s.snapshot.status == SnapshotStatus::Complete)
+                            .map(|s| s.snapshot.time);
                         per_job.push((name.to_string(), mine.len() as u64, last_ok));
                     }
                 }
@@ -212,7 +257,8 @@ impl Context {
                     }
                     metrics::gauge!(m::SNAPSHOTS, "job" => name.clone()).set(count as f64);
                     if let Some(t) = j.last_success {
-                        metrics::gauge!(m::JOB_LAST_SUCCESS, "job" => name.clone()).set(t.timestamp() as f64);
+                        metrics::gauge!(m::JOB_LAST_SUCCESS, "job" => name.clone())
+                            .set(t.timestamp() as f64);
                     }
                 }
             }
@@ -220,17 +266,28 @@ impl Context {
                 if let Some(j) = s.jobs.get_mut(name.as_str()) {
                     j.next_run = cfg.schedule.next_after(now, cfg.timezone);
                     if let Some(t) = j.next_run {
-                        metrics::gauge!(m::JOB_NEXT_RUN, "job" => name.to_string()).set(t.timestamp() as f64);
+                        metrics::gauge!(m::JOB_NEXT_RUN, "job" => name.to_string())
+                            .set(t.timestamp() as f64);
                     }
                 }
             }
         });
-        metrics::gauge!(m::REPO_READY).set(if self.state.not_ready().is_none() { 1.0 } else { 0.0 });
+        metrics::gauge!(m::REPO_READY).set(if self.state.not_ready().is_none() {
+            1.0
+        } else {
+            0.0
+        });
     }
 
     /// Starts a run in the background unless one is going. Returns the run's id.
     pub fn trigger(self: &Arc<Self>, job: &str, reason: &str) -> Result<String, TriggerError> {
-        let name = self.config.jobs.keys().find(|n| n.as_str() == job).cloned().ok_or(TriggerError::UnknownJob)?;
+        let name = self
+            .config
+            .jobs
+            .keys()
+            .find(|n| n.as_str() == job)
+            .cloned()
+            .ok_or(TriggerError::UnknownJob)?;
         let started = self.state.write(|s| {
             let j = s.jobs.get_mut(job).expect("state has every configured job");
             if j.running {
@@ -258,9 +315,17 @@ impl Context {
 
     /// Runs a job to its final outcome (retries included). The caller has marked the
     /// job running; this clears the mark.
-    pub async fn execute(self: &Arc<Self>, name: &JobName, run_id: &str, trigger: &str) -> RunResult {
+    pub async fn execute(
+        self: &Arc<Self>,
+        name: &JobName,
+        run_id: &str,
+        trigger: &str,
+    ) -> RunResult {
         let span = tracing::info_span!("run", job = %name, run = %run_id);
-        let result = self.execute_inner(name, run_id, trigger).instrument(span).await;
+        let result = self
+            .execute_inner(name, run_id, trigger)
+            .instrument(span)
+            .await;
         // Figures first, so that whoever sees the run finished also sees its snapshot.
         let ctx = self.clone();
         let _ = tokio::task::spawn_blocking(move || ctx.refresh()).await;
@@ -268,7 +333,12 @@ impl Context {
         result
     }
 
-    async fn execute_inner(self: &Arc<Self>, name: &JobName, run_id: &str, trigger: &str) -> RunResult {
+    async fn execute_inner(
+        self: &Arc<Self>,
+        name: &JobName,
+        run_id: &str,
+        trigger: &str,
+    ) -> RunResult {
         let job = name.to_string();
         metrics::gauge!(m::JOB_RUNNING, "job" => job.clone()).set(1.0);
         let start = Utc::now();
@@ -288,8 +358,12 @@ impl Context {
                 Ok(ok) => break Ok(ok),
                 Err(e) => {
                     let msg = self.redactor.redact(&e.to_string());
-                    metrics::counter!(m::JOB_FAILURES, "job" => job.clone(), "kind" => e.kind()).increment(1);
-                    if e.retryable() && attempts < self.config.daemon.attempts && !self.cancel.is_cancelled() {
+                    metrics::counter!(m::JOB_FAILURES, "job" => job.clone(), "kind" => e.kind())
+                        .increment(1);
+                    if e.retryable()
+                        && attempts < self.config.daemon.attempts
+                        && !self.cancel.is_cancelled()
+                    {
                         tracing::warn!(attempt = attempts, error = %msg, retry_in = ?backoff, "attempt failed; retrying");
                         tokio::select! {
                             _ = tokio::time::sleep(backoff) => {}
@@ -305,7 +379,11 @@ impl Context {
         let end = Utc::now();
         match outcome {
             Ok((id, snap)) => {
-                let status = if snap.status == SnapshotStatus::Complete { RunStatus::Complete } else { RunStatus::Partial };
+                let status = if snap.status == SnapshotStatus::Complete {
+                    RunStatus::Complete
+                } else {
+                    RunStatus::Partial
+                };
                 tracing::info!(snapshot = %id.short(), ?status, entries = snap.stats.entries, read = snap.stats.read_bytes, stored = snap.stats.stored_bytes, "run finished");
                 RunResult {
                     run_id: run_id.to_string(),
@@ -315,7 +393,8 @@ impl Context {
                     status,
                     attempts,
                     snapshot: Some(id.to_hex()),
-                    error: (status == RunStatus::Partial).then(|| format!("{} entries failed", snap.stats.failures)),
+                    error: (status == RunStatus::Partial)
+                        .then(|| format!("{} entries failed", snap.stats.failures)),
                     error_kind: (status == RunStatus::Partial).then(|| "partial".to_string()),
                     stats: Some(snap.stats),
                 }
@@ -339,7 +418,10 @@ impl Context {
         }
     }
 
-    async fn attempt(self: &Arc<Self>, name: &JobName) -> Result<(crate::repo::id::Id, crate::repo::snapshot::Snapshot), RunError> {
+    async fn attempt(
+        self: &Arc<Self>,
+        name: &JobName,
+    ) -> Result<(crate::repo::id::Id, crate::repo::snapshot::Snapshot), RunError> {
         let ctx = self.clone();
         let name = name.clone();
         let cancel = Arc::new(AtomicBool::new(false));
@@ -355,17 +437,30 @@ impl Context {
             let free = disk_space(repo.root()).map(|(f, _)| f).unwrap_or(u64::MAX);
             let threshold = ctx.config.daemon.min_free_space;
             if free < threshold.as_u64() {
-                return Err(RunError::DiskSpace { free: bytesize::ByteSize(free), threshold });
+                return Err(RunError::DiskSpace {
+                    free: bytesize::ByteSize(free),
+                    threshold,
+                });
             }
             let job = &ctx.config.jobs[&name];
             // Prune holds the exclusive lock; a backup waits for it rather than fail.
-            let _lock = repo.lock(LockKind::Shared, Some(name.as_str()), Duration::from_secs(3 * 3600))?;
+            let _lock = repo.lock(
+                LockKind::Shared,
+                Some(name.as_str()),
+                Duration::from_secs(3 * 3600),
+            )?;
             let mut source = crate::source::from_config(&job.kind, ctx.redactor.clone())?;
             let progress = Progress::default();
             let (id, snap) = archive(&repo, name.as_str(), source.as_mut(), &progress, &cancel)?;
-            let policy = if job.retention.is_empty() { crate::retention::RetentionPolicy::seed_default() } else { job.retention.clone() };
+            let policy = if job.retention.is_empty() {
+                crate::retention::RetentionPolicy::seed_default()
+            } else {
+                job.retention.clone()
+            };
             match crate::prune::forget(&repo, name.as_str(), &policy, job.timezone, false) {
-                Ok(r) if !r.removed.is_empty() => tracing::info!(removed = ?r.removed, "retention applied"),
+                Ok(r) if !r.removed.is_empty() => {
+                    tracing::info!(removed = ?r.removed, "retention applied")
+                }
                 Ok(_) => {}
                 // The snapshot is safe; an unapplied policy only keeps more.
                 Err(e) => tracing::warn!(error = %e, "retention not applied"),
@@ -381,15 +476,18 @@ impl Context {
     fn record(&self, name: &JobName, r: &RunResult) {
         let job = name.to_string();
         metrics::gauge!(m::JOB_RUNNING, "job" => job.clone()).set(0.0);
-        metrics::counter!(m::JOB_RUNS, "job" => job.clone(), "status" => r.status.as_str()).increment(1);
+        metrics::counter!(m::JOB_RUNS, "job" => job.clone(), "status" => r.status.as_str())
+            .increment(1);
         metrics::gauge!(m::JOB_LAST_STATUS, "job" => job.clone()).set(r.status.metric_value());
-        metrics::histogram!(m::JOB_DURATION, "job" => job.clone()).record((r.end - r.start).num_milliseconds() as f64 / 1000.0);
+        metrics::histogram!(m::JOB_DURATION, "job" => job.clone())
+            .record((r.end - r.start).num_milliseconds() as f64 / 1000.0);
         if let Some(s) = &r.stats {
             metrics::counter!(m::JOB_READ_BYTES, "job" => job.clone()).increment(s.read_bytes);
             metrics::counter!(m::JOB_STORED_BYTES, "job" => job.clone()).increment(s.stored_bytes);
         }
         if r.status == RunStatus::Complete {
-            metrics::gauge!(m::JOB_LAST_SUCCESS, "job" => job.clone()).set(r.end.timestamp() as f64);
+            metrics::gauge!(m::JOB_LAST_SUCCESS, "job" => job.clone())
+                .set(r.end.timestamp() as f64);
         }
         self.state.update_job(&job, |j| {
             j.running = false;
@@ -426,9 +524,16 @@ impl Context {
             Ok(r) => {
                 metrics::gauge!(m::PRUNE_LAST_SUCCESS).set(Utc::now().timestamp() as f64);
                 metrics::counter!(m::PRUNE_FREED).increment(r.bytes_freed);
-                tracing::info!(freed = r.bytes_freed, deleted = r.packs_deleted, repacked = r.packs_repacked, "prune finished");
+                tracing::info!(
+                    freed = r.bytes_freed,
+                    deleted = r.packs_deleted,
+                    repacked = r.packs_repacked,
+                    "prune finished"
+                );
             }
-            Err(e) => tracing::error!(error = %self.redactor.redact(&e.to_string()), "prune failed"),
+            Err(e) => {
+                tracing::error!(error = %self.redactor.redact(&e.to_string()), "prune failed")
+            }
         }
         result
     }
@@ -459,14 +564,21 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn transient_failures_are_retried_with_backoff_and_the_last_outcome_counts() {
         let dir = tempfile::tempdir().unwrap();
-        let ctx = Context::new(config(dir.path(), "[jobs.bad]\nkind = \"command\"\nschedule = \"@daily\"\ncommand = [\"sh\", \"-c\", \"echo boom >&2; exit 1\"]\nname = \"x\"\n"));
+        let ctx = Context::new(config(
+            dir.path(),
+            "[jobs.bad]\nkind = \"command\"\nschedule = \"@daily\"\ncommand = [\"sh\", \"-c\", \"echo boom >&2; exit 1\"]\nname = \"x\"\n",
+        ));
         let name = JobName::parse("bad").unwrap();
         let before = tokio::time::Instant::now();
         let r = ctx.execute(&name, "r1", "test").await;
         assert_eq!(r.status, RunStatus::Failed);
         assert_eq!(r.attempts, 3);
         assert_eq!(r.error_kind.as_deref(), Some("source"));
-        assert!(r.error.as_deref().unwrap().contains("boom"), "{:?}", r.error);
+        assert!(
+            r.error.as_deref().unwrap().contains("boom"),
+            "{:?}",
+            r.error
+        );
         // 30 s then 60 s of (paused, auto-advanced) backoff between the three attempts.
         assert!(tokio::time::Instant::now() - before >= Duration::from_secs(90));
         let state = ctx.state.read(|s| s.jobs["bad"].clone());
@@ -477,9 +589,15 @@ mod tests {
     #[tokio::test]
     async fn one_run_per_job_at_a_time() {
         let dir = tempfile::tempdir().unwrap();
-        let ctx = Context::new(config(dir.path(), "[jobs.slow]\nkind = \"command\"\nschedule = \"@daily\"\ncommand = [\"sleep\", \"1\"]\nname = \"x\"\n"));
+        let ctx = Context::new(config(
+            dir.path(),
+            "[jobs.slow]\nkind = \"command\"\nschedule = \"@daily\"\ncommand = [\"sleep\", \"1\"]\nname = \"x\"\n",
+        ));
         ctx.trigger("slow", "test").unwrap();
-        assert_eq!(ctx.trigger("slow", "test"), Err(TriggerError::AlreadyRunning));
+        assert_eq!(
+            ctx.trigger("slow", "test"),
+            Err(TriggerError::AlreadyRunning)
+        );
         assert_eq!(ctx.trigger("nope", "test"), Err(TriggerError::UnknownJob));
         assert_eq!(ctx.state.read(|s| s.jobs["slow"].skipped_runs), 1);
         ctx.tasks.close();
@@ -498,10 +616,17 @@ mod tests {
             dir.path().display()
         );
         let ctx = Context::new(Config::parse(&text, std::path::Path::new("/t.toml")).unwrap());
-        let r = ctx.execute(&JobName::parse("j").unwrap(), "r", "test").await;
+        let r = ctx
+            .execute(&JobName::parse("j").unwrap(), "r", "test")
+            .await;
         assert_eq!(r.status, RunStatus::Failed);
         assert_eq!(r.error_kind.as_deref(), Some("no_repository"));
         assert!(!dir.path().join("unmounted").exists());
-        assert!(ctx.state.not_ready().unwrap().contains("not a backuphub repository"));
+        assert!(
+            ctx.state
+                .not_ready()
+                .unwrap()
+                .contains("not a backuphub repository")
+        );
     }
 }

@@ -35,7 +35,11 @@ impl FromStr for Schedule {
             _ => match s.split_whitespace().count() {
                 5 => format!("0 {s}"),
                 6 => s.to_string(),
-                n => return Err(format!("cron expression {s:?} has {n} fields; expected 5 (min hour dom month dow), 6 (sec min hour dom month dow) or an @alias")),
+                n => {
+                    return Err(format!(
+                        "cron expression {s:?} has {n} fields; expected 5 (min hour dom month dow), 6 (sec min hour dom month dow) or an @alias"
+                    ));
+                }
             },
         };
         let cron = CronParser::builder()
@@ -49,7 +53,9 @@ impl FromStr for Schedule {
 
 impl<'de> serde::Deserialize<'de> for Schedule {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Schedule, D::Error> {
-        String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
     }
 }
 
@@ -105,10 +111,21 @@ mod tests {
 
     #[test]
     fn forms_and_errors() {
-        assert_eq!("0 2 * * *".parse::<Schedule>().unwrap().as_cron(), "0 0 2 * * *");
-        assert_eq!("@daily".parse::<Schedule>().unwrap().as_cron(), "0 0 0 * * *");
+        assert_eq!(
+            "0 2 * * *".parse::<Schedule>().unwrap().as_cron(),
+            "0 0 2 * * *"
+        );
+        assert_eq!(
+            "@daily".parse::<Schedule>().unwrap().as_cron(),
+            "0 0 0 * * *"
+        );
         assert!("*/5 * * * * *".parse::<Schedule>().is_ok());
-        assert!("every day".parse::<Schedule>().unwrap_err().contains("fields"));
+        assert!(
+            "every day"
+                .parse::<Schedule>()
+                .unwrap_err()
+                .contains("fields")
+        );
         assert!("0 99 * * *".parse::<Schedule>().is_err());
     }
 
@@ -117,9 +134,15 @@ mod tests {
         let s: Schedule = "0 2 * * *".parse().unwrap();
         let berlin = chrono_tz::Europe::Berlin;
         // 02:00 in Berlin in winter is 01:00 UTC.
-        assert_eq!(s.next_after(utc(2026, 1, 10, 12, 0), berlin), Some(utc(2026, 1, 11, 1, 0)));
+        assert_eq!(
+            s.next_after(utc(2026, 1, 10, 12, 0), berlin),
+            Some(utc(2026, 1, 11, 1, 0))
+        );
         // In summer it is 00:00 UTC.
-        assert_eq!(s.next_after(utc(2026, 7, 10, 12, 0), berlin), Some(utc(2026, 7, 11, 0, 0)));
+        assert_eq!(
+            s.next_after(utc(2026, 7, 10, 12, 0), berlin),
+            Some(utc(2026, 7, 11, 0, 0))
+        );
     }
 
     #[test]
@@ -128,7 +151,10 @@ mod tests {
         let s: Schedule = "30 2 * * *".parse().unwrap();
         let berlin = chrono_tz::Europe::Berlin;
         let next = s.next_after(utc(2026, 3, 28, 12, 0), berlin).unwrap();
-        assert!(next > utc(2026, 3, 28, 12, 0) && next < utc(2026, 3, 29, 12, 0), "{next}");
+        assert!(
+            next > utc(2026, 3, 28, 12, 0) && next < utc(2026, 3, 29, 12, 0),
+            "{next}"
+        );
     }
 
     #[test]

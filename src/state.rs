@@ -147,7 +147,12 @@ impl SharedState {
     pub fn not_ready(&self) -> Option<String> {
         self.read(|s| {
             if !s.repository.available {
-                return Some(s.repository.error.clone().unwrap_or_else(|| "repository not available".into()));
+                return Some(
+                    s.repository
+                        .error
+                        .clone()
+                        .unwrap_or_else(|| "repository not available".into()),
+                );
             }
             if s.repository.disk_free_bytes < s.min_free_bytes {
                 return Some(format!(

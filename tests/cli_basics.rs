@@ -14,7 +14,11 @@ fn init_refuses_a_non_empty_directory_and_open_needs_a_repository() {
 
     let out = env.run(&["snapshots", "--repo", env.path("nothing").to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(text(&out).contains("not a backuphub repository"), "{}", text(&out));
+    assert!(
+        text(&out).contains("not a backuphub repository"),
+        "{}",
+        text(&out)
+    );
 
     assert_eq!(env.run(&["backup"]).status.code(), Some(2), "usage error");
 }
@@ -37,7 +41,13 @@ fn backup_list_cat_restore() {
     let rel = rel.to_str().unwrap().trim_start_matches('/');
     let out = env.ok(&["ls", "latest:files", "--json"]);
     let entries: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert!(entries.as_array().unwrap().iter().any(|e| e["path"] == rel && e["size"] == 7));
+    assert!(
+        entries
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["path"] == rel && e["size"] == 7)
+    );
 
     let out = env.ok(&["cat", "latest", rel]);
     assert_eq!(out.stdout, b"content");
@@ -47,12 +57,21 @@ fn backup_list_cat_restore() {
 
     let target = env.path("restore");
     env.ok(&["restore", "latest", "--target", target.to_str().unwrap()]);
-    assert_eq!(std::fs::read(restored(&target, &data.join("d/f.txt"))).unwrap(), b"content");
+    assert_eq!(
+        std::fs::read(restored(&target, &data.join("d/f.txt"))).unwrap(),
+        b"content"
+    );
     // A second restore would overwrite: refused without --overwrite.
     let out = env.run(&["restore", "latest", "--target", target.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out).contains("--overwrite"), "{}", text(&out));
-    env.ok(&["restore", "latest", "--target", target.to_str().unwrap(), "--overwrite"]);
+    env.ok(&[
+        "restore",
+        "latest",
+        "--target",
+        target.to_str().unwrap(),
+        "--overwrite",
+    ]);
 
     let out = env.run(&["ls", "zzzz"]);
     assert!(text(&out).contains("no snapshot matches"), "{}", text(&out));
@@ -62,29 +81,65 @@ fn backup_list_cat_restore() {
 fn streams_are_always_read_and_failed_commands_fail() {
     let env = Env::new();
     env.ok(&["init"]);
-    let out = env.run_with_stdin(&["backup", "--job", "s", "--stdin", "--name", "dump.sql"], b"first");
+    let out = env.run_with_stdin(
+        &["backup", "--job", "s", "--stdin", "--name", "dump.sql"],
+        b"first",
+    );
     assert!(out.status.success(), "{}", text(&out));
-    let out = env.run_with_stdin(&["backup", "--job", "s", "--stdin", "--name", "dump.sql"], b"second");
+    let out = env.run_with_stdin(
+        &["backup", "--job", "s", "--stdin", "--name", "dump.sql"],
+        b"second",
+    );
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(env.ok(&["cat", "latest:s", "dump.sql"]).stdout, b"second");
 
-    env.ok(&["backup", "--job", "c", "--command", "printf 'from a command'", "--name", "out.txt"]);
-    assert_eq!(env.ok(&["cat", "latest:c", "out.txt"]).stdout, b"from a command");
+    env.ok(&[
+        "backup",
+        "--job",
+        "c",
+        "--command",
+        "printf 'from a command'",
+        "--name",
+        "out.txt",
+    ]);
+    assert_eq!(
+        env.ok(&["cat", "latest:c", "out.txt"]).stdout,
+        b"from a command"
+    );
 
     let before = env.ok(&["snapshots", "--json"]).stdout;
     let out = env.run(&[
-        "backup", "--job", "c", "--name", "out.txt", "--command",
+        "backup",
+        "--job",
+        "c",
+        "--name",
+        "out.txt",
+        "--command",
         "sh -c 'printf partial; echo \"FATAL: password=letmein rejected\" >&2; exit 7'",
     ]);
     assert_eq!(out.status.code(), Some(1));
     let msg = text(&out);
-    assert!(msg.contains("exit status: 7") && msg.contains("FATAL"), "{msg}");
+    assert!(
+        msg.contains("exit status: 7") && msg.contains("FATAL"),
+        "{msg}"
+    );
     assert!(!msg.contains("letmein"), "secret leaked: {msg}");
     // No snapshot was written for the failed run.
     assert_eq!(env.ok(&["snapshots", "--json"]).stdout, before);
-    assert_eq!(env.ok(&["cat", "latest:c", "out.txt"]).stdout, b"from a command");
+    assert_eq!(
+        env.ok(&["cat", "latest:c", "out.txt"]).stdout,
+        b"from a command"
+    );
 
-    let out = env.run(&["backup", "--job", "c", "--name", "x", "--command", "/no/such/program"]);
+    let out = env.run(&[
+        "backup",
+        "--job",
+        "c",
+        "--name",
+        "x",
+        "--command",
+        "/no/such/program",
+    ]);
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out).contains("/no/such/program"), "{}", text(&out));
 }
@@ -99,21 +154,43 @@ fn unreadable_files_make_a_partial_snapshot_and_exit_3() {
     std::fs::write(data.join("secret"), b"no").unwrap();
     env.ok(&["init"]);
     // Root reads everything: run the backup as nobody, with everything else open to it.
-    let as_root = std::process::Command::new("id").arg("-u").output().unwrap().stdout.starts_with(b"0\n");
+    let as_root = std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .unwrap()
+        .stdout
+        .starts_with(b"0\n");
     let mut cmd = if as_root {
-        let _ = std::process::Command::new("chmod").args(["-R", "a+rwX"]).arg(env.dir.path()).status();
+        let _ = std::process::Command::new("chmod")
+            .args(["-R", "a+rwX"])
+            .arg(env.dir.path())
+            .status();
         let mut c = std::process::Command::new("setpriv");
-        c.args(["--reuid=65534", "--regid=65534", "--clear-groups", env!("CARGO_BIN_EXE_backuphub")]);
-        c.env("BACKUPHUB_STATE_DIR", env.path("state")).env("BACKUPHUB_REPO", env.repo());
+        c.args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            env!("CARGO_BIN_EXE_backuphub"),
+        ]);
+        c.env("BACKUPHUB_STATE_DIR", env.path("state"))
+            .env("BACKUPHUB_REPO", env.repo());
         c
     } else {
         env.cmd(&[])
     };
-    std::fs::set_permissions(data.join("secret"), std::fs::Permissions::from_mode(0)).unwrap();
-    let out = cmd.args(["backup", "--job", "p", data.to_str().unwrap()]).output().unwrap();
+    std::fs::set_permissions(data.join("secret"), std::fs::Permissions::from_mode(0o000)).unwrap();
+    let out = cmd
+        .args(["backup", "--job", "p", data.to_str().unwrap()])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(3), "{}", text(&out));
-    assert!(text(&out).contains("secret") && text(&out).contains("ermission denied"), "{}", text(&out));
-    let v: serde_json::Value = serde_json::from_slice(&env.ok(&["snapshots", "--json"]).stdout).unwrap();
+    assert!(
+        text(&out).contains("secret") && text(&out).contains("ermission denied"),
+        "{}",
+        text(&out)
+    );
+    let v: serde_json::Value =
+        serde_json::from_slice(&env.ok(&["snapshots", "--json"]).stdout).unwrap();
     assert_eq!(v[0]["snapshot"]["status"], "partial");
     assert_eq!(v[0]["snapshot"]["stats"]["failures"], 1);
 }
@@ -126,7 +203,10 @@ fn config_check_names_key_and_line() {
     let out = env.run(&["config", "check", "--config", cfg.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1));
     let msg = text(&out);
-    assert!(msg.contains("c.toml:8") && msg.contains("jobs.a.bogus"), "{msg}");
+    assert!(
+        msg.contains("c.toml:8") && msg.contains("jobs.a.bogus"),
+        "{msg}"
+    );
     std::fs::write(&cfg, "[repository]\npath = \"/mnt/x\"\n").unwrap();
     env.ok(&["config", "check", "--config", cfg.to_str().unwrap()]);
 }

@@ -27,9 +27,14 @@ fn sigkill_at_many_points() {
     let mut killed_mid_run = 0;
     for step in 0..14u32 {
         // Change some data each round so every run has new chunks to write.
-        std::fs::write(data.join(format!("big{}", step % 6)), noise(4 << 20, 100 + step as u64)).unwrap();
+        std::fs::write(
+            data.join(format!("big{}", step % 6)),
+            noise(4 << 20, 100 + step as u64),
+        )
+        .unwrap();
         let delay = full.mul_f64(step as f64 / 13.0);
-        let mut child = env.cmd(&["backup", "--job", "victim", data.to_str().unwrap()])
+        let mut child = env
+            .cmd(&["backup", "--job", "victim", data.to_str().unwrap()])
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
@@ -42,9 +47,16 @@ fn sigkill_at_many_points() {
             killed_mid_run += 1;
         }
         let out = env.run(&["check"]);
-        assert!(out.status.success(), "check after kill at {delay:?}: {}", text(&out));
+        assert!(
+            out.status.success(),
+            "check after kill at {delay:?}: {}",
+            text(&out)
+        );
     }
-    assert!(killed_mid_run >= 5, "only {killed_mid_run} runs were actually interrupted");
+    assert!(
+        killed_mid_run >= 5,
+        "only {killed_mid_run} runs were actually interrupted"
+    );
 
     // The next run needs no manual step: stale lock broken, leftovers ignored.
     let out = env.run(&["backup", "--job", "victim", data.to_str().unwrap()]);
@@ -52,7 +64,12 @@ fn sigkill_at_many_points() {
     let out = env.run(&["check", "--read-data"]);
     assert!(out.status.success(), "{}", text(&out));
     let target = env.path("out");
-    env.ok(&["restore", "latest:victim", "--target", target.to_str().unwrap()]);
+    env.ok(&[
+        "restore",
+        "latest:victim",
+        "--target",
+        target.to_str().unwrap(),
+    ]);
     assert_same_tree(&data, &restored(&target, &data));
 }
 
@@ -62,15 +79,27 @@ fn a_killed_stream_backup_leaves_no_snapshot() {
     env.ok(&["init"]);
     // A producer that never finishes: the backup is killed mid-stream.
     let mut child = env
-        .cmd(&["backup", "--job", "s", "--name", "x", "--command", "sh -c 'head -c 3000000 /dev/zero; sleep 30'"])
+        .cmd(&[
+            "backup",
+            "--job",
+            "s",
+            "--name",
+            "x",
+            "--command",
+            "sh -c 'head -c 3000000 /dev/zero; sleep 30'",
+        ])
         .spawn()
         .unwrap();
     std::thread::sleep(Duration::from_millis(500));
     child.kill().unwrap();
     child.wait().unwrap();
-    let v: serde_json::Value = serde_json::from_slice(&env.ok(&["snapshots", "--json"]).stdout).unwrap();
+    let v: serde_json::Value =
+        serde_json::from_slice(&env.ok(&["snapshots", "--json"]).stdout).unwrap();
     assert!(v.as_array().unwrap().is_empty(), "{v}");
     env.ok(&["check"]);
-    let out = env.run_with_stdin(&["backup", "--job", "s", "--stdin", "--name", "x"], b"after");
+    let out = env.run_with_stdin(
+        &["backup", "--job", "s", "--stdin", "--name", "x"],
+        b"after",
+    );
     assert!(out.status.success(), "{}", text(&out));
 }

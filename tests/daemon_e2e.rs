@@ -9,7 +9,11 @@ use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 struct Daemon {
@@ -28,19 +32,32 @@ impl Daemon {
             .stderr(std::fs::File::create(env.path("daemon.log")).unwrap())
             .spawn()
             .unwrap();
-        let d = Daemon { child, base: format!("http://127.0.0.1:{port}") };
-        d.wait_for(Duration::from_secs(20), || d.get("/healthz").map(|(c, _)| c == 200).unwrap_or(false));
+        let d = Daemon {
+            child,
+            base: format!("http://127.0.0.1:{port}"),
+        };
+        d.wait_for(Duration::from_secs(20), || {
+            d.get("/healthz").map(|(c, _)| c == 200).unwrap_or(false)
+        });
         d
     }
 
     fn get(&self, path: &str) -> Option<(u16, String)> {
-        let resp = ureq::get(&format!("{}{path}", self.base)).config().http_status_as_error(false).build().call().ok()?;
+        let resp = ureq::get(&format!("{}{path}", self.base))
+            .config()
+            .http_status_as_error(false)
+            .build()
+            .call()
+            .ok()?;
         let code = resp.status().as_u16();
         Some((code, resp.into_body().read_to_string().ok()?))
     }
 
     fn post(&self, path: &str, token: Option<&str>) -> u16 {
-        let mut req = ureq::post(&format!("{}{path}", self.base)).config().http_status_as_error(false).build();
+        let mut req = ureq::post(&format!("{}{path}", self.base))
+            .config()
+            .http_status_as_error(false)
+            .build();
         if let Some(t) = token {
             req = req.header("Authorization", &format!("Bearer {t}"));
         }
@@ -52,13 +69,22 @@ impl Daemon {
     }
 
     fn job(&self, name: &str) -> serde_json::Value {
-        self.status()["jobs"].as_array().unwrap().iter().find(|j| j["name"] == name).unwrap().clone()
+        self.status()["jobs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|j| j["name"] == name)
+            .unwrap()
+            .clone()
     }
 
     fn wait_for(&self, limit: Duration, mut ok: impl FnMut() -> bool) {
         let start = Instant::now();
         while !ok() {
-            assert!(start.elapsed() < limit, "condition not met within {limit:?}");
+            assert!(
+                start.elapsed() < limit,
+                "condition not met within {limit:?}"
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
     }
@@ -66,13 +92,22 @@ impl Daemon {
     /// SIGTERM, then the exit status.
     fn stop(mut self) -> std::process::ExitStatus {
         let pid = self.child.id().to_string();
-        assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+        assert!(
+            std::process::Command::new("kill")
+                .args(["-TERM", &pid])
+                .status()
+                .unwrap()
+                .success()
+        );
         let start = Instant::now();
         loop {
             if let Some(s) = self.child.try_wait().unwrap() {
                 return s;
             }
-            assert!(start.elapsed() < Duration::from_secs(20), "daemon did not stop on SIGTERM");
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "daemon did not stop on SIGTERM"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -86,7 +121,9 @@ impl Drop for Daemon {
 }
 
 fn metric(text: &str, prefix: &str) -> Option<f64> {
-    text.lines().find(|l| l.starts_with(prefix)).and_then(|l| l.rsplit(' ').next()?.parse().ok())
+    text.lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
 }
 
 #[test]
@@ -127,9 +164,13 @@ name = "slow.txt"
     assert_eq!(d.get("/readyz").unwrap().0, 200);
 
     // The schedule fires, again and again.
-    d.wait_for(Duration::from_secs(30), || d.job("files")["last_run"]["status"] == "complete");
+    d.wait_for(Duration::from_secs(30), || {
+        d.job("files")["last_run"]["status"] == "complete"
+    });
     let first = d.job("files")["last_run"]["end"].clone();
-    d.wait_for(Duration::from_secs(30), || d.job("files")["last_run"]["end"] != first);
+    d.wait_for(Duration::from_secs(30), || {
+        d.job("files")["last_run"]["end"] != first
+    });
     let job = d.job("files");
     assert!(job["next_run"].is_string());
     assert_eq!(job["kind"], "path");
@@ -137,43 +178,96 @@ name = "slow.txt"
 
     let (code, metrics) = d.get("/metrics").unwrap();
     assert_eq!(code, 200);
-    assert!(metric(&metrics, "backuphub_job_runs_total{job=\"files\",status=\"complete\"}").unwrap() >= 2.0, "{metrics}");
-    assert!(metric(&metrics, "backuphub_job_last_success_timestamp_seconds{job=\"files\"}").unwrap() > 1.7e9);
-    assert_eq!(metric(&metrics, "backuphub_job_last_run_status{job=\"files\"}"), Some(1.0));
+    assert!(
+        metric(
+            &metrics,
+            "backuphub_job_runs_total{job=\"files\",status=\"complete\"}"
+        )
+        .unwrap()
+            >= 2.0,
+        "{metrics}"
+    );
+    assert!(
+        metric(
+            &metrics,
+            "backuphub_job_last_success_timestamp_seconds{job=\"files\"}"
+        )
+        .unwrap()
+            > 1.7e9
+    );
+    assert_eq!(
+        metric(&metrics, "backuphub_job_last_run_status{job=\"files\"}"),
+        Some(1.0)
+    );
     assert!(metric(&metrics, "backuphub_repository_size_bytes").unwrap() > 0.0);
     assert!(metrics.contains("backuphub_build_info{version=\""));
     assert!(!metrics.contains("t0ken-for-tests"));
 
     // A job that never succeeded was caught up at start; let that run finish first.
-    d.wait_for(Duration::from_secs(30), || d.job("slow")["last_run"]["trigger"] == "catch-up");
+    d.wait_for(Duration::from_secs(30), || {
+        d.job("slow")["last_run"]["trigger"] == "catch-up"
+    });
     // Trigger over HTTP: token required, one run at a time.
     assert_eq!(d.post("/api/v1/jobs/slow/run", None), 401);
     assert_eq!(d.post("/api/v1/jobs/slow/run", Some("wrong")), 401);
-    assert_eq!(d.post("/api/v1/jobs/slow/run", Some("t0ken-for-tests")), 202);
-    assert_eq!(d.post("/api/v1/jobs/slow/run", Some("t0ken-for-tests")), 409);
-    assert_eq!(d.post("/api/v1/jobs/nope/run", Some("t0ken-for-tests")), 404);
-    d.wait_for(Duration::from_secs(30), || d.job("slow")["last_run"]["trigger"] == "http" && d.job("slow")["last_run"]["status"] == "complete");
+    assert_eq!(
+        d.post("/api/v1/jobs/slow/run", Some("t0ken-for-tests")),
+        202
+    );
+    assert_eq!(
+        d.post("/api/v1/jobs/slow/run", Some("t0ken-for-tests")),
+        409
+    );
+    assert_eq!(
+        d.post("/api/v1/jobs/nope/run", Some("t0ken-for-tests")),
+        404
+    );
+    d.wait_for(Duration::from_secs(30), || {
+        d.job("slow")["last_run"]["trigger"] == "http"
+            && d.job("slow")["last_run"]["status"] == "complete"
+    });
     let (code, body) = d.get("/api/v1/jobs/slow/snapshots").unwrap();
     assert_eq!(code, 200);
     // Two runs today, and the default retention (keep_daily = 14) keeps one per day.
-    assert_eq!(serde_json::from_str::<serde_json::Value>(&body).unwrap().as_array().unwrap().len(), 1);
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&body)
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
 
     // `status` renders the same as a table.
     let out = env.ok(&["status", "--url", &d.base]);
     let table = String::from_utf8_lossy(&out.stdout);
-    assert!(table.contains("files") && table.contains("slow") && table.contains("complete"), "{table}");
+    assert!(
+        table.contains("files") && table.contains("slow") && table.contains("complete"),
+        "{table}"
+    );
 
     // A run in progress when SIGTERM arrives is cancelled cleanly.
-    assert_eq!(d.post("/api/v1/jobs/slow/run", Some("t0ken-for-tests")), 202);
+    assert_eq!(
+        d.post("/api/v1/jobs/slow/run", Some("t0ken-for-tests")),
+        202
+    );
     let status = d.stop();
     assert!(status.success(), "exit status {status}");
     let out = env.run(&["check", "--read-data"]);
     assert!(out.status.success(), "{}", text(&out));
-    let snaps: serde_json::Value = serde_json::from_slice(&env.ok(&["snapshots", "--job", "slow", "--json"]).stdout).unwrap();
-    assert_eq!(snaps.as_array().unwrap().len(), 1, "the interrupted run left no snapshot");
+    let snaps: serde_json::Value =
+        serde_json::from_slice(&env.ok(&["snapshots", "--job", "slow", "--json"]).stdout).unwrap();
+    assert_eq!(
+        snaps.as_array().unwrap().len(),
+        1,
+        "the interrupted run left no snapshot"
+    );
     let log = std::fs::read_to_string(env.path("daemon.log")).unwrap();
     assert!(!log.contains("t0ken-for-tests"), "token in the log");
-    assert!(log.contains("job=files") || log.contains("job: files") || log.contains("{job=files"), "runs are logged with their job");
+    assert!(
+        log.contains("job=files") || log.contains("job: files") || log.contains("{job=files"),
+        "runs are logged with their job"
+    );
 }
 
 #[test]
@@ -201,11 +295,20 @@ paths = ["/etc/hostname"]
     let (code, body) = d.get("/readyz").unwrap();
     assert_eq!(code, 503);
     assert!(body.contains("not a backuphub repository"), "{body}");
-    d.wait_for(Duration::from_secs(20), || d.job("files")["last_run"]["status"] == "failed");
+    d.wait_for(Duration::from_secs(20), || {
+        d.job("files")["last_run"]["status"] == "failed"
+    });
     assert_eq!(d.job("files")["last_run"]["error_kind"], "no_repository");
     assert!(!env.path("unmounted").exists(), "nothing may be created");
     let (_, metrics) = d.get("/metrics").unwrap();
     assert_eq!(metric(&metrics, "backuphub_repository_ready"), Some(0.0));
-    assert!(metric(&metrics, "backuphub_job_failures_total{job=\"files\",kind=\"no_repository\"}").unwrap() >= 1.0);
+    assert!(
+        metric(
+            &metrics,
+            "backuphub_job_failures_total{job=\"files\",kind=\"no_repository\"}"
+        )
+        .unwrap()
+            >= 1.0
+    );
     assert!(d.stop().success());
 }

@@ -27,7 +27,11 @@ fn flipped_bytes_are_found_and_named_and_the_rest_restores() {
     std::fs::write(pack, &bytes).unwrap();
 
     let out = env.run(&["check"]);
-    assert!(out.status.success(), "a structural check does not read blobs: {}", text(&out));
+    assert!(
+        out.status.success(),
+        "a structural check does not read blobs: {}",
+        text(&out)
+    );
     let out = env.run(&["check", "--read-data"]);
     assert_eq!(out.status.code(), Some(4), "{}", text(&out));
     let msg = text(&out);
@@ -37,14 +41,24 @@ fn flipped_bytes_are_found_and_named_and_the_rest_restores() {
 
     let out = env.run(&["check", "--read-data", "--json"]);
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert!(report["problems"].as_array().unwrap().iter().any(|p| p["problem"] == "damaged_chunk"));
+    assert!(
+        report["problems"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["problem"] == "damaged_chunk")
+    );
 
     // The untouched file still restores; the damaged one fails loudly, never silently.
     let survivor = data.join("survivor.bin");
     let rel = survivor.to_str().unwrap().trim_start_matches('/');
     assert_eq!(env.ok(&["cat", "latest", rel]).stdout, noise(600 << 10, 2));
     let victim = data.join("victim.bin");
-    let out = env.run(&["cat", "latest", victim.to_str().unwrap().trim_start_matches('/')]);
+    let out = env.run(&[
+        "cat",
+        "latest",
+        victim.to_str().unwrap().trim_start_matches('/'),
+    ]);
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out).contains("damaged"), "{}", text(&out));
 }
@@ -53,10 +67,18 @@ fn flipped_bytes_are_found_and_named_and_the_rest_restores() {
 fn a_truncated_pack_and_a_damaged_manifest_are_reported_not_panicked() {
     let env = Env::new();
     env.ok(&["init"]);
-    env.run_with_stdin(&["backup", "--job", "s", "--stdin", "--name", "x"], &noise(100_000, 1));
+    env.run_with_stdin(
+        &["backup", "--job", "s", "--stdin", "--name", "x"],
+        &noise(100_000, 1),
+    );
     let pack = walk(&env.repo().join("packs")).remove(0);
     let len = std::fs::metadata(&pack).unwrap().len();
-    std::fs::OpenOptions::new().write(true).open(&pack).unwrap().set_len(len / 2).unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&pack)
+        .unwrap()
+        .set_len(len / 2)
+        .unwrap();
     let out = env.run(&["check"]);
     assert_eq!(out.status.code(), Some(4));
     let msg = text(&out);
@@ -73,7 +95,11 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     let mut out = Vec::new();
     for e in std::fs::read_dir(dir).unwrap() {
         let p = e.unwrap().path();
-        if p.is_dir() { out.extend(walk(&p)) } else { out.push(p) }
+        if p.is_dir() {
+            out.extend(walk(&p))
+        } else {
+            out.push(p)
+        }
     }
     out
 }

@@ -10,7 +10,15 @@ use backuphub::source::local::LocalSource;
 use common::noise;
 
 fn repo(dir: &std::path::Path) -> Repository {
-    Repository::init(&dir.join("repo"), &OpenOptions { identity: None, state_dir: dir.join("state") }, &InitOptions::default()).unwrap()
+    Repository::init(
+        &dir.join("repo"),
+        &OpenOptions {
+            identity: None,
+            state_dir: dir.join("state"),
+        },
+        &InitOptions::default(),
+    )
+    .unwrap()
 }
 
 #[test]
@@ -24,22 +32,48 @@ fn unchanged_data_stores_almost_nothing_and_is_not_reread() {
     }
     let r = repo(tmp.path());
     let run = |r: &Repository| {
-        let mut src = LocalSource::new(&[data.clone()], &[]).unwrap();
-        archive(r, "j", &mut src, &Progress::default(), &AtomicBool::new(false)).unwrap().1
+        let mut src = LocalSource::new(std::slice::from_ref(&data), &[]).unwrap();
+        archive(
+            r,
+            "j",
+            &mut src,
+            &Progress::default(),
+            &AtomicBool::new(false),
+        )
+        .unwrap()
+        .1
     };
     let first = run(&r);
     assert!(first.stats.stored_bytes > 20 << 20);
     let second = run(&r);
-    assert_eq!(second.stats.read_bytes, 0, "unchanged files are not read again");
-    assert!(second.stats.stored_bytes < 4096, "stored {} bytes", second.stats.stored_bytes);
+    assert_eq!(
+        second.stats.read_bytes, 0,
+        "unchanged files are not read again"
+    );
+    assert!(
+        second.stats.stored_bytes < 4096,
+        "stored {} bytes",
+        second.stats.stored_bytes
+    );
 
     // Without the index cache (a new machine), files are read again but not stored again.
     drop(r);
     std::fs::remove_dir_all(tmp.path().join("state")).unwrap();
-    let r = Repository::open(&tmp.path().join("repo"), &OpenOptions { identity: None, state_dir: tmp.path().join("state") }).unwrap();
+    let r = Repository::open(
+        &tmp.path().join("repo"),
+        &OpenOptions {
+            identity: None,
+            state_dir: tmp.path().join("state"),
+        },
+    )
+    .unwrap();
     let third = run(&r);
     assert!(third.stats.read_bytes > 20 << 20);
-    assert!(third.stats.stored_bytes < 4096, "stored {} bytes", third.stats.stored_bytes);
+    assert!(
+        third.stats.stored_bytes < 4096,
+        "stored {} bytes",
+        third.stats.stored_bytes
+    );
 }
 
 #[test]
@@ -51,8 +85,16 @@ fn an_insertion_into_a_large_file_stores_only_nearby_chunks() {
     std::fs::write(data.join("disk.img"), &bytes).unwrap();
     let r = repo(tmp.path());
     let run = || {
-        let mut src = LocalSource::new(&[data.clone()], &[]).unwrap();
-        archive(&r, "j", &mut src, &Progress::default(), &AtomicBool::new(false)).unwrap().1
+        let mut src = LocalSource::new(std::slice::from_ref(&data), &[]).unwrap();
+        archive(
+            &r,
+            "j",
+            &mut src,
+            &Progress::default(),
+            &AtomicBool::new(false),
+        )
+        .unwrap()
+        .1
     };
     run();
     // Three small insertions far apart.
@@ -64,6 +106,10 @@ fn an_insertion_into_a_large_file_stores_only_nearby_chunks() {
     let second = run();
     assert_eq!(second.stats.read_bytes, bytes.len() as u64);
     // Each insertion costs about two average chunks (1 MiB) at most; far less than the file.
-    assert!(second.stats.stored_bytes < 3 * 3 * (1 << 20), "stored {} bytes", second.stats.stored_bytes);
+    assert!(
+        second.stats.stored_bytes < 3 * 3 * (1 << 20),
+        "stored {} bytes",
+        second.stats.stored_bytes
+    );
     assert!(second.stats.new_chunks >= 3);
 }

@@ -20,17 +20,39 @@ use common::{du, noise};
 
 fn open(dir: &Path) -> Repository {
     let init = InitOptions {
-        chunker: ChunkerParams { min_size: 8192, avg_size: 32768, max_size: 262144 },
+        chunker: ChunkerParams {
+            min_size: 8192,
+            avg_size: 32768,
+            max_size: 262144,
+        },
         pack_size: 512 << 10,
         ..Default::default()
     };
-    Repository::init(&dir.join("repo"), &OpenOptions { identity: None, state_dir: dir.join("state") }, &init).unwrap()
+    Repository::init(
+        &dir.join("repo"),
+        &OpenOptions {
+            identity: None,
+            state_dir: dir.join("state"),
+        },
+        &init,
+    )
+    .unwrap()
 }
 
 fn backup(repo: &Repository, job: &str, data: &Path) -> backuphub::repo::snapshot::Snapshot {
-    let _lock = repo.lock(LockKind::Shared, Some(job), Duration::from_secs(60)).unwrap();
+    let _lock = repo
+        .lock(LockKind::Shared, Some(job), Duration::from_secs(60))
+        .unwrap();
     let mut src = LocalSource::new(&[data.to_owned()], &[]).unwrap();
-    archive(repo, job, &mut src, &Progress::default(), &AtomicBool::new(false)).unwrap().1
+    archive(
+        repo,
+        job,
+        &mut src,
+        &Progress::default(),
+        &AtomicBool::new(false),
+    )
+    .unwrap()
+    .1
 }
 
 fn file_path(data: &Path, name: &str) -> backuphub::repo::tree::EntryPath {
@@ -49,13 +71,31 @@ fn forgetting_and_pruning_frees_space_and_keeps_what_is_live() {
     }
     let before = du(&repo.root().join("packs"));
     let dry = prune(&repo, true).unwrap();
-    assert_eq!(dry.packs_deleted + dry.packs_repacked, 0, "everything is still referenced");
+    assert_eq!(
+        dry.packs_deleted + dry.packs_repacked,
+        0,
+        "everything is still referenced"
+    );
 
-    let report = forget(&repo, "j", &RetentionPolicy { keep_last: Some(1), ..Default::default() }, chrono_tz::UTC, false).unwrap();
+    let report = forget(
+        &repo,
+        "j",
+        &RetentionPolicy {
+            keep_last: Some(1),
+            ..Default::default()
+        },
+        chrono_tz::UTC,
+        false,
+    )
+    .unwrap();
     assert_eq!(report.removed.len(), 3);
     let dry = prune(&repo, true).unwrap();
     assert!(dry.bytes_freed > 0);
-    assert_eq!(du(&repo.root().join("packs")), before, "a dry run removes nothing");
+    assert_eq!(
+        du(&repo.root().join("packs")),
+        before,
+        "a dry run removes nothing"
+    );
 
     let report = prune(&repo, false).unwrap();
     assert!(report.bytes_freed > 0);
@@ -86,10 +126,24 @@ fn prune_racing_concurrent_backups_loses_nothing() {
                 let dir = data.join(job);
                 std::fs::create_dir_all(&dir).unwrap();
                 while !stop.load(Ordering::Relaxed) {
-                    std::fs::write(dir.join("changing"), noise(300_000, i + if job == "a" { 0 } else { 1 << 32 })).unwrap();
-                    let _lock = repo.lock(LockKind::Shared, Some(job), Duration::from_secs(60)).unwrap();
-                    let mut src = LocalSource::new(&[dir.clone(), data.join("stable")], &[]).unwrap();
-                    archive(repo, job, &mut src, &Progress::default(), &AtomicBool::new(false)).unwrap();
+                    std::fs::write(
+                        dir.join("changing"),
+                        noise(300_000, i + if job == "a" { 0 } else { 1 << 32 }),
+                    )
+                    .unwrap();
+                    let _lock = repo
+                        .lock(LockKind::Shared, Some(job), Duration::from_secs(60))
+                        .unwrap();
+                    let mut src =
+                        LocalSource::new(&[dir.clone(), data.join("stable")], &[]).unwrap();
+                    archive(
+                        repo,
+                        job,
+                        &mut src,
+                        &Progress::default(),
+                        &AtomicBool::new(false),
+                    )
+                    .unwrap();
                     rounds.fetch_add(1, Ordering::Relaxed);
                     i += 1;
                 }
@@ -99,10 +153,24 @@ fn prune_racing_concurrent_backups_loses_nothing() {
         for _ in 0..8 {
             std::thread::sleep(Duration::from_millis(150));
             for job in ["a", "b"] {
-                let _l = repo.lock(LockKind::Shared, Some(job), Duration::from_secs(60)).unwrap();
-                forget(&repo, job, &RetentionPolicy { keep_last: Some(2), ..Default::default() }, chrono_tz::UTC, false).unwrap();
+                let _l = repo
+                    .lock(LockKind::Shared, Some(job), Duration::from_secs(60))
+                    .unwrap();
+                forget(
+                    &repo,
+                    job,
+                    &RetentionPolicy {
+                        keep_last: Some(2),
+                        ..Default::default()
+                    },
+                    chrono_tz::UTC,
+                    false,
+                )
+                .unwrap();
             }
-            let _x = repo.lock(LockKind::Exclusive, None, Duration::from_secs(60)).unwrap();
+            let _x = repo
+                .lock(LockKind::Exclusive, None, Duration::from_secs(60))
+                .unwrap();
             prune(&repo, false).unwrap();
         }
         stop.store(true, Ordering::Relaxed);

@@ -7,29 +7,52 @@ use std::path::Path;
 use std::sync::atomic::AtomicBool;
 
 use backuphub::archiver::{Progress, archive};
+use backuphub::chunker::ChunkerParams;
 use backuphub::redact::Redactor;
 use backuphub::repo::{InitOptions, OpenOptions, Repository};
 use backuphub::restore::{RestoreOptions, restore};
 use backuphub::source::local::LocalSource;
 use backuphub::source::stream::{StreamInput, StreamSource};
-use backuphub::chunker::ChunkerParams;
 use common::{assert_same_tree, noise, restored};
 use proptest::prelude::*;
 
 fn small_repo(dir: &Path) -> Repository {
     let init = InitOptions {
-        chunker: ChunkerParams { min_size: 2048, avg_size: 8192, max_size: 65536 },
+        chunker: ChunkerParams {
+            min_size: 2048,
+            avg_size: 8192,
+            max_size: 65536,
+        },
         pack_size: 256 << 10,
         ..Default::default()
     };
-    Repository::init(&dir.join("repo"), &OpenOptions { identity: None, state_dir: dir.join("state") }, &init).unwrap()
+    Repository::init(
+        &dir.join("repo"),
+        &OpenOptions {
+            identity: None,
+            state_dir: dir.join("state"),
+        },
+        &init,
+    )
+    .unwrap()
 }
 
 #[derive(Debug, Clone)]
 enum Node {
-    File { name: String, len: usize, seed: u64, mode: u32 },
-    Link { name: String, target: String },
-    Dir { name: String, children: Vec<Node> },
+    File {
+        name: String,
+        len: usize,
+        seed: u64,
+        mode: u32,
+    },
+    Link {
+        name: String,
+        target: String,
+    },
+    Dir {
+        name: String,
+        children: Vec<Node>,
+    },
 }
 
 fn name() -> impl Strategy<Value = String> {
@@ -44,21 +67,40 @@ fn name() -> impl Strategy<Value = String> {
 
 fn node() -> impl Strategy<Value = Node> {
     let leaf = prop_oneof![
-        (name(), prop_oneof![Just(0usize), 1usize..300, 20_000usize..200_000], any::<u64>(), prop_oneof![Just(0o644u32), Just(0o600), Just(0o755), Just(0o400)])
-            .prop_map(|(name, len, seed, mode)| Node::File { name, len, seed, mode }),
+        (
+            name(),
+            prop_oneof![Just(0usize), 1usize..300, 20_000usize..200_000],
+            any::<u64>(),
+            prop_oneof![Just(0o644u32), Just(0o600), Just(0o755), Just(0o400)]
+        )
+            .prop_map(|(name, len, seed, mode)| Node::File {
+                name,
+                len,
+                seed,
+                mode
+            }),
         (name(), name()).prop_map(|(name, target)| Node::Link { name, target }),
     ];
     leaf.prop_recursive(6, 40, 6, |inner| {
-        (name(), proptest::collection::vec(inner, 0..6)).prop_map(|(name, children)| Node::Dir { name, children })
+        (name(), proptest::collection::vec(inner, 0..6))
+            .prop_map(|(name, children)| Node::Dir { name, children })
     })
 }
 
 fn materialize(dir: &Path, nodes: &[Node], mtime_base: i64) {
     use std::os::unix::fs::PermissionsExt;
     for (i, n) in nodes.iter().enumerate() {
-        let mt = filetime::FileTime::from_unix_time(mtime_base + i as i64 * 7, (i as u32 * 1_000_003) % 1_000_000_000);
+        let mt = filetime::FileTime::from_unix_time(
+            mtime_base + i as i64 * 7,
+            (i as u32 * 1_000_003) % 1_000_000_000,
+        );
         match n {
-            Node::File { name, len, seed, mode } => {
+            Node::File {
+                name,
+                len,
+                seed,
+                mode,
+            } => {
                 let p = dir.join(name);
                 if p.symlink_metadata().is_ok() {
                     continue;
@@ -90,7 +132,14 @@ fn materialize(dir: &Path, nodes: &[Node], mtime_base: i64) {
 fn backup_and_restore(tmp: &Path, data: &Path) -> std::path::PathBuf {
     let repo = small_repo(tmp);
     let mut src = LocalSource::new(&[data.to_owned()], &[]).unwrap();
-    let (_, snap) = archive(&repo, "t", &mut src, &Progress::default(), &AtomicBool::new(false)).unwrap();
+    let (_, snap) = archive(
+        &repo,
+        "t",
+        &mut src,
+        &Progress::default(),
+        &AtomicBool::new(false),
+    )
+    .unwrap();
     assert_eq!(snap.stats.failures, 0);
     let target = tmp.join("out");
     restore(&repo, &snap, &target, &RestoreOptions::default()).unwrap();
@@ -150,12 +199,28 @@ fn restore_of_a_subpath_only() {
     std::fs::write(data.join("keep/a"), b"a").unwrap();
     std::fs::write(data.join("skip/b"), b"b").unwrap();
     let repo = small_repo(tmp.path());
-    let mut src = LocalSource::new(&[data.clone()], &[]).unwrap();
-    let (_, snap) = archive(&repo, "t", &mut src, &Progress::default(), &AtomicBool::new(false)).unwrap();
+    let mut src = LocalSource::new(std::slice::from_ref(&data), &[]).unwrap();
+    let (_, snap) = archive(
+        &repo,
+        "t",
+        &mut src,
+        &Progress::default(),
+        &AtomicBool::new(false),
+    )
+    .unwrap();
     let target = tmp.path().join("out");
     let only = data.join("keep");
     let only = only.to_str().unwrap();
-    restore(&repo, &snap, &target, &RestoreOptions { only: Some(only.into()), overwrite: false }).unwrap();
+    restore(
+        &repo,
+        &snap,
+        &target,
+        &RestoreOptions {
+            only: Some(only.into()),
+            overwrite: false,
+        },
+    )
+    .unwrap();
     assert!(restored(&target, &data.join("keep/a")).exists());
     assert!(!restored(&target, &data.join("skip")).exists());
 }

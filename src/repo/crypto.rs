@@ -17,13 +17,20 @@ const CODEC_ZSTD: u8 = 1;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CryptoError {
-    #[error("invalid recipient {0:?}: expected an age X25519 key (age1…) or an SSH public key (ssh-ed25519 / ssh-rsa)")]
+    #[error(
+        "invalid recipient {0:?}: expected an age X25519 key (age1…) or an SSH public key (ssh-ed25519 / ssh-rsa)"
+    )]
     BadRecipient(String),
     #[error("cannot read {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{path} holds no usable identity (age secret key or unencrypted SSH private key)")]
     NoIdentity { path: PathBuf },
-    #[error("this data is encrypted: pass --identity FILE (an age identity or SSH private key matching a recipient)")]
+    #[error(
+        "this data is encrypted: pass --identity FILE (an age identity or SSH private key matching a recipient)"
+    )]
     IdentityRequired,
     #[error("the identity does not match any recipient of this repository")]
     WrongIdentity,

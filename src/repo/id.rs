@@ -36,7 +36,8 @@ impl FromStr for Id {
     type Err = ParseIdError;
     fn from_str(s: &str) -> Result<Id, ParseIdError> {
         let mut out = [0u8; 32];
-        hex::decode_to_slice(s, &mut out).map_err(|_| ParseIdError(s.chars().take(80).collect()))?;
+        hex::decode_to_slice(s, &mut out)
+            .map_err(|_| ParseIdError(s.chars().take(80).collect()))?;
         Ok(Id(out))
     }
 }

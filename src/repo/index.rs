@@ -382,10 +382,16 @@ mod tests {
         let idx = Index::open(&dir.path().join("i")).unwrap();
         let w = idx.begin_file_cache("job").unwrap();
         for p in ["a", "b/c", "d"] {
-            w.insert(&Entry::new(EntryPath::from(p), EntryKind::File)).unwrap();
+            w.insert(&Entry::new(EntryPath::from(p), EntryKind::File))
+                .unwrap();
         }
         // Not committed yet: nothing visible.
-        assert!(idx.previous("job").unwrap().find(&EntryPath::from("a")).is_none());
+        assert!(
+            idx.previous("job")
+                .unwrap()
+                .find(&EntryPath::from("a"))
+                .is_none()
+        );
         w.commit().unwrap();
         let mut prev = idx.previous("job").unwrap();
         assert!(prev.find(&EntryPath::from("a")).is_some());
@@ -393,6 +399,11 @@ mod tests {
         assert!(prev.find(&EntryPath::from("d")).is_some());
         // An abandoned writer leaves the committed cache alone.
         drop(idx.begin_file_cache("job").unwrap());
-        assert!(idx.previous("job").unwrap().find(&EntryPath::from("b/c")).is_some());
+        assert!(
+            idx.previous("job")
+                .unwrap()
+                .find(&EntryPath::from("b/c"))
+                .is_some()
+        );
     }
 }

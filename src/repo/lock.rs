@@ -42,7 +42,10 @@ pub enum LockError {
     #[error("repository is locked: {0}")]
     Conflict(String),
     #[error("lock file {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 impl LockInfo {
@@ -143,7 +146,11 @@ fn write_lock(dir: &Path, path: &Path, info: &LockInfo) -> Result<(), LockError>
         ".{}.tmp",
         path.file_name().unwrap_or_default().to_string_lossy()
     ));
-    std::fs::write(&tmp, serde_json::to_vec(info).expect("lock info serializes")).map_err(io)?;
+    std::fs::write(
+        &tmp,
+        serde_json::to_vec(info).expect("lock info serializes"),
+    )
+    .map_err(io)?;
     std::fs::rename(&tmp, path).map_err(io)
 }
 
@@ -289,7 +296,15 @@ mod tests {
         let mut other = me(LockKind::Exclusive, None);
         other.host = "elsewhere".into();
         write_lock(dir.path(), &dir.path().join("o.json"), &other).unwrap();
-        assert!(acquire(dir.path(), LockKind::Shared, Some("x"), Duration::from_millis(100)).is_err());
+        assert!(
+            acquire(
+                dir.path(),
+                LockKind::Shared,
+                Some("x"),
+                Duration::from_millis(100)
+            )
+            .is_err()
+        );
     }
 
     #[test]

@@ -50,7 +50,9 @@ const MAX_PLAIN_BLOB: usize = 64 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RepoError {
-    #[error("{0} is not a backuphub repository (no {CONFIG_FILE}); is the disk mounted? create one with `backuphub init`")]
+    #[error(
+        "{0} is not a backuphub repository (no {CONFIG_FILE}); is the disk mounted? create one with `backuphub init`"
+    )]
     NotARepository(PathBuf),
     #[error("{0} is not empty; refusing to create a repository there")]
     NotEmpty(PathBuf),
@@ -73,7 +75,9 @@ pub enum RepoError {
     Corrupt(String),
     #[error("chunk {0} is missing from the repository")]
     MissingBlob(Id),
-    #[error("this machine cannot write to encrypted repository {repo}: its key is not cached in {state}; run `backuphub key cache --identity FILE` once")]
+    #[error(
+        "this machine cannot write to encrypted repository {repo}: its key is not cached in {state}; run `backuphub key cache --identity FILE` once"
+    )]
     NoWriteKey { repo: String, state: PathBuf },
     #[error("no snapshot matches {0:?}")]
     SnapshotNotFound(String),
@@ -189,7 +193,11 @@ pub struct Repository {
 }
 
 impl Repository {
-    pub fn init(root: &Path, opts: &OpenOptions, init: &InitOptions) -> Result<Repository, RepoError> {
+    pub fn init(
+        root: &Path,
+        opts: &OpenOptions,
+        init: &InitOptions,
+    ) -> Result<Repository, RepoError> {
         init.chunker.validate().map_err(RepoError::Settings)?;
         if !(1..=19).contains(&init.compression_level) {
             return Err(RepoError::Settings(format!(
@@ -215,7 +223,11 @@ impl Repository {
             chunker: init.chunker,
             compression_level: init.compression_level,
             pack_size: init.pack_size,
-            recipients: init.recipients.iter().map(|r| r.as_str().to_owned()).collect(),
+            recipients: init
+                .recipients
+                .iter()
+                .map(|r| r.as_str().to_owned())
+                .collect(),
         };
         if !init.recipients.is_empty() {
             let keys = KeyMaterial::generate();
@@ -332,7 +344,12 @@ impl Repository {
         })
     }
 
-    pub fn lock(&self, kind: LockKind, job: Option<&str>, wait: Duration) -> Result<LockGuard, RepoError> {
+    pub fn lock(
+        &self,
+        kind: LockKind,
+        job: Option<&str>,
+        wait: Duration,
+    ) -> Result<LockGuard, RepoError> {
         Ok(lock::acquire(&self.root.join("locks"), kind, job, wait)?)
     }
 
@@ -370,7 +387,9 @@ impl Repository {
                     self.index.add_pack(*new, &entries)?;
                     added += 1;
                 }
-                Err(e) => tracing::warn!(pack = %new.short(), error = %e, "skipping unreadable pack"),
+                Err(e) => {
+                    tracing::warn!(pack = %new.short(), error = %e, "skipping unreadable pack")
+                }
             }
         }
         if added > 0 {
@@ -408,13 +427,18 @@ impl Repository {
             let (_, f) = cached.as_ref().expect("just filled");
             pack::read_blob(f, &path, loc.offset, loc.length)?
         };
-        let plain = self.sealer.open(&sealed, MAX_PLAIN_BLOB).map_err(|e| match e {
-            CryptoError::IdentityRequired | CryptoError::WrongIdentity => RepoError::Crypto(e),
-            other => RepoError::Corrupt(format!("chunk {id}: {other}")),
-        })?;
+        let plain = self
+            .sealer
+            .open(&sealed, MAX_PLAIN_BLOB)
+            .map_err(|e| match e {
+                CryptoError::IdentityRequired | CryptoError::WrongIdentity => RepoError::Crypto(e),
+                other => RepoError::Corrupt(format!("chunk {id}: {other}")),
+            })?;
         let (hasher, _) = self.write_keys()?;
         if hasher.id(&plain) != *id {
-            return Err(RepoError::Corrupt(format!("chunk {id}: content does not match its id")));
+            return Err(RepoError::Corrupt(format!(
+                "chunk {id}: content does not match its id"
+            )));
         }
         Ok(plain)
     }
@@ -429,7 +453,8 @@ impl Repository {
             .decode(snap.details.as_bytes())
             .map_err(|e| RepoError::Corrupt(format!("snapshot details: {e}")))?;
         let json = self.sealer.open(&sealed, MAX_PLAIN_BLOB)?;
-        serde_json::from_slice(&json).map_err(|e| RepoError::Corrupt(format!("snapshot details: {e}")))
+        serde_json::from_slice(&json)
+            .map_err(|e| RepoError::Corrupt(format!("snapshot details: {e}")))
     }
 
     pub fn refs_dir(&self) -> PathBuf {
@@ -456,16 +481,26 @@ impl Repository {
         let path = self.refs_dir().join(id.to_hex());
         let bytes = std::fs::read(&path).map_err(io_err(&path))?;
         if Id::of(&bytes) != *id || bytes.len() % 32 != 0 {
-            return Err(RepoError::Corrupt(format!("reference list {} does not match its name", id.short())));
+            return Err(RepoError::Corrupt(format!(
+                "reference list {} does not match its name",
+                id.short()
+            )));
         }
-        Ok(bytes.chunks_exact(32).map(|c| Id::from_slice(c).expect("32 bytes")).collect())
+        Ok(bytes
+            .chunks_exact(32)
+            .map(|c| Id::from_slice(c).expect("32 bytes"))
+            .collect())
     }
 
     /// Writes a manifest atomically; the snapshot exists once this returns.
     pub fn save_snapshot(&self, snap: &Snapshot) -> Result<Id, RepoError> {
         let bytes = serde_json::to_vec_pretty(snap).expect("snapshot serializes");
         let id = Id::of(&bytes);
-        write_atomic(&self.tmp_dir(), &self.snapshots_dir().join(id.to_hex()), &bytes)?;
+        write_atomic(
+            &self.tmp_dir(),
+            &self.snapshots_dir().join(id.to_hex()),
+            &bytes,
+        )?;
         Ok(id)
     }
 
@@ -473,7 +508,10 @@ impl Repository {
         let path = self.snapshots_dir().join(id.to_hex());
         let bytes = std::fs::read(&path).map_err(io_err(&path))?;
         if Id::of(&bytes) != *id {
-            return Err(RepoError::Corrupt(format!("snapshot {} does not match its name", id.short())));
+            return Err(RepoError::Corrupt(format!(
+                "snapshot {} does not match its name",
+                id.short()
+            )));
         }
         serde_json::from_slice(&bytes)
             .map_err(|e| RepoError::Corrupt(format!("snapshot {}: {e}", id.short())))
@@ -496,7 +534,12 @@ impl Repository {
         let mut out = self
             .snapshot_ids()?
             .into_iter()
-            .map(|id| Ok(SnapshotRef { id, snapshot: self.load_snapshot(&id)? }))
+            .map(|id| {
+                Ok(SnapshotRef {
+                    id,
+                    snapshot: self.load_snapshot(&id)?,
+                })
+            })
             .collect::<Result<Vec<_>, RepoError>>()?;
         out.sort_by(|a, b| a.snapshot.time.cmp(&b.snapshot.time).then(a.id.cmp(&b.id)));
         Ok(out)
@@ -515,10 +558,17 @@ impl Repository {
         let found: Vec<SnapshotRef> = if spec == "latest" {
             all.last().cloned().into_iter().collect()
         } else if let Some(job) = spec.strip_prefix("latest:") {
-            all.iter().rev().find(|s| s.snapshot.job == job).cloned().into_iter().collect()
+            all.iter()
+                .rev()
+                .find(|s| s.snapshot.job == job)
+                .cloned()
+                .into_iter()
+                .collect()
         } else if spec.len() >= 4 && spec.bytes().all(|b| b.is_ascii_hexdigit()) {
             let spec_l = spec.to_ascii_lowercase();
-            all.into_iter().filter(|s| s.id.to_hex().starts_with(&spec_l)).collect()
+            all.into_iter()
+                .filter(|s| s.id.to_hex().starts_with(&spec_l))
+                .collect()
         } else {
             Vec::new()
         };
@@ -530,12 +580,18 @@ impl Repository {
     }
 
     /// Streams a snapshot's entries in path order, one tree blob in memory at a time.
-    pub fn entries<'a>(&'a self, snap: &'a Snapshot) -> impl Iterator<Item = Result<Entry, RepoError>> + 'a {
+    pub fn entries<'a>(
+        &'a self,
+        snap: &'a Snapshot,
+    ) -> impl Iterator<Item = Result<Entry, RepoError>> + 'a {
         snap.tree.iter().flat_map(move |blob_id| {
             let decoded: Vec<Result<Entry, RepoError>> = match self.read_blob(blob_id) {
                 Ok(blob) => match tree::decode_blob(&blob) {
                     Ok(entries) => entries.into_iter().map(Ok).collect(),
-                    Err(e) => vec![Err(RepoError::Corrupt(format!("tree blob {}: {e}", blob_id.short())))],
+                    Err(e) => vec![Err(RepoError::Corrupt(format!(
+                        "tree blob {}: {e}",
+                        blob_id.short()
+                    )))],
                 },
                 Err(e) => vec![Err(e)],
             };
@@ -600,7 +656,11 @@ fn load_cached_key(state: &Path) -> Option<KeyMaterial> {
 /// The default state directory: `$BACKUPHUB_STATE_DIR`, systemd's `$STATE_DIRECTORY`,
 /// `$XDG_STATE_HOME/backuphub` or `~/.local/state/backuphub`.
 pub fn default_state_dir() -> PathBuf {
-    let env = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty()).map(PathBuf::from);
+    let env = |k: &str| {
+        std::env::var_os(k)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
     if let Some(d) = env("BACKUPHUB_STATE_DIR") {
         return d;
     }

@@ -53,7 +53,10 @@ pub struct PackEntry {
 #[derive(Debug, thiserror::Error)]
 pub enum PackError {
     #[error("pack {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("pack {path} is damaged: {what}")]
     Damaged { path: PathBuf, what: String },
 }
@@ -200,7 +203,7 @@ pub fn read_header(path: &Path) -> Result<Vec<PackEntry>, PackError> {
     }
     let header_len = u32::from_le_bytes(trailer[..4].try_into().expect("4 bytes")) as u64;
     let blobs_end = len - TRAILER_LEN as u64;
-    if header_len % ENTRY_LEN as u64 != 0 || header_len > blobs_end - MAGIC.len() as u64 {
+    if !header_len.is_multiple_of(ENTRY_LEN as u64) || header_len > blobs_end - MAGIC.len() as u64 {
         return Err(damaged(format!("header length {header_len} is impossible")));
     }
     let header_start = blobs_end - header_len;
@@ -217,7 +220,10 @@ pub fn read_header(path: &Path) -> Result<Vec<PackEntry>, PackError> {
         let offset = u64::from_le_bytes(raw[33..41].try_into().expect("8 bytes"));
         let length = u32::from_le_bytes(raw[41..45].try_into().expect("4 bytes"));
         if offset < MAGIC.len() as u64 || offset + length as u64 > header_start {
-            return Err(damaged(format!("blob {} lies outside the pack", id.short())));
+            return Err(damaged(format!(
+                "blob {} lies outside the pack",
+                id.short()
+            )));
         }
         entries.push(PackEntry {
             kind,
@@ -272,7 +278,10 @@ mod tests {
         assert!(verify_file_hash(&path, &id).unwrap());
         let f = File::open(&path).unwrap();
         let e = entries[1];
-        assert_eq!(read_blob(&f, &path, e.offset, e.length).unwrap(), b"second blob");
+        assert_eq!(
+            read_blob(&f, &path, e.offset, e.length).unwrap(),
+            b"second blob"
+        );
     }
 
     #[test]

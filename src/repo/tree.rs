@@ -210,9 +210,8 @@ impl TreeCutter {
         self.last = Some(entry.path.clone());
         let encoded = entry.encode();
         let h = blake3::hash(&encoded);
-        let cut_here = u32::from_le_bytes(h.as_bytes()[..4].try_into().expect("4 bytes"))
-            % CUT_MODULUS
-            == 0;
+        let cut_here =
+            u32::from_le_bytes(h.as_bytes()[..4].try_into().expect("4 bytes")) % CUT_MODULUS == 0;
         self.buf.extend_from_slice(&encoded);
         if (cut_here && self.buf.len() >= MIN_TREE_BLOB) || self.buf.len() >= MAX_TREE_BLOB {
             return Ok(Some(std::mem::take(&mut self.buf)));
@@ -295,7 +294,10 @@ mod tests {
                 blobs.extend(c.push(&entry(n)).unwrap());
             }
             blobs.extend(c.finish());
-            blobs.into_iter().map(|b| Id::of(&b)).collect::<std::collections::HashSet<_>>()
+            blobs
+                .into_iter()
+                .map(|b| Id::of(&b))
+                .collect::<std::collections::HashSet<_>>()
         };
         let before = cut(&names);
         let mut changed = names.clone();

@@ -37,7 +37,10 @@ impl LocalSource {
                 .components()
                 .filter(|c| !matches!(c, Component::CurDir))
                 .collect();
-            if normal.components().any(|c| matches!(c, Component::ParentDir)) {
+            if normal
+                .components()
+                .any(|c| matches!(c, Component::ParentDir))
+            {
                 return Err(SourceError::Fatal(format!(
                     "{}: paths with .. are ambiguous; give the real path",
                     p.display()
@@ -58,7 +61,10 @@ impl LocalSource {
         }
         let mut b = GlobSetBuilder::new();
         for pat in exclude {
-            b.add(Glob::new(pat).map_err(|e| SourceError::Fatal(format!("exclude pattern {pat:?}: {e}")))?);
+            b.add(
+                Glob::new(pat)
+                    .map_err(|e| SourceError::Fatal(format!("exclude pattern {pat:?}: {e}")))?,
+            );
         }
         let exclude_set = b
             .build()
@@ -77,7 +83,11 @@ impl Source for LocalSource {
         if self.exclude_text.is_empty() {
             format!("paths {}", roots.join(" "))
         } else {
-            format!("paths {} excluding {}", roots.join(" "), self.exclude_text.join(" "))
+            format!(
+                "paths {} excluding {}",
+                roots.join(" "),
+                self.exclude_text.join(" ")
+            )
         }
     }
 
@@ -166,10 +176,12 @@ impl Walker<'_> {
         if !std::fs::symlink_metadata(fs_dir).is_ok_and(|m| m.is_dir()) {
             return Ok(());
         }
-        let rd = std::fs::read_dir(fs_dir).map_err(|e| SourceError::entry(dir, format!("cannot list directory: {e}")))?;
+        let rd = std::fs::read_dir(fs_dir)
+            .map_err(|e| SourceError::entry(dir, format!("cannot list directory: {e}")))?;
         let mut keyed: Vec<(Vec<u8>, Step)> = Vec::new();
         for item in rd {
-            let item = item.map_err(|e| SourceError::entry(dir, format!("cannot list directory: {e}")))?;
+            let item =
+                item.map_err(|e| SourceError::entry(dir, format!("cannot list directory: {e}")))?;
             let name = item.file_name();
             let fs_path = item.path();
             if self.exclude.is_match(&fs_path) {
@@ -192,7 +204,11 @@ impl Walker<'_> {
         Ok(())
     }
 
-    fn emit(&mut self, fs_path: &Path, path: EntryPath) -> Option<Result<SourceEntry, SourceError>> {
+    fn emit(
+        &mut self,
+        fs_path: &Path,
+        path: EntryPath,
+    ) -> Option<Result<SourceEntry, SourceError>> {
         let md = match std::fs::symlink_metadata(fs_path) {
             Ok(md) => md,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None, // vanished: not a failure
@@ -258,7 +274,11 @@ pub fn entry_from_metadata(path: EntryPath, kind: EntryKind, md: &Metadata) -> E
     e.gid = md.gid();
     e.mtime_ns = md.mtime() * 1_000_000_000 + md.mtime_nsec();
     e.size = if kind == EntryKind::File { md.len() } else { 0 };
-    e.change = Some((md.dev(), md.ino(), md.ctime() * 1_000_000_000 + md.ctime_nsec()));
+    e.change = Some((
+        md.dev(),
+        md.ino(),
+        md.ctime() * 1_000_000_000 + md.ctime_nsec(),
+    ));
     e
 }
 
@@ -303,22 +323,40 @@ mod tests {
         for d in ["r/a", "r/a/sub", "r/b"] {
             std::fs::create_dir_all(t.path().join(d)).unwrap();
         }
-        for f in ["r/a.txt", "r/a/x", "r/a/sub/y", "r/a-b", "r/b/z.tmp", "r/b/z"] {
+        for f in [
+            "r/a.txt",
+            "r/a/x",
+            "r/a/sub/y",
+            "r/a-b",
+            "r/b/z.tmp",
+            "r/b/z",
+        ] {
             std::fs::write(t.path().join(f), b"1").unwrap();
         }
-        let mut src = LocalSource::new(&[root.clone()], &["*.tmp".into()]).unwrap();
+        let mut src = LocalSource::new(std::slice::from_ref(&root), &["*.tmp".into()]).unwrap();
         let paths = walk(&mut src);
         let mut sorted = paths.clone();
         sorted.sort();
         assert_eq!(paths, sorted, "byte order");
         let rel: Vec<&str> = paths
             .iter()
-            .map(|p| p.strip_prefix(root.to_str().unwrap().trim_start_matches('/')).unwrap_or(p))
+            .map(|p| {
+                p.strip_prefix(root.to_str().unwrap().trim_start_matches('/'))
+                    .unwrap_or(p)
+            })
             .collect();
         assert!(rel.contains(&"/a/sub/y"));
         assert!(!rel.iter().any(|p| p.ends_with(".tmp")));
         // Ancestors of the root are present, so restore recreates the whole path.
-        assert_eq!(paths[0], root.components().nth(1).unwrap().as_os_str().to_str().unwrap());
+        assert_eq!(
+            paths[0],
+            root.components()
+                .nth(1)
+                .unwrap()
+                .as_os_str()
+                .to_str()
+                .unwrap()
+        );
     }
 
     #[test]
@@ -327,7 +365,9 @@ mod tests {
         std::fs::create_dir_all(t.path().join("a/b")).unwrap();
         let src = LocalSource::new(&[t.path().join("a"), t.path().join("a/b")], &[]).unwrap();
         assert_eq!(src.roots.len(), 1);
-        let err = LocalSource::new(&[t.path().join("missing")], &[]).err().unwrap();
+        let err = LocalSource::new(&[t.path().join("missing")], &[])
+            .err()
+            .unwrap();
         assert!(err.to_string().contains("missing"));
         assert!(LocalSource::new(&[t.path().into()], &["[".into()]).is_err());
     }

@@ -62,7 +62,10 @@ pub trait Source: Send {
 }
 
 /// Builds the source for a configured job. Adding a kind adds one arm here.
-pub fn from_config(kind: &crate::config::JobKind, redactor: crate::redact::Redactor) -> Result<Box<dyn Source>, SourceError> {
+pub fn from_config(
+    kind: &crate::config::JobKind,
+    redactor: crate::redact::Redactor,
+) -> Result<Box<dyn Source>, SourceError> {
     use crate::config::JobKind;
     Ok(match kind {
         JobKind::Path(p) => Box::new(local::LocalSource::new(&p.paths, &p.exclude)?),
@@ -70,7 +73,11 @@ pub fn from_config(kind: &crate::config::JobKind, redactor: crate::redact::Redac
             &c.name,
             stream::StreamInput::Command {
                 argv: c.command.clone(),
-                env: c.environment.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+                env: c
+                    .environment
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
             },
             redactor,
         )?),

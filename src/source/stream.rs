@@ -33,7 +33,11 @@ pub struct StreamSource {
 }
 
 impl StreamSource {
-    pub fn new(name: &str, input: StreamInput, redactor: Redactor) -> Result<StreamSource, SourceError> {
+    pub fn new(
+        name: &str,
+        input: StreamInput,
+        redactor: Redactor,
+    ) -> Result<StreamSource, SourceError> {
         let path = EntryPath::from(name);
         if !path.is_safe() {
             return Err(SourceError::Fatal(format!(
@@ -43,7 +47,12 @@ impl StreamSource {
         let description = match &input {
             StreamInput::Stdin => format!("stdin as {name}"),
             StreamInput::Command { argv, .. } => {
-                format!("command {} as {name}", redactor.redact(&shlex::try_join(argv.iter().map(String::as_str)).unwrap_or_default()))
+                format!(
+                    "command {} as {name}",
+                    redactor.redact(
+                        &shlex::try_join(argv.iter().map(String::as_str)).unwrap_or_default()
+                    )
+                )
             }
         };
         Ok(StreamSource {
@@ -98,7 +107,11 @@ pub struct CommandOutput {
 }
 
 impl CommandOutput {
-    pub fn spawn(argv: &[String], env: &[(String, String)], redactor: Redactor) -> Result<CommandOutput, SourceError> {
+    pub fn spawn(
+        argv: &[String],
+        env: &[(String, String)],
+        redactor: Redactor,
+    ) -> Result<CommandOutput, SourceError> {
         let (program, args) = argv
             .split_first()
             .ok_or_else(|| SourceError::Fatal("empty command".into()))?;
@@ -190,7 +203,8 @@ mod tests {
 
     fn run(argv: &[&str]) -> std::io::Result<Vec<u8>> {
         let argv: Vec<String> = argv.iter().map(|s| s.to_string()).collect();
-        let mut c = CommandOutput::spawn(&argv, &[], Redactor::new(vec!["hunter2".into()])).unwrap();
+        let mut c =
+            CommandOutput::spawn(&argv, &[], Redactor::new(vec!["hunter2".into()])).unwrap();
         let mut out = Vec::new();
         c.read_to_end(&mut out).map(|_| out)
     }
@@ -202,9 +216,13 @@ mod tests {
 
     #[test]
     fn failure_is_an_error_with_redacted_stderr() {
-        let err = run(&["sh", "-c", "printf part; echo 'auth failed for password=hunter2' >&2; exit 3"])
-            .unwrap_err()
-            .to_string();
+        let err = run(&[
+            "sh",
+            "-c",
+            "printf part; echo 'auth failed for password=hunter2' >&2; exit 3",
+        ])
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("exit status: 3"), "{err}");
         assert!(err.contains("auth failed"), "{err}");
         assert!(!err.contains("hunter2"), "{err}");
