@@ -236,7 +236,20 @@ impl Sealer {
     }
 
     pub fn seal(&self, raw: &[u8]) -> Result<Vec<u8>, CryptoError> {
-        let compressed = zstd::bulk::compress(raw, self.level)
+        // One compression context per worker thread: creating one per blob costs more
+        // than compressing a small blob.
+        thread_local! {
+            static COMPRESSOR: std::cell::RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> =
+                const { std::cell::RefCell::new(None) };
+        }
+        let compressed = COMPRESSOR
+            .with(|cell| {
+                let mut slot = cell.borrow_mut();
+                if slot.as_ref().is_none_or(|(level, _)| *level != self.level) {
+                    *slot = Some((self.level, zstd::bulk::Compressor::new(self.level)?));
+                }
+                slot.as_mut().expect("just set").1.compress(raw)
+            })
             .map_err(|e| CryptoError::Encrypt(format!("zstd: {e}")))?;
         // Keep incompressible data raw: decompressing it would only cost time.
         let mut payload;
