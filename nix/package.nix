@@ -39,6 +39,8 @@ rustPlatform.buildRustPackage {
       (fs.difference (fs.maybeMissing ../tests) (fs.maybeMissing ../tests/nix))
       (fs.maybeMissing ../benches)
       (fs.maybeMissing ../examples)
+      # docs/openapi.json: a unit test checks the router against it.
+      (fs.maybeMissing ../docs)
     ];
   };
 

@@ -210,3 +210,16 @@ fn config_check_names_key_and_line() {
     std::fs::write(&cfg, "[repository]\npath = \"/mnt/x\"\n").unwrap();
     env.ok(&["config", "check", "--config", cfg.to_str().unwrap()]);
 }
+
+#[test]
+fn reading_works_without_a_usable_state_directory() {
+    let env = Env::new();
+    env.ok(&["init"]);
+    let out = env.run_with_stdin(&["backup", "--job", "s", "--stdin", "--name", "f"], b"data");
+    assert!(out.status.success(), "{}", text(&out));
+    // A service user whose home is /var/empty: the state directory cannot be created.
+    std::fs::write(env.path("a-file"), b"").unwrap();
+    let out = env.cmd(&["cat", "latest:s", "f"]).env("BACKUPHUB_STATE_DIR", env.path("a-file/state")).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(out.stdout, b"data");
+}

@@ -96,13 +96,8 @@ impl Index {
         let db = match config().open() {
             Ok(db) => db,
             Err(e) if is_lock_conflict(&e) => {
-                tracing::warn!(index = %dir.display(), "index is in use by another process; using a temporary index");
-                let db = sled::Config::new()
-                    .temporary(true)
-                    .cache_capacity(CACHE_BYTES)
-                    .open()
-                    .map_err(sled_err)?;
-                return Index::from_db(db, dir, IndexMode::Temporary);
+                tracing::info!(index = %dir.display(), "index is in use by another process (the daemon?); using a temporary index");
+                return Index::temporary();
             }
             Err(e) => {
                 tracing::warn!(index = %dir.display(), error = %e, "index is unreadable; rebuilding it");
@@ -125,6 +120,16 @@ impl Index {
             }
         }
         Index::from_db(db, dir, IndexMode::Persistent)
+    }
+
+    /// An empty index that vanishes with the process; the caller syncs it from the packs.
+    pub fn temporary() -> Result<Index, IndexError> {
+        let db = sled::Config::new()
+            .temporary(true)
+            .cache_capacity(CACHE_BYTES)
+            .open()
+            .map_err(|source| IndexError::Sled { path: PathBuf::from("<temporary>"), source })?;
+        Index::from_db(db, Path::new("<temporary>"), IndexMode::Temporary)
     }
 
     fn from_db(db: sled::Db, dir: &Path, mode: IndexMode) -> Result<Index, IndexError> {

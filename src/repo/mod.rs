@@ -266,7 +266,15 @@ impl Repository {
             .map(|r| r.parse())
             .collect::<Result<Vec<Recipient>, _>>()?;
         let state = opts.state_dir.join(config.id.to_hex());
-        std::fs::create_dir_all(&state).map_err(io_err(&state))?;
+        // A reader may have nowhere to keep state (a service user whose home is
+        // /var/empty): it then works from a temporary index instead of failing.
+        let state_ok = match std::fs::create_dir_all(&state) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(state = %state.display(), error = %e, "no usable state directory; using a temporary index");
+                false
+            }
+        };
         let identities = match &opts.identity {
             Some(p) => Some(Identities::from_file(p)?),
             None => None,
@@ -290,7 +298,7 @@ impl Repository {
         for d in ["packs", "snapshots", "refs", "locks", "tmp"] {
             std::fs::create_dir_all(root.join(d)).map_err(io_err(root))?;
         }
-        let index = Index::open(&state.join("index"))?;
+        let index = if state_ok { Index::open(&state.join("index"))? } else { Index::temporary()? };
         let repo = Repository {
             root: root.to_owned(),
             sealer: Sealer::new(config.compression_level, recipients, identities),
