@@ -183,6 +183,9 @@ pub fn archive(
     let started = Instant::now();
     let time = Utc::now();
     let (hasher, seed) = repo.write_keys()?;
+    // The caller holds the job's lock now; a prune may have run while it waited, so the
+    // index must not be trusted from before.
+    repo.sync_index()?;
     let workers = std::thread::available_parallelism()
         .map_or(2, |n| n.get())
         .clamp(1, 4);
@@ -280,9 +283,11 @@ pub fn archive(
         })?,
     };
     let id = repo.save_snapshot(&snapshot)?;
-    // After the manifest: a crash before this only costs the next run a re-read.
-    file_cache.commit()?;
-    repo.index().flush()?;
+    // After the manifest the run has succeeded; the index is only a cache, so failing to
+    // update it costs the next run a re-read, never this run its result.
+    if let Err(e) = file_cache.commit().and_then(|()| repo.index().flush()) {
+        tracing::warn!(error = %e, "snapshot written, but the index cache was not updated");
+    }
     Ok((id, snapshot))
 }
 

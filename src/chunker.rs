@@ -111,13 +111,14 @@ impl<R: Read> Iterator for Chunks<R> {
 
     fn next(&mut self) -> Option<Self::Item> {
         let max = self.params.max_size as usize;
-        if !self.eof && self.end - self.start < max {
-            if let Err(e) = self.fill() {
-                // A failed stream yields its error once, then ends.
-                self.eof = true;
-                self.start = self.end;
-                return Some(Err(e));
-            }
+        if !self.eof
+            && self.end - self.start < max
+            && let Err(e) = self.fill()
+        {
+            // A failed stream yields its error once, then ends.
+            self.eof = true;
+            self.start = self.end;
+            return Some(Err(e));
         }
         if self.start == self.end {
             return None;
@@ -212,10 +213,20 @@ mod tests {
     fn cuts_match_fastcdc_stream_cdc() {
         let data = pseudo_random(3 << 20, 11);
         for seed in [0, 99] {
-            let ours: Vec<Vec<u8>> = small().chunks(&data[..], seed).map(Result::unwrap).collect();
-            let theirs: Vec<Vec<u8>> = fastcdc::v2020::StreamCDC::with_level_and_seed(&data[..], 4096, 16384, 65536, Normalization::Level1, seed)
-                .map(|c| c.unwrap().data)
+            let ours: Vec<Vec<u8>> = small()
+                .chunks(&data[..], seed)
+                .map(Result::unwrap)
                 .collect();
+            let theirs: Vec<Vec<u8>> = fastcdc::v2020::StreamCDC::with_level_and_seed(
+                &data[..],
+                4096,
+                16384,
+                65536,
+                Normalization::Level1,
+                seed,
+            )
+            .map(|c| c.unwrap().data)
+            .collect();
             assert_eq!(ours, theirs);
         }
     }

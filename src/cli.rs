@@ -604,7 +604,11 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Daemon { config } => {
             let config = Config::load(&config)?;
             let rt = tokio::runtime::Runtime::new()?;
-            rt.block_on(crate::daemon::run(config))?;
+            let result = rt.block_on(crate::daemon::run(config));
+            // A run stuck in a blocking read (a hung dump command) must not keep the
+            // process alive past the stop timeout; it leaves no snapshot behind.
+            rt.shutdown_timeout(Duration::from_secs(2));
+            result?;
             Ok(exit::OK)
         }
         Command::Run { config, job, json } => {

@@ -334,8 +334,11 @@ impl Config {
         if !self.repository.path.is_absolute() {
             return Err(("repository.path".into(), "must be an absolute path".into()));
         }
-        if self.daemon.concurrency == 0 {
-            return Err(("daemon.concurrency".into(), "must be at least 1".into()));
+        if !(1..=64).contains(&self.daemon.concurrency) {
+            return Err((
+                "daemon.concurrency".into(),
+                "must be between 1 and 64".into(),
+            ));
         }
         if self.daemon.attempts == 0 {
             return Err(("daemon.attempts".into(), "must be at least 1".into()));

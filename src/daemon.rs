@@ -104,7 +104,10 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         let j = Job::new_async(ctx.config.prune.schedule.as_cron(), move |_, _| {
             let c = c.clone();
             Box::pin(async move {
-                let _ = c.prune().await;
+                if !c.cancel.is_cancelled() {
+                    // Tracked, so that shutdown waits for it like for a backup.
+                    let _ = c.tasks.track_future(c.prune()).await;
+                }
             })
         })
         .map_err(|e| DaemonError::Scheduler(format!("prune: {e}")))?;

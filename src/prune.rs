@@ -71,6 +71,12 @@ pub struct PruneReport {
 
 /// Marks and sweeps. The caller holds the exclusive lock.
 pub fn prune(repo: &Repository, dry_run: bool) -> Result<PruneReport, RepoError> {
+    // The index must describe the packs as they are now, under the lock, and must not
+    // change while the sweep relies on it.
+    repo.with_maintenance(|| prune_locked(repo, dry_run))
+}
+
+fn prune_locked(repo: &Repository, dry_run: bool) -> Result<PruneReport, RepoError> {
     let mut report = PruneReport {
         dry_run,
         ..Default::default()
@@ -79,7 +85,7 @@ pub fn prune(repo: &Repository, dry_run: bool) -> Result<PruneReport, RepoError>
     // hold the mark set of a full 1 TB disk (about a million chunks) in 32 MiB.
     let mut live_refs = std::collections::HashSet::new();
     let mut live: Vec<Id> = Vec::new();
-    for s in repo.snapshots()? {
+    for s in repo.snapshots_strict()? {
         live_refs.insert(s.snapshot.refs);
         live.extend(repo.load_refs(&s.snapshot.refs)?);
         live.extend(&s.snapshot.tree);
@@ -137,6 +143,7 @@ pub fn prune(repo: &Repository, dry_run: bool) -> Result<PruneReport, RepoError>
             path: path.clone(),
             source,
         })?;
+        let mut unreadable = false;
         for e in &entries {
             if !kept(e)? {
                 report.blobs_removed += 1;
@@ -145,7 +152,16 @@ pub fn prune(repo: &Repository, dry_run: bool) -> Result<PruneReport, RepoError>
             if dry_run {
                 continue;
             }
-            let sealed = pack::read_blob(&f, &path, e.offset, e.length)?;
+            let sealed = match pack::read_blob(&f, &path, e.offset, e.length) {
+                Ok(s) => s,
+                Err(err) => {
+                    // Keep the pack: what could be copied is a harmless duplicate, and one
+                    // bad pack must not stop every future prune.
+                    tracing::warn!(pack = %p.short(), error = %err, "cannot repack; leaving the pack alone");
+                    unreadable = true;
+                    break;
+                }
+            };
             if new_pack.is_none() {
                 new_pack = Some(PackWriter::create(
                     repo.tmp_dir().join(format!("{}.pack", random_hex())),
@@ -158,7 +174,9 @@ pub fn prune(repo: &Repository, dry_run: bool) -> Result<PruneReport, RepoError>
                 repo.index().add_pack(id, &entries)?;
             }
         }
-        retired.push((p, size));
+        if !unreadable {
+            retired.push((p, size));
+        }
     }
     if let Some(w) = new_pack.filter(|w| !w.is_empty()) {
         let (id, entries) = w.finish(&packs_dir)?;

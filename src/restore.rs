@@ -131,11 +131,18 @@ pub fn restore(
             return Err(RestoreError::UnsafePath(e.path.display()));
         }
         let dest = target.join(e.path.to_os_path());
+        ensure_no_symlink_below(target, &e.path)?;
         if let Some(parent) = dest.parent() {
             std::fs::create_dir_all(parent).map_err(io(parent))?;
         }
         match e.kind {
             EntryKind::Dir => {
+                if dest
+                    .symlink_metadata()
+                    .is_ok_and(|m| m.file_type().is_symlink())
+                {
+                    return Err(RestoreError::UnsafePath(e.path.display()));
+                }
                 if !dest.is_dir() {
                     std::fs::create_dir(&dest).map_err(io(&dest))?;
                 }
@@ -213,6 +220,25 @@ pub fn restore(
         }
     }
     Ok(stats)
+}
+
+/// Refuses to write through a symlink: every directory between `target` and the entry
+/// must be a real directory (or not exist yet). Otherwise a snapshot holding `x -> /etc`
+/// and `x/cron.d/job` would write outside the target.
+fn ensure_no_symlink_below(target: &Path, path: &EntryPath) -> Result<(), RestoreError> {
+    let mut here = target.to_path_buf();
+    let parts: Vec<&[u8]> = path.as_bytes().split(|b| *b == b'/').collect();
+    for part in &parts[..parts.len().saturating_sub(1)] {
+        here.push(EntryPath::new(part.to_vec()).to_os_path());
+        match here.symlink_metadata() {
+            Ok(m) if m.file_type().is_symlink() => {
+                return Err(RestoreError::UnsafePath(path.display()));
+            }
+            Ok(_) => {}
+            Err(_) => return Ok(()), // below a missing directory nothing can be a link yet
+        }
+    }
+    Ok(())
 }
 
 fn apply_metadata(dest: &Path, e: &Entry, is_root: bool) -> Result<(), RestoreError> {

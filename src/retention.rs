@@ -37,6 +37,18 @@ mod opt_duration {
         let n: i64 = num
             .parse()
             .map_err(|_| format!("duration {s:?} must look like 36h, 7d, 2w"))?;
+        // A century is more than any retention needs, and keeps the arithmetic in range.
+        let per_unit: i64 = match unit {
+            "m" => 1,
+            "h" => 60,
+            "d" => 1440,
+            "w" => 10080,
+            "y" => 525_600,
+            _ => return Err(format!("duration {s:?} needs a unit: m, h, d, w or y")),
+        };
+        if n.checked_mul(per_unit).is_none_or(|m| m > 100 * 525_600) {
+            return Err(format!("duration {s:?} is longer than 100 years"));
+        }
         match unit {
             "m" => Ok(Duration::minutes(n)),
             "h" => Ok(Duration::hours(n)),

@@ -148,10 +148,11 @@ impl Context {
     pub fn repository(&self) -> Result<Arc<Repository>, RunError> {
         let mut slot = self.repo.lock().expect("repository slot");
         if let Some(r) = slot.as_ref() {
-            if r.root().join("backuphub.json").exists() {
+            if r.is_still_at_root() {
                 return Ok(r.clone());
             }
-            // The disk went away under us.
+            // The disk went away, or another one (another repository) took its place.
+            tracing::warn!(path = %r.root().display(), "repository changed or vanished; reopening");
             *slot = None;
         }
         let rc = &self.config.repository;

@@ -219,7 +219,11 @@ fn reading_works_without_a_usable_state_directory() {
     assert!(out.status.success(), "{}", text(&out));
     // A service user whose home is /var/empty: the state directory cannot be created.
     std::fs::write(env.path("a-file"), b"").unwrap();
-    let out = env.cmd(&["cat", "latest:s", "f"]).env("BACKUPHUB_STATE_DIR", env.path("a-file/state")).output().unwrap();
+    let out = env
+        .cmd(&["cat", "latest:s", "f"])
+        .env("BACKUPHUB_STATE_DIR", env.path("a-file/state"))
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(out.stdout, b"data");
 }

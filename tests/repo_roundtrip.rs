@@ -153,6 +153,8 @@ proptest! {
         let tmp = tempfile::tempdir().unwrap();
         let data = tmp.path().join("data");
         std::fs::create_dir(&data).unwrap();
+        // An empty backup root is reported as a failure (an unmounted disk looks like that).
+        std::fs::write(data.join(".keep"), b"").unwrap();
         materialize(&data, &nodes, 1_600_000_000);
         let back = backup_and_restore(tmp.path(), &data);
         assert_same_tree(&data, &back);
@@ -223,4 +225,114 @@ fn restore_of_a_subpath_only() {
     .unwrap();
     assert!(restored(&target, &data.join("keep/a")).exists());
     assert!(!restored(&target, &data.join("skip")).exists());
+}
+
+/// A source that yields whatever entries it is given: a hostile or damaged tree.
+struct Canned(Vec<backuphub::repo::tree::Entry>);
+
+impl backuphub::source::Source for Canned {
+    fn description(&self) -> String {
+        "canned".into()
+    }
+    fn entries<'a>(
+        &'a mut self,
+        _previous: backuphub::repo::index::Previous<'a>,
+    ) -> Box<
+        dyn Iterator<Item = Result<backuphub::source::SourceEntry, backuphub::source::SourceError>>
+            + 'a,
+    > {
+        Box::new(self.0.drain(..).map(|entry| {
+            Ok(backuphub::source::SourceEntry {
+                entry,
+                content: backuphub::source::Content::None,
+            })
+        }))
+    }
+}
+
+#[test]
+fn restore_never_writes_through_symlinks() {
+    use backuphub::repo::tree::{Entry, EntryKind, EntryPath};
+    let tmp = tempfile::tempdir().unwrap();
+    let outside = tmp.path().join("outside");
+    std::fs::create_dir(&outside).unwrap();
+    let repo = small_repo(tmp.path());
+    let mut link = Entry::new(EntryPath::from("x"), EntryKind::Symlink);
+    link.link_target = Some(outside.to_str().unwrap().as_bytes().to_vec());
+    let evil = Entry::new(EntryPath::from("x/evil"), EntryKind::File);
+    let mut src = Canned(vec![link, evil]);
+    let (_, snap) = archive(
+        &repo,
+        "hostile",
+        &mut src,
+        &Progress::default(),
+        &AtomicBool::new(false),
+    )
+    .unwrap();
+    let target = tmp.path().join("target");
+    let err = restore(
+        &repo,
+        &snap,
+        &target,
+        &RestoreOptions {
+            only: None,
+            overwrite: true,
+        },
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("unsafe path"), "{err}");
+    assert!(!outside.join("evil").exists(), "wrote outside the target");
+}
+
+#[test]
+fn symlinked_roots_are_followed_and_empty_roots_are_failures() {
+    let tmp = tempfile::tempdir().unwrap();
+    let real = tmp.path().join("real");
+    std::fs::create_dir(&real).unwrap();
+    std::fs::write(real.join("file"), b"content").unwrap();
+    let link = tmp.path().join("link");
+    std::os::unix::fs::symlink(&real, &link).unwrap();
+    let empty = tmp.path().join("mountpoint");
+    std::fs::create_dir(&empty).unwrap();
+    let repo = small_repo(tmp.path());
+
+    let mut src = LocalSource::new(std::slice::from_ref(&link), &[]).unwrap();
+    let (_, snap) = archive(
+        &repo,
+        "l",
+        &mut src,
+        &Progress::default(),
+        &AtomicBool::new(false),
+    )
+    .unwrap();
+    assert_eq!(snap.stats.failures, 0);
+    let mut out = Vec::new();
+    backuphub::restore::cat(
+        &repo,
+        &snap,
+        &link.join("file").to_str().unwrap().into(),
+        &mut out,
+    )
+    .unwrap();
+    assert_eq!(out, b"content");
+
+    let mut src = LocalSource::new(&[empty.clone(), real.clone()], &[]).unwrap();
+    let (_, snap) = archive(
+        &repo,
+        "e",
+        &mut src,
+        &Progress::default(),
+        &AtomicBool::new(false),
+    )
+    .unwrap();
+    assert_eq!(
+        snap.status,
+        backuphub::repo::snapshot::SnapshotStatus::Partial
+    );
+    let details = repo.open_details(&snap).unwrap();
+    assert!(
+        details.failures[0].error.contains("not mounted"),
+        "{:?}",
+        details.failures
+    );
 }

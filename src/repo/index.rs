@@ -128,7 +128,10 @@ impl Index {
             .temporary(true)
             .cache_capacity(CACHE_BYTES)
             .open()
-            .map_err(|source| IndexError::Sled { path: PathBuf::from("<temporary>"), source })?;
+            .map_err(|source| IndexError::Sled {
+                path: PathBuf::from("<temporary>"),
+                source,
+            })?;
         Index::from_db(db, Path::new("<temporary>"), IndexMode::Temporary)
     }
 

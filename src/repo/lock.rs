@@ -30,6 +30,9 @@ pub struct LockInfo {
     pub job: Option<String>,
     pub host: String,
     pub boot_id: String,
+    /// The pid namespace (`/proc/self/ns/pid`): pids only compare within one.
+    #[serde(default)]
+    pub pid_ns: String,
     pub pid: u32,
     /// The process's start time in clock ticks since boot, to detect pid reuse.
     pub pid_start: u64,
@@ -72,14 +75,19 @@ impl LockInfo {
 
     /// Whether the lock's owner is certainly gone, as seen from `me` at `now`.
     pub fn is_stale(&self, me: &LockInfo, now: DateTime<Utc>) -> bool {
-        let age = now.signed_duration_since(self.refreshed);
-        if age.to_std().is_ok_and(|a| a > STALE_AFTER) {
-            return true;
-        }
-        if self.host == me.host && self.boot_id == me.boot_id && !me.boot_id.is_empty() {
+        // Where the owner can be looked up, its liveness decides: a suspended machine or
+        // a jumping clock must not break the lock of a backup that is still running.
+        let same_pid_space = self.host == me.host
+            && !me.boot_id.is_empty()
+            && self.boot_id == me.boot_id
+            && !me.pid_ns.is_empty()
+            && self.pid_ns == me.pid_ns;
+        if same_pid_space {
             return process_start(self.pid) != Some(self.pid_start);
         }
-        false
+        now.signed_duration_since(self.refreshed)
+            .to_std()
+            .is_ok_and(|a| a > STALE_AFTER)
     }
 }
 
@@ -89,6 +97,12 @@ fn process_start(pid: u32) -> Option<u64> {
     // The command name may contain spaces and parentheses: fields start after the last ')'.
     let rest = &stat[stat.rfind(')')? + 2..];
     rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+fn pid_ns() -> String {
+    std::fs::read_link("/proc/self/ns/pid")
+        .map(|p| p.display().to_string())
+        .unwrap_or_default()
 }
 
 fn boot_id() -> String {
@@ -112,6 +126,7 @@ fn me(kind: LockKind, job: Option<&str>) -> LockInfo {
         job: job.map(str::to_owned),
         host: hostname(),
         boot_id: boot_id(),
+        pid_ns: pid_ns(),
         pid,
         pid_start: process_start(pid).unwrap_or(0),
         created: now,
@@ -193,6 +208,12 @@ pub fn acquire(
                 while !stop.load(Ordering::Relaxed) {
                     std::thread::park_timeout(REFRESH_EVERY);
                     if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    if !own.exists() {
+                        // Someone broke our lock. Re-creating it would hide that; the
+                        // holder's work is no longer protected, so say so loudly.
+                        tracing::error!(lock = %own.display(), "our repository lock was removed by another process");
                         break;
                     }
                     info.refreshed = Utc::now();

@@ -190,6 +190,9 @@ pub struct Repository {
     index: Index,
     state: PathBuf,
     open_pack: Mutex<Option<(Id, File)>>,
+    /// Serializes index syncs with prune's sweep inside one process: a sync between a
+    /// repack and the removal of the old pack would change which copy prune keeps.
+    maintenance: Mutex<()>,
 }
 
 impl Repository {
@@ -298,7 +301,11 @@ impl Repository {
         for d in ["packs", "snapshots", "refs", "locks", "tmp"] {
             std::fs::create_dir_all(root.join(d)).map_err(io_err(root))?;
         }
-        let index = if state_ok { Index::open(&state.join("index"))? } else { Index::temporary()? };
+        let index = if state_ok {
+            Index::open(&state.join("index"))?
+        } else {
+            Index::temporary()?
+        };
         let repo = Repository {
             root: root.to_owned(),
             sealer: Sealer::new(config.compression_level, recipients, identities),
@@ -307,6 +314,7 @@ impl Repository {
             index,
             state,
             open_pack: Mutex::new(None),
+            maintenance: Mutex::new(()),
         };
         repo.sync_index()?;
         Ok(repo)
@@ -383,6 +391,11 @@ impl Repository {
     /// Brings the index in step with the packs on disk: new packs are read, vanished
     /// ones forgotten. A pack whose header is damaged is left out (and `check` names it).
     pub fn sync_index(&self) -> Result<(), RepoError> {
+        let _serial = self.maintenance.lock().unwrap_or_else(|p| p.into_inner());
+        self.sync_index_locked()
+    }
+
+    fn sync_index_locked(&self) -> Result<(), RepoError> {
         let on_disk = self.list_packs()?;
         let indexed = self.index.indexed_packs()?;
         for gone in indexed.difference(&on_disk) {
@@ -408,8 +421,9 @@ impl Repository {
 
     /// Rebuilds the index from the packs alone (`repair index`).
     pub fn rebuild_index(&self) -> Result<(), RepoError> {
+        let _serial = self.maintenance.lock().unwrap_or_else(|p| p.into_inner());
         self.index.clear()?;
-        self.sync_index()?;
+        self.sync_index_locked()?;
         self.index.flush()?;
         Ok(())
     }
@@ -537,8 +551,25 @@ impl Repository {
         Ok(out)
     }
 
-    /// All snapshots, oldest first.
+    /// All readable snapshots, oldest first. A damaged manifest is skipped with a
+    /// warning (`check` reports it), so one rotten file does not block every restore.
     pub fn snapshots(&self) -> Result<Vec<SnapshotRef>, RepoError> {
+        let mut out = Vec::new();
+        for id in self.snapshot_ids()? {
+            match self.load_snapshot(&id) {
+                Ok(snapshot) => out.push(SnapshotRef { id, snapshot }),
+                Err(e) => {
+                    tracing::warn!(snapshot = %id.short(), error = %e, "skipping unreadable snapshot")
+                }
+            }
+        }
+        out.sort_by(|a, b| a.snapshot.time.cmp(&b.snapshot.time).then(a.id.cmp(&b.id)));
+        Ok(out)
+    }
+
+    /// All snapshots, failing on any damaged one: for prune, which must never take an
+    /// unreadable manifest's data for garbage.
+    pub fn snapshots_strict(&self) -> Result<Vec<SnapshotRef>, RepoError> {
         let mut out = self
             .snapshot_ids()?
             .into_iter()
@@ -619,6 +650,26 @@ impl Repository {
 
     pub fn blob_kind(&self, id: &Id) -> Result<Option<BlobKind>, RepoError> {
         Ok(self.index.get(id)?.map(|l| l.kind))
+    }
+
+    /// Runs `f` with index syncs held off, after bringing the index in step with the
+    /// packs. For prune, which must decide on an index no one else changes.
+    pub fn with_maintenance<T>(
+        &self,
+        f: impl FnOnce() -> Result<T, RepoError>,
+    ) -> Result<T, RepoError> {
+        let _serial = self.maintenance.lock().unwrap_or_else(|p| p.into_inner());
+        self.sync_index_locked()?;
+        f()
+    }
+
+    /// Whether the repository on disk is still the one opened (a rotated backup disk at
+    /// the same mount point is another repository).
+    pub fn is_still_at_root(&self) -> bool {
+        std::fs::read(self.root.join(CONFIG_FILE))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<RepoConfig>(&b).ok())
+            .is_some_and(|c| c.id == self.config.id)
     }
 
     /// Removes leftovers of interrupted writes. Only safe when nobody writes: callers

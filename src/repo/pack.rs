@@ -146,7 +146,11 @@ impl PackWriter {
         let id = Id(*self.hasher.finalize().as_bytes());
         let final_path = pack_path(packs_dir, &id);
         let dir = final_path.parent().expect("pack path has a parent");
-        std::fs::create_dir_all(dir).map_err(io)?;
+        if !dir.exists() {
+            std::fs::create_dir_all(dir).map_err(io)?;
+            // The new prefix directory's own entry must be durable too.
+            super::fsync_dir(packs_dir).map_err(io)?;
+        }
         std::fs::rename(&tmp, &final_path).map_err(io)?;
         self.finished = true;
         super::fsync_dir(dir).map_err(io)?;
@@ -219,7 +223,11 @@ pub fn read_header(path: &Path) -> Result<Vec<PackEntry>, PackError> {
         let id = Id::from_slice(&raw[1..33]).expect("32 bytes");
         let offset = u64::from_le_bytes(raw[33..41].try_into().expect("8 bytes"));
         let length = u32::from_le_bytes(raw[41..45].try_into().expect("4 bytes"));
-        if offset < MAGIC.len() as u64 || offset + length as u64 > header_start {
+        if offset < MAGIC.len() as u64
+            || offset
+                .checked_add(length as u64)
+                .is_none_or(|end| end > header_start)
+        {
             return Err(damaged(format!(
                 "blob {} lies outside the pack",
                 id.short()

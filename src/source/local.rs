@@ -132,7 +132,7 @@ impl VNode {
     /// Emits this node's children in walk order onto `out` (forward order).
     fn plan(&self, fs_dir: &Path, dir: &EntryPath, out: &mut Vec<Step>) {
         if self.real {
-            out.push(Step::Expand(fs_dir.to_owned(), dir.clone()));
+            out.push(Step::Expand(fs_dir.to_owned(), dir.clone(), Given::Root));
             return;
         }
         let mut keyed: Vec<(Vec<u8>, &Vec<u8>, bool)> = Vec::new();
@@ -150,17 +150,26 @@ impl VNode {
             if expand {
                 child.plan(&fs_path, &path, out);
             } else {
-                out.push(Step::Emit(fs_path, path));
+                out.push(Step::Emit(fs_path, path, Given::Root));
             }
         }
     }
 }
 
+/// Roots and their ancestors were named by the operator: symlinks among them are
+/// followed (`/srv/data -> /mnt/disk1/data` backs up the data, and restores as a
+/// directory), and an empty root is suspicious. What is found inside is taken as it is.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Given {
+    Root,
+    Found,
+}
+
 enum Step {
     /// Emit the entry for this file system path.
-    Emit(PathBuf, EntryPath),
+    Emit(PathBuf, EntryPath, Given),
     /// List this directory and schedule its children.
-    Expand(PathBuf, EntryPath),
+    Expand(PathBuf, EntryPath, Given),
 }
 
 struct Walker<'a> {
@@ -171,9 +180,14 @@ struct Walker<'a> {
 }
 
 impl Walker<'_> {
-    fn expand(&mut self, fs_dir: &Path, dir: &EntryPath) -> Result<(), SourceError> {
-        // A root may be a single file or symlink: nothing to list then.
-        if !std::fs::symlink_metadata(fs_dir).is_ok_and(|m| m.is_dir()) {
+    fn expand(&mut self, fs_dir: &Path, dir: &EntryPath, given: Given) -> Result<(), SourceError> {
+        let md = if given == Given::Root {
+            std::fs::metadata(fs_dir)
+        } else {
+            std::fs::symlink_metadata(fs_dir)
+        };
+        // A root may be a single file: nothing to list then.
+        if !md.is_ok_and(|m| m.is_dir()) {
             return Ok(());
         }
         let rd = std::fs::read_dir(fs_dir)
@@ -195,9 +209,17 @@ impl Walker<'_> {
             if is_dir {
                 let mut k = name.clone();
                 k.push(b'/');
-                keyed.push((k, Step::Expand(fs_path.clone(), path.clone())));
+                keyed.push((k, Step::Expand(fs_path.clone(), path.clone(), Given::Found)));
             }
-            keyed.push((name, Step::Emit(fs_path, path)));
+            keyed.push((name, Step::Emit(fs_path, path, Given::Found)));
+        }
+        if keyed.is_empty() && given == Given::Root {
+            // An unmounted file system looks exactly like this; a snapshot of it must not
+            // pass for a good one (and push real ones out of retention).
+            return Err(SourceError::entry(
+                dir,
+                "backup root is empty (file system not mounted?)",
+            ));
         }
         keyed.sort_by(|a, b| a.0.cmp(&b.0));
         self.stack.extend(keyed.into_iter().rev().map(|(_, s)| s));
@@ -208,8 +230,14 @@ impl Walker<'_> {
         &mut self,
         fs_path: &Path,
         path: EntryPath,
+        given: Given,
     ) -> Option<Result<SourceEntry, SourceError>> {
-        let md = match std::fs::symlink_metadata(fs_path) {
+        let md = if given == Given::Root {
+            std::fs::metadata(fs_path)
+        } else {
+            std::fs::symlink_metadata(fs_path)
+        };
+        let md = match md {
             Ok(md) => md,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None, // vanished: not a failure
             Err(e) => return Some(Err(SourceError::entry(&path, e))),
@@ -288,13 +316,13 @@ impl Iterator for Walker<'_> {
     fn next(&mut self) -> Option<Self::Item> {
         loop {
             match self.stack.pop()? {
-                Step::Emit(fs_path, path) => {
-                    if let Some(item) = self.emit(&fs_path, path) {
+                Step::Emit(fs_path, path, given) => {
+                    if let Some(item) = self.emit(&fs_path, path, given) {
                         return Some(item);
                     }
                 }
-                Step::Expand(fs_dir, dir) => {
-                    if let Err(e) = self.expand(&fs_dir, &dir) {
+                Step::Expand(fs_dir, dir, given) => {
+                    if let Err(e) = self.expand(&fs_dir, &dir, given) {
                         return Some(Err(e));
                     }
                 }

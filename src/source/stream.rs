@@ -46,14 +46,13 @@ impl StreamSource {
         }
         let description = match &input {
             StreamInput::Stdin => format!("stdin as {name}"),
-            StreamInput::Command { argv, .. } => {
-                format!(
-                    "command {} as {name}",
-                    redactor.redact(
-                        &shlex::try_join(argv.iter().map(String::as_str)).unwrap_or_default()
-                    )
-                )
-            }
+            // Arguments may carry credentials (`-pS3cret`) that no pattern recognises; the
+            // program's name is description enough.
+            StreamInput::Command { argv, .. } => format!(
+                "command {} ({} arguments) as {name}",
+                argv.first().map(String::as_str).unwrap_or_default(),
+                argv.len().saturating_sub(1)
+            ),
         };
         Ok(StreamSource {
             name: path,
