@@ -215,6 +215,24 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Remove a job's snapshots that its retention policy does not keep (data goes at
+    /// the next prune).
+    Forget {
+        #[command(flatten)]
+        repo: RepoArgs,
+        #[arg(long)]
+        job: String,
+        #[command(flatten)]
+        policy: PolicyArgs,
+        /// Time zone for calendar periods.
+        #[arg(long, default_value = "UTC")]
+        timezone: chrono_tz::Tz,
+        /// Report what would be removed, remove nothing.
+        #[arg(long)]
+        dry_run: bool,
+        #[arg(long)]
+        json: bool,
+    },
     /// Delete data no snapshot references and repack mostly-empty packs.
     Prune {
         #[command(flatten)]
@@ -233,6 +251,25 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(Args)]
+struct PolicyArgs {
+    #[arg(long)]
+    keep_last: Option<u32>,
+    #[arg(long)]
+    keep_hourly: Option<u32>,
+    #[arg(long)]
+    keep_daily: Option<u32>,
+    #[arg(long)]
+    keep_weekly: Option<u32>,
+    #[arg(long)]
+    keep_monthly: Option<u32>,
+    #[arg(long)]
+    keep_yearly: Option<u32>,
+    /// Keep everything this much younger than the newest snapshot (36h, 7d, 2w, 1y).
+    #[arg(long)]
+    keep_within: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -645,6 +682,55 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
                 crate::state::RunStatus::Partial => exit::PARTIAL,
                 crate::state::RunStatus::Failed => exit::ERROR,
             })
+        }
+        Command::Forget {
+            repo,
+            job,
+            policy,
+            timezone,
+            dry_run,
+            json,
+        } => {
+            let keep_within = match &policy.keep_within {
+                Some(text) => {
+                    Some(crate::retention::parse_duration(text).map_err(anyhow::Error::msg)?)
+                }
+                None => None,
+            };
+            let policy = crate::retention::RetentionPolicy {
+                keep_last: policy.keep_last,
+                keep_hourly: policy.keep_hourly,
+                keep_daily: policy.keep_daily,
+                keep_weekly: policy.keep_weekly,
+                keep_monthly: policy.keep_monthly,
+                keep_yearly: policy.keep_yearly,
+                keep_within,
+            };
+            if policy.is_empty() {
+                bail!(
+                    "give at least one --keep-… option; forget without a policy would keep everything"
+                );
+            }
+            let r = repo.open(None)?;
+            let _lock = r.lock(LockKind::Shared, Some(&job), Duration::from_secs(60))?;
+            let report = crate::prune::forget(&r, &job, &policy, timezone, dry_run)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                eprintln!(
+                    "{}{}: keeping {}, removing {} snapshot(s){}",
+                    if dry_run { "dry run: " } else { "" },
+                    job,
+                    report.kept.len(),
+                    report.removed.len(),
+                    if report.removed.is_empty() {
+                        String::new()
+                    } else {
+                        format!(": {}", report.removed.join(" "))
+                    }
+                );
+            }
+            Ok(exit::OK)
         }
         Command::Prune {
             repo,

@@ -27,6 +27,11 @@ pub struct RetentionPolicy {
     pub keep_within: Option<Duration>,
 }
 
+/// Parses a retention duration: a number and a unit, `m`, `h`, `d`, `w` or `y`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    opt_duration::parse(s)
+}
+
 mod opt_duration {
     use chrono::Duration;
     use serde::{Deserialize, Deserializer, Serializer};

@@ -103,3 +103,58 @@ fn a_killed_stream_backup_leaves_no_snapshot() {
     );
     assert!(out.status.success(), "{}", text(&out));
 }
+
+#[test]
+fn sigkill_during_prune() {
+    let env = Env::new();
+    let data = env.path("data");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(data.join("stable"), noise(2 << 20, 7)).unwrap();
+    env.ok(&["init", "--chunk-size", "64KiB", "--pack-size", "256KiB"]);
+    let garbage = |round: u64| {
+        // Half of "mixed" changes each round, so old packs become partly dead (repack)
+        // and wholly dead (delete).
+        let mut mixed = noise(1 << 20, 1);
+        mixed.extend(noise(1 << 20, 100 + round));
+        std::fs::write(data.join("mixed"), mixed).unwrap();
+        std::fs::write(data.join("churn"), noise(3 << 20, 200 + round)).unwrap();
+        env.ok(&["backup", "--job", "j", data.to_str().unwrap()]);
+        env.ok(&["forget", "--job", "j", "--keep-last", "1"]);
+    };
+    garbage(0);
+    garbage(1);
+    let t = Instant::now();
+    env.ok(&["prune"]);
+    let full = t.elapsed().max(Duration::from_millis(20));
+
+    let mut interrupted = 0;
+    for step in 0..10u32 {
+        garbage(2 + step as u64);
+        let mut child = env
+            .cmd(&["prune"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(full.mul_f64(step as f64 / 9.0));
+        let _ = child.kill();
+        if !child.wait().unwrap().success() {
+            interrupted += 1;
+        }
+        let out = env.run(&["check", "--read-data"]);
+        assert!(
+            out.status.success(),
+            "check after prune killed at step {step}: {}",
+            text(&out)
+        );
+    }
+    assert!(
+        interrupted >= 3,
+        "only {interrupted} prunes were actually interrupted"
+    );
+    env.ok(&["prune"]);
+    env.ok(&["check", "--read-data"]);
+    let target = env.path("out");
+    env.ok(&["restore", "latest:j", "--target", target.to_str().unwrap()]);
+    assert_same_tree(&data, &restored(&target, &data));
+}
