@@ -107,6 +107,8 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
                 if !c.cancel.is_cancelled() {
                     // Tracked, so that shutdown waits for it like for a backup.
                     let _ = c.tasks.track_future(c.prune()).await;
+                    let r = c.clone();
+                    let _ = tokio::task::spawn_blocking(move || r.refresh()).await;
                 }
             })
         })
@@ -138,13 +140,19 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     {
         let ctx = ctx.clone();
         tokio::spawn(async move {
+            let mut ticks = 0u64;
             loop {
                 tokio::select! {
                     _ = tokio::time::sleep(Duration::from_secs(30)) => {}
                     _ = ctx.cancel.cancelled() => break,
                 }
+                ticks += 1;
                 let c = ctx.clone();
-                let _ = tokio::task::spawn_blocking(move || c.refresh()).await;
+                // Every 30 s the cheap probe, every 10 min the full figures.
+                let full = ticks % 20 == 0;
+                let _ =
+                    tokio::task::spawn_blocking(move || if full { c.refresh() } else { c.probe() })
+                        .await;
             }
         });
     }

@@ -195,6 +195,35 @@ impl Context {
         Ok(repo)
     }
 
+    /// The cheap check the daemon runs often: free space and whether the repository is
+    /// (still) there. It touches no pack and writes nothing, so an idle external disk can
+    /// spin down; the full [`Context::refresh`] runs after each run and every few minutes.
+    pub fn probe(&self) {
+        let path = &self.config.repository.path;
+        let (free, size) = disk_space(path).unwrap_or((0, 0));
+        let opened = self.repository();
+        let was_available = self.state.read(|s| s.repository.available);
+        if opened.is_ok() && !was_available {
+            // It appeared (a disk mounted after start): take the full picture now.
+            return self.refresh();
+        }
+        self.state.write(|s| {
+            s.repository.disk_free_bytes = free;
+            s.repository.disk_size_bytes = size;
+            if let Err(e) = &opened {
+                s.repository.available = false;
+                s.repository.error = Some(e.to_string());
+            }
+        });
+        metrics::gauge!(m::DISK_FREE).set(free as f64);
+        metrics::gauge!(m::DISK_SIZE).set(size as f64);
+        metrics::gauge!(m::REPO_READY).set(if self.state.not_ready().is_none() {
+            1.0
+        } else {
+            0.0
+        });
+    }
+
     /// Refreshes repository and disk figures, readiness and gauges. Blocking.
     pub fn refresh(&self) {
         let path = &self.config.repository.path;

@@ -120,6 +120,31 @@ impl Drop for Daemon {
     }
 }
 
+/// `promtool check metrics`: exposition format and Prometheus naming conventions.
+/// tests/run-all.sh installs it (Debian's prometheus package).
+fn promtool_check(metrics: &str) {
+    use std::io::Write;
+    let mut child = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool is needed (apt-get install prometheus; tests/run-all.sh does it)");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(metrics.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success() && out.stdout.is_empty() && out.stderr.is_empty(),
+        "promtool: {}",
+        text(&out)
+    );
+}
+
 fn metric(text: &str, prefix: &str) -> Option<f64> {
     text.lines()
         .find(|l| l.starts_with(prefix))
@@ -202,6 +227,7 @@ name = "slow.txt"
     assert!(metric(&metrics, "backuphub_repository_size_bytes").unwrap() > 0.0);
     assert!(metrics.contains("backuphub_build_info{version=\""));
     assert!(!metrics.contains("t0ken-for-tests"));
+    promtool_check(&metrics);
 
     // A job that never succeeded was caught up at start; let that run finish first.
     d.wait_for(Duration::from_secs(30), || {

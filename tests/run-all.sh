@@ -8,11 +8,12 @@ cd "$root"
 need_apt=()
 command -v setpriv >/dev/null || need_apt+=(util-linux)
 command -v nix-instantiate >/dev/null || need_apt+=(nix-bin)
+command -v promtool >/dev/null || need_apt+=(prometheus) # promtool lints /metrics
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "installing: ${need_apt[*]}" >&2
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq >/dev/null
-  apt-get install -y -qq "${need_apt[@]}" >/dev/null
+  apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
 fi
 
 # Rust: unit, property and integration tests (real binary, real processes).
