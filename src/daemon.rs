@@ -149,7 +149,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
                 ticks += 1;
                 let c = ctx.clone();
                 // Every 30 s the cheap probe, every 10 min the full figures.
-                let full = ticks % 20 == 0;
+                let full = ticks.is_multiple_of(20);
                 let _ =
                     tokio::task::spawn_blocking(move || if full { c.refresh() } else { c.probe() })
                         .await;
