@@ -187,7 +187,13 @@ pub fn acquire(
         match find_conflict(locks_dir, &path, &info)? {
             None => break,
             Some(other) => {
-                let _ = std::fs::remove_file(&path);
+                // An exclusive request that only meets shared holders stays in place while
+                // it waits: new backups see it and yield, so a stream of back-to-back
+                // backups cannot starve prune. Everything else steps back and retries.
+                let queue = kind == LockKind::Exclusive && other.kind == LockKind::Shared;
+                if !queue || std::time::Instant::now() >= deadline {
+                    let _ = std::fs::remove_file(&path);
+                }
                 if std::time::Instant::now() >= deadline {
                     return Err(LockError::Conflict(format!("held by {}", other.describe())));
                 }
@@ -195,7 +201,8 @@ pub fn acquire(
                 let mut j = [0u8; 1];
                 let _ = getrandom::fill(&mut j);
                 std::thread::sleep(backoff + Duration::from_millis(j[0] as u64));
-                backoff = (backoff * 2).min(Duration::from_secs(5));
+                backoff = (backoff * 2).min(Duration::from_secs(if queue { 1 } else { 5 }));
+                info.refreshed = Utc::now();
             }
         }
     }
@@ -240,6 +247,8 @@ fn find_conflict(dir: &Path, own: &Path, me: &LockInfo) -> Result<Option<LockInf
         source,
     };
     let now = Utc::now();
+    // An exclusive conflict is reported before any shared one: it decides who yields.
+    let mut conflict = None;
     for item in std::fs::read_dir(dir).map_err(io)? {
         let path = item.map_err(io)?.path();
         if path == own || path.extension().is_none_or(|e| e != "json") {
@@ -261,10 +270,13 @@ fn find_conflict(dir: &Path, own: &Path, me: &LockInfo) -> Result<Option<LockInf
             continue;
         }
         if me.conflicts_with(&other) {
-            return Ok(Some(other));
+            if other.kind == LockKind::Exclusive {
+                return Ok(Some(other));
+            }
+            conflict.get_or_insert(other);
         }
     }
-    Ok(None)
+    Ok(conflict)
 }
 
 /// Lists current lock holders (for status output).
@@ -326,6 +338,37 @@ mod tests {
             )
             .is_err()
         );
+    }
+
+    #[test]
+    fn a_waiting_prune_is_not_starved_by_back_to_back_backups() {
+        let dir = tempfile::tempdir().unwrap();
+        let stop = AtomicBool::new(false);
+        std::thread::scope(|s| {
+            for job in ["a", "b"] {
+                let (dir, stop) = (dir.path(), &stop);
+                s.spawn(move || {
+                    // Overlapping holders: there is never a moment without one, unless
+                    // they yield to the waiting exclusive request.
+                    while !stop.load(Ordering::Relaxed) {
+                        if let Ok(_g) =
+                            acquire(dir, LockKind::Shared, Some(job), Duration::from_secs(30))
+                        {
+                            std::thread::sleep(Duration::from_millis(30));
+                        }
+                    }
+                });
+            }
+            std::thread::sleep(Duration::from_millis(100));
+            let got = acquire(
+                dir.path(),
+                LockKind::Exclusive,
+                None,
+                Duration::from_secs(20),
+            );
+            stop.store(true, Ordering::Relaxed);
+            assert!(got.is_ok(), "{:?}", got.err());
+        });
     }
 
     #[test]
