@@ -86,13 +86,28 @@ fn a_killed_stream_backup_leaves_no_snapshot() {
             "--name",
             "x",
             "--command",
-            "sh -c 'head -c 3000000 /dev/zero; sleep 30'",
+            "sh -c 'head -c 3000000 /dev/zero; exec sleep 31.7'",
         ])
         .spawn()
         .unwrap();
     std::thread::sleep(Duration::from_millis(500));
     child.kill().unwrap();
     child.wait().unwrap();
+    // The producer dies with backuphub instead of living on as an orphan.
+    let orphan = || {
+        std::fs::read_dir("/proc")
+            .unwrap()
+            .flatten()
+            .any(|p| std::fs::read(p.path().join("cmdline")).is_ok_and(|c| c == b"sleep\031.7\0"))
+    };
+    let start = Instant::now();
+    while orphan() {
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "the command outlived backuphub"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let v: serde_json::Value =
         serde_json::from_slice(&env.ok(&["snapshots", "--json"]).stdout).unwrap();
     assert!(v.as_array().unwrap().is_empty(), "{v}");

@@ -114,7 +114,20 @@ impl CommandOutput {
         let (program, args) = argv
             .split_first()
             .ok_or_else(|| SourceError::Fatal("empty command".into()))?;
-        let mut child = Command::new(program)
+        let mut command = Command::new(program);
+        // If backuphub dies (killed, or stopped while the command hangs), the command must
+        // not live on as an orphan holding database connections.
+        // SAFETY: between fork and exec only the async-signal-safe prctl(2) runs.
+        unsafe {
+            use std::os::unix::process::CommandExt;
+            command.pre_exec(|| {
+                rustix::process::set_parent_process_death_signal(Some(
+                    rustix::process::Signal::KILL,
+                ))
+                .map_err(std::io::Error::from)
+            });
+        }
+        let mut child = command
             .args(args)
             .envs(env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())

@@ -3,7 +3,7 @@
 #  - module.nix under lib.evalModules: the generated unit (ExecStart, Type, hardening,
 #    RequiresMountsFor, LoadCredential), settings, users, firewall ports, assertion messages;
 #  - flake.nix's outputs, nix/package.nix's arguments, the machine of nix/tests/vm.nix and the
-#    Pi example of nix/README.md;
+#    Pi example of README.md;
 #  - flake.lock against the pin in ../shared/nixpkgs-pin.md.
 #
 #   nix-instantiate --eval --strict --json tests/nix/eval.nix --arg shared /path/to/shared \
@@ -17,7 +17,7 @@
   lib ? import (shared + "/nixpkgs-lib/lib"),
   case ? null,
   selfTest ? false,
-  # nix/README.md's pi.nix example, extracted to a file by run.sh
+  # README.md's pi.nix example, extracted to a file by run.sh
   piExample ? null,
 }:
 
@@ -688,7 +688,7 @@ let
     (expectTrue "vm: script restores latest:pgdump" (lib.hasInfix "latest:pgdump all.sql" vmTest.testScript))
   ]
   ++ [
-    # nix/README.md: the Pi example
+    # README.md: the Pi example
     (expectTrue "README: pi.nix example given (--arg piExample FILE)" (piExample != null))
     (expect "README: no failed assertions" (failedAssertions pi) [ ])
     (expect "README: disk, firewall, credentials"

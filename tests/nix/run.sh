@@ -39,11 +39,11 @@ while IFS= read -r -d '' f; do
   if nix-instantiate --parse "$f" >/dev/null 2>"$log"; then pass; else fail "parse $f"; cat "$log" >&2; fi
 done < <(find . \( -name .git -o -name target -o -name node_modules -o -name result \) -prune -o -name '*.nix' -type f -print0 | sort -z)
 
-# nix/README.md's complete example for the Pi, evaluated against the module too
+# README.md's complete example for the Pi, evaluated against the module too
 awk '/^```nix$/ { inb = 1; buf = ""; next }
      inb && /^```$/ { if (buf ~ /^# pi\.nix\n/) printf "%s", buf; inb = 0; next }
-     inb { buf = buf $0 "\n" }' nix/README.md >"$tmp/pi.nix"
-[ -s "$tmp/pi.nix" ] || fail "no \`\`\`nix block starting with '# pi.nix' in nix/README.md"
+     inb { buf = buf $0 "\n" }' README.md >"$tmp/pi.nix"
+[ -s "$tmp/pi.nix" ] || fail "no \`\`\`nix block starting with '# pi.nix' in README.md"
 
 evalnix() {
   nix-instantiate --eval --strict --json tests/nix/eval.nix --arg shared "$shared" --arg piExample "$tmp/pi.nix" "$@"
