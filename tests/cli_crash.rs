@@ -98,7 +98,7 @@ fn a_killed_stream_backup_leaves_no_snapshot() {
         std::fs::read_dir("/proc")
             .unwrap()
             .flatten()
-            .any(|p| std::fs::read(p.path().join("cmdline")).is_ok_and(|c| c == b"sleep\031.7\0"))
+            .any(|p| std::fs::read(p.path().join("cmdline")).is_ok_and(|c| c == b"sleep\x0031.7\0"))
     };
     let start = Instant::now();
     while orphan() {
