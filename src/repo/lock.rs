@@ -38,6 +38,9 @@ pub struct LockInfo {
     pub pid_start: u64,
     pub created: DateTime<Utc>,
     pub refreshed: DateTime<Utc>,
+    /// An exclusive request still waiting for shared holders to finish.
+    #[serde(default)]
+    pub waiting: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -131,6 +134,7 @@ fn me(kind: LockKind, job: Option<&str>) -> LockInfo {
         pid_start: process_start(pid).unwrap_or(0),
         created: now,
         refreshed: now,
+        waiting: kind == LockKind::Exclusive,
     }
 }
 
@@ -201,10 +205,14 @@ pub fn acquire(
                 let mut j = [0u8; 1];
                 let _ = getrandom::fill(&mut j);
                 std::thread::sleep(backoff + Duration::from_millis(j[0] as u64));
-                backoff = (backoff * 2).min(Duration::from_secs(if queue { 1 } else { 5 }));
+                backoff = (backoff * 2).min(Duration::from_secs(if queue { 1 } else { 2 }));
                 info.refreshed = Utc::now();
             }
         }
+    }
+    if info.waiting {
+        info.waiting = false;
+        write_lock(locks_dir, &path, &info)?;
     }
     let stop = Arc::new(AtomicBool::new(false));
     let refresher = {
@@ -277,6 +285,17 @@ fn find_conflict(dir: &Path, own: &Path, me: &LockInfo) -> Result<Option<LockInf
         }
     }
     Ok(conflict)
+}
+
+/// Whether a prune holds the exclusive lock right now. A backup about to write its
+/// manifest checks this: if it is so, the backup's own lock was broken (wrongly taken for
+/// stale) and its data may be gone, so it must not claim success.
+pub fn exclusive_held(dir: &Path) -> bool {
+    let me = me(LockKind::Shared, None);
+    let now = Utc::now();
+    list(dir)
+        .iter()
+        .any(|l| l.kind == LockKind::Exclusive && !l.waiting && !l.is_stale(&me, now))
 }
 
 /// Lists current lock holders (for status output).
@@ -369,6 +388,23 @@ mod tests {
             stop.store(true, Ordering::Relaxed);
             assert!(got.is_ok(), "{:?}", got.err());
         });
+    }
+
+    #[test]
+    fn a_held_exclusive_lock_is_seen_a_waiting_one_is_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut waiting = me(LockKind::Exclusive, None);
+        assert!(waiting.waiting);
+        write_lock(dir.path(), &dir.path().join("w.json"), &waiting).unwrap();
+        assert!(!exclusive_held(dir.path()));
+        waiting.waiting = false;
+        write_lock(dir.path(), &dir.path().join("w.json"), &waiting).unwrap();
+        assert!(exclusive_held(dir.path()));
+        std::fs::remove_file(dir.path().join("w.json")).unwrap();
+        let g = acquire(dir.path(), LockKind::Exclusive, None, Duration::ZERO).unwrap();
+        assert!(exclusive_held(dir.path()));
+        drop(g);
+        assert!(!exclusive_held(dir.path()));
     }
 
     #[test]
