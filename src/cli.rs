@@ -16,7 +16,7 @@ use crate::chunker::ChunkerParams;
 use crate::config::Config;
 use crate::redact::Redactor;
 use crate::repo::crypto::{Recipient, read_recipients_file};
-use crate::repo::lock::LockKind;
+use crate::repo::lock::{LockGuard, LockKind};
 use crate::repo::snapshot::SnapshotStatus;
 use crate::repo::tree::EntryPath;
 use crate::repo::{InitOptions, OpenOptions, Repository};
@@ -79,6 +79,13 @@ impl RepoArgs {
 
     fn open(&self, identity: Option<&IdentityArg>) -> anyhow::Result<Repository> {
         Ok(Repository::open(&self.repo, &self.options(identity))?)
+    }
+
+    /// Opens under a shared lock, so that no prune removes data while it is being read.
+    fn open_for_reading(&self, identity: &IdentityArg) -> anyhow::Result<(Repository, LockGuard)> {
+        let r = self.open(Some(identity))?;
+        let lock = r.lock(LockKind::Shared, None, Duration::from_secs(10))?;
+        Ok((r, lock))
     }
 }
 
@@ -513,7 +520,7 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
             path,
             json,
         } => {
-            let r = repo.open(Some(&identity))?;
+            let (r, _lock) = repo.open_for_reading(&identity)?;
             let s = r.resolve_snapshot(&snapshot)?;
             let prefix = path.as_deref().map(EntryPath::from);
             let mut out = std::io::stdout().lock();
@@ -547,9 +554,8 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
             path,
             overwrite,
         } => {
-            let r = repo.open(Some(&identity))?;
+            let (r, _lock) = repo.open_for_reading(&identity)?;
             let s = r.resolve_snapshot(&snapshot)?;
-            let _lock = r.lock(LockKind::Shared, None, Duration::from_secs(10))?;
             let opts = RestoreOptions {
                 only: path.as_deref().map(EntryPath::from),
                 overwrite,
@@ -569,9 +575,8 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
             snapshot,
             path,
         } => {
-            let r = repo.open(Some(&identity))?;
+            let (r, _lock) = repo.open_for_reading(&identity)?;
             let s = r.resolve_snapshot(&snapshot)?;
-            let _lock = r.lock(LockKind::Shared, None, Duration::from_secs(10))?;
             let mut out = std::io::BufWriter::with_capacity(1 << 20, std::io::stdout().lock());
             restore::cat(&r, &s.snapshot, &EntryPath::from(path.as_str()), &mut out)?;
             out.flush()?;
@@ -584,8 +589,7 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
             read_data_subset,
             json,
         } => {
-            let r = repo.open(Some(&identity))?;
-            let _lock = r.lock(LockKind::Shared, None, Duration::from_secs(10))?;
+            let (r, _lock) = repo.open_for_reading(&identity)?;
             let mode = match (read_data, read_data_subset) {
                 (true, _) => ReadData::All,
                 (false, Some(p)) => ReadData::Subset(p),

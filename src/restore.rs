@@ -151,13 +151,7 @@ pub fn restore(
                     .map_err(io(&dest))?;
             }
             EntryKind::File => {
-                let exists = dest.symlink_metadata().is_ok();
-                if exists && !opts.overwrite {
-                    return Err(RestoreError::Exists(dest));
-                }
-                if exists {
-                    std::fs::remove_file(&dest).map_err(io(&dest))?;
-                }
+                make_room(&dest, opts.overwrite)?;
                 let mut f = std::fs::OpenOptions::new()
                     .write(true)
                     .create_new(true)
@@ -170,26 +164,14 @@ pub fn restore(
                 apply_metadata(&dest, &e, is_root)?;
             }
             EntryKind::Symlink => {
-                let exists = dest.symlink_metadata().is_ok();
-                if exists && !opts.overwrite {
-                    return Err(RestoreError::Exists(dest));
-                }
-                if exists {
-                    std::fs::remove_file(&dest).map_err(io(&dest))?;
-                }
+                make_room(&dest, opts.overwrite)?;
                 let target_bytes = e.link_target.clone().unwrap_or_default();
                 let link = EntryPath::new(target_bytes).to_os_path();
                 std::os::unix::fs::symlink(&link, &dest).map_err(io(&dest))?;
                 apply_metadata(&dest, &e, is_root)?;
             }
             EntryKind::Fifo | EntryKind::CharDevice | EntryKind::BlockDevice => {
-                let exists = dest.symlink_metadata().is_ok();
-                if exists && !opts.overwrite {
-                    return Err(RestoreError::Exists(dest));
-                }
-                if exists {
-                    std::fs::remove_file(&dest).map_err(io(&dest))?;
-                }
+                make_room(&dest, opts.overwrite)?;
                 let ft = match e.kind {
                     EntryKind::Fifo => rustix::fs::FileType::Fifo,
                     EntryKind::CharDevice => rustix::fs::FileType::CharacterDevice,
@@ -220,6 +202,18 @@ pub fn restore(
         }
     }
     Ok(stats)
+}
+
+/// Clears the way for a non-directory entry: an existing file, link or node is replaced
+/// only with `--overwrite`.
+fn make_room(dest: &Path, overwrite: bool) -> Result<(), RestoreError> {
+    if dest.symlink_metadata().is_err() {
+        return Ok(());
+    }
+    if !overwrite {
+        return Err(RestoreError::Exists(dest.to_owned()));
+    }
+    std::fs::remove_file(dest).map_err(io(dest))
 }
 
 /// Refuses to write through a symlink: every directory between `target` and the entry

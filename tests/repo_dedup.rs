@@ -2,12 +2,9 @@
 
 mod common;
 
-use std::sync::atomic::AtomicBool;
-
-use backuphub::archiver::{Progress, archive};
 use backuphub::repo::{InitOptions, OpenOptions, Repository};
 use backuphub::source::local::LocalSource;
-use common::noise;
+use common::{archive_source, noise};
 
 fn repo(dir: &std::path::Path) -> Repository {
     Repository::init(
@@ -33,15 +30,7 @@ fn unchanged_data_stores_almost_nothing_and_is_not_reread() {
     let r = repo(tmp.path());
     let run = |r: &Repository| {
         let mut src = LocalSource::new(std::slice::from_ref(&data), &[]).unwrap();
-        archive(
-            r,
-            "j",
-            &mut src,
-            &Progress::default(),
-            &AtomicBool::new(false),
-        )
-        .unwrap()
-        .1
+        archive_source(r, "j", &mut src)
     };
     let first = run(&r);
     assert!(first.stats.stored_bytes > 20 << 20);
@@ -86,15 +75,7 @@ fn an_insertion_into_a_large_file_stores_only_nearby_chunks() {
     let r = repo(tmp.path());
     let run = || {
         let mut src = LocalSource::new(std::slice::from_ref(&data), &[]).unwrap();
-        archive(
-            &r,
-            "j",
-            &mut src,
-            &Progress::default(),
-            &AtomicBool::new(false),
-        )
-        .unwrap()
-        .1
+        archive_source(&r, "j", &mut src)
     };
     run();
     // Three small insertions far apart.

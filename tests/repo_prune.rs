@@ -7,52 +7,24 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use backuphub::archiver::{Progress, archive};
 use backuphub::check::{ReadData, check};
-use backuphub::chunker::ChunkerParams;
 use backuphub::prune::{forget, prune};
+use backuphub::repo::Repository;
 use backuphub::repo::lock::LockKind;
-use backuphub::repo::{InitOptions, OpenOptions, Repository};
 use backuphub::restore::cat;
 use backuphub::retention::RetentionPolicy;
 use backuphub::source::local::LocalSource;
-use common::{du, noise};
+use common::{archive_paths, archive_source, du, noise, test_repo};
 
 fn open(dir: &Path) -> Repository {
-    let init = InitOptions {
-        chunker: ChunkerParams {
-            min_size: 8192,
-            avg_size: 32768,
-            max_size: 262144,
-        },
-        pack_size: 512 << 10,
-        ..Default::default()
-    };
-    Repository::init(
-        &dir.join("repo"),
-        &OpenOptions {
-            identity: None,
-            state_dir: dir.join("state"),
-        },
-        &init,
-    )
-    .unwrap()
+    test_repo(dir, 32768, 512 << 10)
 }
 
 fn backup(repo: &Repository, job: &str, data: &Path) -> backuphub::repo::snapshot::Snapshot {
     let _lock = repo
         .lock(LockKind::Shared, Some(job), Duration::from_secs(60))
         .unwrap();
-    let mut src = LocalSource::new(&[data.to_owned()], &[]).unwrap();
-    archive(
-        repo,
-        job,
-        &mut src,
-        &Progress::default(),
-        &AtomicBool::new(false),
-    )
-    .unwrap()
-    .1
+    archive_paths(repo, job, &[data.to_owned()])
 }
 
 fn file_path(data: &Path, name: &str) -> backuphub::repo::tree::EntryPath {
@@ -136,14 +108,7 @@ fn prune_racing_concurrent_backups_loses_nothing() {
                         .unwrap();
                     let mut src =
                         LocalSource::new(&[dir.clone(), data.join("stable")], &[]).unwrap();
-                    archive(
-                        repo,
-                        job,
-                        &mut src,
-                        &Progress::default(),
-                        &AtomicBool::new(false),
-                    )
-                    .unwrap();
+                    archive_source(repo, job, &mut src);
                     // Retention right after the run, under the job's lock, as the runner does.
                     let policy = RetentionPolicy {
                         keep_last: Some(2),

@@ -4,37 +4,17 @@
 mod common;
 
 use std::path::Path;
-use std::sync::atomic::AtomicBool;
 
-use backuphub::archiver::{Progress, archive};
-use backuphub::chunker::ChunkerParams;
 use backuphub::redact::Redactor;
-use backuphub::repo::{InitOptions, OpenOptions, Repository};
+use backuphub::repo::Repository;
 use backuphub::restore::{RestoreOptions, restore};
 use backuphub::source::local::LocalSource;
 use backuphub::source::stream::{StreamInput, StreamSource};
-use common::{assert_same_tree, noise, restored};
+use common::{archive_source, assert_same_tree, noise, restored, test_repo};
 use proptest::prelude::*;
 
 fn small_repo(dir: &Path) -> Repository {
-    let init = InitOptions {
-        chunker: ChunkerParams {
-            min_size: 2048,
-            avg_size: 8192,
-            max_size: 65536,
-        },
-        pack_size: 256 << 10,
-        ..Default::default()
-    };
-    Repository::init(
-        &dir.join("repo"),
-        &OpenOptions {
-            identity: None,
-            state_dir: dir.join("state"),
-        },
-        &init,
-    )
-    .unwrap()
+    test_repo(dir, 8192, 256 << 10)
 }
 
 #[derive(Debug, Clone)]
@@ -132,14 +112,7 @@ fn materialize(dir: &Path, nodes: &[Node], mtime_base: i64) {
 fn backup_and_restore(tmp: &Path, data: &Path) -> std::path::PathBuf {
     let repo = small_repo(tmp);
     let mut src = LocalSource::new(&[data.to_owned()], &[]).unwrap();
-    let (_, snap) = archive(
-        &repo,
-        "t",
-        &mut src,
-        &Progress::default(),
-        &AtomicBool::new(false),
-    )
-    .unwrap();
+    let snap = archive_source(&repo, "t", &mut src);
     assert_eq!(snap.stats.failures, 0);
     let target = tmp.join("out");
     restore(&repo, &snap, &target, &RestoreOptions::default()).unwrap();
@@ -169,7 +142,7 @@ proptest! {
         std::fs::write(&file, &bytes).unwrap();
         let argv = vec!["cat".to_string(), file.to_str().unwrap().to_string()];
         let mut src = StreamSource::new("streams/dump.bin", StreamInput::Command { argv, env: vec![] }, Redactor::default()).unwrap();
-        let (_, snap) = archive(&repo, "s", &mut src, &Progress::default(), &AtomicBool::new(false)).unwrap();
+        let snap = archive_source(&repo, "s", &mut src);
         let mut out = Vec::new();
         backuphub::restore::cat(&repo, &snap, &"streams/dump.bin".into(), &mut out).unwrap();
         prop_assert!(out == bytes);
@@ -202,14 +175,7 @@ fn restore_of_a_subpath_only() {
     std::fs::write(data.join("skip/b"), b"b").unwrap();
     let repo = small_repo(tmp.path());
     let mut src = LocalSource::new(std::slice::from_ref(&data), &[]).unwrap();
-    let (_, snap) = archive(
-        &repo,
-        "t",
-        &mut src,
-        &Progress::default(),
-        &AtomicBool::new(false),
-    )
-    .unwrap();
+    let snap = archive_source(&repo, "t", &mut src);
     let target = tmp.path().join("out");
     let only = data.join("keep");
     let only = only.to_str().unwrap();
@@ -261,14 +227,7 @@ fn restore_never_writes_through_symlinks() {
     link.link_target = Some(outside.to_str().unwrap().as_bytes().to_vec());
     let evil = Entry::new(EntryPath::from("x/evil"), EntryKind::File);
     let mut src = Canned(vec![link, evil]);
-    let (_, snap) = archive(
-        &repo,
-        "hostile",
-        &mut src,
-        &Progress::default(),
-        &AtomicBool::new(false),
-    )
-    .unwrap();
+    let snap = archive_source(&repo, "hostile", &mut src);
     let target = tmp.path().join("target");
     let err = restore(
         &repo,
@@ -297,14 +256,7 @@ fn symlinked_roots_are_followed_and_empty_roots_are_failures() {
     let repo = small_repo(tmp.path());
 
     let mut src = LocalSource::new(std::slice::from_ref(&link), &[]).unwrap();
-    let (_, snap) = archive(
-        &repo,
-        "l",
-        &mut src,
-        &Progress::default(),
-        &AtomicBool::new(false),
-    )
-    .unwrap();
+    let snap = archive_source(&repo, "l", &mut src);
     assert_eq!(snap.stats.failures, 0);
     let mut out = Vec::new();
     backuphub::restore::cat(
@@ -317,14 +269,7 @@ fn symlinked_roots_are_followed_and_empty_roots_are_failures() {
     assert_eq!(out, b"content");
 
     let mut src = LocalSource::new(&[empty.clone(), real.clone()], &[]).unwrap();
-    let (_, snap) = archive(
-        &repo,
-        "e",
-        &mut src,
-        &Progress::default(),
-        &AtomicBool::new(false),
-    )
-    .unwrap();
+    let snap = archive_source(&repo, "e", &mut src);
     assert_eq!(
         snap.status,
         backuphub::repo::snapshot::SnapshotStatus::Partial

@@ -153,3 +153,47 @@ pub fn assert_same_tree(a: &Path, b: &Path) {
 pub fn restored(target: &Path, original: &Path) -> PathBuf {
     target.join(original.strip_prefix("/").unwrap())
 }
+
+/// A repository with small chunks (min avg/4, max 8×avg) and small packs, so that tests
+/// with a few MiB of data still exercise many chunks and packs.
+pub fn test_repo(dir: &Path, avg_chunk: u32, pack_size: u64) -> backuphub::repo::Repository {
+    use backuphub::chunker::ChunkerParams;
+    use backuphub::repo::{InitOptions, OpenOptions, Repository};
+    let init = InitOptions {
+        chunker: ChunkerParams {
+            min_size: avg_chunk / 4,
+            avg_size: avg_chunk,
+            max_size: avg_chunk * 8,
+        },
+        pack_size,
+        ..Default::default()
+    };
+    let opts = OpenOptions {
+        identity: None,
+        state_dir: dir.join("state"),
+    };
+    Repository::init(&dir.join("repo"), &opts, &init).unwrap()
+}
+
+/// One backup of `source`, through the library, insisting that it succeeds.
+pub fn archive_source(
+    repo: &backuphub::repo::Repository,
+    job: &str,
+    source: &mut dyn backuphub::source::Source,
+) -> backuphub::repo::snapshot::Snapshot {
+    let cancel = std::sync::atomic::AtomicBool::new(false);
+    let progress = backuphub::archiver::Progress::default();
+    backuphub::archiver::archive(repo, job, source, &progress, &cancel)
+        .unwrap()
+        .1
+}
+
+/// One backup of local paths.
+pub fn archive_paths(
+    repo: &backuphub::repo::Repository,
+    job: &str,
+    paths: &[PathBuf],
+) -> backuphub::repo::snapshot::Snapshot {
+    let mut src = backuphub::source::local::LocalSource::new(paths, &[]).unwrap();
+    archive_source(repo, job, &mut src)
+}
