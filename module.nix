@@ -10,6 +10,11 @@
 }:
 
 let
+  # Secret files: absolute paths outside the Nix store, never copied into it.
+  secretPath = lib.types.pathWith {
+    inStore = false;
+    absolute = true;
+  };
   inherit (lib)
     mkOption
     mkEnableOption
@@ -260,12 +265,7 @@ in
     };
 
     credentials = mkOption {
-      type = types.attrsOf (
-        types.pathWith {
-          inStore = false;
-          absolute = true;
-        }
-      );
+      type = types.attrsOf secretPath;
       default = { };
       description = ''
         Secret files, by name, passed to the service with systemd's `LoadCredential=`: the file
@@ -292,12 +292,7 @@ in
     };
 
     environmentFile = mkOption {
-      type = types.nullOr (
-        types.pathWith {
-          inStore = false;
-          absolute = true;
-        }
-      );
+      type = types.nullOr secretPath;
       default = null;
       description = ''
         A file of `NAME=value` lines added to the service's environment (systemd
