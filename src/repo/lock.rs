@@ -85,12 +85,21 @@ impl LockInfo {
             && self.boot_id == me.boot_id
             && !me.pid_ns.is_empty()
             && self.pid_ns == me.pid_ns;
-        if same_pid_space {
-            return process_start(self.pid) != Some(self.pid_start);
-        }
-        now.signed_duration_since(self.refreshed)
+        let too_old = now
+            .signed_duration_since(self.refreshed)
             .to_std()
-            .is_ok_and(|a| a > STALE_AFTER)
+            .is_ok_and(|a| a > STALE_AFTER);
+        if !same_pid_space {
+            return too_old;
+        }
+        match process_start(self.pid) {
+            Some(start) => start != self.pid_start,
+            // Under ProtectProc=invisible (the NixOS unit) another user's process has no
+            // /proc entry; kill(pid, 0) still tells whether it exists. An existing process
+            // whose start time cannot be read falls back to the age rule.
+            None if process_exists(self.pid) => too_old,
+            None => true,
+        }
     }
 }
 
@@ -98,8 +107,22 @@ impl LockInfo {
 fn process_start(pid: u32) -> Option<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name may contain spaces and parentheses: fields start after the last ')'.
-    let rest = &stat[stat.rfind(')')? + 2..];
+    let rest = stat.get(stat.rfind(')')? + 2..)?;
     rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// Whether a process exists, visible in /proc or not (EPERM means it does).
+fn process_exists(pid: u32) -> bool {
+    let Some(pid) = i32::try_from(pid)
+        .ok()
+        .and_then(rustix::process::Pid::from_raw)
+    else {
+        return false;
+    };
+    match rustix::process::test_kill_process(pid) {
+        Ok(()) => true,
+        Err(e) => e == rustix::io::Errno::PERM,
+    }
 }
 
 fn pid_ns() -> String {
@@ -411,5 +434,8 @@ mod tests {
     fn own_process_start_is_known() {
         assert!(process_start(std::process::id()).is_some());
         assert!(process_start(u32::MAX - 1).is_none());
+        assert!(process_exists(std::process::id()));
+        assert!(process_exists(1), "init exists, whoever owns it");
+        assert!(!process_exists(u32::MAX - 1));
     }
 }
