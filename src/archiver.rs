@@ -36,6 +36,8 @@ pub enum ArchiveError {
     NothingStored(Vec<Failure>),
     #[error("cancelled")]
     Cancelled,
+    #[error("internal error: {0}")]
+    Internal(String),
 }
 
 fn summarize(failures: &[Failure]) -> String {
@@ -61,7 +63,7 @@ impl ArchiveError {
         match self {
             ArchiveError::Repo(e) => e.kind(),
             ArchiveError::Source(_) | ArchiveError::NothingStored(_) => "source",
-            ArchiveError::Order(_) => "internal",
+            ArchiveError::Order(_) | ArchiveError::Internal(_) => "internal",
             ArchiveError::Cancelled => "cancelled",
         }
     }
@@ -104,13 +106,13 @@ impl<'r> Packer<'r> {
 
 fn finish_pack(repo: &Repository, w: PackWriter) -> Result<(), RepoError> {
     let (id, entries) = w.finish(&repo.packs_dir())?;
-    repo.index().add_pack(id, &entries)?;
+    repo.register_pack(id, &entries)?;
     Ok(())
 }
 
 struct Shared<'r> {
     packer: Mutex<Packer<'r>>,
-    error: Mutex<Option<RepoError>>,
+    error: Mutex<Option<ArchiveError>>,
     failed: AtomicBool,
     stored_bytes: AtomicU64,
     new_bytes: AtomicU64,
@@ -118,8 +120,8 @@ struct Shared<'r> {
 }
 
 impl Shared<'_> {
-    fn fail(&self, e: RepoError) {
-        let mut slot = self.error.lock().expect("error lock");
+    fn fail(&self, e: ArchiveError) {
+        let mut slot = self.error.lock().unwrap_or_else(|p| p.into_inner());
         if slot.is_none() {
             *slot = Some(e);
         }
@@ -145,7 +147,7 @@ fn worker(
             let full = shared
                 .packer
                 .lock()
-                .expect("packer lock")
+                .unwrap_or_else(|p| p.into_inner())
                 .add(kind, id, &sealed)?;
             shared
                 .stored_bytes
@@ -163,7 +165,7 @@ fn worker(
             Ok::<(), RepoError>(())
         })();
         if let Err(e) = result {
-            shared.fail(e);
+            shared.fail(e.into());
         }
     }
 }
@@ -172,13 +174,15 @@ fn worker(
 ///
 /// Returns the written snapshot, complete or partial. Returns an error, and writes no
 /// snapshot, when the source failed as a whole, nothing could be stored, the repository
-/// failed, or the run was cancelled.
+/// failed, the run was cancelled, or `before_commit` (the caller's check that its lock
+/// is still its own) fails right before the manifest is written.
 pub fn archive(
     repo: &Repository,
     job: &str,
     source: &mut dyn Source,
     progress: &Progress,
     cancel: &AtomicBool,
+    before_commit: &dyn Fn() -> Result<(), RepoError>,
 ) -> Result<(Id, Snapshot), ArchiveError> {
     let started = Instant::now();
     let time = Utc::now();
@@ -239,14 +243,21 @@ pub fn archive(
         drop(tx);
         for h in handles {
             if h.join().is_err() {
-                shared.fail(RepoError::Corrupt("a worker thread panicked".into()));
+                // A bug, not damage: reporting it as `corrupt` would send the operator
+                // looking at the disk.
+                shared.fail(ArchiveError::Internal("a worker thread panicked".into()));
             }
         }
         result.map(|()| (stats, failures, tree, seen))
     });
-    let last = shared.packer.lock().expect("packer lock").current.take();
-    if let Some(e) = shared.error.lock().expect("error lock").take() {
-        return Err(e.into());
+    let last = shared
+        .packer
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .current
+        .take();
+    if let Some(e) = shared.error.lock().unwrap_or_else(|p| p.into_inner()).take() {
+        return Err(e);
     }
     let (mut stats, failures, tree, seen) = walked?;
     if let Some(w) = last.filter(|w| !w.is_empty()) {
@@ -281,7 +292,9 @@ pub fn archive(
             source: description,
             failures,
         })?,
+        mac: None,
     };
+    before_commit()?;
     if crate::repo::lock::exclusive_held(&repo.root().join("locks")) {
         return Err(ArchiveError::Repo(RepoError::Lock(crate::repo::lock::LockError::Conflict(
             "a prune took the repository during this backup (our lock was broken); no snapshot written".into(),
@@ -325,7 +338,7 @@ impl Walk<'_, '_> {
 
     /// Queues a blob unless the repository or this run already has it.
     fn store(&mut self, kind: BlobKind, id: Id, data: Vec<u8>) -> Result<(), ArchiveError> {
-        if self.seen.insert(id) && !self.repo.index().contains(&id).map_err(RepoError::from)? {
+        if self.seen.insert(id) && !self.repo.has_blob(&id)? {
             // A send fails only when every worker is gone, i.e. after a failure.
             if self.tx.send((kind, id, data)).is_err() {
                 return Err(ArchiveError::Cancelled);
@@ -362,9 +375,7 @@ impl Walk<'_, '_> {
                 Content::None => {}
                 Content::Reuse(chunks) => {
                     for c in &chunks {
-                        if !self.seen.contains(c)
-                            && !self.repo.index().contains(c).map_err(RepoError::from)?
-                        {
+                        if !self.seen.contains(c) && !self.repo.has_blob(c)? {
                             self.failures.push(Failure {
                                 path: se.entry.path.display(),
                                 error: format!("chunk {} of the previous run is gone", c.short()),
@@ -401,9 +412,17 @@ impl Walk<'_, '_> {
                     }
                     if se.entry.kind == EntryKind::File && size != se.entry.size {
                         if se.entry.change.is_some() {
-                            // Changed while being read: store what was read, but never
-                            // trust it as unchanged next time.
+                            // Changed while being read: what was read is stored (it may
+                            // be all there is), but the copy may be torn, so the run says
+                            // so, and the next run never trusts it as unchanged.
                             tracing::warn!(path = %se.entry.path, "file changed while being read");
+                            self.failures.push(Failure {
+                                path: se.entry.path.display(),
+                                error: format!(
+                                    "changed while being read ({} bytes expected, {size} read); the stored copy may be inconsistent",
+                                    se.entry.size
+                                ),
+                            });
                             se.entry.change = None;
                         }
                         se.entry.size = size;

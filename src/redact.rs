@@ -9,6 +9,9 @@ use std::sync::{Arc, LazyLock};
 use regex::Regex;
 
 const MASK: &str = "***";
+/// Lines and values of secret files shorter than this are not taken for secrets: they are
+/// YAML keys and ordinary words, and masking them would garble messages.
+const MIN_LINE_SECRET: usize = 12;
 
 static PATTERNS: LazyLock<Vec<(Regex, &'static str)>> = LazyLock::new(|| {
     vec![
@@ -45,6 +48,39 @@ impl Redactor {
         }
     }
 
+    /// A redactor for the contents of secret files: each file whole, and each line and
+    /// each `key: value` / `key=value` value in it that is long enough to be a secret
+    /// (a kubeconfig's token, an identity's key line). Unreadable files are skipped:
+    /// whoever reads them later reports that.
+    pub fn from_files(paths: &[std::path::PathBuf]) -> Redactor {
+        let mut secrets = Vec::new();
+        for p in paths {
+            let Ok(text) = std::fs::read_to_string(p) else {
+                continue;
+            };
+            for line in text.lines().map(str::trim) {
+                if line.starts_with('#') {
+                    continue; // comments: an age identity's public key, say
+                }
+                if line.len() >= MIN_LINE_SECRET {
+                    secrets.push(line.to_string());
+                }
+                if let Some((_, value)) = line.split_once([':', '='])
+                    && value.trim().trim_matches(['"', '\'']).len() >= MIN_LINE_SECRET
+                {
+                    secrets.push(value.trim().trim_matches(['"', '\'']).to_string());
+                }
+            }
+            secrets.push(text);
+        }
+        Redactor::new(secrets)
+    }
+
+    /// The longest exact secret: text cut anywhere may hold a piece of one this long.
+    pub fn longest_secret(&self) -> usize {
+        self.secrets.first().map_or(0, String::len)
+    }
+
     pub fn redact(&self, text: &str) -> String {
         let mut out = text.to_string();
         for s in self.secrets.iter() {
@@ -60,6 +96,27 @@ impl Redactor {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn secret_files_are_masked_whole_and_by_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let id = dir.path().join("identity");
+        std::fs::write(
+            &id,
+            "# public key: age1qqqqpublic\nAGE-SECRET-KEY-1QQQQQQQQQQQQQQQQQQQQQQQ\n",
+        )
+        .unwrap();
+        let kc = dir.path().join("kubeconfig");
+        std::fs::write(&kc, "users:\n- user:\n    token: eyJhbGciOiJSUzI1NiJ9.payload\n").unwrap();
+        let r = Redactor::from_files(&[id, kc, dir.path().join("missing")]);
+        let out = r.redact(
+            "bad key AGE-SECRET-KEY-1QQQQQQQQQQQQQQQQQQQQQQQ; auth eyJhbGciOiJSUzI1NiJ9.payload; users: fine",
+        );
+        assert!(!out.contains("AGE-SECRET-KEY"), "{out}");
+        assert!(!out.contains("eyJhbGci"), "{out}");
+        assert!(out.contains("users: fine"), "{out}");
+        assert!(r.longest_secret() > 40);
+    }
 
     #[test]
     fn masks_known_and_shaped_secrets() {

@@ -2,12 +2,12 @@
 //! time in; a decision per snapshot out (like Proxmox's `compute_prune_info`).
 //!
 //! Periods (hour, day, week, month, year) are calendar periods in the job's time zone, so
-//! daylight-saving changes move no snapshot into the wrong day. Partial snapshots never
-//! count as a period's kept copy; they are kept only while no complete snapshot is newer,
-//! or within `keep_within`. The newest complete snapshot is always kept, and a policy
-//! that says nothing removes nothing.
-
-use std::collections::HashSet;
+//! daylight-saving changes move no snapshot into the wrong day. A period's kept copy is
+//! its newest complete snapshot; a period with none is stood for by its newest partial
+//! one, so a job that is partial every night (one unreadable file) is still thinned like
+//! any other instead of growing without bound. Of the partial snapshots newer than every
+//! complete one, the newest is kept: it holds the freshest data there is. The newest
+//! complete snapshot is always kept, and a policy that says nothing removes nothing.
 
 use chrono::{DateTime, Datelike, Duration, Timelike, Utc};
 use chrono_tz::Tz;
@@ -115,6 +115,16 @@ pub struct Decision<K> {
     pub reasons: Vec<&'static str>,
 }
 
+fn partial_reason(period: &str) -> &'static str {
+    match period {
+        "hourly" => "hourly (partial)",
+        "daily" => "daily (partial)",
+        "weekly" => "weekly (partial)",
+        "monthly" => "monthly (partial)",
+        _ => "yearly (partial)",
+    }
+}
+
 /// Decides, for one job's snapshots, which to keep. Order of input does not matter;
 /// output is newest first.
 pub fn plan<K: Clone>(
@@ -135,14 +145,11 @@ pub fn plan<K: Clone>(
     if let Some(i) = newest_complete {
         reasons[i].push("newest complete");
     }
-    // Partial snapshots newer than every complete one hold the freshest data there is.
-    for &i in &order {
-        if Some(i) == newest_complete {
-            break;
-        }
-        if !snapshots[i].complete {
-            reasons[i].push("newer than any complete");
-        }
+    // The newest snapshot, when partial, holds the freshest data there is.
+    if let Some(&i) = order.first()
+        && !snapshots[i].complete
+    {
+        reasons[i].push("newest (partial)");
     }
     if let Some(n) = policy.keep_last {
         for &i in order
@@ -180,14 +187,24 @@ pub fn plan<K: Clone>(
     ];
     for (count, name, bucket) in periods {
         let Some(count) = count else { continue };
-        let mut seen = HashSet::new();
-        for &i in order.iter().filter(|&&i| snapshots[i].complete) {
-            if seen.len() >= count as usize {
-                break;
-            }
-            // Newest first: the first snapshot met in a period is the one kept for it.
-            if seen.insert(bucket(snapshots[i].time.with_timezone(&tz))) {
-                reasons[i].push(name);
+        // Periods newest first, each with its newest complete and newest partial snapshot.
+        let mut periods: Vec<(Option<usize>, Option<usize>)> = Vec::new();
+        let mut slot_of = std::collections::HashMap::new();
+        for &i in &order {
+            let key = bucket(snapshots[i].time.with_timezone(&tz));
+            let slot = *slot_of.entry(key).or_insert_with(|| {
+                periods.push((None, None));
+                periods.len() - 1
+            });
+            let (complete, partial) = &mut periods[slot];
+            let best = if snapshots[i].complete { complete } else { partial };
+            best.get_or_insert(i);
+        }
+        for (complete, partial) in periods.into_iter().take(count as usize) {
+            match (complete, partial) {
+                (Some(i), _) => reasons[i].push(name),
+                (None, Some(i)) => reasons[i].push(partial_reason(name)),
+                (None, None) => {}
             }
         }
     }
@@ -206,6 +223,7 @@ mod tests {
     use super::*;
     use chrono::TimeZone;
     use proptest::prelude::*;
+    use std::collections::HashSet;
 
     fn c(key: u32, time: DateTime<Utc>, complete: bool) -> Candidate<u32> {
         Candidate {
@@ -249,8 +267,23 @@ mod tests {
             ..Default::default()
         };
         let d = plan(&snaps, &policy, chrono_tz::UTC);
-        // 2 is partial and older than complete 3: removed; 4 is newer than any complete: kept.
+        // 2 is partial in a day that has a complete copy: removed; 4 is the newest.
         assert_eq!(kept(&d), vec![1, 3, 4]);
+    }
+
+    #[test]
+    fn a_job_partial_every_night_is_still_thinned() {
+        let start = Utc.with_ymd_and_hms(2026, 1, 1, 2, 0, 0).unwrap();
+        // 60 nights, every run partial (one unreadable file), and one complete run long ago.
+        let mut snaps: Vec<_> = (1..=60)
+            .map(|i| c(i, start + Duration::days(i as i64), false))
+            .collect();
+        snaps.push(c(0, start, true));
+        let d = plan(&snaps, &RetentionPolicy::seed_default(), chrono_tz::UTC);
+        let k = kept(&d);
+        // Fourteen daily copies (partial ones stand for their days) and the newest
+        // complete snapshot; not all sixty.
+        assert_eq!(k, [vec![0], (47..=60).collect::<Vec<_>>()].concat());
     }
 
     #[test]
@@ -312,14 +345,24 @@ mod tests {
                 let kept_newest = d.iter().filter(|x| x.keep).any(|x| snaps[x.key as usize].complete && snaps[x.key as usize].time == newest.time);
                 prop_assert!(kept_newest);
             }
-            // Period rules never pick a partial snapshot.
+            // Period rules pick a partial snapshot only for a period without a complete one.
             for x in &d {
                 if x.reasons.iter().any(|r| ["daily", "weekly", "last"].contains(r)) {
                     prop_assert!(snaps[x.key as usize].complete);
                 }
+                if x.reasons.contains(&"daily (partial)") {
+                    let day = |t: DateTime<Utc>| t.with_timezone(&chrono_tz::Europe::Berlin).date_naive();
+                    let me = day(snaps[x.key as usize].time);
+                    prop_assert!(!snaps.iter().any(|s| s.complete && day(s.time) == me));
+                }
+            }
+            // Bounded: never more kept than the rules allow (liveness for partial jobs).
+            let bound = 2 + last.unwrap_or(0) as usize + daily.unwrap_or(0) as usize + weekly.unwrap_or(0) as usize;
+            if last.is_some() || daily.is_some() || weekly.is_some() {
+                prop_assert!(d.iter().filter(|x| x.keep).count() <= bound);
             }
             // Each daily-kept snapshot is in a distinct local day, at most `daily` of them.
-            let days: Vec<_> = d.iter().filter(|x| x.reasons.contains(&"daily"))
+            let days: Vec<_> = d.iter().filter(|x| x.reasons.iter().any(|r| r.starts_with("daily")))
                 .map(|x| snaps[x.key as usize].time.with_timezone(&chrono_tz::Europe::Berlin).date_naive()).collect();
             let unique: HashSet<_> = days.iter().collect();
             prop_assert_eq!(unique.len(), days.len());

@@ -14,13 +14,15 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::archiver::{ArchiveError, Progress, archive};
+use crate::retention::RetentionPolicy;
 use crate::config::{Config, JobName};
 use crate::metrics as m;
 use crate::redact::Redactor;
 use crate::repo::crypto::{Recipient, read_recipients_file};
 use crate::repo::lock::LockKind;
 use crate::repo::snapshot::SnapshotStatus;
-use crate::repo::{InitOptions, OpenOptions, RepoError, Repository};
+use crate::repo::index::IndexMode;
+use crate::repo::{InitOptions, OpenOptions, RepoError, Repository, RootStatus};
 use crate::source::SourceError;
 use crate::state::{Inner, JobState, RepoState, RunResult, RunStatus, SharedState};
 
@@ -69,6 +71,61 @@ impl RunError {
     }
 }
 
+/// How long a backup waits for a prune (which holds the exclusive lock) before failing.
+pub const BACKUP_LOCK_WAIT: Duration = Duration::from_secs(3 * 3600);
+
+/// One run of a job: the one path to a snapshot, for the daemon's scheduled and
+/// triggered runs, `backuphub run` and `backuphub backup` alike.
+pub struct JobRun<'a> {
+    pub repo: &'a Repository,
+    pub job: &'a str,
+    /// Applied after the snapshot is written; `None` keeps everything.
+    pub retention: Option<(&'a RetentionPolicy, chrono_tz::Tz)>,
+    pub redactor: &'a Redactor,
+    pub progress: &'a Progress,
+    pub cancel: &'a AtomicBool,
+    /// How long to wait for a running prune.
+    pub lock_wait: Duration,
+}
+
+impl JobRun<'_> {
+    /// Takes the job's lock, archives `source` (every message it produces redacted),
+    /// then applies the retention policy. The snapshot is written only while the lock is
+    /// still this run's own.
+    pub fn run(
+        &self,
+        source: &mut dyn crate::source::Source,
+    ) -> Result<(crate::repo::id::Id, crate::repo::snapshot::Snapshot), RunError> {
+        let lock = self
+            .repo
+            .lock(LockKind::Shared, Some(self.job), self.lock_wait)?;
+        let mut source = crate::source::Redacting {
+            inner: source,
+            redactor: self.redactor,
+        };
+        let (id, snap) = archive(
+            self.repo,
+            self.job,
+            &mut source,
+            self.progress,
+            self.cancel,
+            &|| lock.ensure_held().map_err(RepoError::from),
+        )?;
+        if let Some((policy, tz)) = self.retention {
+            match crate::prune::forget(self.repo, self.job, policy, tz, false) {
+                Ok(r) if !r.removed.is_empty() => {
+                    tracing::info!(removed = ?r.removed, "retention applied")
+                }
+                Ok(_) => {}
+                // The snapshot is safe; an unapplied policy only keeps more, and the
+                // prune schedule applies it again.
+                Err(e) => tracing::warn!(error = %self.redactor.redact(&e.to_string()), "retention not applied"),
+            }
+        }
+        Ok((id, snap))
+    }
+}
+
 /// Everything a run needs; shared by the scheduler, the HTTP surface and `run`.
 pub struct Context {
     pub config: Config,
@@ -78,6 +135,37 @@ pub struct Context {
     pub tasks: tokio_util::task::TaskTracker,
     permits: Semaphore,
     repo: Mutex<Option<Arc<Repository>>>,
+}
+
+/// Every file a config names that holds a secret: their contents are masked wherever
+/// text from outside is shown (logs, status, manifests, `run --json`).
+pub fn secret_files(config: &Config) -> Vec<std::path::PathBuf> {
+    let r = &config.repository;
+    r.identity_file
+        .iter()
+        .chain(config.http.token_file.iter())
+        .cloned()
+        .collect()
+}
+
+/// A job's retention policy: its own, or `keep_daily = 14` when it sets none.
+pub fn effective_retention(job: &crate::config::JobConfig) -> RetentionPolicy {
+    if job.retention.is_empty() {
+        RetentionPolicy::seed_default()
+    } else {
+        job.retention.clone()
+    }
+}
+
+/// A repository id this state directory served before (it holds `<id>/key.json` or an
+/// index), if any: proof that a repository existed, whatever the mount point shows now.
+fn served_repository(state: &std::path::Path) -> Option<String> {
+    std::fs::read_dir(state).ok()?.flatten().find_map(|d| {
+        let name = d.file_name().to_string_lossy().into_owned();
+        let served = name.parse::<crate::repo::id::Id>().is_ok()
+            && (d.path().join("key.json").exists() || d.path().join("index").exists());
+        served.then(|| name[..8].to_string())
+    })
 }
 
 /// Free and total bytes of the file system holding `path` (or its nearest existing parent).
@@ -93,12 +181,7 @@ pub fn disk_space(path: &std::path::Path) -> Option<(u64, u64)> {
 
 impl Context {
     pub fn new(config: Config) -> Arc<Context> {
-        let mut secrets = Vec::new();
-        if let Some(t) = &config.http.token_file
-            && let Ok(s) = std::fs::read_to_string(t)
-        {
-            secrets.push(s);
-        }
+        let redactor = Redactor::from_files(&secret_files(&config));
         let jobs = config
             .jobs
             .iter()
@@ -136,7 +219,7 @@ impl Context {
             permits: Semaphore::new(config.daemon.concurrency),
             config,
             state,
-            redactor: Redactor::new(secrets),
+            redactor,
             cancel: CancellationToken::new(),
             tasks: tokio_util::task::TaskTracker::new(),
             repo: Mutex::new(None),
@@ -145,24 +228,45 @@ impl Context {
 
     /// The repository, opened once (sled allows one opener per process). Created only
     /// when the config says so: an unmounted disk must never get a fresh repository.
+    ///
+    /// The daemon never loads the identity: a writer that cannot read what it wrote is
+    /// the point of encrypting to public keys (see the README on `identity_file`).
     pub fn repository(&self) -> Result<Arc<Repository>, RunError> {
-        let mut slot = self.repo.lock().expect("repository slot");
+        let mut slot = self.repo.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(r) = slot.as_ref() {
-            if r.is_still_at_root() {
-                return Ok(r.clone());
+            match r.root_status() {
+                // A temporary index (taken while an old handle still held the real one)
+                // is given up as soon as nobody uses the handle, so the daemon does not
+                // live on a throwaway index for the rest of its life.
+                RootStatus::Same | RootStatus::Unknown
+                    if r.index().mode == IndexMode::Temporary && Arc::strong_count(r) == 1 =>
+                {
+                    tracing::info!("reopening the repository to get its persistent index back");
+                    *slot = None;
+                }
+                RootStatus::Same | RootStatus::Unknown => return Ok(r.clone()),
+                RootStatus::Changed => {
+                    // The disk went away, or another one (another repository) took its place.
+                    tracing::warn!(path = %r.root().display(), "repository changed or vanished; reopening");
+                    *slot = None;
+                }
             }
-            // The disk went away, or another one (another repository) took its place.
-            tracing::warn!(path = %r.root().display(), "repository changed or vanished; reopening");
-            *slot = None;
         }
         let rc = &self.config.repository;
         let opts = OpenOptions {
-            identity: rc.identity_file.clone(),
+            identity: None,
             state_dir: self.config.state_dir(),
         };
         let repo = match Repository::open(&rc.path, &opts) {
             Ok(r) => r,
             Err(RepoError::NotARepository(_)) if rc.create => {
+                if let Some(served) = served_repository(&opts.state_dir) {
+                    return Err(RunError::Unavailable(format!(
+                        "{} is not a backuphub repository, and this machine already served repository {served} (state directory {}): refusing to create a new one there (is the backup disk unplugged?); if a new repository is meant, create it with `backuphub init`",
+                        rc.path.display(),
+                        opts.state_dir.display()
+                    )));
+                }
                 let mut recipients: Vec<Recipient> = rc
                     .recipients
                     .iter()
@@ -473,29 +577,18 @@ impl Context {
                 });
             }
             let job = &ctx.config.jobs[&name];
-            // Prune holds the exclusive lock; a backup waits for it rather than fail.
-            let _lock = repo.lock(
-                LockKind::Shared,
-                Some(name.as_str()),
-                Duration::from_secs(3 * 3600),
-            )?;
             let mut source = crate::source::from_config(&job.kind, ctx.redactor.clone())?;
-            let progress = Progress::default();
-            let (id, snap) = archive(&repo, name.as_str(), source.as_mut(), &progress, &cancel)?;
-            let policy = if job.retention.is_empty() {
-                crate::retention::RetentionPolicy::seed_default()
-            } else {
-                job.retention.clone()
-            };
-            match crate::prune::forget(&repo, name.as_str(), &policy, job.timezone, false) {
-                Ok(r) if !r.removed.is_empty() => {
-                    tracing::info!(removed = ?r.removed, "retention applied")
-                }
-                Ok(_) => {}
-                // The snapshot is safe; an unapplied policy only keeps more.
-                Err(e) => tracing::warn!(error = %e, "retention not applied"),
+            let policy = effective_retention(job);
+            JobRun {
+                repo: &repo,
+                job: name.as_str(),
+                retention: Some((&policy, job.timezone)),
+                redactor: &ctx.redactor,
+                progress: &Progress::default(),
+                cancel: &cancel,
+                lock_wait: BACKUP_LOCK_WAIT,
             }
-            Ok((id, snap))
+            .run(source.as_mut())
         })
         .await
         .unwrap_or_else(|e| Err(RunError::Internal(e.to_string())));
@@ -536,6 +629,18 @@ impl Context {
         let result = tokio::task::spawn_blocking(move || {
             let repo = ctx.repository()?;
             let _lock = repo.lock(LockKind::Exclusive, None, Duration::from_secs(3600))?;
+            // Retention runs here too, whether or not backups succeed: a disk that
+            // filled up (so every backup fails) frees space without a human.
+            for (name, job) in &ctx.config.jobs {
+                let policy = effective_retention(job);
+                match crate::prune::forget(&repo, name.as_str(), &policy, job.timezone, false) {
+                    Ok(r) if !r.removed.is_empty() => {
+                        tracing::info!(job = %name, removed = ?r.removed, "retention applied")
+                    }
+                    Ok(_) => {}
+                    Err(e) => return Err(RunError::Repo(e)),
+                }
+            }
             Ok::<_, RunError>(crate::prune::prune(&repo, false)?)
         })
         .await
@@ -616,12 +721,14 @@ mod tests {
         assert_eq!(state.last_run.unwrap().status, RunStatus::Failed);
     }
 
-    #[tokio::test]
+    // A current-thread runtime: the spawned run cannot start before the test awaits, so
+    // the second trigger deterministically meets the first one running.
+    #[tokio::test(flavor = "current_thread")]
     async fn one_run_per_job_at_a_time() {
         let dir = tempfile::tempdir().unwrap();
         let ctx = Context::new(config(
             dir.path(),
-            "[jobs.slow]\nkind = \"command\"\nschedule = \"@daily\"\ncommand = [\"sleep\", \"1\"]\nname = \"x\"\n",
+            "[jobs.slow]\nkind = \"command\"\nschedule = \"@daily\"\ncommand = [\"true\"]\nname = \"x\"\n",
         ));
         ctx.trigger("slow", "test").unwrap();
         assert_eq!(

@@ -199,6 +199,22 @@ impl KeyMaterial {
         }
     }
 
+    /// The key manifests are authenticated with, derived so that it is independent of
+    /// the id key it comes from.
+    pub fn mac_key(&self) -> [u8; 32] {
+        blake3::derive_key("backuphub 2026-11 snapshot manifest MAC", &self.id_key)
+    }
+
+    /// Equality without an early exit on the first differing byte.
+    pub fn same_as(&self, other: &KeyMaterial) -> bool {
+        let diff = self
+            .id_key
+            .iter()
+            .zip(other.id_key.iter())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b));
+        diff == 0 && self.chunker_seed == other.chunker_seed
+    }
+
     pub fn seal(&self, recipients: &[Recipient]) -> Result<Vec<u8>, CryptoError> {
         let json = serde_json::to_vec(self).expect("key material serializes");
         age_encrypt(recipients, &json)

@@ -17,6 +17,12 @@ const FORMAT_KEY: &[u8] = b"format";
 const FORMAT: &[u8] = b"backuphub-index-1";
 /// sled's default page cache is 1 GiB; a Pi has far less memory to spare.
 const CACHE_BYTES: u64 = 32 << 20;
+/// Blob locations written per sled batch (45 bytes each plus sled's overhead).
+const BATCH_ENTRIES: usize = 4096;
+/// Where the file caches of runs live: `files/<job>/<nonce>`.
+const FILE_CACHE_PREFIX: &[u8] = b"files/";
+/// Temporary indexes live in `<state>/tmp-index/<pid>-<nonce>`, private to the user.
+const TEMP_DIR: &str = "tmp-index";
 
 #[derive(Debug, thiserror::Error)]
 pub enum IndexError {
@@ -72,6 +78,27 @@ pub struct Index {
     jobs: sled::Tree,
     path: PathBuf,
     pub mode: IndexMode,
+    /// Removes a temporary index's directory when the index is dropped (after `db`).
+    _temp_dir: Option<tempfile::TempDir>,
+}
+
+/// Removes temporary indexes left by killed processes: sled holds an exclusive `flock`
+/// on its `db` file while open, so one we can lock has no owner any more.
+fn collect_stale_temporaries(parent: &Path) {
+    let Ok(rd) = std::fs::read_dir(parent) else {
+        return;
+    };
+    for d in rd.flatten() {
+        let db = d.path().join("db");
+        let owned = match std::fs::File::open(&db) {
+            Ok(f) => rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockExclusive)
+                .is_err(),
+            Err(_) => false,
+        };
+        if !owned {
+            let _ = std::fs::remove_dir_all(d.path());
+        }
+    }
 }
 
 fn is_lock_conflict(e: &sled::Error) -> bool {
@@ -97,7 +124,7 @@ impl Index {
             Ok(db) => db,
             Err(e) if is_lock_conflict(&e) => {
                 tracing::info!(index = %dir.display(), "index is in use by another process (the daemon?); using a temporary index");
-                return Index::temporary();
+                return Index::temporary(dir.parent());
             }
             Err(e) => {
                 tracing::warn!(index = %dir.display(), error = %e, "index is unreadable; rebuilding it");
@@ -119,20 +146,58 @@ impl Index {
                 return Index::from_db(db, dir, IndexMode::Persistent);
             }
         }
-        Index::from_db(db, dir, IndexMode::Persistent)
+        let index = Index::from_db(db, dir, IndexMode::Persistent)?;
+        let dropped = index.collect_uncommitted_file_caches()?;
+        if dropped > 0 {
+            tracing::info!(dropped, "collected file caches of interrupted runs");
+        }
+        if let Some(state) = dir.parent() {
+            collect_stale_temporaries(&state.join(TEMP_DIR));
+        }
+        Ok(index)
     }
 
     /// An empty index that vanishes with the process; the caller syncs it from the packs.
-    pub fn temporary() -> Result<Index, IndexError> {
+    ///
+    /// It lives in a private (0700) directory: under `state` when given (where the next
+    /// start collects it if this process is killed), else in a fresh private temporary
+    /// directory. Never in `/dev/shm`, which is world-readable and outlives a SIGKILL;
+    /// the file cache holds plaintext names.
+    pub fn temporary(state: Option<&Path>) -> Result<Index, IndexError> {
+        let tmp_err = |path: &Path, e: std::io::Error| IndexError::Sled {
+            path: path.to_owned(),
+            source: sled::Error::Io(e),
+        };
+        let prefix = match state {
+            Some(_) => format!("{}-", std::process::id()),
+            None => "backuphub-index-".to_owned(),
+        };
+        let mut builder = tempfile::Builder::new();
+        builder
+            .prefix(&prefix)
+            .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o700));
+        let dir = match state {
+            Some(state) => {
+                let parent = state.join(TEMP_DIR);
+                collect_stale_temporaries(&parent);
+                std::fs::create_dir_all(&parent).map_err(|e| tmp_err(&parent, e))?;
+                builder.tempdir_in(&parent).map_err(|e| tmp_err(&parent, e))?
+            }
+            None => builder
+                .tempdir()
+                .map_err(|e| tmp_err(&std::env::temp_dir(), e))?,
+        };
         let db = sled::Config::new()
-            .temporary(true)
+            .path(dir.path())
             .cache_capacity(CACHE_BYTES)
             .open()
             .map_err(|source| IndexError::Sled {
-                path: PathBuf::from("<temporary>"),
+                path: dir.path().to_owned(),
                 source,
             })?;
-        Index::from_db(db, Path::new("<temporary>"), IndexMode::Temporary)
+        let mut index = Index::from_db(db, dir.path(), IndexMode::Temporary)?;
+        index._temp_dir = Some(dir);
+        Ok(index)
     }
 
     fn from_db(db: sled::Db, dir: &Path, mode: IndexMode) -> Result<Index, IndexError> {
@@ -149,7 +214,27 @@ impl Index {
             db,
             path: dir.to_owned(),
             mode,
+            _temp_dir: None,
         })
+    }
+
+    /// Drops the file caches of runs that never committed (a crash or SIGKILL mid-run):
+    /// nothing else would ever collect them. Called on open, when no run is going.
+    fn collect_uncommitted_file_caches(&self) -> Result<usize, IndexError> {
+        let committed: HashSet<Vec<u8>> = self
+            .jobs
+            .iter()
+            .values()
+            .map(|v| v.map(|v| v.to_vec()).map_err(|e| self.err(e)))
+            .collect::<Result<_, _>>()?;
+        let mut dropped = 0;
+        for name in self.db.tree_names() {
+            if name.starts_with(FILE_CACHE_PREFIX) && !committed.contains(name.as_ref()) {
+                self.db.drop_tree(&name).map_err(|e| self.err(e))?;
+                dropped += 1;
+            }
+        }
+        Ok(dropped)
     }
 
     fn err(&self, source: sled::Error) -> IndexError {
@@ -180,23 +265,58 @@ impl Index {
         self.packs.len()
     }
 
+    /// Records a pack and its blobs.
+    ///
+    /// The pack record goes first and the blob locations after it, in batches: sled
+    /// recovers a prefix of its log, so a crash in between can leave a pack whose blobs
+    /// are only partly indexed (a dedup miss, which costs a re-store) but never a blob
+    /// location whose pack the next sync would not know to remove (a false hit, which
+    /// would make a backup reference data that may be gone).
     pub fn add_pack(&self, pack: Id, entries: &[PackEntry]) -> Result<(), IndexError> {
-        let mut batch = sled::Batch::default();
         let mut ids = Vec::with_capacity(entries.len() * 32);
         for e in entries {
-            let loc = Location {
-                pack,
-                offset: e.offset,
-                length: e.length,
-                kind: e.kind,
-            };
-            batch.insert(&e.id.0[..], &loc.encode()[..]);
             ids.extend_from_slice(&e.id.0);
         }
-        self.chunks.apply_batch(batch).map_err(|e| self.err(e))?;
-        // The pack is recorded last: a crash in between leaves it unrecorded, so the next
-        // sync reads its header again.
         self.packs.insert(pack.0, ids).map_err(|e| self.err(e))?;
+        // Bounded batches: one batch per pack held every blob of a 100k-blob pack in RAM.
+        for part in entries.chunks(BATCH_ENTRIES) {
+            let mut batch = sled::Batch::default();
+            for e in part {
+                let loc = Location {
+                    pack,
+                    offset: e.offset,
+                    length: e.length,
+                    kind: e.kind,
+                };
+                batch.insert(&e.id.0[..], &loc.encode()[..]);
+            }
+            self.chunks.apply_batch(batch).map_err(|e| self.err(e))?;
+        }
+        Ok(())
+    }
+
+    /// Packs whose record lists `id`, other than `except`: where to look for another
+    /// copy when the indexed one is gone or damaged. Scans the pack records (local,
+    /// no repository I/O); used only on the rare miss.
+    pub fn packs_listing(&self, id: &Id, except: Option<&Id>) -> Result<Vec<Id>, IndexError> {
+        let mut out = Vec::new();
+        for kv in self.packs.iter() {
+            let (k, v) = kv.map_err(|e| self.err(e))?;
+            let Some(pack) = Id::from_slice(&k) else {
+                continue;
+            };
+            if Some(&pack) != except && v.chunks_exact(32).any(|c| c == id.0) {
+                out.push(pack);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Points `id` at one of its copies (after the indexed copy failed).
+    pub fn set_location(&self, id: &Id, loc: Location) -> Result<(), IndexError> {
+        self.chunks
+            .insert(id.0, &loc.encode()[..])
+            .map_err(|e| self.err(e))?;
         Ok(())
     }
 

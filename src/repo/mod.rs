@@ -44,6 +44,18 @@ use tree::Entry;
 pub const REPO_FORMAT: u32 = 1;
 const CONFIG_FILE: &str = "backuphub.json";
 const KEY_FILE: &str = "keys/repo.age";
+/// A second copy of the key file: one flipped bit in the only copy would make every byte
+/// of an encrypted repository unreadable.
+const KEY_COPY: &str = "keys/repo.2.age";
+/// Records of damaged blob copies found by `check`, so that the next backup stores
+/// their data afresh: `damaged/<blob id>` lists the packs holding bad copies.
+const DAMAGE_DIR: &str = "damaged";
+/// Size limits for files read whole, so a damaged or hostile repository cannot make a
+/// reader allocate without bound.
+const MAX_CONFIG_FILE: u64 = 1 << 20;
+const MAX_KEY_FILE: u64 = 64 << 10;
+const MAX_MANIFEST: u64 = 64 << 20;
+const MAX_REFS_FILE: u64 = 1 << 30;
 /// Upper bound for any blob's plaintext: the largest chunk, or a tree blob with one huge
 /// entry. Protects against decompression bombs in damaged packs.
 const MAX_PLAIN_BLOB: usize = 64 << 20;
@@ -85,6 +97,18 @@ pub enum RepoError {
     AmbiguousSnapshot(String),
     #[error("invalid repository settings: {0}")]
     Settings(String),
+    #[error(
+        "the key of repository {repo} changed since this machine cached it ({what}); refusing to use it. If you replaced it on purpose, run `backuphub key cache --identity FILE`"
+    )]
+    KeyChanged { repo: String, what: String },
+    #[error("snapshot {id} is damaged and cannot be read ({reason}); {hint}")]
+    DamagedSnapshot {
+        id: String,
+        reason: String,
+        hint: &'static str,
+    },
+    #[error("{path} is larger than {limit} bytes; refusing to read it")]
+    TooLarge { path: PathBuf, limit: u64 },
 }
 
 impl RepoError {
@@ -94,7 +118,16 @@ impl RepoError {
             RepoError::NotARepository(_) => "no_repository",
             RepoError::NotEmpty(_) | RepoError::Settings(_) => "settings",
             RepoError::UnsupportedFormat(_) => "format",
+            RepoError::Io { source, .. } if is_disk_full(source) => "disk_space",
             RepoError::Io { .. } => "io",
+            RepoError::Pack(PackError::Io { source, .. }) if is_disk_full(source) => "disk_space",
+            RepoError::Pack(PackError::Io { .. }) => "io",
+            RepoError::Index(index::IndexError::Sled {
+                source: sled::Error::Io(e),
+                ..
+            }) if is_disk_full(e) => "disk_space",
+            RepoError::KeyChanged { .. } => "crypto",
+            RepoError::DamagedSnapshot { .. } | RepoError::TooLarge { .. } => "corrupt",
             RepoError::Pack(_) | RepoError::Corrupt(_) | RepoError::MissingBlob(_) => "corrupt",
             RepoError::Crypto(_) | RepoError::NoWriteKey { .. } => "crypto",
             RepoError::Index(_) => "index",
@@ -102,6 +135,31 @@ impl RepoError {
             RepoError::SnapshotNotFound(_) | RepoError::AmbiguousSnapshot(_) => "not_found",
         }
     }
+}
+
+/// ENOSPC and EDQUOT: the disk (or the user's quota) is full.
+pub fn is_disk_full(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+    )
+}
+
+/// Reads a whole file, refusing more than `limit` bytes.
+pub(crate) fn read_limited(path: &Path, limit: u64) -> Result<Vec<u8>, RepoError> {
+    use std::io::Read;
+    let f = File::open(path).map_err(io_err(path))?;
+    let mut out = Vec::new();
+    f.take(limit + 1)
+        .read_to_end(&mut out)
+        .map_err(io_err(path))?;
+    if out.len() as u64 > limit {
+        return Err(RepoError::TooLarge {
+            path: path.to_owned(),
+            limit,
+        });
+    }
+    Ok(out)
 }
 
 pub(crate) fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> RepoError + '_ {
@@ -150,6 +208,32 @@ pub struct RepoConfig {
     /// Public keys new data is encrypted to; empty means unencrypted.
     #[serde(default)]
     pub recipients: Vec<String>,
+    /// BLAKE3 of `keys/repo.age` (and of its copy), so damage to the key file is found
+    /// without the identity, and the intact copy is chosen.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_hash: Option<Id>,
+}
+
+/// The writer's cached key, pinned: the key material together with what it was cached
+/// from. A repository whose key file or recipients differ later is refused, so whoever
+/// can write to the backup disk cannot swap in a key or recipients of their own.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CachedKey {
+    repository: Id,
+    key_hash: Id,
+    recipients: Vec<String>,
+    material: KeyMaterial,
+}
+
+/// Whether the repository on disk is still the one a [`Repository`] was opened on.
+#[derive(Debug, PartialEq, Eq)]
+pub enum RootStatus {
+    Same,
+    /// Gone, or another repository took its place.
+    Changed,
+    /// Could not be read just now (a transient error): keep what is open.
+    Unknown,
 }
 
 /// Settings for `init`.
@@ -187,7 +271,15 @@ pub struct Repository {
     /// `None` for an encrypted repository opened without key material: it can list
     /// snapshots and check structure, but not read or write data.
     keys: Option<(IdHasher, u64)>,
+    /// Authenticates manifests; `None` when unencrypted (there is no secret to key a MAC
+    /// with) or when the key material is not at hand.
+    mac_key: Option<[u8; 32]>,
     index: Index,
+    /// Packs seen on disk at the last sync, plus those written since: a dedup hit counts
+    /// only when its pack is in here, so the cache alone never vouches for data.
+    packs_on_disk: Mutex<HashSet<Id>>,
+    /// Damaged copies recorded by `check`: blob id → packs holding a bad copy.
+    damage: Mutex<std::collections::HashMap<Id, Vec<Id>>>,
     state: PathBuf,
     open_pack: Mutex<Option<(Id, File)>>,
     /// Serializes index syncs with prune's sweep inside one process: a sync between a
@@ -214,7 +306,7 @@ impl Repository {
                 return Err(RepoError::NotEmpty(root.to_owned()));
             }
         }
-        for d in ["", "keys", "packs", "snapshots", "refs", "locks", "tmp"] {
+        for d in ["", "keys", "packs", "snapshots", "refs", "locks", "tmp", DAMAGE_DIR] {
             std::fs::create_dir_all(root.join(d)).map_err(io_err(root))?;
         }
         let mut raw_id = [0u8; 32];
@@ -231,12 +323,17 @@ impl Repository {
                 .iter()
                 .map(|r| r.as_str().to_owned())
                 .collect(),
+            key_hash: None,
         };
+        let mut config = config;
         if !init.recipients.is_empty() {
             let keys = KeyMaterial::generate();
             let sealed = keys.seal(&init.recipients)?;
-            write_atomic(&root.join("tmp"), &root.join(KEY_FILE), &sealed)?;
-            cache_key(&opts.state_dir.join(config.id.to_hex()), &keys)?;
+            config.key_hash = Some(Id::of(&sealed));
+            for f in [KEY_FILE, KEY_COPY] {
+                write_atomic(&root.join("tmp"), &root.join(f), &sealed)?;
+            }
+            cache_key(&opts.state_dir.join(config.id.to_hex()), &config, &keys)?;
         }
         // The config is written last: a directory without it is not a repository, so an
         // interrupted init can simply be repeated after emptying the directory.
@@ -247,12 +344,12 @@ impl Repository {
 
     pub fn open(root: &Path, opts: &OpenOptions) -> Result<Repository, RepoError> {
         let cfg_path = root.join(CONFIG_FILE);
-        let bytes = match std::fs::read(&cfg_path) {
+        let bytes = match read_limited(&cfg_path, MAX_CONFIG_FILE) {
             Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            Err(RepoError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
                 return Err(RepoError::NotARepository(root.to_owned()));
             }
-            Err(e) => return Err(io_err(&cfg_path)(e)),
+            Err(e) => return Err(e),
         };
         let config: RepoConfig = serde_json::from_slice(&bytes)
             .map_err(|e| RepoError::Corrupt(format!("{}: {e}", cfg_path.display())))?;
@@ -282,36 +379,74 @@ impl Repository {
             Some(p) => Some(Identities::from_file(p)?),
             None => None,
         };
-        let keys = if recipients.is_empty() {
-            Some((IdHasher::Plain, 0))
+        if !recipients.is_empty() && config.key_hash.is_none() {
+            return Err(RepoError::Corrupt(format!(
+                "{}: an encrypted repository must record its key file's hash",
+                cfg_path.display()
+            )));
+        }
+        let (keys, mac_key) = if recipients.is_empty() {
+            (Some((IdHasher::Plain, 0)), None)
         } else {
+            let cached = load_cached_key(&state, &config)?;
             let material = match &identities {
                 Some(ids) => {
-                    let key_path = root.join(KEY_FILE);
-                    let sealed = std::fs::read(&key_path).map_err(io_err(&key_path))?;
-                    let k = KeyMaterial::open(ids, &sealed)?;
-                    // Best effort: a read-only restore machine need not be able to cache.
-                    let _ = cache_key(&state, &k);
+                    let k = read_key_file(root, &config, ids)?;
+                    match cached {
+                        Some(c) if !c.same_as(&k) => {
+                            return Err(RepoError::KeyChanged {
+                                repo: config.id.short(),
+                                what: format!("{KEY_FILE} holds another key"),
+                            });
+                        }
+                        Some(_) => {}
+                        // Best effort: a read-only restore machine need not be able to
+                        // cache. `key cache` reports failures.
+                        None => {
+                            if let Err(e) = cache_key(&state, &config, &k) {
+                                tracing::debug!(error = %e, "key not cached");
+                            }
+                        }
+                    }
                     Some(k)
                 }
-                None => load_cached_key(&state),
+                None => cached,
             };
-            material.map(|k| (IdHasher::Keyed(k.id_key), k.chunker_seed))
+            match material {
+                Some(k) => (
+                    Some((IdHasher::Keyed(k.id_key), k.chunker_seed)),
+                    Some(k.mac_key()),
+                ),
+                None => (None, None),
+            }
         };
-        for d in ["packs", "snapshots", "refs", "locks", "tmp"] {
-            std::fs::create_dir_all(root.join(d)).map_err(io_err(root))?;
+        for d in ["packs", "snapshots", "refs", "locks", "tmp", DAMAGE_DIR] {
+            // A read-only disk (a restore from a write-protected copy) has them already.
+            if let Err(e) = std::fs::create_dir_all(root.join(d))
+                && !root.join(d).is_dir()
+            {
+                return Err(io_err(&root.join(d))(e));
+            }
         }
-        let index = if state_ok {
-            Index::open(&state.join("index"))?
-        } else {
-            Index::temporary()?
+        let index = match state_ok.then(|| Index::open(&state.join("index"))) {
+            Some(Ok(index)) => index,
+            Some(Err(e)) => {
+                // The index is only a cache: a state disk that cannot hold it (full,
+                // read-only) must not stop a reader or a restore.
+                tracing::warn!(error = %e, "index cache unusable; using a temporary index");
+                Index::temporary(None)?
+            }
+            None => Index::temporary(None)?,
         };
         let repo = Repository {
             root: root.to_owned(),
             sealer: Sealer::new(config.compression_level, recipients, identities),
             config,
             keys,
+            mac_key,
             index,
+            packs_on_disk: Mutex::new(HashSet::new()),
+            damage: Mutex::new(Default::default()),
             state,
             open_pack: Mutex::new(None),
             maintenance: Mutex::new(()),
@@ -397,6 +532,8 @@ impl Repository {
 
     fn sync_index_locked(&self) -> Result<(), RepoError> {
         let on_disk = self.list_packs()?;
+        *self.packs_on_disk.lock().unwrap_or_else(|p| p.into_inner()) = on_disk.clone();
+        *self.damage.lock().unwrap_or_else(|p| p.into_inner()) = self.load_damage()?;
         let indexed = self.index.indexed_packs()?;
         for gone in indexed.difference(&on_disk) {
             self.index.remove_pack(gone)?;
@@ -428,22 +565,108 @@ impl Repository {
         Ok(())
     }
 
+    /// Records a pack this process just made durable.
+    pub fn register_pack(&self, id: Id, entries: &[pack::PackEntry]) -> Result<(), RepoError> {
+        self.packs_on_disk
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id);
+        self.index.add_pack(id, entries)?;
+        Ok(())
+    }
+
+    /// Forgets a pack this process deleted.
+    pub fn unregister_pack(&self, id: &Id) -> Result<(), RepoError> {
+        self.packs_on_disk
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id);
+        self.index.remove_pack(id)?;
+        Ok(())
+    }
+
+    /// Whether the repository holds a usable copy of `id`, for dedup and reuse
+    /// decisions: the index must know it, its pack must have been on disk at the last
+    /// sync (taken under the run's lock), and the copy must not be known damaged.
+    pub fn has_blob(&self, id: &Id) -> Result<bool, RepoError> {
+        let Some(loc) = self.index.get(id)? else {
+            return Ok(false);
+        };
+        if !self
+            .packs_on_disk
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&loc.pack)
+        {
+            return Ok(false);
+        }
+        let damage = self.damage.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(!damage.get(id).is_some_and(|packs| packs.contains(&loc.pack)))
+    }
+
     /// Reads, decrypts, decompresses and verifies one blob.
+    ///
+    /// The index says where to look first. When that copy is missing or damaged, other
+    /// packs that list the blob are tried (a prune may have kept another duplicate, a
+    /// backup may have stored a fresh copy), and the index is pointed at the one that
+    /// reads. Nothing else in the index is touched.
     pub fn read_blob(&self, id: &Id) -> Result<Vec<u8>, RepoError> {
-        let loc = match self.index.get(id)? {
-            Some(l) => l,
+        let first = match self.index.get(id)? {
+            Some(l) => Some(l),
             None => {
-                // The index is a cache: another process may have written this pack, or a
-                // removed duplicate may have hidden it. Resync once before giving up.
-                self.rebuild_index()?;
-                self.index.get(id)?.ok_or(RepoError::MissingBlob(*id))?
+                // Another process may have written the pack since the last sync.
+                self.sync_index()?;
+                self.index.get(id)?
             }
         };
+        let mut first_error = None;
+        if let Some(loc) = first {
+            match self.read_blob_at(id, &loc) {
+                Ok(plain) => return Ok(plain),
+                Err(e @ RepoError::Crypto(_)) | Err(e @ RepoError::NoWriteKey { .. }) => {
+                    return Err(e);
+                }
+                Err(e) => first_error = Some(e),
+            }
+        }
+        let except = first.map(|l| l.pack);
+        for pack_id in self.index.packs_listing(id, except.as_ref())? {
+            let path = pack::pack_path(&self.packs_dir(), &pack_id);
+            let Ok(entries) = pack::read_header(&path) else {
+                continue;
+            };
+            for e in entries.iter().filter(|e| e.id == *id) {
+                let loc = index::Location {
+                    pack: pack_id,
+                    offset: e.offset,
+                    length: e.length,
+                    kind: e.kind,
+                };
+                if let Ok(plain) = self.read_blob_at(id, &loc) {
+                    tracing::info!(blob = %id.short(), pack = %pack_id.short(), "read another copy of a blob");
+                    self.index.set_location(id, loc)?;
+                    return Ok(plain);
+                }
+            }
+        }
+        Err(first_error.unwrap_or(RepoError::MissingBlob(*id)))
+    }
+
+    fn read_blob_at(&self, id: &Id, loc: &index::Location) -> Result<Vec<u8>, RepoError> {
+        if loc.length > pack::MAX_BLOB_LEN {
+            return Err(RepoError::Corrupt(format!(
+                "chunk {id}: recorded length {} is impossible",
+                loc.length
+            )));
+        }
         let path = pack::pack_path(&self.packs_dir(), &loc.pack);
         let sealed = {
-            let mut cached = self.open_pack.lock().expect("pack cache lock");
+            let mut cached = self.open_pack.lock().unwrap_or_else(|p| p.into_inner());
             if cached.as_ref().is_none_or(|(p, _)| *p != loc.pack) {
-                let f = File::open(&path).map_err(io_err(&path))?;
+                let f = File::open(&path).map_err(|source| match source.kind() {
+                    std::io::ErrorKind::NotFound => RepoError::MissingBlob(*id),
+                    _ => io_err(&path)(source),
+                })?;
                 *cached = Some((loc.pack, f));
             }
             let (_, f) = cached.as_ref().expect("just filled");
@@ -501,7 +724,7 @@ impl Repository {
     /// Reads a reference list, verifying it against its name.
     pub fn load_refs(&self, id: &Id) -> Result<Vec<Id>, RepoError> {
         let path = self.refs_dir().join(id.to_hex());
-        let bytes = std::fs::read(&path).map_err(io_err(&path))?;
+        let bytes = read_limited(&path, MAX_REFS_FILE)?;
         if Id::of(&bytes) != *id || bytes.len() % 32 != 0 {
             return Err(RepoError::Corrupt(format!(
                 "reference list {} does not match its name",
@@ -514,9 +737,28 @@ impl Repository {
             .collect())
     }
 
-    /// Writes a manifest atomically; the snapshot exists once this returns.
+    /// The MAC of a manifest: keyed BLAKE3 of its JSON without the `mac` field.
+    fn manifest_mac(key: &[u8; 32], snap: &Snapshot) -> String {
+        let mut unsigned = snap.clone();
+        unsigned.mac = None;
+        let bytes = serde_json::to_vec(&unsigned).expect("snapshot serializes");
+        blake3::keyed_hash(key, &bytes).to_hex().to_string()
+    }
+
+    /// Writes a manifest atomically; the snapshot exists once this returns. In an
+    /// encrypted repository it carries a MAC, so a reader with the key detects a forged
+    /// or altered manifest.
     pub fn save_snapshot(&self, snap: &Snapshot) -> Result<Id, RepoError> {
-        let bytes = serde_json::to_vec_pretty(snap).expect("snapshot serializes");
+        let mut snap = snap.clone();
+        snap.mac = None;
+        if self.encrypted() {
+            let key = self.mac_key.ok_or_else(|| RepoError::NoWriteKey {
+                repo: self.config.id.short(),
+                state: self.state.clone(),
+            })?;
+            snap.mac = Some(Self::manifest_mac(&key, &snap));
+        }
+        let bytes = serde_json::to_vec_pretty(&snap).expect("snapshot serializes");
         let id = Id::of(&bytes);
         write_atomic(
             &self.tmp_dir(),
@@ -528,15 +770,46 @@ impl Repository {
 
     pub fn load_snapshot(&self, id: &Id) -> Result<Snapshot, RepoError> {
         let path = self.snapshots_dir().join(id.to_hex());
-        let bytes = std::fs::read(&path).map_err(io_err(&path))?;
+        let bytes = read_limited(&path, MAX_MANIFEST)?;
+        let damaged = |reason: String| RepoError::DamagedSnapshot {
+            id: id.short(),
+            reason,
+            hint: "`backuphub check` reports it; `forget` it or restore another snapshot by id",
+        };
         if Id::of(&bytes) != *id {
-            return Err(RepoError::Corrupt(format!(
-                "snapshot {} does not match its name",
-                id.short()
-            )));
+            return Err(damaged("its content does not match its name".into()));
         }
-        serde_json::from_slice(&bytes)
-            .map_err(|e| RepoError::Corrupt(format!("snapshot {}: {e}", id.short())))
+        let snap: Snapshot =
+            serde_json::from_slice(&bytes).map_err(|e| damaged(format!("unreadable: {e}")))?;
+        if self.encrypted()
+            && let Some(key) = &self.mac_key
+        {
+            let expected = Self::manifest_mac(key, &snap);
+            let given = snap.mac.as_deref().unwrap_or_default();
+            if !constant_time_eq(expected.as_bytes(), given.as_bytes()) {
+                return Err(damaged(
+                    "its MAC does not verify: forged or altered".into(),
+                ));
+            }
+        }
+        Ok(snap)
+    }
+
+    /// Every snapshot, readable or not: the readable ones oldest first, and the ids of
+    /// damaged manifests with why. Listings show both; nothing is skipped in silence.
+    pub fn snapshots_and_damaged(
+        &self,
+    ) -> Result<(Vec<SnapshotRef>, Vec<(Id, RepoError)>), RepoError> {
+        let mut ok = Vec::new();
+        let mut bad = Vec::new();
+        for id in self.snapshot_ids()? {
+            match self.load_snapshot(&id) {
+                Ok(snapshot) => ok.push(SnapshotRef { id, snapshot }),
+                Err(e) => bad.push((id, e)),
+            }
+        }
+        ok.sort_by(|a, b| a.snapshot.time.cmp(&b.snapshot.time).then(a.id.cmp(&b.id)));
+        Ok((ok, bad))
     }
 
     pub fn snapshot_ids(&self) -> Result<Vec<Id>, RepoError> {
@@ -554,17 +827,11 @@ impl Repository {
     /// All readable snapshots, oldest first. A damaged manifest is skipped with a
     /// warning (`check` reports it), so one rotten file does not block every restore.
     pub fn snapshots(&self) -> Result<Vec<SnapshotRef>, RepoError> {
-        let mut out = Vec::new();
-        for id in self.snapshot_ids()? {
-            match self.load_snapshot(&id) {
-                Ok(snapshot) => out.push(SnapshotRef { id, snapshot }),
-                Err(e) => {
-                    tracing::warn!(snapshot = %id.short(), error = %e, "skipping unreadable snapshot")
-                }
-            }
+        let (ok, bad) = self.snapshots_and_damaged()?;
+        for (id, e) in bad {
+            tracing::warn!(snapshot = %id.short(), error = %e, "unreadable snapshot left out of a listing");
         }
-        out.sort_by(|a, b| a.snapshot.time.cmp(&b.snapshot.time).then(a.id.cmp(&b.id)));
-        Ok(out)
+        Ok(ok)
     }
 
     /// All snapshots, failing on any damaged one: for prune, which must never take an
@@ -591,9 +858,32 @@ impl Repository {
         fsync_dir(&self.snapshots_dir()).map_err(io_err(&path))
     }
 
-    /// Resolves `latest`, `latest:JOB` or a unique id prefix.
+    /// Resolves `latest`, `latest:JOB` or a unique id prefix. A damaged manifest that
+    /// could be the one meant is an error, never silently passed over: a damaged newest
+    /// manifest must not make `latest` restore an older snapshot.
     pub fn resolve_snapshot(&self, spec: &str) -> Result<SnapshotRef, RepoError> {
-        let all = self.snapshots()?;
+        let (all, damaged) = self.snapshots_and_damaged()?;
+        let is_prefix = spec.len() >= 4 && spec.bytes().all(|b| b.is_ascii_hexdigit());
+        let spec_l = spec.to_ascii_lowercase();
+        // Neither the time nor the job of a damaged manifest can be known.
+        let in_doubt = damaged.into_iter().find(|(id, _)| {
+            spec == "latest" || spec.starts_with("latest:") || (is_prefix && id.to_hex().starts_with(&spec_l))
+        });
+        if let Some((id, e)) = in_doubt {
+            let reason = match e {
+                RepoError::DamagedSnapshot { reason, .. } => reason,
+                other => other.to_string(),
+            };
+            return Err(RepoError::DamagedSnapshot {
+                id: id.short(),
+                reason,
+                hint: if is_prefix {
+                    "it matches what was asked for"
+                } else {
+                    "it could be the one asked for, so `latest` cannot be decided; name a snapshot by id"
+                },
+            });
+        }
         let found: Vec<SnapshotRef> = if spec == "latest" {
             all.last().cloned().into_iter().collect()
         } else if let Some(job) = spec.strip_prefix("latest:") {
@@ -603,8 +893,7 @@ impl Repository {
                 .cloned()
                 .into_iter()
                 .collect()
-        } else if spec.len() >= 4 && spec.bytes().all(|b| b.is_ascii_hexdigit()) {
-            let spec_l = spec.to_ascii_lowercase();
+        } else if is_prefix {
             all.into_iter()
                 .filter(|s| s.id.to_hex().starts_with(&spec_l))
                 .collect()
@@ -664,12 +953,97 @@ impl Repository {
     }
 
     /// Whether the repository on disk is still the one opened (a rotated backup disk at
-    /// the same mount point is another repository).
-    pub fn is_still_at_root(&self) -> bool {
-        std::fs::read(self.root.join(CONFIG_FILE))
-            .ok()
-            .and_then(|b| serde_json::from_slice::<RepoConfig>(&b).ok())
-            .is_some_and(|c| c.id == self.config.id)
+    /// the same mount point is another repository). A transient read error says nothing
+    /// either way: reopening then would only cost the open index.
+    pub fn root_status(&self) -> RootStatus {
+        match read_limited(&self.root.join(CONFIG_FILE), MAX_CONFIG_FILE) {
+            Ok(b) => match serde_json::from_slice::<RepoConfig>(&b) {
+                Ok(c) if c.id == self.config.id => RootStatus::Same,
+                _ => RootStatus::Changed,
+            },
+            Err(RepoError::Io { source, .. })
+                if source.kind() == std::io::ErrorKind::NotFound =>
+            {
+                RootStatus::Changed
+            }
+            Err(_) => RootStatus::Unknown,
+        }
+    }
+
+    /// Checks both key files against the hash in the config, without the identity.
+    /// Returns a description of each damaged or missing copy.
+    pub fn verify_key_files(&self) -> Vec<String> {
+        let Some(expected) = self.config.key_hash else {
+            return Vec::new();
+        };
+        [KEY_FILE, KEY_COPY]
+            .iter()
+            .filter_map(|f| {
+                let path = self.root.join(f);
+                match read_limited(&path, MAX_KEY_FILE) {
+                    Ok(b) if Id::of(&b) == expected => None,
+                    Ok(_) => Some(format!("{f} is damaged (its hash does not match {CONFIG_FILE})")),
+                    Err(e) => Some(e.to_string()),
+                }
+            })
+            .collect()
+    }
+
+    /// Records that the copy of `blob` in `pack` is damaged, so the next backup that
+    /// has its data stores it afresh (and prune drops the bad copy once a good one
+    /// exists). Best effort on a read-only disk: the caller reports the damage anyway.
+    pub fn record_damage(&self, blob: &Id, pack: &Id) -> Result<(), RepoError> {
+        let mut damage = self.damage.lock().unwrap_or_else(|p| p.into_inner());
+        let packs = damage.entry(*blob).or_default();
+        if !packs.contains(pack) {
+            packs.push(*pack);
+        }
+        let text: String = packs.iter().map(|p| format!("{}\n", p.to_hex())).collect();
+        let dir = self.root.join(DAMAGE_DIR);
+        std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+        write_atomic(&self.tmp_dir(), &dir.join(blob.to_hex()), text.as_bytes())
+    }
+
+    /// Damaged copies recorded by `check`: blob → packs holding a bad copy of it.
+    pub fn damaged_copies(&self) -> std::collections::HashMap<Id, Vec<Id>> {
+        self.damage.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Forgets damage records whose packs are all gone (prune removed the bad copies).
+    pub fn clear_damage(&self, blob: &Id) -> Result<(), RepoError> {
+        self.damage
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(blob);
+        let path = self.root.join(DAMAGE_DIR).join(blob.to_hex());
+        match std::fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io_err(&path)(e)),
+        }
+    }
+
+    fn load_damage(&self) -> Result<std::collections::HashMap<Id, Vec<Id>>, RepoError> {
+        let dir = self.root.join(DAMAGE_DIR);
+        let mut out = std::collections::HashMap::new();
+        let rd = match std::fs::read_dir(&dir) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+            Err(e) => return Err(io_err(&dir)(e)),
+        };
+        for f in rd {
+            let f = f.map_err(io_err(&dir))?;
+            let Some(blob) = f.file_name().to_str().and_then(|n| n.parse::<Id>().ok()) else {
+                continue;
+            };
+            let text = read_limited(&f.path(), MAX_KEY_FILE)?;
+            let packs = String::from_utf8_lossy(&text)
+                .lines()
+                .filter_map(|l| l.trim().parse::<Id>().ok())
+                .collect();
+            out.insert(blob, packs);
+        }
+        Ok(out)
     }
 
     /// Removes leftovers of interrupted writes. Only safe when nobody writes: callers
@@ -687,7 +1061,78 @@ impl Repository {
     }
 }
 
-fn cache_key(state: &Path, keys: &KeyMaterial) -> Result<(), RepoError> {
+/// Reads the key material with the identity: the primary key file, or its copy when the
+/// primary is missing or damaged. Errors name the files.
+fn read_key_file(
+    root: &Path,
+    config: &RepoConfig,
+    ids: &Identities,
+) -> Result<KeyMaterial, RepoError> {
+    let mut problems = Vec::new();
+    for f in [KEY_FILE, KEY_COPY] {
+        let path = root.join(f);
+        let sealed = match read_limited(&path, MAX_KEY_FILE) {
+            Ok(b) => b,
+            Err(e) => {
+                problems.push(e.to_string());
+                continue;
+            }
+        };
+        if config.key_hash != Some(Id::of(&sealed)) {
+            problems.push(format!(
+                "{} is damaged (its hash does not match {CONFIG_FILE})",
+                path.display()
+            ));
+            continue;
+        }
+        match KeyMaterial::open(ids, &sealed) {
+            Ok(k) => {
+                if !problems.is_empty() {
+                    tracing::warn!(problems = %problems.join("; "), "using the key file's second copy");
+                }
+                return Ok(k);
+            }
+            Err(e @ (CryptoError::WrongIdentity | CryptoError::IdentityRequired)) => {
+                return Err(e.into());
+            }
+            Err(e) => problems.push(format!("{}: {e}", path.display())),
+        }
+    }
+    Err(RepoError::Corrupt(format!(
+        "no usable key file: {}",
+        problems.join("; ")
+    )))
+}
+
+/// `key cache`: reads the key with the identity and (re)pins it in this machine's state
+/// directory, replacing an earlier pin. The one deliberate way to accept a changed key.
+pub fn recache_key(root: &Path, opts: &OpenOptions) -> Result<(), RepoError> {
+    let cfg_path = root.join(CONFIG_FILE);
+    let bytes = match read_limited(&cfg_path, MAX_CONFIG_FILE) {
+        Ok(b) => b,
+        Err(RepoError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+            return Err(RepoError::NotARepository(root.to_owned()));
+        }
+        Err(e) => return Err(e),
+    };
+    let config: RepoConfig = serde_json::from_slice(&bytes)
+        .map_err(|e| RepoError::Corrupt(format!("{}: {e}", cfg_path.display())))?;
+    if config.recipients.is_empty() {
+        return Err(RepoError::Settings(
+            "this repository is not encrypted; there is no key to cache".into(),
+        ));
+    }
+    let identity = opts.identity.as_ref().ok_or(CryptoError::IdentityRequired)?;
+    let ids = Identities::from_file(identity)?;
+    let k = read_key_file(root, &config, &ids)?;
+    cache_key(&opts.state_dir.join(config.id.to_hex()), &config, &k)
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn cache_key(state: &Path, config: &RepoConfig, keys: &KeyMaterial) -> Result<(), RepoError> {
     use std::os::unix::fs::OpenOptionsExt;
     std::fs::create_dir_all(state).map_err(io_err(state))?;
     let path = state.join("key.json");
@@ -698,9 +1143,17 @@ fn cache_key(state: &Path, keys: &KeyMaterial) -> Result<(), RepoError> {
             .create_new(true)
             .mode(0o600)
             .open(&tmp)?;
-        f.write_all(&serde_json::to_vec(keys).expect("keys serialize"))?;
+        let cached = CachedKey {
+            repository: config.id,
+            key_hash: config.key_hash.unwrap_or(Id([0; 32])),
+            recipients: config.recipients.clone(),
+            material: keys.clone(),
+        };
+        f.write_all(&serde_json::to_vec(&cached).expect("keys serialize"))?;
         f.sync_all()?;
-        std::fs::rename(&tmp, &path)
+        std::fs::rename(&tmp, &path)?;
+        // The rename itself must survive a power cut, or the writer loses its key.
+        fsync_dir(state)
     })();
     if result.is_err() {
         let _ = std::fs::remove_file(&tmp);
@@ -708,8 +1161,35 @@ fn cache_key(state: &Path, keys: &KeyMaterial) -> Result<(), RepoError> {
     result.map_err(io_err(&path))
 }
 
-fn load_cached_key(state: &Path) -> Option<KeyMaterial> {
-    serde_json::from_slice(&std::fs::read(state.join("key.json")).ok()?).ok()
+/// The pinned key, if this machine cached one; an error when the repository no longer
+/// matches the pin.
+fn load_cached_key(state: &Path, config: &RepoConfig) -> Result<Option<KeyMaterial>, RepoError> {
+    let path = state.join("key.json");
+    let bytes = match read_limited(&path, MAX_KEY_FILE) {
+        Ok(b) => b,
+        Err(_) => return Ok(None),
+    };
+    let cached: CachedKey = match serde_json::from_slice(&bytes) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "cached key is unreadable; ignoring it");
+            return Ok(None);
+        }
+    };
+    let changed = |what: &str| RepoError::KeyChanged {
+        repo: config.id.short(),
+        what: what.to_owned(),
+    };
+    if cached.repository != config.id {
+        return Err(changed("the cache belongs to another repository"));
+    }
+    if Some(cached.key_hash) != config.key_hash {
+        return Err(changed("keys/repo.age was replaced"));
+    }
+    if cached.recipients != config.recipients {
+        return Err(changed("the recipients in backuphub.json were changed"));
+    }
+    Ok(Some(cached.material))
 }
 
 /// The default state directory: `$BACKUPHUB_STATE_DIR`, systemd's `$STATE_DIRECTORY`,

@@ -23,6 +23,9 @@ const ENTRY_LEN: usize = 1 + 32 + 8 + 4;
 const TRAILER_LEN: usize = 4 + 32 + 8;
 /// Largest sealed blob we accept: the chunker's maximum plus encryption overhead, with room.
 pub const MAX_BLOB_LEN: u32 = 64 << 20;
+/// Largest header we read (about 1.5 M blobs): a damaged length must not make a reader
+/// allocate gigabytes.
+const MAX_HEADER_LEN: u64 = 64 << 20;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u8)]
@@ -207,7 +210,10 @@ pub fn read_header(path: &Path) -> Result<Vec<PackEntry>, PackError> {
     }
     let header_len = u32::from_le_bytes(trailer[..4].try_into().expect("4 bytes")) as u64;
     let blobs_end = len - TRAILER_LEN as u64;
-    if !header_len.is_multiple_of(ENTRY_LEN as u64) || header_len > blobs_end - MAGIC.len() as u64 {
+    if !header_len.is_multiple_of(ENTRY_LEN as u64)
+        || header_len > blobs_end - MAGIC.len() as u64
+        || header_len > MAX_HEADER_LEN
+    {
         return Err(damaged(format!("header length {header_len} is impossible")));
     }
     let header_start = blobs_end - header_len;
@@ -223,6 +229,12 @@ pub fn read_header(path: &Path) -> Result<Vec<PackEntry>, PackError> {
         let id = Id::from_slice(&raw[1..33]).expect("32 bytes");
         let offset = u64::from_le_bytes(raw[33..41].try_into().expect("8 bytes"));
         let length = u32::from_le_bytes(raw[41..45].try_into().expect("4 bytes"));
+        if length > MAX_BLOB_LEN {
+            return Err(damaged(format!(
+                "blob {} has an impossible length {length}",
+                id.short()
+            )));
+        }
         if offset < MAGIC.len() as u64
             || offset
                 .checked_add(length as u64)

@@ -67,6 +67,10 @@ pub struct Snapshot {
     pub refs: Id,
     /// Sealed (compressed, maybe encrypted) JSON of [`Details`], base64.
     pub details: String,
+    /// Encrypted repositories: keyed BLAKE3 (under a key derived from the repository
+    /// key) of this manifest without this field, so forged manifests are detected.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<String>,
 }
 
 /// A snapshot together with its id (the BLAKE3 hash of its file).

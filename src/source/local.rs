@@ -216,10 +216,12 @@ impl Walker<'_> {
         if keyed.is_empty() && given == Given::Root {
             // An unmounted file system looks exactly like this; a snapshot of it must not
             // pass for a good one (and push real ones out of retention).
-            return Err(SourceError::entry(
-                dir,
-                "backup root is empty (file system not mounted?)",
-            ));
+            // It fails the run as a whole: no snapshot, and the job's file cache stays
+            // as it was, so the next good run needs no full re-read.
+            return Err(SourceError::Fatal(format!(
+                "backup root {} is empty (file system not mounted?); no snapshot written",
+                fs_dir.display()
+            )));
         }
         keyed.sort_by(|a, b| a.0.cmp(&b.0));
         self.stack.extend(keyed.into_iter().rev().map(|(_, s)| s));
@@ -260,7 +262,10 @@ impl Walker<'_> {
             tracing::debug!(path = %path, "skipping socket");
             return None;
         };
-        let mut entry = entry_from_metadata(path, kind, &md);
+        let mut entry = match entry_from_metadata(path.clone(), kind, &md) {
+            Ok(e) => e,
+            Err(e) => return Some(Err(SourceError::entry(&path, e))),
+        };
         let content = match kind {
             EntryKind::Symlink => match std::fs::read_link(fs_path) {
                 Ok(t) => {
@@ -295,19 +300,35 @@ impl Walker<'_> {
     }
 }
 
-pub fn entry_from_metadata(path: EntryPath, kind: EntryKind, md: &Metadata) -> Entry {
+/// Seconds and nanoseconds as nanoseconds since the epoch, which an `i64` holds from 1677
+/// to 2262. A time outside that (a bogus clock, a crafted file) fails its entry instead
+/// of wrapping into another date.
+pub fn time_ns(secs: i64, nsec: i64) -> Result<i64, String> {
+    secs.checked_mul(1_000_000_000)
+        .and_then(|n| n.checked_add(nsec))
+        .ok_or_else(|| {
+            format!("timestamp {secs} s is outside the range a snapshot holds (years 1677 to 2262)")
+        })
+}
+
+pub fn entry_from_metadata(
+    path: EntryPath,
+    kind: EntryKind,
+    md: &Metadata,
+) -> Result<Entry, String> {
     let mut e = Entry::new(path, kind);
     e.mode = md.mode() & 0o7777;
     e.uid = md.uid();
     e.gid = md.gid();
-    e.mtime_ns = md.mtime() * 1_000_000_000 + md.mtime_nsec();
+    e.mtime_ns = time_ns(md.mtime(), md.mtime_nsec())?;
     e.size = if kind == EntryKind::File { md.len() } else { 0 };
-    e.change = Some((
-        md.dev(),
-        md.ino(),
-        md.ctime() * 1_000_000_000 + md.ctime_nsec(),
-    ));
-    e
+    // ctime only detects change; saturating keeps detection working for odd values.
+    let ctime = md
+        .ctime()
+        .saturating_mul(1_000_000_000)
+        .saturating_add(md.ctime_nsec());
+    e.change = Some((md.dev(), md.ino(), ctime));
+    Ok(e)
 }
 
 impl Iterator for Walker<'_> {

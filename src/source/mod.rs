@@ -83,3 +83,52 @@ pub fn from_config(
         )?),
     })
 }
+
+/// Wraps a source so that every message it produces (entry errors, fatal errors, read
+/// errors of contents) passes the redactor before the archiver stores or logs it.
+pub struct Redacting<'s> {
+    pub inner: &'s mut dyn Source,
+    pub redactor: &'s crate::redact::Redactor,
+}
+
+impl Source for Redacting<'_> {
+    fn description(&self) -> String {
+        self.redactor.redact(&self.inner.description())
+    }
+
+    fn entries<'a>(
+        &'a mut self,
+        previous: Previous<'a>,
+    ) -> Box<dyn Iterator<Item = Result<SourceEntry, SourceError>> + 'a> {
+        let redactor = self.redactor;
+        Box::new(self.inner.entries(previous).map(move |item| match item {
+            Ok(mut se) => {
+                if let Content::Read(r) = std::mem::replace(&mut se.content, Content::None) {
+                    se.content = Content::Read(Box::new(RedactingReader {
+                        inner: r,
+                        redactor: redactor.clone(),
+                    }));
+                }
+                Ok(se)
+            }
+            Err(SourceError::Entry { path, message }) => Err(SourceError::Entry {
+                path,
+                message: redactor.redact(&message),
+            }),
+            Err(SourceError::Fatal(m)) => Err(SourceError::Fatal(redactor.redact(&m))),
+        }))
+    }
+}
+
+struct RedactingReader {
+    inner: Box<dyn Read + Send>,
+    redactor: crate::redact::Redactor,
+}
+
+impl Read for RedactingReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.inner.read(buf).map_err(|e| {
+            std::io::Error::new(e.kind(), self.redactor.redact(&e.to_string()))
+        })
+    }
+}

@@ -137,7 +137,10 @@ impl CommandOutput {
             .map_err(|e| SourceError::Fatal(format!("cannot start {program:?}: {e}")))?;
         let stdout = child.stdout.take().expect("stdout is piped");
         let mut stderr = child.stderr.take().expect("stderr is piped");
-        let tail = Arc::new(Mutex::new(VecDeque::with_capacity(STDERR_TAIL)));
+        // Secrets are masked before the tail is cut to size: a secret straddling the cut
+        // would otherwise leave its end unmasked. So more is kept than is shown.
+        let keep = STDERR_TAIL + redactor.longest_secret();
+        let tail = Arc::new(Mutex::new(VecDeque::with_capacity(keep)));
         let tail2 = tail.clone();
         // Stderr is drained concurrently so a chatty command cannot block on a full pipe.
         let stderr_thread = std::thread::spawn(move || {
@@ -146,9 +149,9 @@ impl CommandOutput {
                 if n == 0 {
                     break;
                 }
-                let mut t = tail2.lock().expect("stderr tail lock");
+                let mut t = tail2.lock().unwrap_or_else(|p| p.into_inner());
                 t.extend(&buf[..n]);
-                let excess = t.len().saturating_sub(STDERR_TAIL);
+                let excess = t.len().saturating_sub(keep);
                 t.drain(..excess);
             }
         });
@@ -173,17 +176,49 @@ impl CommandOutput {
             return Ok(());
         }
         let tail = {
-            let t = self.stderr.lock().expect("stderr tail lock");
+            let t = self.stderr.lock().unwrap_or_else(|p| p.into_inner());
             let bytes: Vec<u8> = t.iter().copied().collect();
-            String::from_utf8_lossy(&bytes).trim().to_string()
+            String::from_utf8_lossy(&bytes).into_owned()
         };
-        let tail = self.redactor.redact(&tail);
+        let tail = redacted_tail(&self.redactor, &tail, STDERR_TAIL);
         Err(std::io::Error::other(if tail.is_empty() {
             format!("{} exited with {status}", self.program)
         } else {
             format!("{} exited with {status}; stderr: {tail}", self.program)
         }))
     }
+}
+
+/// The last `max` bytes of `raw` (which may begin inside a secret), secrets masked.
+///
+/// `raw` holds up to `longest secret` bytes more than are shown. Masking only shortens
+/// text, so whatever piece of a secret the window begins with lies within the first
+/// `longest secret` bytes of the masked text too, and those are dropped; so is the rest of
+/// that first line when there is a later one, as it may hold the tail of a `password=…`.
+pub fn redacted_tail(redactor: &Redactor, raw: &str, max: usize) -> String {
+    let masked = redactor.redact(raw);
+    let slack = raw.len().saturating_sub(max);
+    let mut start = if slack > 0 {
+        slack.min(masked.len()).max(redactor.longest_secret().min(masked.len()))
+    } else {
+        0
+    };
+    if start > 0 {
+        start = match masked[floor_char(&masked, start)..].find('\n') {
+            Some(nl) => floor_char(&masked, start) + nl + 1,
+            None => floor_char(&masked, start),
+        };
+    }
+    let shown = &masked[start..];
+    let cut = shown.len().saturating_sub(max);
+    shown[floor_char(shown, cut)..].trim().to_string()
+}
+
+fn floor_char(s: &str, mut i: usize) -> usize {
+    while i > 0 && !s.is_char_boundary(i) {
+        i -= 1;
+    }
+    i
 }
 
 impl Read for CommandOutput {
@@ -238,6 +273,33 @@ mod tests {
         assert!(err.contains("exit status: 3"), "{err}");
         assert!(err.contains("auth failed"), "{err}");
         assert!(!err.contains("hunter2"), "{err}");
+    }
+
+    #[test]
+    fn a_secret_straddling_the_tail_cut_leaks_no_piece() {
+        let token = "tok_0123456789abcdefghijklmnopqrstuvwxyz";
+        let redactor = Redactor::new(vec![token.to_string()]);
+        // Put the cut (2 KiB before the end) at every position inside the token.
+        for k in 1..token.len() {
+            let after = format!("{}\nthe end", &"x".repeat(STDERR_TAIL));
+            let raw = format!("{token}{after}");
+            let start = token.len() - k; // the kept window begins inside the token
+            let window = &raw[start..];
+            let shown = redacted_tail(&redactor, window, STDERR_TAIL);
+            assert!(shown.len() <= STDERR_TAIL);
+            assert!(!shown.contains(&token[token.len() - 6..]), "cut at {k}: {shown}");
+            assert!(shown.ends_with("the end"));
+        }
+        // End to end: a command printing the token right where the tail is cut.
+        let script = format!(
+            "head -c {} /dev/zero | tr '\\0' y >&2; echo '{token}' >&2; head -c {} /dev/zero | tr '\\0' z >&2; exit 1",
+            4000,
+            STDERR_TAIL - 18
+        );
+        let argv = vec!["sh".to_string(), "-c".to_string(), script];
+        let mut c = CommandOutput::spawn(&argv, &[], redactor).unwrap();
+        let err = c.read_to_end(&mut Vec::new()).unwrap_err().to_string();
+        assert!(!err.contains(&token[token.len() - 10..]), "{err}");
     }
 
     #[test]

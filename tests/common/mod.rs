@@ -183,7 +183,7 @@ pub fn archive_source(
 ) -> backuphub::repo::snapshot::Snapshot {
     let cancel = std::sync::atomic::AtomicBool::new(false);
     let progress = backuphub::archiver::Progress::default();
-    backuphub::archiver::archive(repo, job, source, &progress, &cancel)
+    backuphub::archiver::archive(repo, job, source, &progress, &cancel, &|| Ok(()))
         .unwrap()
         .1
 }
