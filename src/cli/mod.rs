@@ -1,0 +1,156 @@
+//! The `backuphub` command line. Parsing and presentation only: every command calls into
+//! the library, and `anyhow` is used only here, at the edge.
+//!
+//! One function per command, grouped by what they do to a repository:
+//! [`backup`] writes, [`read`] reads, [`maint`] creates and maintains, [`daemon`] runs
+//! configured jobs and talks to a running daemon.
+
+mod backup;
+mod daemon;
+mod maint;
+mod read;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::repo::lock::{LockGuard, LockKind};
+use crate::repo::{OpenOptions, Repository};
+
+/// Exit codes, documented in the README.
+pub mod exit {
+    pub const OK: u8 = 0;
+    pub const ERROR: u8 = 1;
+    /// Usage errors (clap's own code).
+    pub const USAGE: u8 = 2;
+    /// A backup stored a partial snapshot: some entries failed.
+    pub const PARTIAL: u8 = 3;
+    /// `check` found damage.
+    pub const DAMAGED: u8 = 4;
+}
+
+#[derive(Parser)]
+#[command(
+    name = "backuphub",
+    version,
+    about = "Deduplicating, encrypting pull-model backups for a homelab",
+    after_help = "Exit codes: 0 success, 1 error, 2 usage error, 3 backup stored a partial snapshot, 4 check found damage."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Args, Clone)]
+struct RepoArgs {
+    /// Repository directory.
+    #[arg(long, env = "BACKUPHUB_REPO")]
+    repo: PathBuf,
+    /// Where the index cache and the writer key live.
+    #[arg(long, env = "BACKUPHUB_STATE_DIR")]
+    state_dir: Option<PathBuf>,
+}
+
+#[derive(Args, Clone)]
+struct IdentityArg {
+    /// age identity file or SSH private key, to read encrypted data.
+    #[arg(long, env = "BACKUPHUB_IDENTITY")]
+    identity: Option<PathBuf>,
+}
+
+impl RepoArgs {
+    fn options(&self, identity: Option<&IdentityArg>) -> OpenOptions {
+        OpenOptions {
+            identity: identity.and_then(|i| i.identity.clone()),
+            state_dir: self
+                .state_dir
+                .clone()
+                .unwrap_or_else(crate::repo::default_state_dir),
+        }
+    }
+
+    fn open(&self, identity: Option<&IdentityArg>) -> anyhow::Result<Repository> {
+        Ok(Repository::open(&self.repo, &self.options(identity))?)
+    }
+
+    /// Opens under a shared lock, so that no prune removes data while it is being read.
+    fn open_for_reading(&self, identity: &IdentityArg) -> anyhow::Result<(Repository, LockGuard)> {
+        let r = self.open(Some(identity))?;
+        let lock = r.lock(LockKind::Shared, None, Duration::from_secs(10))?;
+        Ok((r, lock))
+    }
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create a repository in an empty or missing directory.
+    Init(maint::InitArgs),
+    /// Back up paths, stdin or a command's output as a new snapshot of JOB.
+    Backup(backup::BackupArgs),
+    /// List snapshots.
+    Snapshots(read::SnapshotsArgs),
+    /// List a snapshot's entries (SNAPSHOT: id prefix, `latest` or `latest:JOB`).
+    Ls(read::LsArgs),
+    /// Restore a snapshot, or part of it, below a directory.
+    Restore(read::RestoreArgs),
+    /// Write one file of a snapshot to stdout.
+    Cat(read::CatArgs),
+    /// Verify the repository; non-zero when anything is wrong.
+    Check(maint::CheckArgs),
+    /// Repair the repository's caches.
+    Repair {
+        #[command(subcommand)]
+        what: maint::RepairCommand,
+    },
+    /// Key management.
+    Key {
+        #[command(subcommand)]
+        what: maint::KeyCommand,
+    },
+    /// Configuration files.
+    Config {
+        #[command(subcommand)]
+        what: daemon::ConfigCommand,
+    },
+    /// Run the daemon: every job on its schedule, status and metrics over HTTP.
+    Daemon(daemon::DaemonArgs),
+    /// Run one configured job once, in the foreground, exactly as the daemon would.
+    Run(daemon::RunArgs),
+    /// Remove a job's snapshots that its retention policy does not keep (data goes at
+    /// the next prune).
+    Forget(maint::ForgetArgs),
+    /// Delete data no snapshot references and repack mostly-empty packs.
+    Prune(maint::PruneArgs),
+    /// Show a running daemon's status.
+    Status(daemon::StatusArgs),
+}
+
+pub fn run(cli: Cli) -> anyhow::Result<u8> {
+    if matches!(cli.command, Command::Daemon(_)) {
+        crate::logging::init_daemon();
+    } else {
+        crate::logging::init_cli();
+    }
+    match cli.command {
+        Command::Init(a) => maint::init(a),
+        Command::Backup(a) => backup::backup(a),
+        Command::Snapshots(a) => read::snapshots(a),
+        Command::Ls(a) => read::ls(a),
+        Command::Restore(a) => read::restore(a),
+        Command::Cat(a) => read::cat(a),
+        Command::Check(a) => maint::check(a),
+        Command::Repair { what } => maint::repair(what),
+        Command::Key { what } => maint::key(what),
+        Command::Config { what } => daemon::config(what),
+        Command::Daemon(a) => daemon::daemon(a),
+        Command::Run(a) => daemon::run_job(a),
+        Command::Forget(a) => maint::forget(a),
+        Command::Prune(a) => maint::prune(a),
+        Command::Status(a) => daemon::status(a),
+    }
+}
+
+pub fn exit_code_for_usage() -> u8 {
+    exit::USAGE
+}
