@@ -9,9 +9,9 @@ use anyhow::{Context, bail};
 use clap::Args;
 
 use super::{RepoArgs, exit};
-use crate::archiver::{self, Progress};
+use crate::archiver::Progress;
 use crate::redact::Redactor;
-use crate::repo::lock::LockKind;
+use crate::runner::JobRun;
 use crate::repo::snapshot::SnapshotStatus;
 use crate::source::Source;
 use crate::source::local::LocalSource;
@@ -23,7 +23,10 @@ pub(super) struct BackupArgs {
     repo: RepoArgs,
     #[arg(long)]
     job: String,
-    /// Read the data from stdin, stored as --name.
+    /// Read the data from stdin, stored as --name. backuphub cannot see whether the
+    /// program writing into the pipe failed: `(echo half; exit 1) | backuphub backup
+    /// --stdin` stores a complete-looking snapshot. For dumps use --command, which fails
+    /// the run when the command exits non-zero.
     #[arg(long, requires = "name", conflicts_with_all = ["command", "paths"])]
     stdin: bool,
     /// Run this command (split like a shell, but no shell) and store its stdout as --name.
@@ -74,12 +77,21 @@ pub(super) fn backup(a: BackupArgs) -> anyhow::Result<u8> {
     crate::config::JobName::parse(&a.job).map_err(anyhow::Error::msg)?;
     let r = a.repo.open(None)?;
     let mut source = a.source()?;
-    let _lock = r.lock(LockKind::Shared, Some(&a.job), Duration::from_secs(10))?;
     let progress = Arc::new(Progress::default());
     let done = Arc::new(AtomicBool::new(false));
     let bar = progress_bar(progress.clone(), done.clone());
     let cancel = AtomicBool::new(false);
-    let result = archiver::archive(&r, &a.job, source.as_mut(), &progress, &cancel);
+    // The same path to a snapshot as the daemon's runs.
+    let result = JobRun {
+        repo: &r,
+        job: &a.job,
+        retention: None,
+        redactor: &Redactor::default(),
+        progress: &progress,
+        cancel: &cancel,
+        lock_wait: Duration::from_secs(10),
+    }
+    .run(source.as_mut());
     done.store(true, Ordering::Relaxed);
     if let Some(b) = bar {
         let _ = b.join();

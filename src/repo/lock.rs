@@ -47,6 +47,8 @@ pub struct LockInfo {
 pub enum LockError {
     #[error("repository is locked: {0}")]
     Conflict(String),
+    #[error("our lock {0} was removed by another process (taken for stale); stopping")]
+    Lost(PathBuf),
     #[error("lock file {path}: {source}")]
     Io {
         path: PathBuf,
@@ -166,6 +168,18 @@ pub struct LockGuard {
     path: PathBuf,
     stop: Arc<AtomicBool>,
     refresher: Option<std::thread::JoinHandle<()>>,
+}
+
+impl LockGuard {
+    /// Fails when the lock file is gone (another process took it for stale and broke it):
+    /// whatever the lock protected is no longer protected.
+    pub fn ensure_held(&self) -> Result<(), LockError> {
+        if self.path.exists() {
+            Ok(())
+        } else {
+            Err(LockError::Lost(self.path.clone()))
+        }
+    }
 }
 
 impl Drop for LockGuard {
