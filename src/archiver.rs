@@ -372,6 +372,17 @@ impl Walk<'_, '_> {
                 }
             };
             match std::mem::replace(&mut se.content, crate::source::Content::None) {
+                // A non-empty file without content would restore as an empty one.
+                Content::None if se.entry.kind == EntryKind::File && se.entry.size > 0 => {
+                    self.failures.push(Failure {
+                        path: se.entry.path.display(),
+                        error: format!(
+                            "internal error: the source gave no content for {} bytes",
+                            se.entry.size
+                        ),
+                    });
+                    continue 'entries;
+                }
                 Content::None => {}
                 Content::Reuse(chunks) => {
                     for c in &chunks {

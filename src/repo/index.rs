@@ -6,7 +6,7 @@
 //! It lives in the state directory rather than on the backup disk because the file cache
 //! holds plaintext names, which an encrypted repository must never reveal.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use super::id::Id;
@@ -14,7 +14,10 @@ use super::pack::{BlobKind, PackEntry};
 use super::tree::{Entry, EntryPath};
 
 const FORMAT_KEY: &[u8] = b"format";
-const FORMAT: &[u8] = b"backuphub-index-1";
+const FORMAT: &[u8] = b"backuphub-index-2";
+/// First byte of a pack record: its blob locations are being written, or all written.
+const PACK_PENDING: u8 = 0;
+const PACK_COMPLETE: u8 = 1;
 /// sled's default page cache is 1 GiB; a Pi has far less memory to spare.
 const CACHE_BYTES: u64 = 32 << 20;
 /// Blob locations written per sled batch (45 bytes each plus sled's overhead).
@@ -267,17 +270,20 @@ impl Index {
 
     /// Records a pack and its blobs.
     ///
-    /// The pack record goes first and the blob locations after it, in batches: sled
-    /// recovers a prefix of its log, so a crash in between can leave a pack whose blobs
-    /// are only partly indexed (a dedup miss, which costs a re-store) but never a blob
-    /// location whose pack the next sync would not know to remove (a false hit, which
-    /// would make a backup reference data that may be gone).
+    /// A pending pack record goes first, then the blob locations in batches, then the
+    /// record is marked complete. sled recovers a prefix of its log, so after a crash a
+    /// blob location always has a pack record (the next sync removes it if the pack is
+    /// gone: no false hit that would make a backup reference lost data), and a pending
+    /// record makes the next sync read the pack's header again (no lasting miss).
     pub fn add_pack(&self, pack: Id, entries: &[PackEntry]) -> Result<(), IndexError> {
-        let mut ids = Vec::with_capacity(entries.len() * 32);
+        let mut record = Vec::with_capacity(1 + entries.len() * 32);
+        record.push(PACK_PENDING);
         for e in entries {
-            ids.extend_from_slice(&e.id.0);
+            record.extend_from_slice(&e.id.0);
         }
-        self.packs.insert(pack.0, ids).map_err(|e| self.err(e))?;
+        self.packs
+            .insert(pack.0, record.as_slice())
+            .map_err(|e| self.err(e))?;
         // Bounded batches: one batch per pack held every blob of a 100k-blob pack in RAM.
         for part in entries.chunks(BATCH_ENTRIES) {
             let mut batch = sled::Batch::default();
@@ -292,6 +298,8 @@ impl Index {
             }
             self.chunks.apply_batch(batch).map_err(|e| self.err(e))?;
         }
+        record[0] = PACK_COMPLETE;
+        self.packs.insert(pack.0, record).map_err(|e| self.err(e))?;
         Ok(())
     }
 
@@ -305,7 +313,8 @@ impl Index {
             let Some(pack) = Id::from_slice(&k) else {
                 continue;
             };
-            if Some(&pack) != except && v.chunks_exact(32).any(|c| c == id.0) {
+            let ids = v.get(1..).unwrap_or_default();
+            if Some(&pack) != except && ids.chunks_exact(32).any(|c| c == id.0) {
                 out.push(pack);
             }
         }
@@ -321,8 +330,8 @@ impl Index {
     }
 
     pub fn remove_pack(&self, pack: &Id) -> Result<(), IndexError> {
-        if let Some(ids) = self.packs.get(pack.0).map_err(|e| self.err(e))? {
-            for raw in ids.chunks_exact(32) {
+        if let Some(record) = self.packs.get(pack.0).map_err(|e| self.err(e))? {
+            for raw in record.get(1..).unwrap_or_default().chunks_exact(32) {
                 if let Some(loc) = self.chunks.get(raw).map_err(|e| self.err(e))?
                     && Location::decode(&loc).is_some_and(|l| l.pack == *pack)
                 {
@@ -334,13 +343,15 @@ impl Index {
         Ok(())
     }
 
-    pub fn indexed_packs(&self) -> Result<HashSet<Id>, IndexError> {
+    /// Every recorded pack, with whether all its blob locations were written.
+    pub fn indexed_packs(&self) -> Result<HashMap<Id, bool>, IndexError> {
         self.packs
             .iter()
-            .keys()
-            .map(|k| {
-                let k = k.map_err(|e| self.err(e))?;
-                Id::from_slice(&k).ok_or_else(|| IndexError::Malformed("pack key".into()))
+            .map(|kv| {
+                let (k, v) = kv.map_err(|e| self.err(e))?;
+                let id =
+                    Id::from_slice(&k).ok_or_else(|| IndexError::Malformed("pack key".into()))?;
+                Ok((id, v.first() == Some(&PACK_COMPLETE)))
             })
             .collect()
     }
@@ -488,9 +499,95 @@ mod tests {
         idx.add_pack(p2, &[e(b"c", 8)]).unwrap();
         assert_eq!(idx.get(&Id::of(b"b")).unwrap().unwrap().offset, 13);
         assert_eq!(idx.indexed_packs().unwrap().len(), 2);
+        assert!(idx.indexed_packs().unwrap().values().all(|c| *c));
         idx.remove_pack(&p1).unwrap();
         assert!(!idx.contains(&Id::of(b"a")).unwrap());
         assert!(idx.contains(&Id::of(b"c")).unwrap());
+    }
+
+    #[test]
+    fn an_interrupted_add_leaves_a_pending_pack_and_no_orphan_location() {
+        let dir = tempfile::tempdir().unwrap();
+        let idx = Index::open(&dir.path().join("i")).unwrap();
+        let p = Id::of(b"p");
+        let e = PackEntry {
+            kind: BlobKind::Data,
+            id: Id::of(b"a"),
+            offset: 8,
+            length: 5,
+        };
+        idx.add_pack(p, &[e]).unwrap();
+        assert_eq!(idx.indexed_packs().unwrap().get(&p), Some(&true));
+        // What a crash after the first write of add_pack leaves: a pending record.
+        let mut rec = idx.packs.get(p.0).unwrap().unwrap().to_vec();
+        rec[0] = PACK_PENDING;
+        idx.packs.insert(p.0, rec).unwrap();
+        assert_eq!(idx.indexed_packs().unwrap().get(&p), Some(&false));
+        // Every location belongs to a recorded pack, so removing the pack removes it.
+        idx.remove_pack(&p).unwrap();
+        assert!(!idx.contains(&e.id).unwrap());
+        assert!(idx.indexed_packs().unwrap().is_empty());
+    }
+
+    #[test]
+    fn uncommitted_file_caches_are_collected_on_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("i");
+        {
+            let idx = Index::open(&path).unwrap();
+            let w = idx.begin_file_cache("job").unwrap();
+            w.insert(&Entry::new(EntryPath::from("a"), EntryKind::File))
+                .unwrap();
+            w.commit().unwrap();
+            // What a run killed before its commit leaves (a SIGKILL runs no destructor).
+            let crashed = idx.db.open_tree("files/job/00112233").unwrap();
+            crashed.insert(b"b", b"entry").unwrap();
+            idx.flush().unwrap();
+            let caches = idx
+                .db
+                .tree_names()
+                .iter()
+                .filter(|n| n.starts_with(FILE_CACHE_PREFIX))
+                .count();
+            assert_eq!(caches, 2);
+        }
+        let idx = Index::open(&path).unwrap();
+        assert_eq!(idx.mode, IndexMode::Persistent);
+        let caches = idx
+            .db
+            .tree_names()
+            .iter()
+            .filter(|n| n.starts_with(FILE_CACHE_PREFIX))
+            .count();
+        assert_eq!(caches, 1, "the uncommitted cache is gone");
+        assert!(
+            idx.previous("job")
+                .unwrap()
+                .find(&EntryPath::from("a"))
+                .is_some()
+        );
+    }
+
+    #[test]
+    fn temporary_indexes_are_private_and_collected() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        let t = Index::temporary(Some(&state)).unwrap();
+        let tdir = t.path.clone();
+        assert!(tdir.starts_with(state.join(TEMP_DIR)));
+        let mode = std::fs::metadata(&tdir).unwrap().permissions().mode();
+        assert_eq!(mode & 0o077, 0, "not readable by others: {mode:o}");
+        // Another live one is left alone; a dead one (no process holds its sled lock) goes.
+        let dead = state.join(TEMP_DIR).join("999999-dead");
+        std::fs::create_dir_all(&dead).unwrap();
+        std::fs::write(dead.join("db"), b"").unwrap();
+        let t2 = Index::temporary(Some(&state)).unwrap();
+        assert!(!dead.exists());
+        assert!(tdir.exists());
+        drop(t);
+        drop(t2);
+        assert!(!tdir.exists(), "removed with its index");
     }
 
     #[test]

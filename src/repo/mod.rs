@@ -535,11 +535,12 @@ impl Repository {
         *self.packs_on_disk.lock().unwrap_or_else(|p| p.into_inner()) = on_disk.clone();
         *self.damage.lock().unwrap_or_else(|p| p.into_inner()) = self.load_damage()?;
         let indexed = self.index.indexed_packs()?;
-        for gone in indexed.difference(&on_disk) {
+        for gone in indexed.keys().filter(|p| !on_disk.contains(p)) {
             self.index.remove_pack(gone)?;
         }
         let mut added = 0usize;
-        for new in on_disk.difference(&indexed) {
+        // New packs, and packs whose indexing a crash interrupted.
+        for new in on_disk.iter().filter(|p| indexed.get(p) != Some(&true)) {
             match pack::read_header(&pack::pack_path(&self.packs_dir(), new)) {
                 Ok(entries) => {
                     self.index.add_pack(*new, &entries)?;

@@ -103,12 +103,13 @@ impl Source for Redacting<'_> {
         let redactor = self.redactor;
         Box::new(self.inner.entries(previous).map(move |item| match item {
             Ok(mut se) => {
-                if let Content::Read(r) = std::mem::replace(&mut se.content, Content::None) {
-                    se.content = Content::Read(Box::new(RedactingReader {
+                se.content = match std::mem::replace(&mut se.content, Content::None) {
+                    Content::Read(r) => Content::Read(Box::new(RedactingReader {
                         inner: r,
                         redactor: redactor.clone(),
-                    }));
-                }
+                    })),
+                    other => other,
+                };
                 Ok(se)
             }
             Err(SourceError::Entry { path, message }) => Err(SourceError::Entry {
