@@ -15,6 +15,7 @@ use std::time::Instant;
 
 use chrono::Utc;
 
+use crate::error::ErrorKind;
 use crate::repo::id::{Id, IdHasher};
 use crate::repo::pack::{BlobKind, PackWriter};
 use crate::repo::snapshot::{
@@ -59,12 +60,12 @@ impl From<crate::repo::index::IndexError> for ArchiveError {
 }
 
 impl ArchiveError {
-    pub fn kind(&self) -> &'static str {
+    pub fn kind(&self) -> ErrorKind {
         match self {
             ArchiveError::Repo(e) => e.kind(),
-            ArchiveError::Source(_) | ArchiveError::NothingStored(_) => "source",
-            ArchiveError::Order(_) | ArchiveError::Internal(_) => "internal",
-            ArchiveError::Cancelled => "cancelled",
+            ArchiveError::Source(_) | ArchiveError::NothingStored(_) => ErrorKind::Source,
+            ArchiveError::Order(_) | ArchiveError::Internal(_) => ErrorKind::Internal,
+            ArchiveError::Cancelled => ErrorKind::Cancelled,
         }
     }
 }

@@ -17,7 +17,8 @@
 //!   cache. Knows nothing about sources.
 //! - [`restore`], [`check`]: reading a repository back, and verifying it.
 //! - [`retention`], [`schedule`]: pure planning of what to keep and when to run.
-//! - [`redact`]: keeping secrets out of errors and logs.
+//! - [`redact`]: keeping secrets out of errors and logs; [`error`]: the one table of
+//!   error kinds (metric labels, status API).
 //! - [`cli`], [`logging`]: the binary's edge.
 
 pub mod archiver;
@@ -26,6 +27,7 @@ pub mod chunker;
 pub mod cli;
 pub mod config;
 pub mod daemon;
+pub mod error;
 pub mod http;
 pub mod logging;
 pub mod metrics;

@@ -16,6 +16,7 @@ use tracing::Instrument;
 use crate::archiver::{ArchiveError, Progress, archive};
 use crate::retention::RetentionPolicy;
 use crate::config::{Config, JobName};
+use crate::error::ErrorKind;
 use crate::metrics as m;
 use crate::redact::Redactor;
 use crate::repo::crypto::{Recipient, read_recipients_file};
@@ -48,14 +49,14 @@ pub enum RunError {
 }
 
 impl RunError {
-    pub fn kind(&self) -> &'static str {
+    pub fn kind(&self) -> ErrorKind {
         match self {
-            RunError::Unavailable(_) => "no_repository",
-            RunError::DiskSpace { .. } => "disk_space",
+            RunError::Unavailable(_) => ErrorKind::NoRepository,
+            RunError::DiskSpace { .. } => ErrorKind::DiskSpace,
             RunError::Archive(e) => e.kind(),
             RunError::Repo(e) => e.kind(),
-            RunError::Source(_) => "source",
-            RunError::Internal(_) => "internal",
+            RunError::Source(_) => ErrorKind::Source,
+            RunError::Internal(_) => ErrorKind::Internal,
         }
     }
 
@@ -492,7 +493,7 @@ impl Context {
                 Ok(ok) => break Ok(ok),
                 Err(e) => {
                     let msg = self.redactor.redact(&e.to_string());
-                    metrics::counter!(m::JOB_FAILURES, "job" => job.clone(), "kind" => e.kind())
+                    metrics::counter!(m::JOB_FAILURES, "job" => job.clone(), "kind" => e.kind().as_str())
                         .increment(1);
                     if e.retryable()
                         && attempts < self.config.daemon.attempts
@@ -529,13 +530,13 @@ impl Context {
                     snapshot: Some(id.to_hex()),
                     error: (status == RunStatus::Partial)
                         .then(|| format!("{} entries failed", snap.stats.failures)),
-                    error_kind: (status == RunStatus::Partial).then(|| "partial".to_string()),
+                    error_kind: (status == RunStatus::Partial).then_some(ErrorKind::Partial),
                     stats: Some(snap.stats),
                 }
             }
             Err(e) => {
                 let msg = self.redactor.redact(&e.to_string());
-                tracing::error!(error = %msg, kind = e.kind(), "run failed");
+                tracing::error!(error = %msg, kind = e.kind().as_str(), "run failed");
                 RunResult {
                     run_id: run_id.to_string(),
                     trigger: trigger.to_string(),
@@ -546,7 +547,7 @@ impl Context {
                     snapshot: None,
                     stats: None,
                     error: Some(msg),
-                    error_kind: Some(e.kind().to_string()),
+                    error_kind: Some(e.kind()),
                 }
             }
         }
@@ -708,7 +709,7 @@ mod tests {
         let r = ctx.execute(&name, "r1", "test").await;
         assert_eq!(r.status, RunStatus::Failed);
         assert_eq!(r.attempts, 3);
-        assert_eq!(r.error_kind.as_deref(), Some("source"));
+        assert_eq!(r.error_kind, Some(ErrorKind::Source));
         assert!(
             r.error.as_deref().unwrap().contains("boom"),
             "{:?}",
@@ -757,7 +758,7 @@ mod tests {
             .execute(&JobName::parse("j").unwrap(), "r", "test")
             .await;
         assert_eq!(r.status, RunStatus::Failed);
-        assert_eq!(r.error_kind.as_deref(), Some("no_repository"));
+        assert_eq!(r.error_kind, Some(ErrorKind::NoRepository));
         assert!(!dir.path().join("unmounted").exists());
         assert!(
             ctx.state

@@ -48,7 +48,7 @@ pub struct RunResult {
     pub stats: Option<SnapshotStats>,
     /// Secrets redacted.
     pub error: Option<String>,
-    pub error_kind: Option<String>,
+    pub error_kind: Option<crate::error::ErrorKind>,
 }
 
 /// A restore drill's result; drills arrive with the Postgres job kind.

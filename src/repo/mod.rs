@@ -33,6 +33,7 @@ use data_encoding::BASE64;
 use serde::{Deserialize, Serialize};
 
 use crate::chunker::ChunkerParams;
+use crate::error::ErrorKind;
 use crypto::{CryptoError, Identities, KeyMaterial, Recipient, Sealer};
 use id::{Id, IdHasher};
 use index::{Index, IndexError};
@@ -113,26 +114,34 @@ pub enum RepoError {
 
 impl RepoError {
     /// A stable, low-cardinality name for metrics labels.
-    pub fn kind(&self) -> &'static str {
+    pub fn kind(&self) -> ErrorKind {
         match self {
-            RepoError::NotARepository(_) => "no_repository",
-            RepoError::NotEmpty(_) | RepoError::Settings(_) => "settings",
-            RepoError::UnsupportedFormat(_) => "format",
-            RepoError::Io { source, .. } if is_disk_full(source) => "disk_space",
-            RepoError::Io { .. } => "io",
-            RepoError::Pack(PackError::Io { source, .. }) if is_disk_full(source) => "disk_space",
-            RepoError::Pack(PackError::Io { .. }) => "io",
+            RepoError::NotARepository(_) => ErrorKind::NoRepository,
+            RepoError::NotEmpty(_) | RepoError::Settings(_) => ErrorKind::Settings,
+            RepoError::UnsupportedFormat(_) => ErrorKind::Format,
+            RepoError::Io { source, .. } if is_disk_full(source) => ErrorKind::DiskSpace,
+            RepoError::Io { .. } => ErrorKind::Io,
+            RepoError::Pack(PackError::Io { source, .. }) if is_disk_full(source) => {
+                ErrorKind::DiskSpace
+            }
+            RepoError::Pack(PackError::Io { .. }) => ErrorKind::Io,
             RepoError::Index(index::IndexError::Sled {
                 source: sled::Error::Io(e),
                 ..
-            }) if is_disk_full(e) => "disk_space",
-            RepoError::KeyChanged { .. } => "crypto",
-            RepoError::DamagedSnapshot { .. } | RepoError::TooLarge { .. } => "corrupt",
-            RepoError::Pack(_) | RepoError::Corrupt(_) | RepoError::MissingBlob(_) => "corrupt",
-            RepoError::Crypto(_) | RepoError::NoWriteKey { .. } => "crypto",
-            RepoError::Index(_) => "index",
-            RepoError::Lock(_) => "locked",
-            RepoError::SnapshotNotFound(_) | RepoError::AmbiguousSnapshot(_) => "not_found",
+            }) if is_disk_full(e) => ErrorKind::DiskSpace,
+            RepoError::Index(_) => ErrorKind::Index,
+            RepoError::Pack(_)
+            | RepoError::Corrupt(_)
+            | RepoError::MissingBlob(_)
+            | RepoError::DamagedSnapshot { .. }
+            | RepoError::TooLarge { .. } => ErrorKind::Corrupt,
+            RepoError::Crypto(_) | RepoError::NoWriteKey { .. } | RepoError::KeyChanged { .. } => {
+                ErrorKind::Crypto
+            }
+            RepoError::Lock(_) => ErrorKind::Locked,
+            RepoError::SnapshotNotFound(_) | RepoError::AmbiguousSnapshot(_) => {
+                ErrorKind::NotFound
+            }
         }
     }
 }
