@@ -365,6 +365,11 @@ pub fn restore_with_hook(
         if let Some((after, err)) = lost.take() {
             r.tree_failure(after.as_ref(), Some(&e.path), err);
         }
+        if let Some(only) = &opts.only
+            && e.path.as_bytes() >= [only.as_bytes(), b"0"].concat().as_slice()
+        {
+            break; // sorted: nothing further is selected
+        }
         last = Some(e.path.clone());
         if !r.selected(&e.path) {
             continue;
@@ -427,6 +432,8 @@ impl Restorer<'_> {
     }
 
     /// Lists a damaged tree blob, unless what it held lies wholly outside the selection.
+    /// The lost entries sort strictly between `after` and `next`; the selection is `only`
+    /// and what sorts below `only/`, i.e. the byte range from `only` up to `only0`.
     fn tree_failure(
         &mut self,
         after: Option<&EntryPath>,
@@ -434,8 +441,9 @@ impl Restorer<'_> {
         err: RepoError,
     ) {
         if let Some(only) = &self.opts.only {
-            let before_selection = next.is_some_and(|n| n < only && !n.starts_with(only));
-            let after_selection = after.is_some_and(|a| a > only && !a.starts_with(only));
+            let end = [only.as_bytes(), b"0"].concat();
+            let before_selection = next.is_some_and(|n| n <= only);
+            let after_selection = after.is_some_and(|a| a.as_bytes() >= end.as_slice());
             if before_selection || after_selection {
                 return;
             }
