@@ -38,6 +38,8 @@ pub enum RestoreError {
     NotFound(String),
     #[error("{0:?} is not a regular file")]
     NotAFile(String),
+    #[error("{path:?} not found, but part of this snapshot's tree is unreadable: {err}")]
+    MaybeLost { path: String, err: RepoError },
     /// The restore went through but some entries are missing; every one is listed.
     #[error("{}", incomplete_message(.0))]
     Incomplete(Box<RestoreStats>),
@@ -50,6 +52,7 @@ impl RestoreError {
             RestoreError::Io { .. } => "io",
             RestoreError::Entry { err, .. } => err.kind(),
             RestoreError::NotFound(_) | RestoreError::NotAFile(_) => "not_found",
+            RestoreError::MaybeLost { err, .. } => err.kind(),
             RestoreError::Incomplete(_) => "incomplete",
         }
     }
@@ -262,8 +265,17 @@ pub fn find_entry(
     snap: &Snapshot,
     path: &EntryPath,
 ) -> Result<Entry, RestoreError> {
+    // A damaged tree blob may or may not have held it: keep looking in the others.
+    let mut damaged = None;
     for e in repo.entries(snap) {
-        let e = e?;
+        let e = match e {
+            Ok(e) => e,
+            Err(err) if repo_error_is_fatal(&err) => return Err(err.into()),
+            Err(err) => {
+                damaged.get_or_insert(err);
+                continue;
+            }
+        };
         if &e.path == path {
             return Ok(e);
         }
@@ -271,7 +283,13 @@ pub fn find_entry(
             break; // sorted: it is not there
         }
     }
-    Err(RestoreError::NotFound(path.display()))
+    Err(match damaged {
+        Some(err) => RestoreError::MaybeLost {
+            path: path.display(),
+            err,
+        },
+        None => RestoreError::NotFound(path.display()),
+    })
 }
 
 /// `cat`: one file's content to `out`.
@@ -880,4 +898,47 @@ fn finish_special(stage: &OwnedFd, e: &Entry, is_root: bool) -> Result<(), Entry
     rustix::fs::utimensat(stage, "e", &times(e.mtime_ns), AtFlags::SYMLINK_NOFOLLOW)
         .map_err(sys("set times"))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `{path}: {err}` messages carry their cause in the text only, so that `{:#}` (which
+    /// appends each `source()`) prints it once.
+    #[test]
+    fn causes_are_printed_once() {
+        let cause = || std::io::Error::from(std::io::ErrorKind::PermissionDenied);
+        let errors = [
+            RestoreError::Io {
+                path: "/t/x".into(),
+                err: cause(),
+            },
+            RestoreError::Entry {
+                path: "x".into(),
+                err: EntryError::Io {
+                    op: "create",
+                    err: cause(),
+                },
+            },
+        ];
+        for e in errors {
+            let shown = format!("{:#}", anyhow::Error::from(e));
+            assert_eq!(shown.matches("ermission denied").count(), 1, "{shown}");
+        }
+    }
+
+    #[test]
+    fn only_losses_of_the_repository_itself_are_fatal() {
+        let damaged = RepoError::Corrupt("chunk x: content does not match its id".into());
+        assert!(!repo_error_is_fatal(&damaged));
+        assert!(!repo_error_is_fatal(&RepoError::MissingBlob(Id([7; 32]))));
+        assert!(repo_error_is_fatal(&RepoError::NotARepository("/r".into())));
+        let full = EntryError::Io {
+            op: "write",
+            err: std::io::Error::from(std::io::ErrorKind::StorageFull),
+        };
+        assert!(full.is_fatal());
+        assert!(!EntryError::Exists.is_fatal());
+    }
 }

@@ -207,4 +207,12 @@ fn a_damaged_tree_blob_outside_the_selected_path_does_not_matter() {
     let stats = incomplete(restore(&repo, &snap, &target, &only(&in_damaged)));
     assert_eq!(stats.entries, 0);
     assert_eq!(stats.failures.len(), 1, "{:?}", stats.failures);
+
+    // `cat` looks past the damaged blob, and says when the file may have been in it.
+    let mut out = Vec::new();
+    backuphub::restore::cat(&repo, &snap, &after_damaged, &mut out).unwrap();
+    assert!(!out.is_empty());
+    let err = backuphub::restore::cat(&repo, &snap, &in_damaged, &mut Vec::new()).unwrap_err();
+    assert_eq!(err.kind(), "corrupt", "{err}");
+    assert!(err.to_string().contains("unreadable"), "{err}");
 }
