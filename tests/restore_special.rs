@@ -27,7 +27,7 @@ fn devices_fifos_and_setid_bits_are_restored_only_when_asked() {
     }
     mknodat(
         CWD,
-        &data.join("fifo"),
+        data.join("fifo"),
         FileType::Fifo,
         Mode::from_raw_mode(0o640),
         0,
@@ -37,7 +37,7 @@ fn devices_fifos_and_setid_bits_are_restored_only_when_asked() {
     let rdev = makedev(1, 3);
     let device = mknodat(
         CWD,
-        &data.join("null"),
+        data.join("null"),
         FileType::CharacterDevice,
         Mode::from_raw_mode(0o620),
         rdev,

@@ -198,9 +198,13 @@ pub fn archive_paths(
     archive_source(repo, job, &mut src)
 }
 
-/// Everything about a tree that a restore must not touch when it lies outside the target:
-/// per path (the root included) its kind, mode, owner, mtime, and content or link target.
-pub fn tree_state(root: &Path) -> Vec<(PathBuf, u32, u32, u32, i64, i64, Vec<u8>)> {
+/// One path's state: path, mode (with the kind), uid, gid, mtime (s, ns), and content or
+/// link target.
+pub type PathState = (PathBuf, u32, u32, u32, i64, i64, Vec<u8>);
+
+/// Everything about a tree that a restore must not touch when it lies outside the target,
+/// per path, the root included.
+pub fn tree_state(root: &Path) -> Vec<PathState> {
     use std::os::unix::ffi::OsStrExt;
     use std::os::unix::fs::MetadataExt;
     let mut out = Vec::new();
