@@ -197,3 +197,79 @@ pub fn archive_paths(
     let mut src = backuphub::source::local::LocalSource::new(paths, &[]).unwrap();
     archive_source(repo, job, &mut src)
 }
+
+/// One path's state: path, mode (with the kind), uid, gid, mtime (s, ns), and content or
+/// link target.
+pub type PathState = (PathBuf, u32, u32, u32, i64, i64, Vec<u8>);
+
+/// Everything about a tree that a restore must not touch when it lies outside the target,
+/// per path, the root included.
+pub fn tree_state(root: &Path) -> Vec<PathState> {
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::fs::MetadataExt;
+    let mut out = Vec::new();
+    let mut todo = vec![root.to_path_buf()];
+    while let Some(p) = todo.pop() {
+        let md = p.symlink_metadata().unwrap();
+        let content = if md.file_type().is_symlink() {
+            std::fs::read_link(&p)
+                .unwrap()
+                .as_os_str()
+                .as_bytes()
+                .to_vec()
+        } else if md.is_dir() {
+            let mut names: Vec<_> = std::fs::read_dir(&p)
+                .unwrap()
+                .map(|e| e.unwrap().path())
+                .collect();
+            names.sort();
+            todo.extend(names);
+            Vec::new()
+        } else {
+            std::fs::read(&p).unwrap()
+        };
+        out.push((
+            p,
+            md.mode(),
+            md.uid(),
+            md.gid(),
+            md.mtime(),
+            md.mtime_nsec(),
+            content,
+        ));
+    }
+    out
+}
+
+/// Flips bytes in the middle of one stored blob, wherever its pack is: bit rot.
+pub fn damage_blob(repo_dir: &Path, id: &backuphub::repo::id::Id) {
+    use std::os::unix::fs::FileExt;
+    let mut todo = vec![repo_dir.join("packs")];
+    while let Some(dir) = todo.pop() {
+        for e in std::fs::read_dir(&dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                todo.push(p);
+                continue;
+            }
+            let header = backuphub::repo::pack::read_header(&p).unwrap();
+            if let Some(b) = header.iter().find(|b| b.id == *id) {
+                let f = std::fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .open(&p)
+                    .unwrap();
+                let n = b.length.clamp(1, 8);
+                let mut buf = vec![0u8; n as usize];
+                let at = b.offset + u64::from((b.length - n) / 2);
+                f.read_exact_at(&mut buf, at).unwrap();
+                for x in &mut buf {
+                    *x ^= 0x5a;
+                }
+                f.write_all_at(&buf, at).unwrap();
+                return;
+            }
+        }
+    }
+    panic!("blob {id} is in no pack");
+}
