@@ -30,18 +30,23 @@ pub enum ErrorKind {
     NotFound,
     /// A restore target exists and `--overwrite` was not given.
     Exists,
+    /// Something in a restore target that must not be followed (a planted symlink).
+    UnsafeTarget,
+    /// Restoring it needs an explicit opt-in (device nodes, setuid bits).
+    NotPermitted,
     /// The source failed as a whole, or every entry failed.
     Source,
     /// The run was cancelled (daemon stopping).
     Cancelled,
     /// A bug: a panic or a broken invariant.
     Internal,
-    /// Not a failure of the run: it wrote a snapshot in which some entries failed.
+    /// Some entries failed and the rest succeeded: a partial snapshot, an incomplete
+    /// restore.
     Partial,
 }
 
 impl ErrorKind {
-    pub const ALL: [ErrorKind; 15] = [
+    pub const ALL: [ErrorKind; 17] = [
         ErrorKind::NoRepository,
         ErrorKind::DiskSpace,
         ErrorKind::Settings,
@@ -53,6 +58,8 @@ impl ErrorKind {
         ErrorKind::Locked,
         ErrorKind::NotFound,
         ErrorKind::Exists,
+        ErrorKind::UnsafeTarget,
+        ErrorKind::NotPermitted,
         ErrorKind::Source,
         ErrorKind::Cancelled,
         ErrorKind::Internal,
@@ -72,6 +79,8 @@ impl ErrorKind {
             ErrorKind::Locked => "locked",
             ErrorKind::NotFound => "not_found",
             ErrorKind::Exists => "exists",
+            ErrorKind::UnsafeTarget => "unsafe_target",
+            ErrorKind::NotPermitted => "not_permitted",
             ErrorKind::Source => "source",
             ErrorKind::Cancelled => "cancelled",
             ErrorKind::Internal => "internal",

@@ -21,6 +21,7 @@ use rustix::fs::{AtFlags, FileType, Gid, Mode, OFlags, RenameFlags, Timespec, Ti
 use rustix::io::Errno;
 
 use crate::repo::id::Id;
+use crate::error::ErrorKind;
 use crate::repo::snapshot::Snapshot;
 use crate::repo::tree::{Entry, EntryKind, EntryPath};
 use crate::repo::{RepoError, Repository};
@@ -46,14 +47,14 @@ pub enum RestoreError {
 }
 
 impl RestoreError {
-    pub fn kind(&self) -> &'static str {
+    pub fn kind(&self) -> ErrorKind {
         match self {
             RestoreError::Repo(e) => e.kind(),
-            RestoreError::Io { .. } => "io",
+            RestoreError::Io { .. } => ErrorKind::Io,
             RestoreError::Entry { err, .. } => err.kind(),
-            RestoreError::NotFound(_) | RestoreError::NotAFile(_) => "not_found",
+            RestoreError::NotFound(_) | RestoreError::NotAFile(_) => ErrorKind::NotFound,
             RestoreError::MaybeLost { err, .. } => err.kind(),
-            RestoreError::Incomplete(_) => "incomplete",
+            RestoreError::Incomplete(_) => ErrorKind::Partial,
         }
     }
 }
@@ -88,14 +89,14 @@ pub enum EntryError {
 }
 
 impl EntryError {
-    pub fn kind(&self) -> &'static str {
+    pub fn kind(&self) -> ErrorKind {
         match self {
             EntryError::Chunk { err, .. } | EntryError::Tree { err, .. } => err.kind(),
-            EntryError::Size { .. } | EntryError::UnsafePath => "corrupt",
-            EntryError::Io { .. } => "io",
-            EntryError::InTheWay { .. } => "unsafe_target",
-            EntryError::Exists | EntryError::DirInTheWay => "exists",
-            EntryError::Special { .. } => "not_permitted",
+            EntryError::Size { .. } | EntryError::UnsafePath => ErrorKind::Corrupt,
+            EntryError::Io { .. } => ErrorKind::Io,
+            EntryError::InTheWay { .. } => ErrorKind::UnsafeTarget,
+            EntryError::Exists | EntryError::DirInTheWay => ErrorKind::Exists,
+            EntryError::Special { .. } => ErrorKind::NotPermitted,
         }
     }
 
@@ -200,7 +201,7 @@ pub struct SpecialFiles {
 pub struct Failure {
     pub path: String,
     /// A stable, low-cardinality label ([`EntryError::kind`]).
-    pub kind: &'static str,
+    pub kind: ErrorKind,
     pub error: String,
 }
 

@@ -80,7 +80,7 @@ fn a_damaged_chunk_fails_only_its_file_and_leaves_nothing_damaged_behind() {
     assert_eq!(stats.failures.len(), 1, "{:?}", stats.failures);
     let f = &stats.failures[0];
     assert_eq!(f.path, victim_rel);
-    assert_eq!(f.kind, "corrupt");
+    assert_eq!(f.kind.as_str(), "corrupt");
     assert!(f.error.contains(&chunk.to_string()), "names the chunk: {f}");
     let dest = restored(&target, &data);
     assert!(
@@ -213,6 +213,6 @@ fn a_damaged_tree_blob_outside_the_selected_path_does_not_matter() {
     backuphub::restore::cat(&repo, &snap, &after_damaged, &mut out).unwrap();
     assert!(!out.is_empty());
     let err = backuphub::restore::cat(&repo, &snap, &in_damaged, &mut Vec::new()).unwrap_err();
-    assert_eq!(err.kind(), "corrupt", "{err}");
+    assert_eq!(err.kind().as_str(), "corrupt", "{err}");
     assert!(err.to_string().contains("unreadable"), "{err}");
 }

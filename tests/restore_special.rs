@@ -72,7 +72,7 @@ fn devices_fifos_and_setid_bits_are_restored_only_when_asked() {
     assert_eq!(failed, expected);
     for f in &stats.failures {
         assert!(f.error.contains("--devices"), "{f}");
-        assert_eq!(f.kind, "not_permitted");
+        assert_eq!(f.kind.as_str(), "not_permitted");
     }
     assert!(dest.join("fifo").symlink_metadata().is_err());
     assert!(dest.join("null").symlink_metadata().is_err());
