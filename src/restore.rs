@@ -366,6 +366,8 @@ pub fn restore_with_hook(
         restored_dirs: Vec::new(),
         failed_dirs: Vec::new(),
     };
+    // Everything below `only` sorts before `only` followed by '0', the byte after '/'.
+    let selection_end = opts.only.as_ref().map(|o| [o.as_bytes(), b"0"].concat());
     let mut matched = false;
     let mut last: Option<EntryPath> = None;
     // A damaged tree blob, reported once the next readable entry shows what was lost.
@@ -384,8 +386,9 @@ pub fn restore_with_hook(
         if let Some((after, err)) = lost.take() {
             r.tree_failure(after.as_ref(), Some(&e.path), err);
         }
-        if let Some(only) = &opts.only
-            && e.path.as_bytes() >= [only.as_bytes(), b"0"].concat().as_slice()
+        if selection_end
+            .as_deref()
+            .is_some_and(|end| e.path.as_bytes() >= end)
         {
             break; // sorted: nothing further is selected
         }
