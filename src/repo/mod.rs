@@ -700,7 +700,11 @@ fn cache_key(state: &Path, keys: &KeyMaterial) -> Result<(), RepoError> {
             .open(&tmp)?;
         f.write_all(&serde_json::to_vec(keys).expect("keys serialize"))?;
         f.sync_all()?;
-        std::fs::rename(&tmp, &path)
+        std::fs::rename(&tmp, &path)?;
+        // Init writes the repository's config once this returns: a power cut after that
+        // must not take the key with it, nor the directory just made for it.
+        fsync_dir(state)?;
+        state.parent().map_or(Ok(()), fsync_dir)
     })();
     if result.is_err() {
         let _ = std::fs::remove_file(&tmp);
