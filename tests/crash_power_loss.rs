@@ -357,7 +357,7 @@ fn init_cuts(encrypted: bool) {
     assert_eq!(probe.fired, Fired::Exit, "{probe:?}");
     assert!(probe.calls >= 5, "too few calls to cut: {probe:?}");
 
-    let mut recovered_by_rerun = 0;
+    let (mut recovered_by_rerun, mut no_repository) = (0, 0);
     for n in 1..=probe.calls + 1 {
         for mode in [Mode::PowerDirsFsynced, Mode::PowerDirsKept] {
             let env = Env::new();
@@ -377,6 +377,7 @@ fn init_cuts(encrypted: bool) {
             }
             if !env.repo().join("backuphub.json").exists() {
                 assert_eq!(rep.fired, Fired::Mid, "a finished init was lost: {what}");
+                no_repository += 1;
                 // Running init again is the obvious first try.
                 let args = init_args(&recipient);
                 let args: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -405,9 +406,8 @@ fn init_cuts(encrypted: bool) {
         }
     }
     eprintln!(
-        "init ({}): {recovered_by_rerun} of {} cuts before backuphub.json recovered by re-running init alone",
+        "init ({}): {no_repository} cuts left no repository; re-running init alone recovered {recovered_by_rerun}",
         if encrypted { "encrypted" } else { "plain" },
-        2 * (probe.calls + 1)
     );
 }
 
