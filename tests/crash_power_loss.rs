@@ -420,3 +420,34 @@ fn power_loss_during_init() {
 fn power_loss_during_encrypted_init_with_state_dir() {
     init_cuts(true);
 }
+
+/// A run killed between creating a pack prefix directory (`packs/xx`) and fsyncing
+/// `packs/` leaves that directory in the page cache only. The next backup finds it and
+/// must still make its own packs' names durable before its manifest refers to them.
+#[test]
+fn power_loss_after_a_killed_run_left_unsynced_pack_directories() {
+    let env = Env::new();
+    prepare_dirs(&env);
+    let data = make_source(&env);
+    env.ok(&["init", "--chunk-size", "64KiB", "--pack-size", "256KiB"]);
+    let volatile: Vec<PathBuf> = (0..=255u8)
+        .map(|b| env.repo().join("packs").join(format!("{b:02x}")))
+        .collect();
+    for d in &volatile {
+        std::fs::create_dir(d).unwrap();
+    }
+    let repo = env.repo();
+    let (out, rep) = run_cut_with(
+        env.cmd(&["backup", "--job", "j", data.to_str().unwrap()]),
+        env.dir.path(),
+        &[&repo],
+        0,
+        Mode::PowerDirsFsynced,
+        &volatile,
+    );
+    assert!(out.status.success(), "{rep:?}: {}", text(&out));
+    assert_eq!(rep.fired, Fired::Exit, "{rep:?}");
+    assert_eq!(rep.untracked, 0, "{rep:?}");
+    assert_eq!(snapshot_count(&env), 1, "a finished backup was lost");
+    verify_after_cut(&env, &data, None, true, "power lost after the backup");
+}

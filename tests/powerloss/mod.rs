@@ -77,11 +77,24 @@ pub struct Report {
 /// One run of `cmd` with the shim following `roots`, cut at call `cut` (0: never during
 /// the run; with a power mode, power is then lost right after the command exits).
 pub fn run_cut(
+    cmd: Command,
+    scratch: &Path,
+    roots: &[&Path],
+    cut: u64,
+    mode: Mode,
+) -> (Output, Report) {
+    run_cut_with(cmd, scratch, roots, cut, mode, &[])
+}
+
+/// `run_cut`, where the entries `volatile` exist but their names are not durable yet (what
+/// a run killed between a mkdir and the fsync of its parent leaves in the page cache).
+pub fn run_cut_with(
     mut cmd: Command,
     scratch: &Path,
     roots: &[&Path],
     cut: u64,
     mode: Mode,
+    volatile: &[PathBuf],
 ) -> (Output, Report) {
     let shadow = scratch.join("powerloss-shadow");
     let report = scratch.join("powerloss-report");
@@ -113,6 +126,14 @@ pub fn run_cut(
             } else {
                 "fsynced"
             },
+        )
+        .env(
+            "POWERLOSS_VOLATILE",
+            volatile
+                .iter()
+                .map(|p| p.canonicalize().unwrap().to_str().unwrap().to_owned())
+                .collect::<Vec<_>>()
+                .join(":"),
         )
         .env(
             "POWERLOSS_AT_EXIT",

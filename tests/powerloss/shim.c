@@ -25,6 +25,9 @@
  *                               back to their last fsync: the zero-length-file-after-rename
  *                               case of ext4's writeback mode.
  *
+ * POWERLOSS_VOLATILE (":"-separated paths) marks entries present at the start as not yet
+ * durable, as an earlier run that was killed between a mkdir and its fsync leaves them.
+ *
  * POWERLOSS_CUT=0 never cuts during the run; POWERLOSS_AT_EXIT=1 then loses power right
  * after the process finished (keeping its exit status), so the test can check that what
  * a finished command reported is durable. The shim appends one line to POWERLOSS_REPORT:
@@ -275,6 +278,22 @@ static void free_ents(struct obj *o) {
 
 static int track_new_entry(int dfd, const char *name, int assume_durable);
 static int scanning;
+static char *volatile_list; /* ":"-separated paths, each between colons */
+
+/* POWERLOSS_VOLATILE names entries that exist when the process starts but whose names were
+ * never made durable: the leftovers of an earlier run that was killed before its fsync. */
+static int is_volatile(int dfd, const char *name) {
+    if (!volatile_list)
+        return 0;
+    char link[64], dir[PATH_MAX], full[PATH_MAX + 512];
+    snprintf(link, sizeof link, "/proc/self/fd/%d", dfd);
+    ssize_t n = readlink(link, dir, sizeof dir - 1);
+    if (n < 0)
+        return 0;
+    dir[n] = 0;
+    snprintf(full, sizeof full, ":%s/%s:", dir, name);
+    return strstr(volatile_list, full) != NULL;
+}
 
 /* Records the directory's current entries as its durable ones. */
 static void capture_dir(int obj, int dfd) {
@@ -301,6 +320,8 @@ static void capture_dir(int obj, int dfd) {
             if (child < 0)
                 continue;
         }
+        if (scanning && is_volatile(dirfd(d), e->d_name))
+            continue; /* exists, but a power cut would take its name away */
         if (n == cap) {
             cap = cap ? cap * 2 : 16;
             ents = realloc(ents, sizeof *ents * cap);
@@ -534,6 +555,14 @@ __attribute__((constructor)) static void init(void) {
     mode_kill = m && !strcmp(m, "kill");
     const char *md = getenv("POWERLOSS_METADATA");
     keep_metadata = md && !strcmp(md, "all");
+    const char *vol = getenv("POWERLOSS_VOLATILE");
+    if (vol && *vol) {
+        size_t n = strlen(vol) + 3;
+        volatile_list = malloc(n);
+        if (!volatile_list)
+            die("out of memory");
+        snprintf(volatile_list, n, ":%s:", vol);
+    }
     const char *ae = getenv("POWERLOSS_AT_EXIT");
     at_exit_cut = ae && !strcmp(ae, "1");
     char list[MAX_ROOTS * PATH_MAX];
