@@ -47,7 +47,7 @@ pub enum Mode {
 impl Mode {
     /// Alternates the two power-loss models, so each sees every part of a run.
     pub fn power(i: usize) -> Mode {
-        if i % 2 == 0 {
+        if i.is_multiple_of(2) {
             Mode::PowerDirsFsynced
         } else {
             Mode::PowerDirsKept
