@@ -164,6 +164,7 @@ fn assert_cut(n: u64, mode: Mode, rep: &Report, out: &Output) -> bool {
 
 /// Most cuts must land mid-run; only scheduling can shorten a run below its N.
 fn assert_mostly_mid(mid: usize, total: usize, op: &str) {
+    eprintln!("{op}: {mid} of {total} cuts inside the run");
     assert!(
         mid * 4 >= total * 3,
         "{op}: only {mid} of {total} cuts landed inside the run"
@@ -203,6 +204,10 @@ fn backup_cuts(encrypted: bool) {
     assert_eq!(probe.fired, Fired::Exit, "{probe:?}");
     assert_eq!(probe.untracked, 0, "{probe:?}");
     assert!(probe.calls >= 40, "too few calls to cut: {probe:?}");
+    eprintln!(
+        "backup (encrypted: {encrypted}): {} mutating calls",
+        probe.calls
+    );
     assert_eq!(snapshot_count(&env), 2, "a finished backup was lost");
     verify_after_cut(&env, &data, identity, true, "after the probe");
 
@@ -287,6 +292,7 @@ fn power_loss_during_prune() {
     assert_eq!(probe.fired, Fired::Exit, "{probe:?}");
     assert_eq!(probe.untracked, 0, "{probe:?}");
     assert!(probe.calls >= 20, "too few calls to cut: {probe:?}");
+    eprintln!("prune: {} mutating calls", probe.calls);
     // A finished prune's deletions may come back after a power loss, but nothing live may
     // be missing, and the space it freed must not be needed for anything.
     verify_after_cut(&env, &data, None, true, "after the probe");
