@@ -2,9 +2,47 @@
 //! `check` accepts, and the next backup succeeds without manual steps.
 
 mod common;
+mod powerloss;
 use common::*;
+use powerloss::{Fired, Mode, cut_points, run_cut};
 
-use std::time::{Duration, Instant};
+use std::os::unix::process::ExitStatusExt;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+/// Runs `cmd()` under the shim, SIGKILLed at its `n`-th mutating call below `repo`. A run
+/// that ends before its `n`-th call (thread scheduling can make one a little shorter than
+/// the probe) is repeated with `n` inside what it did, so every round really is killed.
+/// Returns the call it was killed at.
+fn kill_at(cmd: impl Fn() -> Command, scratch: &Path, repo: &Path, mut n: u64) -> u64 {
+    loop {
+        let (out, rep) = run_cut(cmd(), scratch, &[repo], n, Mode::Kill);
+        assert_eq!(rep.untracked, 0, "the shim missed changes: {rep:?}");
+        match rep.fired {
+            Fired::Mid => {
+                assert_eq!(out.status.signal(), Some(9), "{rep:?}: {}", text(&out));
+                assert_eq!(rep.calls, n);
+                return n;
+            }
+            Fired::None => {
+                assert!(out.status.success(), "{rep:?}: {}", text(&out));
+                assert!(rep.calls < n, "{rep:?}");
+                n = rep.calls.max(1);
+            }
+            Fired::Exit => unreachable!("kill mode never cuts at exit"),
+        }
+    }
+}
+
+/// How many mutating calls an uninterrupted `cmd()` makes below `repo`.
+fn probe_calls(cmd: Command, scratch: &Path, repo: &Path) -> u64 {
+    let (out, rep) = run_cut(cmd, scratch, &[repo], 0, Mode::Kill);
+    assert!(out.status.success(), "probe: {}", text(&out));
+    assert_eq!(rep.fired, Fired::None);
+    assert_eq!(rep.untracked, 0, "the shim missed changes: {rep:?}");
+    rep.calls
+}
 
 #[test]
 fn sigkill_at_many_points() {
@@ -18,44 +56,43 @@ fn sigkill_at_many_points() {
         std::fs::write(data.join(format!("many/f{i:03}")), noise(3000, 1000 + i)).unwrap();
     }
     env.ok(&["init", "--chunk-size", "64KiB", "--pack-size", "512KiB"]);
-
-    // How long an uninterrupted run takes, to spread the kills over it.
-    let t = Instant::now();
-    env.ok(&["backup", "--job", "probe", data.to_str().unwrap()]);
-    let full = t.elapsed();
-
-    let mut killed_mid_run = 0;
-    for step in 0..14u32 {
+    env.ok(&["backup", "--job", "victim", data.to_str().unwrap()]);
+    let change = |step: u64| {
         // Change some data each round so every run has new chunks to write.
         std::fs::write(
             data.join(format!("big{}", step % 6)),
-            noise(4 << 20, 100 + step as u64),
+            noise(4 << 20, 100 + step),
         )
         .unwrap();
-        let delay = full.mul_f64(step as f64 / 13.0);
-        let mut child = env
-            .cmd(&["backup", "--job", "victim", data.to_str().unwrap()])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        std::thread::sleep(delay);
-        // SIGKILL: no destructors, no cleanup.
-        let _ = child.kill();
-        let status = child.wait().unwrap();
-        if !status.success() {
-            killed_mid_run += 1;
-        }
+    };
+    let backup = || env.cmd(&["backup", "--job", "victim", data.to_str().unwrap()]);
+    // How many calls a run makes, to spread the kills over all of it: the lock, the index,
+    // packs, refs and the manifest.
+    change(99);
+    let calls = probe_calls(backup(), env.dir.path(), &env.repo());
+    assert!(calls >= 20, "too few calls to spread kills over: {calls}");
+
+    let mut killed_at = Vec::new();
+    for (step, n) in cut_points(calls, 14, 0x5eed).into_iter().enumerate() {
+        change(step as u64);
+        // SIGKILL: no destructors, no cleanup; each run meets the leftovers of the last.
+        killed_at.push(kill_at(backup, env.dir.path(), &env.repo(), n));
         let out = env.run(&["check"]);
         assert!(
             out.status.success(),
-            "check after kill at {delay:?}: {}",
+            "check after a kill at call {n} of {calls}: {}",
             text(&out)
         );
     }
+    // Every round was killed inside its run, at points spread over all of it.
+    assert_eq!(killed_at.len(), 14);
     assert!(
-        killed_mid_run >= 5,
-        "only {killed_mid_run} runs were actually interrupted"
+        killed_at.iter().any(|&n| n * 2 <= calls),
+        "{killed_at:?} of {calls}"
+    );
+    assert!(
+        killed_at.iter().any(|&n| n * 4 >= calls * 3),
+        "{killed_at:?} of {calls}"
     );
 
     // The next run needs no manual step: stale lock broken, leftovers ignored.
@@ -77,7 +114,16 @@ fn sigkill_at_many_points() {
 fn a_killed_stream_backup_leaves_no_snapshot() {
     let env = Env::new();
     env.ok(&["init"]);
-    // A producer that never finishes: the backup is killed mid-stream.
+    // A producer that never finishes on its own within the test: once backuphub has
+    // taken 3 MB from it, it names itself and its sleep in `ready`, and if it ever got past
+    // the sleep it would leave `outlived` behind.
+    let ready = env.path("ready");
+    let outlived = env.path("outlived");
+    let script = format!(
+        "head -c 3000000 /dev/zero; sleep 31.7 & echo \"$$ $!\" > {r}.tmp; mv {r}.tmp {r}; wait; : > {o}",
+        r = ready.display(),
+        o = outlived.display()
+    );
     let mut child = env
         .cmd(&[
             "backup",
@@ -86,28 +132,34 @@ fn a_killed_stream_backup_leaves_no_snapshot() {
             "--name",
             "x",
             "--command",
-            "sh -c 'head -c 3000000 /dev/zero; exec sleep 31.7'",
+            &format!("sh -c '{script}'"),
         ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(500));
+    // Explicit synchronization: the producer is known to be mid-stream once `ready` exists.
+    while !ready.exists() {
+        assert!(child.try_wait().unwrap().is_none(), "backuphub ended early");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let pids = std::fs::read_to_string(&ready).unwrap();
+    let (producer, sleeper) = pids.trim().split_once(' ').unwrap();
     child.kill().unwrap();
     child.wait().unwrap();
-    // The producer dies with backuphub instead of living on as an orphan.
-    let orphan = || {
-        std::fs::read_dir("/proc")
-            .unwrap()
-            .flatten()
-            .any(|p| std::fs::read(p.path().join("cmdline")).is_ok_and(|c| c == b"sleep\x0031.7\0"))
+    // The producer dies with backuphub instead of living on as an orphan: wait for it to
+    // end, however long that takes, then see whether it ended by itself.
+    let alive = |pid: &str| {
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+            s.rsplit_once(')')
+                .is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z'))
+        })
     };
-    let start = Instant::now();
-    while orphan() {
-        assert!(
-            start.elapsed() < Duration::from_secs(5),
-            "the command outlived backuphub"
-        );
-        std::thread::sleep(Duration::from_millis(50));
+    while alive(producer) {
+        std::thread::sleep(Duration::from_millis(20));
     }
+    let _ = Command::new("kill").arg(sleeper).status();
+    assert!(!outlived.exists(), "the command outlived backuphub");
     let v: serde_json::Value =
         serde_json::from_slice(&env.ok(&["snapshots", "--json"]).stdout).unwrap();
     assert!(v.as_array().unwrap().is_empty(), "{v}");
@@ -138,35 +190,26 @@ fn sigkill_during_prune() {
     };
     garbage(0);
     garbage(1);
-    let t = Instant::now();
-    env.ok(&["prune"]);
-    let full = t.elapsed().max(Duration::from_millis(20));
+    let calls = probe_calls(env.cmd(&["prune"]), env.dir.path(), &env.repo());
+    assert!(calls >= 10, "too few calls to spread kills over: {calls}");
 
-    let mut interrupted = 0;
-    for step in 0..10u32 {
+    let mut killed_at = Vec::new();
+    for (step, n) in cut_points(calls, 10, 0x9e37).into_iter().enumerate() {
         garbage(2 + step as u64);
-        let mut child = env
-            .cmd(&["prune"])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        std::thread::sleep(full.mul_f64(step as f64 / 9.0));
-        let _ = child.kill();
-        if !child.wait().unwrap().success() {
-            interrupted += 1;
-        }
+        killed_at.push(kill_at(
+            || env.cmd(&["prune"]),
+            env.dir.path(),
+            &env.repo(),
+            n,
+        ));
         let out = env.run(&["check", "--read-data"]);
         assert!(
             out.status.success(),
-            "check after prune killed at step {step}: {}",
+            "check after prune killed at call {n} of {calls}: {}",
             text(&out)
         );
     }
-    assert!(
-        interrupted >= 3,
-        "only {interrupted} prunes were actually interrupted"
-    );
+    assert_eq!(killed_at.len(), 10);
     env.ok(&["prune"]);
     env.ok(&["check", "--read-data"]);
     let target = env.path("out");

@@ -1162,8 +1162,10 @@ fn cache_key(state: &Path, config: &RepoConfig, keys: &KeyMaterial) -> Result<()
         f.write_all(&serde_json::to_vec(&cached).expect("keys serialize"))?;
         f.sync_all()?;
         std::fs::rename(&tmp, &path)?;
-        // The rename itself must survive a power cut, or the writer loses its key.
-        fsync_dir(state)
+        // Init writes the repository's config once this returns: a power cut after that
+        // must not take the key with it, nor the directory just made for it.
+        fsync_dir(state)?;
+        state.parent().map_or(Ok(()), fsync_dir)
     })();
     if result.is_err() {
         let _ = std::fs::remove_file(&tmp);

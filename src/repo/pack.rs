@@ -149,11 +149,11 @@ impl PackWriter {
         let id = Id(*self.hasher.finalize().as_bytes());
         let final_path = pack_path(packs_dir, &id);
         let dir = final_path.parent().expect("pack path has a parent");
-        if !dir.exists() {
-            std::fs::create_dir_all(dir).map_err(io)?;
-            // The new prefix directory's own entry must be durable too.
-            super::fsync_dir(packs_dir).map_err(io)?;
-        }
+        // The prefix directory's own entry must be durable too, also when it exists
+        // already: a run killed between its mkdir and this fsync leaves it in the page
+        // cache only, where the next power cut takes it, with every pack in it.
+        std::fs::create_dir_all(dir).map_err(io)?;
+        super::fsync_dir(packs_dir).map_err(io)?;
         std::fs::rename(&tmp, &final_path).map_err(io)?;
         self.finished = true;
         super::fsync_dir(dir).map_err(io)?;
