@@ -310,12 +310,19 @@ impl Repository {
             )));
         }
         if root.exists() {
-            let mut rd = std::fs::read_dir(root).map_err(io_err(root))?;
-            if rd.next().is_some() {
+            if !is_interrupted_init(root).map_err(io_err(root))? {
                 return Err(RepoError::NotEmpty(root.to_owned()));
             }
+            // What an interrupted init left holds no data: start it over.
+            for d in ["keys", "tmp"] {
+                match std::fs::remove_dir_all(root.join(d)) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(io_err(&root.join(d))(e)),
+                }
+            }
         }
-        for d in ["", "keys", "packs", "snapshots", "refs", "locks", "tmp", DAMAGE_DIR] {
+        for d in SKELETON {
             std::fs::create_dir_all(root.join(d)).map_err(io_err(root))?;
         }
         let mut raw_id = [0u8; 32];
@@ -344,8 +351,8 @@ impl Repository {
             }
             cache_key(&opts.state_dir.join(config.id.to_hex()), &config, &keys)?;
         }
-        // The config is written last: a directory without it is not a repository, so an
-        // interrupted init can simply be repeated after emptying the directory.
+        // The config is written last: a directory without it is not a repository, and
+        // `init` can simply be repeated after an interrupted one.
         let json = serde_json::to_vec_pretty(&config).expect("config serializes");
         write_atomic(&root.join("tmp"), &root.join(CONFIG_FILE), &json)?;
         Repository::open(root, opts)
@@ -429,7 +436,7 @@ impl Repository {
                 None => (None, None),
             }
         };
-        for d in ["packs", "snapshots", "refs", "locks", "tmp", DAMAGE_DIR] {
+        for d in &SKELETON[1..] {
             // A read-only disk (a restore from a write-protected copy) has them already.
             if let Err(e) = std::fs::create_dir_all(root.join(d))
                 && !root.join(d).is_dir()
@@ -1069,6 +1076,32 @@ impl Repository {
         }
         Ok(n)
     }
+}
+
+/// The directories of a repository; `init` makes them before it writes the config.
+const SKELETON: [&str; 8] = ["", "keys", "packs", "snapshots", "refs", "locks", "tmp", DAMAGE_DIR];
+
+/// Whether `root` is empty, or holds only what an interrupted `init` leaves: the skeleton
+/// directories, key files and temporary files, no config and no data. Anything else
+/// (someone's files, a repository) makes `init` refuse.
+fn is_interrupted_init(root: &Path) -> std::io::Result<bool> {
+    for e in std::fs::read_dir(root)? {
+        let e = e?;
+        let name = e.file_name();
+        let Some(name) = name.to_str() else {
+            return Ok(false);
+        };
+        if !SKELETON.contains(&name) || !e.file_type()?.is_dir() {
+            return Ok(false);
+        }
+        if matches!(name, "keys" | "tmp") {
+            continue;
+        }
+        if std::fs::read_dir(e.path())?.next().is_some() {
+            return Ok(false);
+        }
+    }
+    Ok(true)
 }
 
 /// Reads the key material with the identity: the primary key file, or its copy when the
