@@ -24,7 +24,8 @@ pub mod exit {
     pub const ERROR: u8 = 1;
     /// Usage errors (clap's own code).
     pub const USAGE: u8 = 2;
-    /// A backup stored a partial snapshot: some entries failed.
+    /// Some entries failed, the rest succeeded: a backup stored a partial snapshot, or a
+    /// restore restored all it could.
     pub const PARTIAL: u8 = 3;
     /// `check` found damage.
     pub const DAMAGED: u8 = 4;
@@ -35,7 +36,7 @@ pub mod exit {
     name = "backuphub",
     version,
     about = "Deduplicating, encrypting pull-model backups for a homelab",
-    after_help = "Exit codes: 0 success, 1 error, 2 usage error, 3 backup stored a partial snapshot, 4 check found damage."
+    after_help = "Exit codes: 0 success, 1 error, 2 usage error, 3 partial (a backup stored a partial snapshot, or a restore could not restore every entry; they are listed), 4 check found damage."
 )]
 pub struct Cli {
     #[command(subcommand)]

@@ -46,6 +46,13 @@ pub(super) struct RestoreArgs {
     /// Replace existing files.
     #[arg(long)]
     overwrite: bool,
+    /// Also restore device nodes and FIFOs (skipped and listed otherwise).
+    #[arg(long)]
+    devices: bool,
+    /// Keep setuid/setgid bits (cleared otherwise): a snapshot could carry a setuid-root
+    /// program.
+    #[arg(long)]
+    setid: bool,
 }
 
 #[derive(Args)]
@@ -131,13 +138,41 @@ pub(super) fn restore(a: RestoreArgs) -> anyhow::Result<u8> {
         only: a.path.as_deref().map(EntryPath::from),
         overwrite: a.overwrite,
     };
-    let stats = restore_mod::restore(&r, &s.snapshot, &a.target, &opts)?;
+    let special = restore_mod::SpecialFiles {
+        devices: a.devices,
+        setid: a.setid,
+    };
+    let stats = match restore_mod::restore_with(&r, &s.snapshot, &a.target, &opts, special) {
+        Ok(stats) => stats,
+        // Everything restorable was restored; what was not is listed, and the exit code
+        // says the restore is incomplete.
+        Err(restore_mod::RestoreError::Incomplete(stats)) => {
+            eprintln!(
+                "restored {} entries, {} to {}; {} NOT restored:",
+                stats.entries,
+                bytesize::ByteSize(stats.bytes),
+                a.target.display(),
+                stats.failures.len()
+            );
+            for f in &stats.failures {
+                eprintln!("  {f}");
+            }
+            return Ok(exit::PARTIAL);
+        }
+        Err(e) => return Err(e.into()),
+    };
     eprintln!(
         "restored {} entries, {} to {}",
         stats.entries,
         bytesize::ByteSize(stats.bytes),
         a.target.display()
     );
+    if !stats.setid_cleared.is_empty() {
+        eprintln!(
+            "{} setuid/setgid bits were not restored (pass --setid to keep them)",
+            stats.setid_cleared.len()
+        );
+    }
     Ok(exit::OK)
 }
 
