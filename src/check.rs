@@ -146,7 +146,7 @@ pub fn check(repo: &Repository, read_data: ReadData) -> Result<CheckReport, Repo
         }
         let f = File::open(&path).map_err(|source| RepoError::Io {
             path: path.clone(),
-            source,
+            error: source,
         })?;
         let (hasher, _) = repo.write_keys()?;
         for e in &entries {

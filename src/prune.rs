@@ -113,7 +113,7 @@ fn prune_locked(repo: &Repository, dry_run: bool) -> Result<PruneReport, RepoErr
         let size = std::fs::metadata(&path)
             .map_err(|source| RepoError::Io {
                 path: path.clone(),
-                source,
+                error: source,
             })?
             .len();
         let (mut live_bytes, mut dead_bytes) = (0u64, 0u64);
@@ -141,7 +141,7 @@ fn prune_locked(repo: &Repository, dry_run: bool) -> Result<PruneReport, RepoErr
         report.packs_repacked += 1;
         let f = File::open(&path).map_err(|source| RepoError::Io {
             path: path.clone(),
-            source,
+            error: source,
         })?;
         let mut unreadable = false;
         for e in &entries {
@@ -187,7 +187,7 @@ fn prune_locked(repo: &Repository, dry_run: bool) -> Result<PruneReport, RepoErr
         report.bytes_freed += size;
         if !dry_run {
             let path = pack::pack_path(&packs_dir, &p);
-            std::fs::remove_file(&path).map_err(|source| RepoError::Io { path, source })?;
+            std::fs::remove_file(&path).map_err(|source| RepoError::Io { path, error: source })?;
             repo.index().remove_pack(&p)?;
         }
     }

@@ -21,10 +21,10 @@ pub enum CryptoError {
         "invalid recipient {0:?}: expected an age X25519 key (age1…) or an SSH public key (ssh-ed25519 / ssh-rsa)"
     )]
     BadRecipient(String),
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}: {error}")]
     Io {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("{path} holds no usable identity (age secret key or unencrypted SSH private key)")]
     NoIdentity { path: PathBuf },
@@ -80,9 +80,9 @@ impl FromStr for Recipient {
 
 /// Reads a recipients file: one key per line, `#` comments and blank lines ignored.
 pub fn read_recipients_file(path: &Path) -> Result<Vec<Recipient>, CryptoError> {
-    let text = std::fs::read_to_string(path).map_err(|source| CryptoError::Io {
+    let text = std::fs::read_to_string(path).map_err(|error| CryptoError::Io {
         path: path.to_owned(),
-        source,
+        error,
     })?;
     text.lines()
         .map(str::trim)
@@ -97,9 +97,9 @@ pub struct Identities(Arc<Vec<Box<dyn age::Identity + Send + Sync>>>);
 
 impl Identities {
     pub fn from_file(path: &Path) -> Result<Identities, CryptoError> {
-        let io = |source| CryptoError::Io {
+        let io = |error| CryptoError::Io {
             path: path.to_owned(),
-            source,
+            error,
         };
         let bytes = std::fs::read(path).map_err(io)?;
         let mut ids: Vec<Box<dyn age::Identity + Send + Sync>> = Vec::new();

@@ -29,8 +29,8 @@ const TEMP_DIR: &str = "tmp-index";
 
 #[derive(Debug, thiserror::Error)]
 pub enum IndexError {
-    #[error("index {path}: {source}")]
-    Sled { path: PathBuf, source: sled::Error },
+    #[error("index {path}: {error}")]
+    Sled { path: PathBuf, error: sled::Error },
     #[error("index entry for {0} is malformed")]
     Malformed(String),
 }
@@ -118,9 +118,9 @@ impl Index {
     /// empty (the caller then syncs it from the packs); an index held by another process
     /// gives way to a temporary one.
     pub fn open(dir: &Path) -> Result<Index, IndexError> {
-        let sled_err = |source| IndexError::Sled {
+        let sled_err = |error| IndexError::Sled {
             path: dir.to_owned(),
-            source,
+            error,
         };
         let config = || sled::Config::new().path(dir).cache_capacity(CACHE_BYTES);
         let db = match config().open() {
@@ -169,7 +169,7 @@ impl Index {
     pub fn temporary(state: Option<&Path>) -> Result<Index, IndexError> {
         let tmp_err = |path: &Path, e: std::io::Error| IndexError::Sled {
             path: path.to_owned(),
-            source: sled::Error::Io(e),
+            error: sled::Error::Io(e),
         };
         let prefix = match state {
             Some(_) => format!("{}-", std::process::id()),
@@ -194,9 +194,9 @@ impl Index {
             .path(dir.path())
             .cache_capacity(CACHE_BYTES)
             .open()
-            .map_err(|source| IndexError::Sled {
+            .map_err(|error| IndexError::Sled {
                 path: dir.path().to_owned(),
-                source,
+                error,
             })?;
         let mut index = Index::from_db(db, dir.path(), IndexMode::Temporary)?;
         index._temp_dir = Some(dir);
@@ -205,9 +205,9 @@ impl Index {
 
     fn from_db(db: sled::Db, dir: &Path, mode: IndexMode) -> Result<Index, IndexError> {
         let t = |name: &str| {
-            db.open_tree(name).map_err(|source| IndexError::Sled {
+            db.open_tree(name).map_err(|error| IndexError::Sled {
                 path: dir.to_owned(),
-                source,
+                error,
             })
         };
         Ok(Index {
@@ -240,10 +240,10 @@ impl Index {
         Ok(dropped)
     }
 
-    fn err(&self, source: sled::Error) -> IndexError {
+    fn err(&self, error: sled::Error) -> IndexError {
         IndexError::Sled {
             path: self.path.clone(),
-            source,
+            error,
         }
     }
 

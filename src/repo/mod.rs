@@ -71,10 +71,10 @@ pub enum RepoError {
     NotEmpty(PathBuf),
     #[error("repository format {0} is not supported by this version (supports {REPO_FORMAT})")]
     UnsupportedFormat(u32),
-    #[error("{path}: {source}")]
+    #[error("{path}: {error}")]
     Io {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error(transparent)]
     Pack(#[from] PackError),
@@ -119,14 +119,14 @@ impl RepoError {
             RepoError::NotARepository(_) => ErrorKind::NoRepository,
             RepoError::NotEmpty(_) | RepoError::Settings(_) => ErrorKind::Settings,
             RepoError::UnsupportedFormat(_) => ErrorKind::Format,
-            RepoError::Io { source, .. } if is_disk_full(source) => ErrorKind::DiskSpace,
+            RepoError::Io { error, .. } if is_disk_full(error) => ErrorKind::DiskSpace,
             RepoError::Io { .. } => ErrorKind::Io,
-            RepoError::Pack(PackError::Io { source, .. }) if is_disk_full(source) => {
+            RepoError::Pack(PackError::Io { error, .. }) if is_disk_full(error) => {
                 ErrorKind::DiskSpace
             }
             RepoError::Pack(PackError::Io { .. }) => ErrorKind::Io,
             RepoError::Index(index::IndexError::Sled {
-                source: sled::Error::Io(e),
+                error: sled::Error::Io(e),
                 ..
             }) if is_disk_full(e) => ErrorKind::DiskSpace,
             RepoError::Index(_) => ErrorKind::Index,
@@ -172,9 +172,9 @@ pub(crate) fn read_limited(path: &Path, limit: u64) -> Result<Vec<u8>, RepoError
 }
 
 pub(crate) fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> RepoError + '_ {
-    move |source| RepoError::Io {
+    move |error| RepoError::Io {
         path: path.to_owned(),
-        source,
+        error,
     }
 }
 
@@ -362,7 +362,7 @@ impl Repository {
         let cfg_path = root.join(CONFIG_FILE);
         let bytes = match read_limited(&cfg_path, MAX_CONFIG_FILE) {
             Ok(b) => b,
-            Err(RepoError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+            Err(RepoError::Io { error, .. }) if error.kind() == std::io::ErrorKind::NotFound => {
                 return Err(RepoError::NotARepository(root.to_owned()));
             }
             Err(e) => return Err(e),
@@ -680,9 +680,9 @@ impl Repository {
         let sealed = {
             let mut cached = self.open_pack.lock().unwrap_or_else(|p| p.into_inner());
             if cached.as_ref().is_none_or(|(p, _)| *p != loc.pack) {
-                let f = File::open(&path).map_err(|source| match source.kind() {
+                let f = File::open(&path).map_err(|error| match error.kind() {
                     std::io::ErrorKind::NotFound => RepoError::MissingBlob(*id),
-                    _ => io_err(&path)(source),
+                    _ => io_err(&path)(error),
                 })?;
                 *cached = Some((loc.pack, f));
             }
@@ -978,8 +978,8 @@ impl Repository {
                 Ok(c) if c.id == self.config.id => RootStatus::Same,
                 _ => RootStatus::Changed,
             },
-            Err(RepoError::Io { source, .. })
-                if source.kind() == std::io::ErrorKind::NotFound =>
+            Err(RepoError::Io { error, .. })
+                if error.kind() == std::io::ErrorKind::NotFound =>
             {
                 RootStatus::Changed
             }
@@ -1153,7 +1153,7 @@ pub fn recache_key(root: &Path, opts: &OpenOptions) -> Result<(), RepoError> {
     let cfg_path = root.join(CONFIG_FILE);
     let bytes = match read_limited(&cfg_path, MAX_CONFIG_FILE) {
         Ok(b) => b,
-        Err(RepoError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+        Err(RepoError::Io { error, .. }) if error.kind() == std::io::ErrorKind::NotFound => {
             return Err(RepoError::NotARepository(root.to_owned()));
         }
         Err(e) => return Err(e),

@@ -55,10 +55,10 @@ pub struct PackEntry {
 
 #[derive(Debug, thiserror::Error)]
 pub enum PackError {
-    #[error("pack {path}: {source}")]
+    #[error("pack {path}: {error}")]
     Io {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("pack {path} is damaged: {what}")]
     Damaged { path: PathBuf, what: String },
@@ -76,9 +76,9 @@ pub struct PackWriter {
 
 impl PackWriter {
     pub fn create(tmp_path: PathBuf) -> Result<PackWriter, PackError> {
-        let file = File::create_new(&tmp_path).map_err(|source| PackError::Io {
+        let file = File::create_new(&tmp_path).map_err(|error| PackError::Io {
             path: tmp_path.clone(),
-            source,
+            error,
         })?;
         let mut w = PackWriter {
             tmp_path,
@@ -93,9 +93,9 @@ impl PackWriter {
     }
 
     fn write(&mut self, bytes: &[u8]) -> Result<(), PackError> {
-        self.out.write_all(bytes).map_err(|source| PackError::Io {
+        self.out.write_all(bytes).map_err(|error| PackError::Io {
             path: self.tmp_path.clone(),
-            source,
+            error,
         })?;
         self.hasher.update(bytes);
         self.offset += bytes.len() as u64;
@@ -140,9 +140,9 @@ impl PackWriter {
         self.write(&digest)?;
         self.write(END_MAGIC)?;
         let tmp = self.tmp_path.clone();
-        let io = |source| PackError::Io {
+        let io = |error| PackError::Io {
             path: tmp.clone(),
-            source,
+            error,
         };
         self.out.flush().map_err(io)?;
         self.out.get_ref().sync_all().map_err(io)?;
@@ -192,9 +192,9 @@ pub fn read_header(path: &Path) -> Result<Vec<PackEntry>, PackError> {
         path: path.to_owned(),
         what,
     };
-    let io = |source| PackError::Io {
+    let io = |error| PackError::Io {
         path: path.to_owned(),
-        source,
+        error,
     };
     let mut f = File::open(path).map_err(io)?;
     let len = f.metadata().map_err(io)?.len();
@@ -259,23 +259,23 @@ pub fn read_header(path: &Path) -> Result<Vec<PackEntry>, PackError> {
 pub fn read_blob(file: &File, path: &Path, offset: u64, length: u32) -> Result<Vec<u8>, PackError> {
     let mut buf = vec![0u8; length as usize];
     file.read_exact_at(&mut buf, offset)
-        .map_err(|source| PackError::Io {
+        .map_err(|error| PackError::Io {
             path: path.to_owned(),
-            source,
+            error,
         })?;
     Ok(buf)
 }
 
 /// Hashes the whole pack file and compares it with its name.
 pub fn verify_file_hash(path: &Path, expected: &Id) -> Result<bool, PackError> {
-    let mut f = File::open(path).map_err(|source| PackError::Io {
+    let mut f = File::open(path).map_err(|error| PackError::Io {
         path: path.to_owned(),
-        source,
+        error,
     })?;
     let mut hasher = blake3::Hasher::new();
-    std::io::copy(&mut f, &mut hasher).map_err(|source| PackError::Io {
+    std::io::copy(&mut f, &mut hasher).map_err(|error| PackError::Io {
         path: path.to_owned(),
-        source,
+        error,
     })?;
     Ok(hasher.finalize().as_bytes() == &expected.0)
 }
