@@ -90,7 +90,7 @@ pub struct DaemonConfig {
     #[serde(default = "default_concurrency")]
     pub concurrency: usize,
     /// A backup does not start with less free space than this on the repository's disk.
-    #[serde(default = "default_min_free")]
+    #[serde(default = "default_min_free", deserialize_with = "de_size")]
     pub min_free_space: ByteSize,
     /// Attempts per scheduled run, for transient failures.
     #[serde(default = "default_attempts")]
@@ -242,59 +242,100 @@ pub struct CommandJob {
 
 impl Config {
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+        let bytes = std::fs::read(path).map_err(|source| ConfigError::Io {
             path: path.to_owned(),
             source,
         })?;
         let abs = std::path::absolute(path).unwrap_or_else(|_| path.to_owned());
-        Config::parse(&text, &abs)
+        Config::parse_bytes(&bytes, &abs)
+    }
+
+    /// Like [`Config::parse`], for input not yet known to be UTF-8: an invalid byte is
+    /// reported with its line and column, so it can be found in an editor.
+    pub fn parse_bytes(bytes: &[u8], file: &Path) -> Result<Config, ConfigError> {
+        let text = std::str::from_utf8(bytes).map_err(|e| {
+            let valid = &bytes[..e.valid_up_to()];
+            let line_start = valid.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+            // The prefix is valid UTF-8, so its characters are the columns.
+            let column = String::from_utf8_lossy(&valid[line_start..])
+                .chars()
+                .count()
+                + 1;
+            ConfigError::Invalid {
+                file: file.to_owned(),
+                line: valid.iter().filter(|b| **b == b'\n').count() + 1,
+                key: "(encoding)".into(),
+                message: format!(
+                    "not valid UTF-8: byte 0x{:02x} at column {column}",
+                    bytes[e.valid_up_to()]
+                ),
+            }
+        })?;
+        Config::parse(text, file)
     }
 
     /// Parses and validates. `file` is only used in messages.
     pub fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
         let de = toml::Deserializer::parse(text).map_err(|e| invalid_from_toml(file, text, &e))?;
         let mut track = serde_path_to_error::Track::new();
-        let config = Config::deserialize(serde_path_to_error::Deserializer::new(de, &mut track))
-            .map_err(|e| {
-                let mut key = track.path().to_string();
-                // Unknown keys inside a flattened job table are reported at the table; name
-                // the key itself, so the line points at it.
-                if let Some(field) = e
-                    .message()
-                    .strip_prefix("unknown field `")
-                    .and_then(|r| r.split('`').next())
-                {
-                    key = if key.is_empty() || key == "." {
-                        field.to_string()
-                    } else {
-                        format!("{key}.{field}")
-                    };
-                }
-                let line = line_of_key(text, &key)
-                    .or_else(|| e.span().map(|s| line_of(text, s.start)))
-                    .unwrap_or(1);
-                ConfigError::Invalid {
-                    file: file.to_owned(),
-                    line,
-                    key: display_key(&key),
-                    message: clean_message(e.message()),
-                }
-            })?;
-        let mut config = config;
+        let mut config = Config::deserialize(serde_path_to_error::Deserializer::new(
+            de, &mut track,
+        ))
+        .map_err(|e| {
+            let (key, line, message) = locate_error(text, &track.path(), &e);
+            ConfigError::Invalid {
+                file: file.to_owned(),
+                line,
+                key: key.to_string(),
+                message: clean_message(&message),
+            }
+        })?;
+        let invalid = |(key, message): (KeyPath, String)| ConfigError::Invalid {
+            file: file.to_owned(),
+            line: deepest_line(text, &key).unwrap_or(1),
+            key: key.to_string(),
+            message,
+        };
+        // Before resolving: an empty path would silently become the config's directory.
+        config.reject_empty_paths().map_err(invalid)?;
         // Relative paths are read from the config file's directory, so an example can
         // point next to itself; absolute ones are taken as they are.
         if let Some(base) = file.parent().filter(|b| b.is_absolute()) {
             config.resolve_paths(base);
         }
-        config
-            .validate()
-            .map_err(|(key, message)| ConfigError::Invalid {
-                file: file.to_owned(),
-                line: line_of_key(text, &key).unwrap_or(1),
-                key,
-                message,
-            })?;
+        config.validate().map_err(invalid)?;
         Ok(config)
+    }
+
+    fn reject_empty_paths(&self) -> Result<(), (KeyPath, String)> {
+        let empty = |key: KeyPath| Err((key, "is empty; give a path".to_string()));
+        let r = &self.repository;
+        let repo = KeyPath::key("repository");
+        if r.path.as_os_str().is_empty() {
+            return empty(repo.and("path"));
+        }
+        for (name, p) in [
+            ("state_dir", &r.state_dir),
+            ("recipients_file", &r.recipients_file),
+            ("identity_file", &r.identity_file),
+        ] {
+            if p.as_ref().is_some_and(|p| p.as_os_str().is_empty()) {
+                return empty(repo.and(name));
+            }
+        }
+        if let Some(p) = &self.http.token_file
+            && p.as_os_str().is_empty()
+        {
+            return empty(KeyPath::key("http").and("token_file"));
+        }
+        for (name, job) in &self.jobs {
+            if let JobKind::Path(p) = &job.kind
+                && let Some(i) = p.paths.iter().position(|p| p.as_os_str().is_empty())
+            {
+                return empty(job_key(name, "paths").at(i));
+            }
+        }
+        Ok(())
     }
 
     fn resolve_paths(&mut self, base: &Path) {
@@ -330,25 +371,35 @@ impl Config {
         }
     }
 
-    fn validate(&self) -> Result<(), (String, String)> {
+    fn validate(&self) -> Result<(), (KeyPath, String)> {
         if !self.repository.path.is_absolute() {
-            return Err(("repository.path".into(), "must be an absolute path".into()));
+            return Err((
+                KeyPath::key("repository").and("path"),
+                "must be an absolute path".into(),
+            ));
         }
         if !(1..=64).contains(&self.daemon.concurrency) {
             return Err((
-                "daemon.concurrency".into(),
+                KeyPath::key("daemon").and("concurrency"),
                 "must be between 1 and 64".into(),
             ));
         }
         if self.daemon.attempts == 0 {
-            return Err(("daemon.attempts".into(), "must be at least 1".into()));
+            return Err((
+                KeyPath::key("daemon").and("attempts"),
+                "must be at least 1".into(),
+            ));
         }
-        for r in &self.repository.recipients {
-            r.parse::<crate::repo::crypto::Recipient>()
-                .map_err(|e| ("repository.recipients".to_string(), e.to_string()))?;
+        for (i, r) in self.repository.recipients.iter().enumerate() {
+            r.parse::<crate::repo::crypto::Recipient>().map_err(|e| {
+                (
+                    KeyPath::key("repository").and("recipients").at(i),
+                    e.to_string(),
+                )
+            })?;
         }
         for (name, job) in &self.jobs {
-            let key = |k: &str| format!("jobs.{name}.{k}");
+            let key = |k: &str| job_key(name, k);
             job.retention
                 .validate()
                 .map_err(|m| (key("retention"), m))?;
@@ -357,24 +408,28 @@ impl Config {
                     if p.paths.is_empty() {
                         return Err((key("paths"), "needs at least one path".into()));
                     }
-                    if let Some(rel) = p.paths.iter().find(|p| !p.is_absolute()) {
+                    if let Some(i) = p.paths.iter().position(|p| !p.is_absolute()) {
                         return Err((
-                            key("paths"),
-                            format!("{} is not an absolute path", rel.display()),
+                            key("paths").at(i),
+                            format!("{} is not an absolute path", p.paths[i].display()),
                         ));
                     }
-                    for g in &p.exclude {
-                        globset::Glob::new(g).map_err(|e| (key("exclude"), e.to_string()))?;
+                    for (i, g) in p.exclude.iter().enumerate() {
+                        globset::Glob::new(g).map_err(|e| (key("exclude").at(i), e.to_string()))?;
                     }
                 }
                 JobKind::Command(c) => {
-                    if c.command.is_empty() {
+                    if c.command.first().is_none_or(|p| p.is_empty()) {
                         return Err((key("command"), "needs a program".into()));
                     }
-                    if !crate::repo::tree::EntryPath::from(c.name.as_str()).is_safe() {
+                    if !is_safe_stream_name(&c.name) {
                         return Err((
                             key("name"),
-                            format!("{:?} must be a relative file name", c.name),
+                            format!(
+                                "{:?} must be a relative file name: not empty, no leading '/', \
+                                 no empty, '.' or '..' components, no NUL",
+                                c.name
+                            ),
                         ));
                     }
                 }
@@ -391,12 +446,210 @@ impl Config {
     }
 }
 
+/// The name a command's output is stored under. `EntryPath::from` would strip a leading
+/// `/`, so `/etc/passwd` would pass its check and be stored as `etc/passwd`: judge the
+/// name as written.
+fn is_safe_stream_name(name: &str) -> bool {
+    !name.starts_with('/') && crate::repo::tree::EntryPath::new(name.as_bytes().to_vec()).is_safe()
+}
+
+/// Sizes as `bytesize` reads them ("1 GiB", "1.5 MB", 1024), except that a size beyond
+/// u64 is an error: `bytesize` saturates it silently.
+fn de_size<'de, D: serde::Deserializer<'de>>(d: D) -> Result<ByteSize, D::Error> {
+    struct V;
+    impl serde::de::Visitor<'_> for V {
+        type Value = ByteSize;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a size such as \"1 GiB\" or a number of bytes")
+        }
+        fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<ByteSize, E> {
+            Ok(ByteSize(v))
+        }
+        fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<ByteSize, E> {
+            u64::try_from(v)
+                .map(ByteSize)
+                .map_err(|_| E::custom(format!("{v} is negative; a size is at least 0")))
+        }
+        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<ByteSize, E> {
+            parse_size(v).map_err(E::custom)
+        }
+    }
+    d.deserialize_any(V)
+}
+
+/// Parses a size like `bytesize` does, but refuses one that does not fit in u64.
+pub fn parse_size(s: &str) -> Result<ByteSize, String> {
+    let s = s.trim();
+    let too_large = || format!("{s:?} is too large: the largest size is 16 EiB (2^64 - 1 bytes)");
+    let number_len = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
+    let (number, unit) = (&s[..number_len], s[number_len..].trim_start());
+    let not_a_size = |e: String| format!("{s:?} is not a size such as \"1 GiB\": {e}");
+    // One unit is at most 1 EiB, so this never saturates.
+    let factor = if unit.is_empty() {
+        1
+    } else {
+        format!("1 {unit}")
+            .parse::<ByteSize>()
+            .map_err(not_a_size)?
+            .as_u64()
+    };
+    let fits = match number.parse::<u64>() {
+        Ok(n) => n.checked_mul(factor).is_some(),
+        // All digits but beyond u64.
+        Err(_) if !number.is_empty() && number.bytes().all(|b| b.is_ascii_digit()) => false,
+        // 2^64 is exact in f64; anything at or above it does not fit. Malformed numbers
+        // are left to the parser below, for its message.
+        Err(_) => number
+            .parse::<f64>()
+            .map_or(true, |n| n * (factor as f64) < 18_446_744_073_709_551_616.0),
+    };
+    if !fits {
+        return Err(too_large());
+    }
+    s.parse().map_err(not_a_size)
+}
+
+/// A key path into the TOML document, kept as segments: job names may contain dots.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct KeyPath(Vec<Seg>);
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Seg {
+    Key(String),
+    Index(usize),
+}
+
+impl KeyPath {
+    fn key(k: &str) -> KeyPath {
+        KeyPath(vec![Seg::Key(k.to_owned())])
+    }
+
+    fn and(mut self, k: &str) -> KeyPath {
+        self.0.push(Seg::Key(k.to_owned()));
+        self
+    }
+
+    fn at(mut self, i: usize) -> KeyPath {
+        self.0.push(Seg::Index(i));
+        self
+    }
+
+    fn from_tracked(path: &serde_path_to_error::Path) -> KeyPath {
+        use serde_path_to_error::Segment;
+        let mut out = Vec::new();
+        for seg in path {
+            match seg {
+                Segment::Seq { index } => out.push(Seg::Index(*index)),
+                Segment::Map { key } | Segment::Enum { variant: key } => {
+                    out.push(Seg::Key(key.clone()))
+                }
+                Segment::Unknown => break,
+            }
+        }
+        KeyPath(out)
+    }
+}
+
+impl std::fmt::Display for KeyPath {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.0.is_empty() {
+            return f.write_str("(top level)");
+        }
+        for (i, seg) in self.0.iter().enumerate() {
+            match seg {
+                Seg::Key(k) if i == 0 => f.write_str(k)?,
+                Seg::Key(k) => write!(f, ".{k}")?,
+                Seg::Index(n) => write!(f, "[{n}]")?,
+            }
+        }
+        Ok(())
+    }
+}
+
+fn job_key(name: &JobName, k: &str) -> KeyPath {
+    KeyPath::key("jobs").and(name.as_str()).and(k)
+}
+
+/// The keys of a job table that are not its kind's settings (see [`JobConfig`]).
+const JOB_COMMON_KEYS: [&str; 4] = ["kind", "schedule", "timezone", "retention"];
+
+/// Where a deserialization error is: its key path, line and message.
+///
+/// A job's kind is `flatten`ed, and serde deserializes flattened fields from a buffer
+/// that carries neither key path nor span: such errors arrive as "somewhere in
+/// `jobs.<name>`". Those settings are then deserialized once more, directly, to find the
+/// key and line of the error.
+fn locate_error(
+    text: &str,
+    tracked: &serde_path_to_error::Path,
+    e: &toml::de::Error,
+) -> (KeyPath, usize, String) {
+    let mut key = KeyPath::from_tracked(tracked);
+    let mut message = e.message().to_owned();
+    let mut span = e.span();
+    if let [Seg::Key(jobs), Seg::Key(name)] = key.0.as_slice()
+        && jobs == "jobs"
+        && let Some(precise) = job_settings_error(text, name)
+        // The same error, only found again with its place; anything else is not it.
+        && precise.inner().message() == message
+    {
+        key.0.extend(KeyPath::from_tracked(precise.path()).0);
+        message = precise.inner().message().to_owned();
+        span = precise.inner().span();
+    }
+    // serde names an unknown key in the message, and the tracker has it as the last
+    // segment except when it sits in a flattened table.
+    if let Some(field) = message
+        .strip_prefix("unknown field `")
+        .and_then(|r| r.split('`').next())
+        && key.0.last() != Some(&Seg::Key(field.to_owned()))
+    {
+        key.0.push(Seg::Key(field.to_owned()));
+    }
+    let line = line_of_path(text, &key)
+        .or_else(|| span.map(|s| line_of(text, s.start)))
+        .or_else(|| deepest_line(text, &key))
+        .unwrap_or(1);
+    (key, line, message)
+}
+
+/// Deserializes the kind-specific settings of job `name` directly (not flattened), for
+/// the key path and span of their error.
+fn job_settings_error(
+    text: &str,
+    name: &str,
+) -> Option<serde_path_to_error::Error<toml::de::Error>> {
+    let doc = toml::de::DeTable::parse(text).ok()?;
+    let job = doc.get_ref().get("jobs")?.get_ref().as_table()?.get(name)?;
+    let mut settings = job.get_ref().as_table()?.clone();
+    let kind = settings.get("kind")?.get_ref().as_str()?.to_owned();
+    for k in JOB_COMMON_KEYS {
+        settings.remove(k);
+    }
+    let de = toml::de::Deserializer::from(toml::Spanned::new(job.span(), settings));
+    match kind.as_str() {
+        "path" => serde_path_to_error::deserialize::<_, PathJob>(de).err(),
+        "command" => serde_path_to_error::deserialize::<_, CommandJob>(de).err(),
+        _ => None,
+    }
+}
+
 fn invalid_from_toml(file: &Path, text: &str, e: &toml::de::Error) -> ConfigError {
+    let mut message = clean_message(e.message());
+    // The parser's message does not say which key; its span points at the key.
+    if message == "duplicate key"
+        && let Some(k) = e.span().and_then(|s| text.get(s)).map(str::trim)
+        && !k.is_empty()
+    {
+        message = format!("duplicate key `{}`", k.trim_matches('"'));
+    }
     ConfigError::Invalid {
         file: file.to_owned(),
         line: e.span().map(|s| line_of(text, s.start)).unwrap_or(1),
         key: "(syntax)".into(),
-        message: clean_message(e.message()),
+        message,
     }
 }
 
@@ -404,33 +657,45 @@ fn clean_message(m: &str) -> String {
     m.trim().replace('\n', " ")
 }
 
-fn display_key(path: &str) -> String {
-    if path.is_empty() || path == "." {
-        "(top level)".into()
-    } else {
-        path.to_string()
-    }
-}
-
 fn line_of(text: &str, offset: usize) -> usize {
     text[..offset.min(text.len())].matches('\n').count() + 1
 }
 
-/// Finds the line defining the deepest existing part of a dotted key path, using the
-/// span-preserving TOML parser (errors inside flattened tables carry no span of their own).
-fn line_of_key(text: &str, key: &str) -> Option<usize> {
+/// The line of the item the whole key path names, if it exists in the document.
+fn line_of_path(text: &str, key: &KeyPath) -> Option<usize> {
+    let (line, whole) = walk(text, key)?;
+    whole.then_some(line)
+}
+
+/// The line of the deepest existing item along the key path.
+fn deepest_line(text: &str, key: &KeyPath) -> Option<usize> {
+    walk(text, key).map(|(line, _)| line)
+}
+
+/// Follows the key path through the span-preserving parse; returns the line of the
+/// deepest item found and whether that is the whole path.
+fn walk(text: &str, key: &KeyPath) -> Option<(usize, bool)> {
     let doc = toml::de::DeTable::parse(text).ok()?;
-    let mut table = doc.get_ref();
+    let mut table = Some(doc.get_ref());
+    let mut array = None;
     let mut line = None;
-    for part in key.split('.').filter(|p| !p.is_empty()) {
-        let (k, v) = table.get_key_value(part)?;
-        line = Some(line_of(text, k.span().start));
-        match v.get_ref() {
-            toml::de::DeValue::Table(t) => table = t,
-            _ => break,
-        }
+    for seg in &key.0 {
+        let found = match seg {
+            Seg::Key(k) => table
+                .and_then(|t| t.get_key_value(k.as_str()))
+                .map(|(k, v)| (k.span().start, v)),
+            Seg::Index(i) => array
+                .and_then(|a: &toml::de::DeArray| a.get(*i))
+                .map(|v| (v.span().start, v)),
+        };
+        let Some((at, v)) = found else {
+            return line.map(|l| (l, false));
+        };
+        line = Some(line_of(text, at));
+        table = v.get_ref().as_table();
+        array = v.get_ref().as_array();
     }
-    line
+    line.map(|l| (l, true))
 }
 
 #[cfg(test)]
@@ -508,5 +773,238 @@ name = "all.sql"
 
         let e = err("[repository\npath = 1");
         assert!(e.contains("test.toml:1"), "{e}");
+    }
+
+    /// GOOD with `from` replaced by `to`, asserting the replacement happened.
+    fn with(from: &str, to: &str) -> String {
+        assert!(GOOD.contains(from), "{from:?} is not in GOOD");
+        GOOD.replacen(from, to, 1)
+    }
+
+    #[test]
+    fn empty_paths_are_rejected_not_taken_for_the_config_directory() {
+        // An absolute config file, so relative paths are resolved (as `load` does).
+        let abs = |t: &str| Config::parse(t, Path::new("/etc/backuphub/test.toml"));
+        let cases = [
+            (
+                with("path = \"/mnt/backup/backuphub\"", "path = \"\""),
+                "repository.path",
+            ),
+            (
+                with("[http]", "[http]\ntoken_file = \"\""),
+                "http.token_file",
+            ),
+            (
+                with("[http]", "state_dir = \"\"\n[http]"),
+                "repository.state_dir",
+            ),
+            (
+                with("[http]", "identity_file = \"\"\n[http]"),
+                "repository.identity_file",
+            ),
+            (
+                with("[http]", "recipients_file = \"\"\n[http]"),
+                "repository.recipients_file",
+            ),
+            (
+                with("paths = [\"/etc\"]", "paths = [\"/etc\", \"\"]"),
+                "jobs.etc.paths[1]",
+            ),
+        ];
+        for (text, key) in cases {
+            let e = abs(&text).expect_err(key).to_string();
+            assert!(e.contains(&format!(": {key}: ")), "{key}: {e}");
+            assert!(e.contains("empty"), "{key}: {e}");
+        }
+        let e = err(&with("command = [\"pg_dumpall\",", "command = [\"\","));
+        assert!(e.contains("jobs.pgdump.command"), "{e}");
+    }
+
+    #[test]
+    fn sizes_beyond_u64_are_rejected() {
+        let size = |v: &str| {
+            parse(&with(
+                "[http]",
+                &format!("[daemon]\nmin_free_space = {v}\n[http]"),
+            ))
+            .map(|c| c.daemon.min_free_space.as_u64())
+        };
+        for big in [
+            "\"99999999999 EiB\"",
+            "\"16 EiB\"",
+            "\"18446744073709551616\"",
+            "\"18446744073709551616 B\"",
+            "\"20000000000 GB\"",
+            "\"16384.5 PiB\"",
+            "\"17179869184 GiB\"",
+        ] {
+            let e = size(big).expect_err(big).to_string();
+            assert!(
+                e.contains("daemon.min_free_space") && e.contains("too large"),
+                "{big}: {e}"
+            );
+            assert!(e.contains("test.toml:6"), "{big}: {e}");
+        }
+        assert_eq!(size("\"15 EiB\"").unwrap(), 15 << 60);
+        assert_eq!(size("\"1.5 KiB\"").unwrap(), 1536);
+        assert_eq!(size("\"2 GB\"").unwrap(), 2_000_000_000);
+        assert_eq!(size("4096").unwrap(), 4096);
+        assert_eq!(size("\"18446744073709551615\"").unwrap(), u64::MAX);
+        assert!(size("-1").is_err());
+        assert!(size("\"lots\"").is_err());
+        assert!(size("\"1e30 B\"").is_err());
+    }
+
+    #[test]
+    fn a_command_jobs_name_must_be_a_safe_relative_name() {
+        for bad in [
+            "/etc/passwd",
+            "",
+            "a/../../b",
+            "./x",
+            "x/.",
+            "..",
+            "a//b",
+            "dir/",
+            "a\\u0000b",
+        ] {
+            let e = err(&with("name = \"all.sql\"", &format!("name = \"{bad}\"")));
+            assert!(e.contains("jobs.pgdump.name"), "{bad:?}: {e}");
+            assert!(e.contains("test.toml:20"), "{bad:?}: {e}");
+        }
+        for good in ["all.sql", "db/all.sql", ".hidden"] {
+            parse(&with("name = \"all.sql\"", &format!("name = \"{good}\""))).unwrap();
+        }
+    }
+
+    #[test]
+    fn non_utf8_input_names_line_and_column() {
+        let mut bytes = GOOD.as_bytes().to_vec();
+        let at = GOOD.find("0.0.0.0").unwrap();
+        bytes.insert(at, 0xff);
+        let e = Config::parse_bytes(&bytes, Path::new("test.toml"))
+            .expect_err("invalid UTF-8")
+            .to_string();
+        assert!(e.contains("test.toml:6:"), "{e}");
+        assert!(e.contains("UTF-8") && e.contains("column 11"), "{e}");
+        // Multi-byte characters before it count as one column each.
+        let e = Config::parse_bytes(b"# \xc3\xa9\xc3\xa9 \xc3(\n", Path::new("t.toml"))
+            .expect_err("truncated sequence")
+            .to_string();
+        assert!(e.contains("t.toml:1:") && e.contains("column 6"), "{e}");
+        assert!(
+            Config::parse_bytes(GOOD.as_bytes(), Path::new("t.toml")).is_ok(),
+            "valid UTF-8 parses"
+        );
+    }
+
+    #[test]
+    fn type_errors_inside_a_jobs_kind_point_at_their_own_line() {
+        // (replace, by, key in the message, line)
+        let cases = [
+            (
+                "paths = [\"/etc\"]",
+                "paths = \"/etc\"",
+                "jobs.etc.paths",
+                12,
+            ),
+            (
+                "paths = [\"/etc\"]",
+                "paths = [\"/etc\", 5]",
+                "jobs.etc.paths[1]",
+                12,
+            ),
+            (
+                "paths = [\"/etc\"]",
+                "paths = [\n  \"/etc\",\n  5,\n]",
+                "jobs.etc.paths[1]",
+                14,
+            ),
+            (
+                "exclude = [\"*.tmp\"]",
+                "exclude = 3",
+                "jobs.etc.exclude",
+                13,
+            ),
+            (
+                "command = [\"pg_dumpall\", \"-h\", \"/run/postgresql\"]",
+                "command = [\n\"pg\",\n3]",
+                "jobs.pgdump.command[1]",
+                21,
+            ),
+            ("name = \"all.sql\"", "name = 5", "jobs.pgdump.name", 20),
+            (
+                "name = \"all.sql\"",
+                "name = \"all.sql\"\nenvironment = { A = 1 }",
+                "jobs.pgdump.environment.A",
+                21,
+            ),
+            (
+                "keep_daily = 14 }",
+                "keep_daily = \"x\" }",
+                "jobs.etc.retention.keep_daily",
+                14,
+            ),
+            (
+                "exclude = [\"*.tmp\"]",
+                "exclude = [\"a[\"]",
+                "jobs.etc.exclude[0]",
+                13,
+            ),
+            (
+                "paths = [\"/etc\"]",
+                "paths = [\"/etc\",\n\"etc\"]",
+                "jobs.etc.paths[1]",
+                13,
+            ),
+        ];
+        for (from, to, key, line) in cases {
+            let e = err(&with(from, to));
+            assert!(e.contains(&format!(": {key}: ")), "{to}: {e}");
+            assert!(e.starts_with(&format!("test.toml:{line}: ")), "{to}: {e}");
+        }
+    }
+
+    #[test]
+    fn unknown_keys_are_named_once() {
+        let e = err(&with("path = \"/mnt", "pth = \"/x\"\npath = \"/mnt"));
+        assert!(e.contains(": repository.pth: "), "{e}");
+        assert!(!e.contains("pth.pth"), "{e}");
+        assert!(e.starts_with("test.toml:3: "), "{e}");
+
+        let e = err(&format!("\nrepositry = 1\n{GOOD}"));
+        assert!(e.starts_with("test.toml:2: repositry: "), "{e}");
+
+        let e = err(&with("keep_daily = 14", "keep_dayly = 14"));
+        assert!(e.contains(": jobs.etc.retention.keep_dayly: "), "{e}");
+
+        let e = err(&with("name = \"all.sql\"", "name = \"all.sql\"\nnmae = 1"));
+        assert!(e.starts_with("test.toml:21: jobs.pgdump.nmae: "), "{e}");
+    }
+
+    #[test]
+    fn a_duplicate_key_is_named_with_its_line() {
+        let e = err(&with(
+            "path = \"/mnt/backup/backuphub\"",
+            "path = \"/a\"\npath = \"/b\"",
+        ));
+        assert!(e.starts_with("test.toml:4: "), "{e}");
+        assert!(e.contains("duplicate key `path`"), "{e}");
+
+        let e = err(&with("[jobs.pgdump]", "[jobs.etc]"));
+        assert!(e.starts_with("test.toml:16: "), "{e}");
+        assert!(e.contains("`etc`"), "{e}");
+
+        let e = err(&with("keep_daily = 14", "keep_daily = 14, keep_daily = 1"));
+        assert!(
+            e.starts_with("test.toml:14: ") && e.contains("`keep_daily`"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn dotted_job_names_still_find_their_line() {
+        let e = err(&with("[jobs.etc]", "[jobs.\"etc.d\"]").replace("\"/etc\"", "\"etc\""));
+        assert!(e.starts_with("test.toml:12: jobs.etc.d.paths[0]: "), "{e}");
     }
 }

@@ -7,7 +7,7 @@ use chrono::Utc;
 use tokio_cron_scheduler::{Job, JobScheduler};
 
 use crate::config::Config;
-use crate::http::{Http, router};
+use crate::http::{Http, ServeLimits, Server, router};
 use crate::runner::Context;
 
 #[derive(Debug, thiserror::Error)]
@@ -75,12 +75,10 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         metrics,
         token,
     });
-    let shutdown = ctx.cancel.clone();
-    let server = tokio::spawn(async move {
-        let _ = axum::serve(listener, app)
-            .with_graceful_shutdown(async move { shutdown.cancelled().await })
-            .await;
-    });
+    // Stops on the same cancel as the jobs, within a grace no longer than the stop
+    // timeout, so no client can hold up SIGTERM.
+    let server = Server::new(listener, app, ServeLimits::new(stop_timeout));
+    let server = tokio::spawn(server.run(ctx.cancel.clone()));
 
     let sched = JobScheduler::new()
         .await

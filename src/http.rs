@@ -1,8 +1,13 @@
 //! The HTTP surface: health, readiness, metrics, status and a run trigger. It reads the
 //! shared state; the only thing it writes is a trigger, which goes through the same path
 //! as the scheduler.
+//!
+//! [`Server`] serves it with bounds on what a client can hold: the time to send a request
+//! head (which also bounds an idle keep-alive connection), the time a handler may take,
+//! the number of connections, and the time shutdown waits for them.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Json;
 use axum::Router;
@@ -13,8 +18,212 @@ use axum::routing::{get, post};
 use chrono::Utc;
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::json;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
 
 use crate::runner::{Context, TriggerError};
+
+/// A client that has not sent a whole request head by then is disconnected. hyper arms
+/// this timer whenever it waits for a head, so it also closes idle keep-alive
+/// connections. Generous for any client on a LAN; short enough that half-sent requests
+/// cannot pile up (they once exhausted a 300-fd limit and failed a scheduled backup).
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// A handler taking longer is answered 503. Listing snapshots reads the repository, which
+/// on a slow USB disk can take seconds; nothing here should take half a minute.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// Connections served at once. Prometheus, a dashboard and a few curls need a handful; 32
+/// keeps the daemon's descriptors for packs, the index and sources.
+pub const MAX_CONNECTIONS: usize = 32;
+/// On shutdown, requests in flight get this long to finish (never more than the daemon's
+/// `stop_timeout_secs`); then their connections are dropped.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// The bounds [`Server`] enforces; see the constants for the defaults and why.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServeLimits {
+    pub header_read_timeout: Duration,
+    pub request_timeout: Duration,
+    pub max_connections: usize,
+    pub shutdown_grace: Duration,
+}
+
+impl ServeLimits {
+    /// The defaults, with a shutdown grace no longer than the daemon's stop timeout.
+    pub fn new(stop_timeout: Duration) -> ServeLimits {
+        ServeLimits {
+            header_read_timeout: HEADER_READ_TIMEOUT,
+            request_timeout: REQUEST_TIMEOUT,
+            max_connections: MAX_CONNECTIONS,
+            shutdown_grace: SHUTDOWN_GRACE.min(stop_timeout),
+        }
+    }
+}
+
+/// HTTP/1.1 over a bound listener, within [`ServeLimits`].
+///
+/// Beyond `max_connections`, new connections are not accepted: they wait in the kernel's
+/// listen backlog, which costs this process no descriptor, until a served one ends (at
+/// the latest after `header_read_timeout` if it is idle or half-sent). Waiting rather
+/// than refusing delays a scrape during a flood instead of failing it, and refusing
+/// would still cost an accept and a descriptor per attempt.
+pub struct Server {
+    listener: TcpListener,
+    app: Router,
+    limits: ServeLimits,
+    open: OpenConnections,
+}
+
+/// How many connections a [`Server`] is serving now.
+#[derive(Clone, Default)]
+pub struct OpenConnections(Arc<std::sync::atomic::AtomicUsize>);
+
+impl OpenConnections {
+    pub fn get(&self) -> usize {
+        self.0.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// One served connection: its slot and its place in the count, both given back when the
+/// connection's task ends or is aborted.
+struct Served {
+    _slot: tokio::sync::OwnedSemaphorePermit,
+    open: OpenConnections,
+}
+
+impl Served {
+    fn new(slot: tokio::sync::OwnedSemaphorePermit, open: &OpenConnections) -> Served {
+        open.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Served {
+            _slot: slot,
+            open: open.clone(),
+        }
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        self.open
+            .0
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Server {
+    pub fn new(listener: TcpListener, app: Router, limits: ServeLimits) -> Server {
+        Server {
+            listener,
+            app,
+            limits,
+            open: OpenConnections::default(),
+        }
+    }
+
+    pub fn open_connections(&self) -> OpenConnections {
+        self.open.clone()
+    }
+
+    /// Serves until `shutdown` is cancelled; then stops accepting, lets requests in
+    /// flight finish within `shutdown_grace`, and drops whatever is left (half-sent
+    /// requests included), so shutdown never waits on a client.
+    pub async fn run(self, shutdown: CancellationToken) {
+        use hyper_util::rt::{TokioIo, TokioTimer};
+        use hyper_util::server::graceful::GracefulShutdown;
+        use hyper_util::service::TowerToHyperService;
+
+        let Server {
+            listener,
+            app,
+            limits,
+            open,
+        } = self;
+        let slots = Arc::new(Semaphore::new(limits.max_connections));
+        let app = app.layer(axum::middleware::from_fn_with_state(
+            limits.request_timeout,
+            request_deadline,
+        ));
+        let mut http = hyper::server::conn::http1::Builder::new();
+        http.timer(TokioTimer::new())
+            .header_read_timeout(limits.header_read_timeout)
+            .keep_alive(true);
+        let graceful = GracefulShutdown::new();
+        let mut connections = tokio::task::JoinSet::new();
+        loop {
+            while connections.try_join_next().is_some() {}
+            // A slot first, then accept: beyond the limit, clients wait in the backlog.
+            let permit = tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => break,
+                p = slots.clone().acquire_owned() => match p {
+                    Ok(p) => p,
+                    Err(_) => break,
+                },
+            };
+            let stream = tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => break,
+                r = listener.accept() => match r {
+                    Ok((stream, _)) => stream,
+                    Err(e) if is_per_connection(&e) => continue,
+                    Err(e) => {
+                        // Out of descriptors or memory: retrying at once would spin.
+                        tracing::warn!(error = %e, "cannot accept HTTP connections; retrying in 1 s");
+                        tokio::select! {
+                            _ = shutdown.cancelled() => break,
+                            _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                        }
+                    }
+                },
+            };
+            let conn =
+                http.serve_connection(TokioIo::new(stream), TowerToHyperService::new(app.clone()));
+            let conn = graceful.watch(conn);
+            let served = Served::new(permit, &open);
+            connections.spawn(async move {
+                let _served = served;
+                if let Err(e) = conn.await {
+                    // Timeouts and clients going away: routine, not worth a warning.
+                    tracing::debug!(error = %e, "HTTP connection ended");
+                }
+            });
+        }
+        drop(listener);
+        if tokio::time::timeout(limits.shutdown_grace, graceful.shutdown())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                open = connections.len(),
+                "HTTP connections did not finish in time; closing them"
+            );
+        }
+        connections.shutdown().await;
+    }
+}
+
+/// Errors of one incoming connection (it went away before we took it), not of the
+/// listener.
+fn is_per_connection(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind::*;
+    matches!(
+        e.kind(),
+        ConnectionRefused | ConnectionAborted | ConnectionReset
+    )
+}
+
+async fn request_deadline(
+    State(limit): State<Duration>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    match tokio::time::timeout(limit, next.run(req)).await {
+        Ok(resp) => resp,
+        Err(_) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the request took too long; try again later",
+        ),
+    }
+}
 
 #[derive(Clone)]
 pub struct Http {
