@@ -422,7 +422,7 @@ impl Config {
                     if c.command.first().is_none_or(|p| p.is_empty()) {
                         return Err((key("command"), "needs a program".into()));
                     }
-                    if !is_safe_stream_name(&c.name) {
+                    if !crate::source::stream::is_safe_name(&c.name) {
                         return Err((
                             key("name"),
                             format!(
@@ -444,13 +444,6 @@ impl Config {
             .clone()
             .unwrap_or_else(crate::repo::default_state_dir)
     }
-}
-
-/// The name a command's output is stored under. `EntryPath::from` would strip a leading
-/// `/`, so `/etc/passwd` would pass its check and be stored as `etc/passwd`: judge the
-/// name as written.
-fn is_safe_stream_name(name: &str) -> bool {
-    !name.starts_with('/') && crate::repo::tree::EntryPath::new(name.as_bytes().to_vec()).is_safe()
 }
 
 /// Sizes as `bytesize` reads them ("1 GiB", "1.5 MB", 1024), except that a size beyond

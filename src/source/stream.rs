@@ -32,14 +32,21 @@ pub struct StreamSource {
     redactor: Redactor,
 }
 
+/// Whether `name` can be the path a stream is stored under: relative, no empty, `.` or
+/// `..` components, no NUL. Config checking uses the same rule.
+pub fn is_safe_name(name: &str) -> bool {
+    EntryPath::new(name.as_bytes().to_vec()).is_safe()
+}
+
 impl StreamSource {
     pub fn new(
         name: &str,
         input: StreamInput,
         redactor: Redactor,
     ) -> Result<StreamSource, SourceError> {
-        let path = EntryPath::from(name);
-        if !path.is_safe() {
+        // Judged as written: `EntryPath::from` would strip a leading `/`, and `/etc/passwd`
+        // would pass as `etc/passwd`.
+        if !is_safe_name(name) {
             return Err(SourceError::Fatal(format!(
                 "stream name {name:?} must be a relative path without . or .. components"
             )));
@@ -55,7 +62,7 @@ impl StreamSource {
             ),
         };
         Ok(StreamSource {
-            name: path,
+            name: EntryPath::new(name.as_bytes().to_vec()),
             input: Some(input),
             description,
             redactor,
@@ -313,7 +320,12 @@ mod tests {
 
     #[test]
     fn unsafe_names_are_refused() {
-        assert!(StreamSource::new("../x", StreamInput::Stdin, Redactor::default()).is_err());
+        for bad in ["../x", "/etc/passwd", "", "a//b", "a/./b", "x/"] {
+            assert!(
+                StreamSource::new(bad, StreamInput::Stdin, Redactor::default()).is_err(),
+                "{bad:?}"
+            );
+        }
         assert!(StreamSource::new("dump.sql", StreamInput::Stdin, Redactor::default()).is_ok());
     }
 }
