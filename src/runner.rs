@@ -745,6 +745,49 @@ mod tests {
         ctx.trigger("slow", "test").unwrap();
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn a_repository_is_never_created_where_this_machine_served_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let ctx = Context::new(config(
+            dir.path(),
+            "[jobs.j]\nkind = \"command\"\nschedule = \"@daily\"\ncommand = [\"echo\", \"hi\"]\nname = \"x\"\n",
+        ));
+        let name = JobName::parse("j").unwrap();
+        assert_eq!(ctx.execute(&name, "r1", "test").await.status, RunStatus::Complete);
+        // The disk is unplugged: the mount point is an empty directory again.
+        let repo = dir.path().join("repo");
+        std::fs::rename(&repo, dir.path().join("unplugged")).unwrap();
+        std::fs::create_dir_all(&repo).unwrap();
+        let r = ctx.execute(&name, "r2", "test").await;
+        assert_eq!(r.status, RunStatus::Failed);
+        assert_eq!(r.error_kind, Some(ErrorKind::NoRepository));
+        assert!(r.error.unwrap().contains("already served"));
+        assert_eq!(std::fs::read_dir(&repo).unwrap().count(), 0, "nothing created");
+        // Plugged back in: runs work again.
+        std::fs::remove_dir(&repo).unwrap();
+        std::fs::rename(dir.path().join("unplugged"), &repo).unwrap();
+        assert_eq!(ctx.execute(&name, "r3", "test").await.status, RunStatus::Complete);
+    }
+
+    #[tokio::test]
+    async fn the_daemon_never_loads_the_identity() {
+        let dir = tempfile::tempdir().unwrap();
+        // A file that is no identity at all: loading it would fail every run.
+        let bogus = dir.path().join("identity");
+        std::fs::write(&bogus, "not an identity").unwrap();
+        let ctx = Context::new(config(
+            dir.path(),
+            "[jobs.j]\nkind = \"command\"\nschedule = \"@daily\"\ncommand = [\"echo\", \"hi\"]\nname = \"x\"\n",
+        ));
+        let mut config = ctx.config.clone();
+        config.repository.identity_file = Some(bogus);
+        let ctx = Context::new(config);
+        let r = ctx
+            .execute(&JobName::parse("j").unwrap(), "r", "test")
+            .await;
+        assert_eq!(r.status, RunStatus::Complete, "{:?}", r.error);
+    }
+
     #[tokio::test]
     async fn a_missing_repository_is_not_created_without_permission() {
         let dir = tempfile::tempdir().unwrap();

@@ -323,3 +323,23 @@ fn a_missing_indexed_copy_is_found_elsewhere_without_a_rebuild() {
     assert_eq!(repo.index().get(&tree).unwrap().unwrap().pack, real);
     assert_eq!(repo.index().chunk_count(), before, "nothing else touched");
 }
+
+/// A transient failure to read the repository's config says nothing about whether the
+/// repository changed: the daemon keeps what it has open (and its persistent index).
+#[test]
+fn an_unreadable_marker_is_unknown_not_changed() {
+    use backuphub::repo::RootStatus;
+    let dir = tempfile::tempdir().unwrap();
+    let repo = test_repo(dir.path(), 16 << 10, 1 << 20);
+    assert_eq!(repo.root_status(), RootStatus::Same);
+    let cfg = dir.path().join("repo/backuphub.json");
+    let saved = std::fs::read(&cfg).unwrap();
+    // A read error that is not "not found" (EISDIR stands in for EIO here).
+    std::fs::remove_file(&cfg).unwrap();
+    std::fs::create_dir(&cfg).unwrap();
+    assert_eq!(repo.root_status(), RootStatus::Unknown);
+    std::fs::remove_dir(&cfg).unwrap();
+    assert_eq!(repo.root_status(), RootStatus::Changed);
+    std::fs::write(&cfg, &saved).unwrap();
+    assert_eq!(repo.root_status(), RootStatus::Same);
+}
