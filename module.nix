@@ -136,15 +136,15 @@ in
         Secrets never belong here: the file lands in the world-readable Nix store. Pass them
         with `services.backuphub.credentials` and refer to them as
         `/run/credentials/backuphub.service/<name>`, e.g.
-        `repository.identity_file = "/run/credentials/backuphub.service/identity"`.
+        `http.token_file = "/run/credentials/backuphub.service/api-token"`.
       '';
       example = literalExpression ''
         {
-          repository = {
-            path = "/mnt/backup/backuphub";
-            identity_file = "/run/credentials/backuphub.service/identity";
+          repository.path = "/mnt/backup/backuphub";
+          http = {
+            listen = "0.0.0.0:9750";
+            token_file = "/run/credentials/backuphub.service/api-token";
           };
-          http.listen = "0.0.0.0:9750";
           jobs.etc = {
             kind = "path";
             schedule = "0 0 2 * * *";

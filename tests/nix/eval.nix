@@ -702,15 +702,15 @@ let
         [ "nofail" "noatime" "x-systemd.device-timeout=10s" ]
         [ "/mnt/backup/backuphub" ]
         [ 9750 ]
-        [ "api-token" "etcd-ca" "etcd-cert" "etcd-key" "identity" ]
+        [ "api-token" "etcd-ca" "etcd-cert" "etcd-key" ]
       ]
     )
     (expect "README: jobs" (lib.mapAttrs (_: j: j.kind) pi.services.backuphub.settings.jobs) {
       cephfs = "path";
       etcd = "command";
     })
-    (expectTrue "README: settings refer to credentials, not secrets" (
-      pi.services.backuphub.settings.repository.identity_file == "${creds}/identity"
+    (expectTrue "README: settings refer to credentials, not secrets; no identity on the Pi" (
+      !(pi.services.backuphub.settings.repository ? identity_file)
       && pi.services.backuphub.settings.http.token_file == "${creds}/api-token"
     ))
   ]
