@@ -343,3 +343,52 @@ fn an_unreadable_marker_is_unknown_not_changed() {
     std::fs::write(&cfg, &saved).unwrap();
     assert_eq!(repo.root_status(), RootStatus::Same);
 }
+
+/// A source with one file whose reader yields fewer bytes than its metadata said, as a
+/// file that shrank while it was read does.
+struct Shrinking;
+
+impl backuphub::source::Source for Shrinking {
+    fn description(&self) -> String {
+        "a file that changes while it is read".into()
+    }
+
+    fn entries<'a>(
+        &'a mut self,
+        _previous: backuphub::repo::index::Previous<'a>,
+    ) -> Box<
+        dyn Iterator<
+                Item = Result<backuphub::source::SourceEntry, backuphub::source::SourceError>,
+            > + 'a,
+    > {
+        use backuphub::repo::tree::{Entry, EntryKind, EntryPath};
+        let mut entry = Entry::new(EntryPath::from("log"), EntryKind::File);
+        entry.size = 1000;
+        entry.change = Some((1, 2, 3));
+        Box::new(std::iter::once(Ok(backuphub::source::SourceEntry {
+            entry,
+            content: backuphub::source::Content::Read(Box::new(std::io::Cursor::new(
+                vec![7u8; 400],
+            ))),
+        })))
+    }
+}
+
+/// A file that changed while it was read is stored as read, but the snapshot says so: it
+/// is partial and lists the file, instead of only warning in a log.
+#[test]
+fn a_file_changed_while_read_makes_the_snapshot_partial() {
+    use backuphub::repo::snapshot::SnapshotStatus;
+    let dir = tempfile::tempdir().unwrap();
+    let repo = test_repo(dir.path(), 16 << 10, 1 << 20);
+    let snap = archive_source(&repo, "j", &mut Shrinking);
+    assert_eq!(snap.status, SnapshotStatus::Partial);
+    let details = repo.open_details(&snap).unwrap();
+    assert_eq!(details.failures.len(), 1);
+    assert_eq!(details.failures[0].path, "log");
+    assert!(details.failures[0].error.contains("changed while being read"));
+    // What was read is kept, with its real size.
+    let e = repo.entries(&snap).next().unwrap().unwrap();
+    assert_eq!(e.size, 400);
+    assert!(e.change.is_none(), "never trusted as unchanged next time");
+}

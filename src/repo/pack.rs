@@ -327,6 +327,28 @@ mod tests {
     }
 
     #[test]
+    fn impossible_lengths_in_a_header_are_refused_before_allocation() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p");
+        // A well-formed pack whose one entry claims a 4 GiB blob.
+        let mut entry = Vec::new();
+        entry.push(0u8);
+        entry.extend_from_slice(&[1u8; 32]);
+        entry.extend_from_slice(&8u64.to_le_bytes());
+        entry.extend_from_slice(&u32::MAX.to_le_bytes());
+        let mut bytes = MAGIC.to_vec();
+        bytes.extend_from_slice(&entry);
+        bytes.extend_from_slice(&(entry.len() as u32).to_le_bytes());
+        bytes.extend_from_slice(blake3::hash(&entry).as_bytes());
+        bytes.extend_from_slice(END_MAGIC);
+        std::fs::write(&path, &bytes).unwrap();
+        match read_header(&path) {
+            Err(PackError::Damaged { what, .. }) => assert!(what.contains("length"), "{what}"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
     fn an_abandoned_writer_leaves_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let tmp = dir.path().join("p.tmp");
