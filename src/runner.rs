@@ -535,8 +535,8 @@ impl Context {
         let now = Utc::now();
         let result = tokio::task::spawn_blocking(move || {
             let repo = ctx.repository()?;
-            let _lock = repo.lock(LockKind::Exclusive, None, Duration::from_secs(3600))?;
-            Ok::<_, RunError>(crate::prune::prune(&repo, false)?)
+            let lock = repo.lock(LockKind::Exclusive, None, Duration::from_secs(3600))?;
+            Ok::<_, RunError>(crate::prune::prune(&repo, &lock, false)?)
         })
         .await
         .unwrap_or_else(|e| Err(RunError::Internal(e.to_string())));

@@ -11,8 +11,8 @@ use super::{IdentityArg, RepoArgs, exit};
 use crate::check::{self as check_mod, ReadData};
 use crate::chunker::ChunkerParams;
 use crate::repo::crypto::{Recipient, read_recipients_file};
-use crate::repo::lock::LockKind;
-use crate::repo::{InitOptions, Repository};
+use crate::repo::lock::{LockError, LockKind};
+use crate::repo::{InitOptions, RepoError, Repository};
 
 #[derive(Args)]
 pub(super) struct InitArgs {
@@ -268,19 +268,92 @@ impl PolicyArgs {
 
 pub(super) fn prune(a: PruneArgs) -> anyhow::Result<u8> {
     let r = a.repo.open(None)?;
-    let _lock = r.lock(LockKind::Exclusive, None, Duration::from_secs(60))?;
-    let report = crate::prune::prune(&r, a.dry_run)?;
+    let lock = r
+        .lock(LockKind::Exclusive, None, Duration::from_secs(60))
+        .map_err(full_disk_hint)?;
+    if a.dry_run {
+        let plan = crate::prune::plan(&r)?;
+        if a.json {
+            println!("{}", serde_json::to_string_pretty(&plan)?);
+        } else {
+            print_plan(&plan);
+        }
+        return Ok(exit::OK);
+    }
+    let report = crate::prune::prune(&r, &lock, false)?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         eprintln!(
-            "{}{} packs deleted, {} repacked, {} blobs removed, {} freed",
-            if a.dry_run { "dry run: " } else { "" },
+            "{} packs deleted, {} repacked, {} blobs removed, {} freed",
             report.packs_deleted,
             report.packs_repacked,
             report.blobs_removed,
             bytesize::ByteSize(report.bytes_freed)
         );
+        if report.packs_not_repacked > 0 {
+            eprintln!(
+                "{} pack(s) left to repack later (no space to write their copy, or unreadable blobs)",
+                report.packs_not_repacked
+            );
+        }
     }
     Ok(exit::OK)
+}
+
+fn print_plan(plan: &crate::prune::PrunePlan) {
+    let size = |b: u64| bytesize::ByteSize(b).to_string();
+    for d in &plan.delete {
+        println!(
+            "delete pack {} ({}, {} blobs)",
+            d.pack.to_hex(),
+            size(d.size),
+            d.blobs
+        );
+    }
+    for r in &plan.repack {
+        println!(
+            "repack pack {} ({}): keep {} of {} blobs ({})",
+            r.pack.to_hex(),
+            size(r.size),
+            r.keep.len(),
+            r.blobs,
+            size(r.keep_bytes)
+        );
+    }
+    for u in &plan.unreadable {
+        println!("leave unreadable pack {}: {}", u.pack.to_hex(), u.error);
+    }
+    for id in &plan.refs {
+        println!("remove reference list {}", id.to_hex());
+    }
+    for t in &plan.tmp {
+        println!("remove tmp/{t}");
+    }
+    eprintln!(
+        "dry run: {} packs to delete, {} to repack, {} blobs, {} reference lists, {} temporary files to remove; {} to remove, {} to write, about {} to free",
+        plan.delete.len(),
+        plan.repack.len(),
+        plan.blobs_removed,
+        plan.refs.len(),
+        plan.tmp.len(),
+        size(plan.bytes_removed),
+        size(plan.bytes_written),
+        size(plan.bytes_freed())
+    );
+}
+
+/// Prune cannot work without its lock file; on a full disk, says how to make room.
+fn full_disk_hint(e: RepoError) -> anyhow::Error {
+    let full = matches!(
+        &e,
+        RepoError::Lock(LockError::Io { error, .. })
+            if error.raw_os_error() == Some(rustix::io::Errno::NOSPC.raw_os_error())
+    );
+    let e = anyhow::Error::from(e);
+    if full {
+        e.context("the backup disk is full, so prune cannot write its lock file; `forget` works on a full disk and frees the little room prune needs")
+    } else {
+        e
+    }
 }
