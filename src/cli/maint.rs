@@ -11,6 +11,7 @@ use super::{IdentityArg, RepoArgs, exit};
 use crate::check::{self as check_mod, ReadData};
 use crate::chunker::ChunkerParams;
 use crate::repo::crypto::{Recipient, read_recipients_file};
+use crate::repo::index::IndexMode;
 use crate::repo::lock::{LockError, LockKind};
 use crate::repo::{InitOptions, RepoError, Repository};
 
@@ -202,6 +203,17 @@ pub(super) fn check(a: CheckArgs) -> anyhow::Result<u8> {
 pub(super) fn repair(what: RepairCommand) -> anyhow::Result<u8> {
     let RepairCommand::Index { repo } = what;
     let r = repo.open(None)?;
+    if r.index().mode == IndexMode::Temporary {
+        // What would be rebuilt is a throwaway copy that vanishes with this process.
+        bail!(
+            "nothing repaired: the index in {} could not be opened (another process, such as the daemon, holds it, or the state directory is unusable); run `repair index` where it is not in use",
+            repo.options(None)
+                .state_dir
+                .join(r.config().id.to_hex())
+                .join("index")
+                .display()
+        );
+    }
     r.rebuild_index()?;
     eprintln!(
         "index rebuilt: {} chunks in {} packs",
@@ -216,8 +228,20 @@ pub(super) fn key(what: KeyCommand) -> anyhow::Result<u8> {
     let r = repo.open(Some(&IdentityArg {
         identity: Some(identity),
     }))?;
-    r.write_keys()?;
-    eprintln!("write key of repository {} cached", r.config().id.short());
+    match r
+        .cache_write_key()
+        .context("the write key could not be cached")?
+    {
+        Some(path) => eprintln!(
+            "write key of repository {} cached in {}",
+            r.config().id.short(),
+            path.display()
+        ),
+        None => eprintln!(
+            "repository {} is not encrypted: there is no key to cache",
+            r.config().id.short()
+        ),
+    }
     Ok(exit::OK)
 }
 
@@ -227,7 +251,8 @@ pub(super) fn forget(a: ForgetArgs) -> anyhow::Result<u8> {
         bail!("give at least one --keep-… option; forget without a policy would keep everything");
     }
     let r = a.repo.open(None)?;
-    let _lock = r.lock(LockKind::Shared, Some(&a.job), Duration::from_secs(60))?;
+    // Only manifests go: this works on a full disk too, and frees the room prune needs.
+    let _lock = r.lock_for_reading(Some(&a.job), Duration::from_secs(60))?;
     let report = crate::prune::forget(&r, &a.job, &policy, a.timezone, a.dry_run)?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&report)?);

@@ -352,6 +352,23 @@ impl Repository {
         self.root.join("snapshots")
     }
 
+    /// Caches the key material in the state directory (`key cache`), returning the file
+    /// written, or `None` for an unencrypted repository. Unlike the best-effort caching
+    /// when opening with an identity, a failure is reported.
+    pub fn cache_write_key(&self) -> Result<Option<PathBuf>, RepoError> {
+        match self.write_keys()? {
+            (IdHasher::Plain, _) => Ok(None),
+            (IdHasher::Keyed(id_key), chunker_seed) => {
+                let keys = KeyMaterial {
+                    id_key,
+                    chunker_seed,
+                };
+                cache_key(&self.state, &keys)?;
+                Ok(Some(self.state.join("key.json")))
+            }
+        }
+    }
+
     /// The id hasher and chunker seed, needed to write.
     pub fn write_keys(&self) -> Result<(IdHasher, u64), RepoError> {
         self.keys.clone().ok_or_else(|| RepoError::NoWriteKey {
@@ -367,6 +384,16 @@ impl Repository {
         wait: Duration,
     ) -> Result<LockGuard, RepoError> {
         Ok(lock::acquire(&self.root.join("locks"), kind, job, wait)?)
+    }
+
+    /// A shared lock for reading or `forget`, which works without a lock file on a
+    /// read-only or full disk (see [`lock::acquire_reader`]).
+    pub fn lock_for_reading(
+        &self,
+        job: Option<&str>,
+        wait: Duration,
+    ) -> Result<LockGuard, RepoError> {
+        Ok(lock::acquire_reader(&self.root.join("locks"), job, wait)?)
     }
 
     /// Lists pack files on disk.
