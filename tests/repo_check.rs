@@ -12,7 +12,7 @@ fn a_stale_index_never_makes_check_pass() {
     let data = tmp.path().join("data");
     std::fs::create_dir_all(&data).unwrap();
     std::fs::write(data.join("f"), noise(600 << 10, 1)).unwrap();
-    archive_paths(&repo, "j", &[data.clone()]);
+    archive_paths(&repo, "j", std::slice::from_ref(&data));
     assert!(check(&repo, ReadData::None).unwrap().ok());
 
     // A data pack disappears behind the back of an index that still lists it.
