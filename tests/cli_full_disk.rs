@@ -129,6 +129,9 @@ fn a_full_disk_can_be_read_and_freed_and_a_read_only_one_read() {
 
     disk.fill();
     disk.read_everything(&data, "out1");
+    // Reading without a lock file on a full disk is said, not hidden.
+    let out = disk.ok(&["ls", "latest"]);
+    assert!(text(&out).contains("without a lock file"), "{}", text(&out));
     // Prune cannot take its lock yet, and says what to do.
     let out = disk.run(&["prune"]);
     assert_eq!(out.status.code(), Some(1));

@@ -458,7 +458,12 @@ pub fn acquire(
     }
     if info.waiting {
         info.waiting = false;
-        write_lock(locks_dir, &path, &info)?;
+        if let Err(e) = write_lock(locks_dir, &path, &info) {
+            // A waiting request left behind would hold off every backup while this
+            // process lives (a daemon: for good).
+            let _ = std::fs::remove_file(&path);
+            return Err(e);
+        }
     }
     let held = Arc::new(Held {
         dir: locks_dir.to_owned(),
@@ -485,9 +490,12 @@ pub fn acquire(
                     }
                 }
             })
-            .map_err(|error| LockError::Io {
-                path: path.clone(),
-                error,
+            .map_err(|error| {
+                let _ = std::fs::remove_file(&path);
+                LockError::Io {
+                    path: path.clone(),
+                    error,
+                }
             })?
     };
     Ok(LockGuard {
