@@ -848,30 +848,30 @@ mod tests {
     #[test]
     fn a_waiting_prune_is_not_starved_by_back_to_back_backups() {
         let dir = tempfile::tempdir().unwrap();
-        let stop = AtomicBool::new(false);
+        let backup = acquire(dir.path(), LockKind::Shared, Some("a"), Duration::ZERO).unwrap();
         std::thread::scope(|s| {
-            for job in ["a", "b"] {
-                let (dir, stop) = (dir.path(), &stop);
-                s.spawn(move || {
-                    // Overlapping holders: there is never a moment without one, unless
-                    // they yield to the waiting exclusive request.
-                    while !stop.load(Ordering::Relaxed) {
-                        if let Ok(_g) =
-                            acquire(dir, LockKind::Shared, Some(job), Duration::from_secs(30))
-                        {
-                            std::thread::sleep(Duration::from_millis(30));
-                        }
-                    }
-                });
+            let prune = s.spawn(|| {
+                acquire(
+                    dir.path(),
+                    LockKind::Exclusive,
+                    None,
+                    Duration::from_secs(600),
+                )
+            });
+            // Until the prune's request is on disk (it is written before any waiting).
+            while !list(dir.path())
+                .iter()
+                .any(|l| l.kind == LockKind::Exclusive && l.waiting)
+            {
+                std::thread::yield_now();
             }
-            std::thread::sleep(Duration::from_millis(100));
-            let got = acquire(
-                dir.path(),
-                LockKind::Exclusive,
-                None,
-                Duration::from_secs(20),
-            );
-            stop.store(true, Ordering::Relaxed);
+            // While it waits, new backups yield to it instead of overtaking it forever.
+            let err = acquire(dir.path(), LockKind::Shared, Some("b"), Duration::ZERO)
+                .err()
+                .expect("a backup overtook the waiting prune");
+            assert!(err.to_string().contains("prune"), "{err}");
+            drop(backup);
+            let got = prune.join().unwrap();
             assert!(got.is_ok(), "{:?}", got.err());
         });
     }
