@@ -87,9 +87,42 @@ impl CheckReport {
     }
 }
 
+/// What a check will look at: every pack's header, and the data of the packs in `read`.
+#[derive(Clone, Debug, Default)]
+pub struct CheckPlan {
+    pub packs: Vec<Id>,
+    pub read: BTreeSet<Id>,
+}
+
+/// Chooses what to verify. `Subset` draws its packs at random each time, so that
+/// repeated checks cover them all.
+pub fn plan(repo: &Repository, read_data: ReadData) -> Result<CheckPlan, RepoError> {
+    let mut packs: Vec<Id> = repo.list_packs()?.into_iter().collect();
+    packs.sort();
+    let read = packs
+        .iter()
+        .filter(|_| match read_data {
+            ReadData::None => false,
+            ReadData::All => true,
+            ReadData::Subset(pct) => {
+                let mut r = [0u8; 4];
+                getrandom::fill(&mut r).expect("the OS random source is available");
+                (u32::from_le_bytes(r) as f64 / u32::MAX as f64) * 100.0 < pct
+            }
+        })
+        .copied()
+        .collect();
+    Ok(CheckPlan { packs, read })
+}
+
 /// Checks the repository. Errors are reserved for being unable to check at all; damage
 /// is reported in the returned report.
 pub fn check(repo: &Repository, read_data: ReadData) -> Result<CheckReport, RepoError> {
+    execute(repo, &plan(repo, read_data)?)
+}
+
+/// Carries out a check plan.
+pub fn execute(repo: &Repository, plan: &CheckPlan) -> Result<CheckReport, RepoError> {
     let mut report = CheckReport::default();
     let packs_dir = repo.packs_dir();
     let can_open = repo.sealer().can_open();
@@ -98,11 +131,13 @@ pub fn check(repo: &Repository, read_data: ReadData) -> Result<CheckReport, Repo
     }
     // Chunks known bad, with the pack they were found in and why.
     let mut bad: BTreeMap<Id, (String, String)> = BTreeMap::new();
+    // Every blob a readable pack header lists, sorted: what "present" means below. The
+    // index is a cache and may still name packs that are gone; it must never make a
+    // check pass.
+    let mut on_disk: Vec<Id> = Vec::new();
 
-    let mut packs: Vec<Id> = repo.list_packs()?.into_iter().collect();
-    packs.sort();
-    report.packs = packs.len() as u64;
-    for p in &packs {
+    report.packs = plan.packs.len() as u64;
+    for p in &plan.packs {
         let path = pack::pack_path(&packs_dir, p);
         let entries = match pack::read_header(&path) {
             Ok(e) => e,
@@ -116,16 +151,8 @@ pub fn check(repo: &Repository, read_data: ReadData) -> Result<CheckReport, Repo
                 continue;
             }
         };
-        let selected = match read_data {
-            ReadData::None => false,
-            ReadData::All => true,
-            ReadData::Subset(pct) => {
-                let mut r = [0u8; 4];
-                getrandom::fill(&mut r).expect("the OS random source is available");
-                (u32::from_le_bytes(r) as f64 / u32::MAX as f64) * 100.0 < pct
-            }
-        };
-        if !selected {
+        on_disk.extend(entries.iter().map(|e| e.id));
+        if !plan.read.contains(p) {
             continue;
         }
         report.packs_read += 1;
@@ -185,7 +212,9 @@ pub fn check(repo: &Repository, read_data: ReadData) -> Result<CheckReport, Repo
             }),
         }
     }
-    let present = |c: &Id| -> Result<bool, RepoError> { Ok(repo.index().get(c)?.is_some()) };
+    on_disk.sort_unstable();
+    on_disk.dedup();
+    let present = |c: &Id| -> Result<bool, RepoError> { Ok(on_disk.binary_search(c).is_ok()) };
     for (id, s) in &snaps {
         // The reference list covers every blob, and needs no identity to check.
         match repo.load_refs(&s.refs) {

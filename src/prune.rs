@@ -1,11 +1,14 @@
 //! Retention and garbage collection.
 //!
 //! `forget` applies a job's retention plan by removing manifests. `prune` then marks every
-//! blob named by a remaining snapshot's reference list and sweeps the rest: packs with
-//! nothing live are deleted, packs mostly dead are repacked (sealed bytes are copied as they
-//! are, so no identity is needed). Prune holds the exclusive lock, so no backup writes
-//! while it decides what is garbage; a new pack is durable before the old one goes, so a
-//! crash at any point leaves at worst duplicates, which the next prune removes.
+//! blob named by a remaining snapshot's reference list and sweeps the rest, in two steps:
+//! [`plan`] reads the pack headers and decides, [`execute`] carries the plan out (and
+//! `prune --dry-run` shows it). Packs with nothing live are deleted first, so a nearly full
+//! disk gains room before anything is written; packs mostly dead are then repacked
+//! (sealed bytes are copied as they are, so no identity is needed). Prune holds the
+//! exclusive lock and checks before every deletion that it still does; a new pack is
+//! durable before the old one goes, so a crash at any point leaves at worst duplicates,
+//! which the next prune removes.
 
 use std::fs::File;
 
@@ -13,9 +16,10 @@ use chrono_tz::Tz;
 use serde::Serialize;
 
 use crate::repo::id::Id;
-use crate::repo::pack::{self, PackWriter};
+use crate::repo::lock::{LockError, LockGuard, LockKind};
+use crate::repo::pack::{self, PackEntry, PackError, PackWriter};
 use crate::repo::{RepoError, Repository, random_hex};
-use crate::retention::{Candidate, RetentionPolicy, plan};
+use crate::retention::{Candidate, RetentionPolicy, plan as retention_plan};
 
 /// Repack a pack when at least this share of its bytes is garbage.
 const REPACK_THRESHOLD: f64 = 0.5;
@@ -45,7 +49,7 @@ pub fn forget(
         })
         .collect();
     let mut report = ForgetReport::default();
-    for d in plan(&candidates, policy, tz) {
+    for d in retention_plan(&candidates, policy, tz) {
         if d.keep {
             report.kept.push(d.key.short());
         } else {
@@ -58,29 +62,136 @@ pub fn forget(
     Ok(report)
 }
 
+/// A pack deleted whole: nothing in it is kept.
+#[derive(Clone, Debug, Serialize)]
+pub struct DeletePack {
+    pub pack: Id,
+    pub size: u64,
+    pub blobs: u64,
+}
+
+/// A pack mostly garbage: the blobs it keeps are copied into new packs, then it goes.
+#[derive(Clone, Debug, Serialize)]
+pub struct RepackPack {
+    pub pack: Id,
+    pub size: u64,
+    pub blobs: u64,
+    pub keep_bytes: u64,
+    #[serde(rename = "keep_blobs", serialize_with = "count")]
+    pub keep: Vec<PackEntry>,
+}
+
+fn count<S: serde::Serializer>(v: &[PackEntry], s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_u64(v.len() as u64)
+}
+
+/// A pack whose header cannot be read: never deleted (`check` names it, a human decides).
+#[derive(Clone, Debug, Serialize)]
+pub struct UnreadablePack {
+    pub pack: Id,
+    pub error: String,
+}
+
+/// What a prune will do, decided from what it read on disk (never from the index cache).
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct PrunePlan {
+    /// Deleted first, to free space before anything is written.
+    pub delete: Vec<DeletePack>,
+    pub repack: Vec<RepackPack>,
+    pub unreadable: Vec<UnreadablePack>,
+    /// Reference lists no snapshot names.
+    pub refs: Vec<Id>,
+    /// Leftovers of interrupted writes, by name under `tmp/`.
+    pub tmp: Vec<String>,
+    pub blobs_removed: u64,
+    /// Bytes of the packs that go, and (about) the bytes repacking writes.
+    pub bytes_removed: u64,
+    pub bytes_written: u64,
+    /// Kept packs holding copies the index must point at again once the copies it knew
+    /// of are deleted (duplicates, or copies in unreadable packs).
+    #[serde(skip)]
+    pub reindex: Vec<Id>,
+}
+
+impl PrunePlan {
+    pub fn is_empty(&self) -> bool {
+        self.delete.is_empty()
+            && self.repack.is_empty()
+            && self.refs.is_empty()
+            && self.tmp.is_empty()
+    }
+
+    /// What executing the plan is expected to free.
+    pub fn bytes_freed(&self) -> u64 {
+        self.bytes_removed.saturating_sub(self.bytes_written)
+    }
+}
+
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct PruneReport {
     pub packs_deleted: u64,
     pub packs_repacked: u64,
-    pub bytes_freed: u64,
+    /// Packs to repack that were left as they are: no space to write their copy, or a
+    /// blob in them could not be read.
+    pub packs_not_repacked: u64,
     pub blobs_removed: u64,
     pub refs_removed: u64,
     pub tmp_removed: u64,
+    pub bytes_removed: u64,
+    pub bytes_written: u64,
+    /// Bytes really freed: removed minus written by repacking.
+    pub bytes_freed: u64,
     pub dry_run: bool,
 }
 
-/// Marks and sweeps. The caller holds the exclusive lock.
-pub fn prune(repo: &Repository, dry_run: bool) -> Result<PruneReport, RepoError> {
+/// Plans and, unless `dry_run`, executes. `lock` must be the exclusive lock.
+pub fn prune(repo: &Repository, lock: &LockGuard, dry_run: bool) -> Result<PruneReport, RepoError> {
     // The index must describe the packs as they are now, under the lock, and must not
     // change while the sweep relies on it.
-    repo.with_maintenance(|| prune_locked(repo, dry_run))
+    repo.with_maintenance(|| {
+        let plan = plan_locked(repo)?;
+        if dry_run {
+            return Ok(PruneReport {
+                packs_deleted: plan.delete.len() as u64,
+                packs_repacked: plan.repack.len() as u64,
+                blobs_removed: plan.blobs_removed,
+                refs_removed: plan.refs.len() as u64,
+                tmp_removed: plan.tmp.len() as u64,
+                bytes_removed: plan.bytes_removed,
+                bytes_written: plan.bytes_written,
+                bytes_freed: plan.bytes_freed(),
+                dry_run: true,
+                ..Default::default()
+            });
+        }
+        execute_locked(repo, lock, &plan)
+    })
 }
 
-fn prune_locked(repo: &Repository, dry_run: bool) -> Result<PruneReport, RepoError> {
-    let mut report = PruneReport {
-        dry_run,
-        ..Default::default()
-    };
+/// Decides what a prune would do. The caller holds the exclusive lock, so that the plan
+/// stays true until it is executed.
+pub fn plan(repo: &Repository) -> Result<PrunePlan, RepoError> {
+    repo.with_maintenance(|| plan_locked(repo))
+}
+
+/// Carries out `plan`, made under the same `lock`.
+pub fn execute(
+    repo: &Repository,
+    lock: &LockGuard,
+    plan: &PrunePlan,
+) -> Result<PruneReport, RepoError> {
+    repo.with_maintenance(|| execute_locked(repo, lock, plan))
+}
+
+fn io(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> RepoError + '_ {
+    move |error| RepoError::Io {
+        path: path.to_owned(),
+        error,
+    }
+}
+
+fn plan_locked(repo: &Repository) -> Result<PrunePlan, RepoError> {
+    let mut plan = PrunePlan::default();
     // Mark: a sorted vector of ids, 32 bytes per live blob and no more, so a Pi can
     // hold the mark set of a full 1 TB disk (about a million chunks) in 32 MiB.
     let mut live_refs = std::collections::HashSet::new();
@@ -92,12 +203,12 @@ fn prune_locked(repo: &Repository, dry_run: bool) -> Result<PruneReport, RepoErr
         live.sort_unstable();
         live.dedup();
     }
-    let is_live = |id: &Id| live.binary_search(id).is_ok();
+    // Of several copies of a blob, the first met in a readable pack is kept. Which copy
+    // the index points at does not matter: that pack may have become unreadable since,
+    // and keeping it would delete the copies that can still be read.
+    let mut claimed = vec![false; live.len()];
 
-    // Sweep.
     let packs_dir = repo.packs_dir();
-    let mut new_pack: Option<PackWriter> = None;
-    let mut retired: Vec<(Id, u64)> = Vec::new();
     let mut packs: Vec<Id> = repo.list_packs()?.into_iter().collect();
     packs.sort();
     for p in packs {
@@ -105,107 +216,258 @@ fn prune_locked(repo: &Repository, dry_run: bool) -> Result<PruneReport, RepoErr
         let entries = match pack::read_header(&path) {
             Ok(e) => e,
             Err(e) => {
-                // Never delete what cannot be read: check reports it, a human decides.
                 tracing::warn!(pack = %p.short(), error = %e, "leaving unreadable pack alone");
+                plan.unreadable.push(UnreadablePack {
+                    pack: p,
+                    error: e.to_string(),
+                });
                 continue;
             }
         };
-        let size = std::fs::metadata(&path)
-            .map_err(|source| RepoError::Io {
-                path: path.clone(),
-                error: source,
-            })?
-            .len();
+        let size = std::fs::metadata(&path).map_err(io(&path))?.len();
+        let mut keep = Vec::new();
         let (mut live_bytes, mut dead_bytes) = (0u64, 0u64);
-        // Of duplicate copies, the one the index points at is kept; the others are dead.
-        let kept = |e: &pack::PackEntry| -> Result<bool, RepoError> {
-            Ok(is_live(&e.id) && repo.index().get(&e.id)?.is_none_or(|l| l.pack == p))
-        };
         for e in &entries {
-            if kept(e)? {
-                live_bytes += e.length as u64;
-            } else {
-                dead_bytes += e.length as u64;
+            match live.binary_search(&e.id) {
+                Ok(i) if !claimed[i] => {
+                    claimed[i] = true;
+                    keep.push(*e);
+                    live_bytes += e.length as u64;
+                }
+                _ => dead_bytes += e.length as u64,
             }
         }
-        let total = (live_bytes + dead_bytes).max(1);
-        if live_bytes == 0 {
-            report.packs_deleted += 1;
-            report.blobs_removed += entries.len() as u64;
-            retired.push((p, size));
-            continue;
-        }
-        if (dead_bytes as f64) / (total as f64) < REPACK_THRESHOLD {
-            continue;
-        }
-        report.packs_repacked += 1;
-        let f = File::open(&path).map_err(|source| RepoError::Io {
-            path: path.clone(),
-            error: source,
-        })?;
-        let mut unreadable = false;
-        for e in &entries {
-            if !kept(e)? {
-                report.blobs_removed += 1;
-                continue;
-            }
-            if dry_run {
-                continue;
-            }
-            let sealed = match pack::read_blob(&f, &path, e.offset, e.length) {
-                Ok(s) => s,
-                Err(err) => {
-                    // Keep the pack: what could be copied is a harmless duplicate, and one
-                    // bad pack must not stop every future prune.
-                    tracing::warn!(pack = %p.short(), error = %err, "cannot repack; leaving the pack alone");
-                    unreadable = true;
+        let dead_blobs = (entries.len() - keep.len()) as u64;
+        if keep.is_empty() {
+            plan.blobs_removed += dead_blobs;
+            plan.bytes_removed += size;
+            plan.delete.push(DeletePack {
+                pack: p,
+                size,
+                blobs: entries.len() as u64,
+            });
+        } else if (dead_bytes as f64) / ((live_bytes + dead_bytes) as f64) >= REPACK_THRESHOLD {
+            plan.blobs_removed += dead_blobs;
+            plan.bytes_removed += size;
+            plan.bytes_written += live_bytes;
+            plan.repack.push(RepackPack {
+                pack: p,
+                size,
+                blobs: entries.len() as u64,
+                keep_bytes: live_bytes,
+                keep,
+            });
+        } else {
+            let mut elsewhere = false;
+            for e in &keep {
+                elsewhere |= repo.index().get(&e.id)?.is_none_or(|l| l.pack != p);
+                if elsewhere {
                     break;
                 }
-            };
-            if new_pack.is_none() {
-                new_pack = Some(PackWriter::create(
-                    repo.tmp_dir().join(format!("{}.pack", random_hex())),
-                )?);
             }
-            let w = new_pack.as_mut().expect("just created");
-            w.add(e.kind, e.id, &sealed)?;
-            if w.size() >= repo.config().pack_size {
-                let (id, entries) = new_pack.take().expect("present").finish(&packs_dir)?;
-                repo.index().add_pack(id, &entries)?;
+            if elsewhere {
+                plan.reindex.push(p);
             }
         }
-        if !unreadable {
-            retired.push((p, size));
-        }
     }
-    if let Some(w) = new_pack.filter(|w| !w.is_empty()) {
-        let (id, entries) = w.finish(&packs_dir)?;
-        repo.index().add_pack(id, &entries)?;
-    }
-    // Only now, with every live blob durable elsewhere, do old packs go.
-    for (p, size) in retired {
-        report.bytes_freed += size;
-        if !dry_run {
-            let path = pack::pack_path(&packs_dir, &p);
-            std::fs::remove_file(&path).map_err(|source| RepoError::Io { path, error: source })?;
-            repo.index().remove_pack(&p)?;
-        }
-    }
+
     // Reference lists no snapshot names, and leftovers of interrupted writes.
-    if let Ok(rd) = std::fs::read_dir(repo.refs_dir()) {
-        for f in rd.flatten() {
-            let id = f.file_name().to_str().and_then(|n| n.parse::<Id>().ok());
-            if id.is_some_and(|id| !live_refs.contains(&id)) {
-                report.refs_removed += 1;
-                if !dry_run {
-                    let _ = std::fs::remove_file(f.path());
+    let refs_dir = repo.refs_dir();
+    for f in std::fs::read_dir(&refs_dir).map_err(io(&refs_dir))? {
+        let f = f.map_err(io(&refs_dir))?;
+        let id = f.file_name().to_str().and_then(|n| n.parse::<Id>().ok());
+        if let Some(id) = id.filter(|id| !live_refs.contains(id)) {
+            plan.refs.push(id);
+        }
+    }
+    plan.refs.sort();
+    let tmp_dir = repo.tmp_dir();
+    for f in std::fs::read_dir(&tmp_dir).map_err(io(&tmp_dir))? {
+        let f = f.map_err(io(&tmp_dir))?;
+        plan.tmp.push(f.file_name().to_string_lossy().into_owned());
+    }
+    plan.tmp.sort();
+    Ok(plan)
+}
+
+fn is_no_space(e: &PackError) -> bool {
+    matches!(e, PackError::Io { error, .. } if crate::repo::is_disk_full(error))
+}
+
+struct Executor<'a> {
+    repo: &'a Repository,
+    lock: &'a LockGuard,
+    report: PruneReport,
+}
+
+impl Executor<'_> {
+    /// Deletes one pack, after making sure our lock still keeps everyone else out.
+    fn delete_pack(&mut self, pack: &Id, size: u64) -> Result<(), RepoError> {
+        self.lock.ensure_held()?;
+        let path = pack::pack_path(&self.repo.packs_dir(), pack);
+        std::fs::remove_file(&path).map_err(io(&path))?;
+        self.repo.index().remove_pack(pack)?;
+        self.report.bytes_removed += size;
+        Ok(())
+    }
+
+    /// Makes a finished new pack known and deletes the old packs it replaces.
+    fn finish(&mut self, w: PackWriter, replaced: &mut Vec<(Id, u64)>) -> Result<(), RepoError> {
+        let packs_dir = self.repo.packs_dir();
+        let (id, entries) = w.finish(&packs_dir)?;
+        let path = pack::pack_path(&packs_dir, &id);
+        self.report.bytes_written += std::fs::metadata(&path).map_err(io(&path))?.len();
+        self.repo.index().add_pack(id, &entries)?;
+        for (old, size) in replaced.drain(..) {
+            self.delete_pack(&old, size)?;
+            self.report.packs_repacked += 1;
+        }
+        Ok(())
+    }
+
+    fn repack(&mut self, plan: &PrunePlan) -> Result<(), RepoError> {
+        let packs_dir = self.repo.packs_dir();
+        let mut writer: Option<PackWriter> = None;
+        // Old packs whose kept blobs are all in `writer`: they go once it is durable.
+        let mut replaced: Vec<(Id, u64)> = Vec::new();
+        let mut out_of_space = false;
+        for r in &plan.repack {
+            if out_of_space {
+                self.report.packs_not_repacked += 1;
+                continue;
+            }
+            let path = pack::pack_path(&packs_dir, &r.pack);
+            let f = File::open(&path).map_err(io(&path))?;
+            let mut copied = true;
+            for e in &r.keep {
+                let sealed = match pack::read_blob(&f, &path, e.offset, e.length) {
+                    Ok(s) => s,
+                    Err(err) => {
+                        // Keep the pack: what was copied is a harmless duplicate, and one
+                        // bad pack must not stop every future prune.
+                        tracing::warn!(pack = %r.pack.short(), error = %err, "cannot repack; leaving the pack alone");
+                        copied = false;
+                        break;
+                    }
+                };
+                let result = (|| {
+                    if writer.is_none() {
+                        let tmp = self.repo.tmp_dir().join(format!("{}.pack", random_hex()));
+                        writer = Some(PackWriter::create(tmp)?);
+                    }
+                    writer
+                        .as_mut()
+                        .expect("just created")
+                        .add(e.kind, e.id, &sealed)
+                })();
+                match result {
+                    Ok(()) => {}
+                    Err(err) if is_no_space(&err) => {
+                        out_of_space = true;
+                        break;
+                    }
+                    Err(err) => return Err(err.into()),
+                }
+                if writer
+                    .as_ref()
+                    .is_some_and(|w| w.size() >= self.repo.config().pack_size)
+                {
+                    let w = writer.take().expect("present");
+                    match self.finish(w, &mut replaced) {
+                        Err(RepoError::Pack(err)) if is_no_space(&err) => {
+                            out_of_space = true;
+                            break;
+                        }
+                        other => other?,
+                    }
                 }
             }
+            if out_of_space {
+                // The unfinished copy goes (dropping the writer removes it); the packs it
+                // was to replace stay, whole and readable.
+                drop(writer.take());
+                self.report.packs_not_repacked += replaced.len() as u64 + 1;
+                replaced.clear();
+                tracing::warn!(
+                    "no space left to repack; packs left as they are until space is freed"
+                );
+            } else if copied {
+                replaced.push((r.pack, r.size));
+            } else {
+                self.report.packs_not_repacked += 1;
+            }
+        }
+        if let Some(w) = writer.filter(|w| !w.is_empty()) {
+            match self.finish(w, &mut replaced) {
+                Err(RepoError::Pack(err)) if is_no_space(&err) => {
+                    tracing::warn!(
+                        "no space left to repack; packs left as they are until space is freed"
+                    );
+                    self.report.packs_not_repacked += replaced.len() as u64;
+                }
+                other => other?,
+            }
+        }
+        Ok(())
+    }
+}
+
+fn execute_locked(
+    repo: &Repository,
+    lock: &LockGuard,
+    plan: &PrunePlan,
+) -> Result<PruneReport, RepoError> {
+    if lock.kind() != LockKind::Exclusive || !lock.has_file() {
+        return Err(LockError::Conflict("prune needs the exclusive lock".into()).into());
+    }
+    let mut x = Executor {
+        repo,
+        lock,
+        report: PruneReport::default(),
+    };
+    // Whole garbage packs first: on a nearly full disk this makes the room repacking
+    // needs.
+    for d in &plan.delete {
+        x.delete_pack(&d.pack, d.size)?;
+        x.report.packs_deleted += 1;
+        x.report.blobs_removed += d.blobs;
+    }
+    x.repack(plan)?;
+    for r in &plan.repack {
+        if !pack::pack_path(&repo.packs_dir(), &r.pack).exists() {
+            x.report.blobs_removed += r.blobs - r.keep.len() as u64;
         }
     }
-    if !dry_run {
-        report.tmp_removed = repo.clean_tmp()? as u64;
-        repo.index().flush()?;
+    // Deleting a pack the index pointed at forgets the blob, though a kept pack has it.
+    for p in &plan.reindex {
+        match pack::read_header(&pack::pack_path(&repo.packs_dir(), p)) {
+            Ok(entries) => repo.index().add_pack(*p, &entries)?,
+            // The index is a cache: a miss later forces a resync.
+            Err(e) => tracing::warn!(pack = %p.short(), error = %e, "cannot re-index pack"),
+        }
     }
+    let refs_dir = repo.refs_dir();
+    for r in &plan.refs {
+        lock.ensure_held()?;
+        let path = refs_dir.join(r.to_hex());
+        match std::fs::remove_file(&path) {
+            Ok(()) => x.report.refs_removed += 1,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io(&path)(e)),
+        }
+    }
+    let tmp_dir = repo.tmp_dir();
+    for t in &plan.tmp {
+        lock.ensure_held()?;
+        let path = tmp_dir.join(t);
+        match std::fs::remove_file(&path) {
+            Ok(()) => x.report.tmp_removed += 1,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io(&path)(e)),
+        }
+    }
+    repo.index().flush()?;
+    let mut report = x.report;
+    report.bytes_freed = report.bytes_removed.saturating_sub(report.bytes_written);
     Ok(report)
 }

@@ -629,7 +629,7 @@ impl Context {
         let now = Utc::now();
         let result = tokio::task::spawn_blocking(move || {
             let repo = ctx.repository()?;
-            let _lock = repo.lock(LockKind::Exclusive, None, Duration::from_secs(3600))?;
+            let lock = repo.lock(LockKind::Exclusive, None, Duration::from_secs(3600))?;
             // Retention runs here too, whether or not backups succeed: a disk that
             // filled up (so every backup fails) frees space without a human.
             for (name, job) in &ctx.config.jobs {
@@ -642,7 +642,7 @@ impl Context {
                     Err(e) => return Err(RunError::Repo(e)),
                 }
             }
-            Ok::<_, RunError>(crate::prune::prune(&repo, false)?)
+            Ok::<_, RunError>(crate::prune::prune(&repo, &lock, false)?)
         })
         .await
         .unwrap_or_else(|e| Err(RunError::Internal(e.to_string())));

@@ -7,10 +7,12 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use backuphub::check::{ReadData, check};
-use backuphub::prune::{forget, prune};
+use backuphub::check::{Problem, ReadData, check};
+use backuphub::prune::{forget, plan, prune};
 use backuphub::repo::Repository;
-use backuphub::repo::lock::LockKind;
+use backuphub::repo::id::Id;
+use backuphub::repo::lock::{LockGuard, LockKind};
+use backuphub::repo::pack::{self, PackWriter};
 use backuphub::restore::cat;
 use backuphub::retention::RetentionPolicy;
 use backuphub::source::local::LocalSource;
@@ -27,8 +29,26 @@ fn backup(repo: &Repository, job: &str, data: &Path) -> backuphub::repo::snapsho
     archive_paths(repo, job, &[data.to_owned()])
 }
 
+fn exclusive(repo: &Repository) -> LockGuard {
+    repo.lock(LockKind::Exclusive, None, Duration::from_secs(60))
+        .unwrap()
+}
+
+fn keep_last(n: u32) -> RetentionPolicy {
+    RetentionPolicy {
+        keep_last: Some(n),
+        ..Default::default()
+    }
+}
+
 fn file_path(data: &Path, name: &str) -> backuphub::repo::tree::EntryPath {
     data.join(name).to_str().unwrap().into()
+}
+
+fn packs(repo: &Repository) -> Vec<Id> {
+    let mut v: Vec<Id> = repo.list_packs().unwrap().into_iter().collect();
+    v.sort();
+    v
 }
 
 #[test]
@@ -42,26 +62,17 @@ fn forgetting_and_pruning_frees_space_and_keeps_what_is_live() {
         backup(&repo, "j", &data);
     }
     let before = du(&repo.root().join("packs"));
-    let dry = prune(&repo, true).unwrap();
+    let lock = exclusive(&repo);
+    let dry = prune(&repo, &lock, true).unwrap();
     assert_eq!(
         dry.packs_deleted + dry.packs_repacked,
         0,
         "everything is still referenced"
     );
 
-    let report = forget(
-        &repo,
-        "j",
-        &RetentionPolicy {
-            keep_last: Some(1),
-            ..Default::default()
-        },
-        chrono_tz::UTC,
-        false,
-    )
-    .unwrap();
+    let report = forget(&repo, "j", &keep_last(1), chrono_tz::UTC, false).unwrap();
     assert_eq!(report.removed.len(), 3);
-    let dry = prune(&repo, true).unwrap();
+    let dry = prune(&repo, &lock, true).unwrap();
     assert!(dry.bytes_freed > 0);
     assert_eq!(
         du(&repo.root().join("packs")),
@@ -69,15 +80,143 @@ fn forgetting_and_pruning_frees_space_and_keeps_what_is_live() {
         "a dry run removes nothing"
     );
 
-    let report = prune(&repo, false).unwrap();
-    assert!(report.bytes_freed > 0);
+    let report = prune(&repo, &lock, false).unwrap();
     let after = du(&repo.root().join("packs"));
+    assert_eq!(report.bytes_freed, before - after);
     assert!(after < before / 2, "{after} of {before} bytes left");
     assert!(check(&repo, ReadData::All).unwrap().ok());
     let snap = repo.resolve_snapshot("latest:j").unwrap().snapshot;
     let mut out = Vec::new();
     cat(&repo, &snap, &file_path(&data, "f"), &mut out).unwrap();
     assert!(out == noise(2 << 20, 3));
+}
+
+#[test]
+fn the_plan_is_what_prune_does_and_freed_bytes_are_net_of_repacking() {
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = open(tmp.path());
+    let data = tmp.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    // One pack holds a big file that goes and a small one that stays: it is repacked.
+    std::fs::write(data.join("a"), noise(400 << 10, 1)).unwrap();
+    std::fs::write(data.join("b"), noise(60 << 10, 2)).unwrap();
+    backup(&repo, "j", &data);
+    std::fs::write(data.join("a"), noise(400 << 10, 3)).unwrap();
+    backup(&repo, "j", &data);
+    forget(&repo, "j", &keep_last(1), chrono_tz::UTC, false).unwrap();
+
+    let lock = exclusive(&repo);
+    let plan = plan(&repo).unwrap();
+    assert!(!plan.repack.is_empty(), "{plan:?}");
+    let planned: Vec<Id> = plan
+        .delete
+        .iter()
+        .map(|d| d.pack)
+        .chain(plan.repack.iter().map(|r| r.pack))
+        .collect();
+    let before_packs = packs(&repo);
+    let before = du(&repo.root().join("packs"));
+    let report = prune(&repo, &lock, false).unwrap();
+    let after = du(&repo.root().join("packs"));
+    assert_eq!(report.packs_deleted, plan.delete.len() as u64);
+    assert_eq!(report.packs_repacked, plan.repack.len() as u64);
+    assert_eq!(report.bytes_removed, plan.bytes_removed);
+    assert!(report.bytes_written > 0);
+    // Removed minus written: what the disk really got back.
+    assert_eq!(report.bytes_freed, before - after);
+    let left = packs(&repo);
+    for p in &planned {
+        assert!(
+            !left.contains(p),
+            "planned pack {} is still there",
+            p.short()
+        );
+    }
+    for p in before_packs.iter().filter(|p| !planned.contains(p)) {
+        assert!(left.contains(p), "unplanned pack {} was removed", p.short());
+    }
+    assert!(check(&repo, ReadData::All).unwrap().ok());
+}
+
+#[test]
+fn a_readable_copy_is_kept_when_the_indexed_copy_has_become_unreadable() {
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = open(tmp.path());
+    let data = tmp.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(data.join("f"), noise(200 << 10, 7)).unwrap();
+    let snap = backup(&repo, "j", &data);
+    let [original] = packs(&repo)[..] else {
+        panic!("expected one pack: {:?}", packs(&repo));
+    };
+
+    // A second copy of every blob (as a crashed repack or two writers leave), which the
+    // index then points at…
+    let packs_dir = repo.packs_dir();
+    let path = pack::pack_path(&packs_dir, &original);
+    let f = std::fs::File::open(&path).unwrap();
+    let mut w = PackWriter::create(repo.tmp_dir().join("copy.pack")).unwrap();
+    // In another order, so that the copy is another file with another name.
+    for e in pack::read_header(&path).unwrap().into_iter().rev() {
+        let sealed = pack::read_blob(&f, &path, e.offset, e.length).unwrap();
+        w.add(e.kind, e.id, &sealed).unwrap();
+    }
+    let (copy, entries) = w.finish(&packs_dir).unwrap();
+    assert_ne!(copy, original);
+    repo.index().add_pack(copy, &entries).unwrap();
+    assert_eq!(repo.index().get(&snap.tree[0]).unwrap().unwrap().pack, copy);
+    // … and whose header has since rotted.
+    let copy_path = pack::pack_path(&packs_dir, &copy);
+    let mut bytes = std::fs::read(&copy_path).unwrap();
+    let n = bytes.len();
+    bytes[n - 50] ^= 0xff;
+    std::fs::write(&copy_path, &bytes).unwrap();
+
+    let lock = exclusive(&repo);
+    let report = prune(&repo, &lock, false).unwrap();
+    assert_eq!(report.packs_deleted, 0, "{report:?}");
+    assert!(path.exists(), "the readable copy was deleted");
+    assert!(copy_path.exists(), "an unreadable pack is never deleted");
+    drop(lock);
+    let report = check(&repo, ReadData::All).unwrap();
+    assert!(
+        report
+            .problems
+            .iter()
+            .all(|p| matches!(p, Problem::DamagedPack { .. })),
+        "{:?}",
+        report.problems
+    );
+    let mut out = Vec::new();
+    cat(&repo, &snap, &file_path(&data, "f"), &mut out).unwrap();
+    assert!(out == noise(200 << 10, 7));
+}
+
+#[test]
+fn prune_deletes_nothing_once_its_lock_was_broken() {
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = open(tmp.path());
+    let data = tmp.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    for day in 0..3u64 {
+        std::fs::write(data.join("f"), noise(300 << 10, day)).unwrap();
+        backup(&repo, "j", &data);
+    }
+    forget(&repo, "j", &keep_last(1), chrono_tz::UTC, false).unwrap();
+    let lock = exclusive(&repo);
+    let plan = plan(&repo).unwrap();
+    assert!(!plan.delete.is_empty());
+    let before = packs(&repo);
+    // Someone took the lock for stale and broke it.
+    for f in std::fs::read_dir(repo.root().join("locks")).unwrap() {
+        std::fs::remove_file(f.unwrap().path()).unwrap();
+    }
+    let err = prune(&repo, &lock, false).unwrap_err();
+    assert!(err.to_string().contains("no longer ours"), "{err}");
+    assert_eq!(packs(&repo), before);
+    let err = backuphub::prune::execute(&repo, &lock, &plan).unwrap_err();
+    assert!(err.to_string().contains("no longer ours"), "{err}");
+    assert_eq!(packs(&repo), before);
 }
 
 #[test]
@@ -88,11 +227,13 @@ fn prune_racing_concurrent_backups_loses_nothing() {
     std::fs::create_dir_all(&data).unwrap();
     std::fs::write(data.join("stable"), noise(1 << 20, 1)).unwrap();
     let stop = AtomicBool::new(false);
-    let rounds = std::sync::atomic::AtomicU64::new(0);
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+    let mut rounds = 0;
+    let mut refs_removed = 0;
     std::thread::scope(|s| {
         // Two jobs back up again and again, each with new data every round.
         for job in ["a", "b"] {
-            let (repo, data, stop, rounds) = (&repo, &data, &stop, &rounds);
+            let (repo, data, stop, done) = (&repo, &data, &stop, done_tx.clone());
             s.spawn(move || {
                 let mut i = 0u64;
                 let dir = data.join(job);
@@ -110,32 +251,28 @@ fn prune_racing_concurrent_backups_loses_nothing() {
                         LocalSource::new(&[dir.clone(), data.join("stable")], &[]).unwrap();
                     archive_source(repo, job, &mut src);
                     // Retention right after the run, under the job's lock, as the runner does.
-                    let policy = RetentionPolicy {
-                        keep_last: Some(2),
-                        ..Default::default()
-                    };
-                    forget(repo, job, &policy, chrono_tz::UTC, false).unwrap();
-                    rounds.fetch_add(1, Ordering::Relaxed);
+                    forget(repo, job, &keep_last(2), chrono_tz::UTC, false).unwrap();
+                    let _ = done.send(());
                     i += 1;
                 }
             });
         }
-        // Meanwhile: prune, over and over.
-        let mut freed = 0;
-        for _ in 0..8 {
-            std::thread::sleep(Duration::from_millis(150));
-            let _x = repo
-                .lock(LockKind::Exclusive, None, Duration::from_secs(60))
-                .unwrap();
-            freed += prune(&repo, false).unwrap().bytes_freed;
+        drop(done_tx);
+        // Meanwhile: prune, over and over, each time after more backups finished. Five
+        // rounds make one job run three times, so a snapshot was forgotten before the
+        // first prune: there is garbage, whatever the interleaving.
+        for n in [5, 2, 2, 2, 2, 2, 2, 2] {
+            for _ in 0..n {
+                done_rx.recv().expect("the backups are running");
+                rounds += 1;
+            }
+            let x = exclusive(&repo);
+            refs_removed += prune(&repo, &x, false).unwrap().refs_removed;
         }
         stop.store(true, Ordering::Relaxed);
-        assert!(
-            freed > 0,
-            "prune collected nothing: it never ran between backups"
-        );
     });
-    assert!(rounds.load(Ordering::Relaxed) >= 4, "backups did run");
+    assert!(refs_removed > 0, "prune collected nothing");
+    assert!(rounds >= 19, "backups did run");
     let report = check(&repo, ReadData::All).unwrap();
     assert!(report.ok(), "{:?}", report.problems);
     // Every remaining snapshot restores in full.

@@ -11,8 +11,9 @@ use super::{IdentityArg, RepoArgs, exit};
 use crate::check::{self as check_mod, ReadData};
 use crate::chunker::ChunkerParams;
 use crate::repo::crypto::{Recipient, read_recipients_file};
-use crate::repo::lock::LockKind;
-use crate::repo::{InitOptions, Repository};
+use crate::repo::index::IndexMode;
+use crate::repo::lock::{LockError, LockKind};
+use crate::repo::{InitOptions, RepoError, Repository};
 
 #[derive(Args)]
 pub(super) struct InitArgs {
@@ -202,6 +203,17 @@ pub(super) fn check(a: CheckArgs) -> anyhow::Result<u8> {
 pub(super) fn repair(what: RepairCommand) -> anyhow::Result<u8> {
     let RepairCommand::Index { repo } = what;
     let r = repo.open(None)?;
+    if r.index().mode == IndexMode::Temporary {
+        // What would be rebuilt is a throwaway copy that vanishes with this process.
+        bail!(
+            "nothing repaired: the index in {} could not be opened (another process, such as the daemon, holds it, or the state directory is unusable); run `repair index` where it is not in use",
+            repo.options(None)
+                .state_dir
+                .join(r.config().id.to_hex())
+                .join("index")
+                .display()
+        );
+    }
     r.rebuild_index()?;
     eprintln!(
         "index rebuilt: {} chunks in {} packs",
@@ -213,11 +225,17 @@ pub(super) fn repair(what: RepairCommand) -> anyhow::Result<u8> {
 
 pub(super) fn key(what: KeyCommand) -> anyhow::Result<u8> {
     let KeyCommand::Cache { repo, identity } = what;
-    let r = repo.open(Some(&IdentityArg {
+    let opts = repo.options(Some(&IdentityArg {
         identity: Some(identity),
-    }))?;
-    r.write_keys()?;
-    eprintln!("write key of repository {} cached", r.config().id.short());
+    }));
+    // Not through `Repository::open`: that refuses a key that differs from the pinned one,
+    // and accepting such a key is what this command is for.
+    match crate::repo::recache_key(&repo.repo, &opts)
+        .context("the write key could not be cached")?
+    {
+        Some(path) => eprintln!("write key cached (pinned) in {}", path.display()),
+        None => eprintln!("the repository is not encrypted: there is no key to cache"),
+    }
     Ok(exit::OK)
 }
 
@@ -227,7 +245,8 @@ pub(super) fn forget(a: ForgetArgs) -> anyhow::Result<u8> {
         bail!("give at least one --keep-… option; forget without a policy would keep everything");
     }
     let r = a.repo.open(None)?;
-    let _lock = r.lock(LockKind::Shared, Some(&a.job), Duration::from_secs(60))?;
+    // Only manifests go: this works on a full disk too, and frees the room prune needs.
+    let _lock = r.lock_for_reading(Some(&a.job), Duration::from_secs(60))?;
     let report = crate::prune::forget(&r, &a.job, &policy, a.timezone, a.dry_run)?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -268,19 +287,92 @@ impl PolicyArgs {
 
 pub(super) fn prune(a: PruneArgs) -> anyhow::Result<u8> {
     let r = a.repo.open(None)?;
-    let _lock = r.lock(LockKind::Exclusive, None, Duration::from_secs(60))?;
-    let report = crate::prune::prune(&r, a.dry_run)?;
+    let lock = r
+        .lock(LockKind::Exclusive, None, Duration::from_secs(60))
+        .map_err(full_disk_hint)?;
+    if a.dry_run {
+        let plan = crate::prune::plan(&r)?;
+        if a.json {
+            println!("{}", serde_json::to_string_pretty(&plan)?);
+        } else {
+            print_plan(&plan);
+        }
+        return Ok(exit::OK);
+    }
+    let report = crate::prune::prune(&r, &lock, false)?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         eprintln!(
-            "{}{} packs deleted, {} repacked, {} blobs removed, {} freed",
-            if a.dry_run { "dry run: " } else { "" },
+            "{} packs deleted, {} repacked, {} blobs removed, {} freed",
             report.packs_deleted,
             report.packs_repacked,
             report.blobs_removed,
             bytesize::ByteSize(report.bytes_freed)
         );
+        if report.packs_not_repacked > 0 {
+            eprintln!(
+                "{} pack(s) left to repack later (no space to write their copy, or unreadable blobs)",
+                report.packs_not_repacked
+            );
+        }
     }
     Ok(exit::OK)
+}
+
+fn print_plan(plan: &crate::prune::PrunePlan) {
+    let size = |b: u64| bytesize::ByteSize(b).to_string();
+    for d in &plan.delete {
+        println!(
+            "delete pack {} ({}, {} blobs)",
+            d.pack.to_hex(),
+            size(d.size),
+            d.blobs
+        );
+    }
+    for r in &plan.repack {
+        println!(
+            "repack pack {} ({}): keep {} of {} blobs ({})",
+            r.pack.to_hex(),
+            size(r.size),
+            r.keep.len(),
+            r.blobs,
+            size(r.keep_bytes)
+        );
+    }
+    for u in &plan.unreadable {
+        println!("leave unreadable pack {}: {}", u.pack.to_hex(), u.error);
+    }
+    for id in &plan.refs {
+        println!("remove reference list {}", id.to_hex());
+    }
+    for t in &plan.tmp {
+        println!("remove tmp/{t}");
+    }
+    eprintln!(
+        "dry run: {} packs to delete, {} to repack, {} blobs, {} reference lists, {} temporary files to remove; {} to remove, {} to write, about {} to free",
+        plan.delete.len(),
+        plan.repack.len(),
+        plan.blobs_removed,
+        plan.refs.len(),
+        plan.tmp.len(),
+        size(plan.bytes_removed),
+        size(plan.bytes_written),
+        size(plan.bytes_freed())
+    );
+}
+
+/// Prune cannot work without its lock file; on a full disk, says how to make room.
+fn full_disk_hint(e: RepoError) -> anyhow::Error {
+    let full = matches!(
+        &e,
+        RepoError::Lock(LockError::Io { error, .. })
+            if error.raw_os_error() == Some(rustix::io::Errno::NOSPC.raw_os_error())
+    );
+    let e = anyhow::Error::from(e);
+    if full {
+        e.context("the backup disk is full, so prune cannot write its lock file; `forget` works on a full disk and frees the little room prune needs")
+    } else {
+        e
+    }
 }

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::repo::lock::{LockGuard, LockKind};
+use crate::repo::lock::LockGuard;
 use crate::repo::{OpenOptions, Repository};
 
 /// Exit codes, documented in the README.
@@ -75,10 +75,11 @@ impl RepoArgs {
         Ok(Repository::open(&self.repo, &self.options(identity))?)
     }
 
-    /// Opens under a shared lock, so that no prune removes data while it is being read.
+    /// Opens under a shared lock, so that no prune removes data while it is being read
+    /// (on a read-only or full disk, after checking that no prune holds it).
     fn open_for_reading(&self, identity: &IdentityArg) -> anyhow::Result<(Repository, LockGuard)> {
         let r = self.open(Some(identity))?;
-        let lock = r.lock(LockKind::Shared, None, Duration::from_secs(10))?;
+        let lock = r.lock_for_reading(None, Duration::from_secs(10))?;
         Ok((r, lock))
     }
 }

@@ -520,6 +520,16 @@ impl Repository {
         Ok(lock::acquire(&self.root.join("locks"), kind, job, wait)?)
     }
 
+    /// A shared lock for reading or `forget`, which works without a lock file on a
+    /// read-only or full disk (see [`lock::acquire_reader`]).
+    pub fn lock_for_reading(
+        &self,
+        job: Option<&str>,
+        wait: Duration,
+    ) -> Result<LockGuard, RepoError> {
+        Ok(lock::acquire_reader(&self.root.join("locks"), job, wait)?)
+    }
+
     /// Lists pack files on disk.
     pub fn list_packs(&self) -> Result<HashSet<Id>, RepoError> {
         let dir = self.packs_dir();
@@ -1148,8 +1158,10 @@ fn read_key_file(
 }
 
 /// `key cache`: reads the key with the identity and (re)pins it in this machine's state
-/// directory, replacing an earlier pin. The one deliberate way to accept a changed key.
-pub fn recache_key(root: &Path, opts: &OpenOptions) -> Result<(), RepoError> {
+/// directory, replacing an earlier pin: the one deliberate way to accept a changed key.
+/// Returns the file written, or `None` for an unencrypted repository. Unlike the
+/// best-effort caching when opening with an identity, a failure is reported.
+pub fn recache_key(root: &Path, opts: &OpenOptions) -> Result<Option<PathBuf>, RepoError> {
     let cfg_path = root.join(CONFIG_FILE);
     let bytes = match read_limited(&cfg_path, MAX_CONFIG_FILE) {
         Ok(b) => b,
@@ -1161,14 +1173,14 @@ pub fn recache_key(root: &Path, opts: &OpenOptions) -> Result<(), RepoError> {
     let config: RepoConfig = serde_json::from_slice(&bytes)
         .map_err(|e| RepoError::Corrupt(format!("{}: {e}", cfg_path.display())))?;
     if config.recipients.is_empty() {
-        return Err(RepoError::Settings(
-            "this repository is not encrypted; there is no key to cache".into(),
-        ));
+        return Ok(None);
     }
     let identity = opts.identity.as_ref().ok_or(CryptoError::IdentityRequired)?;
     let ids = Identities::from_file(identity)?;
     let k = read_key_file(root, &config, &ids)?;
-    cache_key(&opts.state_dir.join(config.id.to_hex()), &config, &k)
+    let state = opts.state_dir.join(config.id.to_hex());
+    cache_key(&state, &config, &k)?;
+    Ok(Some(state.join("key.json")))
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
