@@ -207,7 +207,9 @@ pub fn archive(
     };
     let description = source.description();
     let file_cache = repo.index().begin_file_cache(job)?;
-    let previous = repo.index().previous(job)?;
+    let previous = repo
+        .index()
+        .previous(job, Box::new(|c| repo.has_blob(c).unwrap_or(false)))?;
 
     let walked = std::thread::scope(|s| {
         let (tx, rx) = crossbeam_channel::bounded::<Work>(workers * 2);

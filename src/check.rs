@@ -20,6 +20,11 @@ pub enum ReadData {
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(tag = "problem", rename_all = "snake_case")]
 pub enum Problem {
+    /// A key file of an encrypted repository does not match the hash in its config (found
+    /// without the identity); readers fall back to the other copy while one is intact.
+    DamagedKeyFile {
+        what: String,
+    },
     DamagedPack {
         pack: String,
         what: String,
@@ -50,6 +55,7 @@ impl std::fmt::Display for Problem {
             }
         };
         match self {
+            Problem::DamagedKeyFile { what } => write!(f, "key file: {what}"),
             Problem::DamagedPack { pack, what } => write!(f, "pack {pack}: {what}"),
             Problem::DamagedSnapshot { snapshot, what } => write!(f, "snapshot {snapshot}: {what}"),
             Problem::DamagedChunk {
@@ -124,6 +130,9 @@ pub fn check(repo: &Repository, read_data: ReadData) -> Result<CheckReport, Repo
 /// Carries out a check plan.
 pub fn execute(repo: &Repository, plan: &CheckPlan) -> Result<CheckReport, RepoError> {
     let mut report = CheckReport::default();
+    for what in repo.verify_key_files() {
+        report.problems.push(Problem::DamagedKeyFile { what });
+    }
     let packs_dir = repo.packs_dir();
     let can_open = repo.sealer().can_open();
     if !can_open {
@@ -135,6 +144,8 @@ pub fn execute(repo: &Repository, plan: &CheckPlan) -> Result<CheckReport, RepoE
     // index is a cache and may still name packs that are gone; it must never make a
     // check pass.
     let mut on_disk: Vec<Id> = Vec::new();
+    // Blobs with at least one copy that read back intact.
+    let mut good: BTreeSet<Id> = BTreeSet::new();
 
     report.packs = plan.packs.len() as u64;
     for p in &plan.packs {
@@ -163,6 +174,9 @@ pub fn execute(repo: &Repository, plan: &CheckPlan) -> Result<CheckReport, RepoE
             });
             if !can_open {
                 for e in &entries {
+                    if let Err(err) = repo.record_damage(&e.id, p) {
+                        tracing::warn!(error = %err, "cannot record the damaged copy");
+                    }
                     bad.insert(e.id, (p.short(), "in a damaged pack".into()));
                 }
                 continue;
@@ -192,8 +206,22 @@ pub fn execute(repo: &Repository, plan: &CheckPlan) -> Result<CheckReport, RepoE
                         Err("content does not match its id".into())
                     }
                 });
-            if let Err(what) = result {
-                bad.insert(e.id, (p.short(), what));
+            match result {
+                Err(what) => {
+                    // Recorded in the repository, so the next backup that has this data
+                    // stores it afresh and prune then drops the bad copy.
+                    if let Err(err) = repo.record_damage(&e.id, p) {
+                        tracing::warn!(error = %err, "cannot record the damaged copy");
+                    }
+                    if !good.contains(&e.id) {
+                        bad.insert(e.id, (p.short(), what));
+                    }
+                }
+                Ok(()) => {
+                    // An intact copy makes the blob sound, whatever other copies hold.
+                    good.insert(e.id);
+                    bad.remove(&e.id);
+                }
             }
         }
     }

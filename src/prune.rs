@@ -209,8 +209,15 @@ fn plan_locked(repo: &Repository) -> Result<PrunePlan, RepoError> {
     let mut claimed = vec![false; live.len()];
 
     let packs_dir = repo.packs_dir();
+    // Packs holding copies `check` found damaged come last, so that an intact copy
+    // elsewhere (a later backup stored the data afresh) is the one claimed; a damaged
+    // copy is kept only when it is the only one there is.
+    let damaged = repo.damaged_copies();
+    let is_damaged = |blob: &Id, pack: &Id| damaged.get(blob).is_some_and(|ps| ps.contains(pack));
+    let holds_damage: std::collections::HashSet<Id> =
+        damaged.values().flatten().copied().collect();
     let mut packs: Vec<Id> = repo.list_packs()?.into_iter().collect();
-    packs.sort();
+    packs.sort_by_key(|p| (holds_damage.contains(p), *p));
     for p in packs {
         let path = pack::pack_path(&packs_dir, &p);
         let entries = match pack::read_header(&path) {
@@ -238,6 +245,11 @@ fn plan_locked(repo: &Repository) -> Result<PrunePlan, RepoError> {
             }
         }
         let dead_blobs = (entries.len() - keep.len()) as u64;
+        // A damaged copy with an intact one elsewhere goes even from a mostly live pack:
+        // repacking copies only the live blobs, so the damage leaves with it.
+        let drop_damage = entries
+            .iter()
+            .any(|e| is_damaged(&e.id, &p) && !keep.iter().any(|k| k.offset == e.offset));
         if keep.is_empty() {
             plan.blobs_removed += dead_blobs;
             plan.bytes_removed += size;
@@ -246,7 +258,9 @@ fn plan_locked(repo: &Repository) -> Result<PrunePlan, RepoError> {
                 size,
                 blobs: entries.len() as u64,
             });
-        } else if (dead_bytes as f64) / ((live_bytes + dead_bytes) as f64) >= REPACK_THRESHOLD {
+        } else if drop_damage
+            || (dead_bytes as f64) / ((live_bytes + dead_bytes) as f64) >= REPACK_THRESHOLD
+        {
             plan.blobs_removed += dead_blobs;
             plan.bytes_removed += size;
             plan.bytes_written += live_bytes;
@@ -464,6 +478,13 @@ fn execute_locked(
             Ok(()) => x.report.tmp_removed += 1,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(io(&path)(e)),
+        }
+    }
+    // Damage records whose bad copies are all gone now.
+    let on_disk = repo.list_packs()?;
+    for (blob, packs) in repo.damaged_copies() {
+        if !packs.iter().any(|p| on_disk.contains(p)) {
+            repo.clear_damage(&blob)?;
         }
     }
     repo.index().flush()?;

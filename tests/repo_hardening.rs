@@ -138,6 +138,10 @@ fn a_damaged_key_file_falls_back_to_its_copy() {
     let n = bytes.len();
     bytes[n - 10] ^= 1;
     std::fs::write(&key, &bytes).unwrap();
+    // check notices without the identity, and names the file.
+    let out = env.run(&["check"]);
+    assert_eq!(out.status.code(), Some(4), "{}", text(&out));
+    assert!(text(&out).contains("keys/repo.age is damaged"), "{}", text(&out));
     // A reader on another machine (a fresh state directory) needs the key file.
     let other = env.path("state-other");
     let out = env
@@ -391,4 +395,53 @@ fn a_file_changed_while_read_makes_the_snapshot_partial() {
     let e = repo.entries(&snap).next().unwrap().unwrap();
     assert_eq!(e.size, 400);
     assert!(e.change.is_none(), "never trusted as unchanged next time");
+}
+
+/// After `check` has found a damaged chunk, the next backup of the intact source stores
+/// it afresh (a new snapshot heals), and prune then drops the bad copy: the repository
+/// checks clean again without a human picking packs apart.
+#[test]
+fn a_damaged_chunk_is_stored_afresh_and_pruned_away() {
+    let env = Env::new();
+    let data = env.path("data");
+    std::fs::create_dir_all(&data).unwrap();
+    env.ok(&["init", "--chunk-size", "64KiB", "--pack-size", "256KiB"]);
+    std::fs::write(data.join("victim.bin"), noise(600 << 10, 1)).unwrap();
+    env.ok(&["backup", "--job", "a", data.to_str().unwrap()]);
+    std::fs::write(data.join("other.bin"), noise(600 << 10, 2)).unwrap();
+    env.ok(&["backup", "--job", "a", data.to_str().unwrap()]);
+    // Damage the oldest pack's first blob (victim.bin's).
+    let mut packs = walk(&env.repo().join("packs"));
+    packs.sort_by_key(|p| std::fs::metadata(p).unwrap().modified().unwrap());
+    let mut bytes = std::fs::read(&packs[0]).unwrap();
+    for b in &mut bytes[100..108] {
+        *b ^= 0x5a;
+    }
+    std::fs::write(&packs[0], &bytes).unwrap();
+    let out = env.run(&["check", "--read-data"]);
+    assert_eq!(out.status.code(), Some(4), "{}", text(&out));
+
+    // The source still has the data: the next backup stores the damaged chunk again.
+    let out = env.ok(&["backup", "--job", "a", "--json", data.to_str().unwrap()]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        v["snapshot"]["stats"]["new_chunks"].as_u64().unwrap() >= 1,
+        "the damaged chunk is stored afresh: {v}"
+    );
+    let target = env.path("out");
+    env.ok(&["restore", "latest", "--target", target.to_str().unwrap()]);
+    assert_same_tree(&data, &restored(&target, &data));
+
+    // Prune drops the damaged copy (the intact one serves every snapshot, old ones
+    // included); check is clean again.
+    env.ok(&["prune"]);
+    let out = env.run(&["check", "--read-data"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        walk(&env.repo().join("damaged")).is_empty(),
+        "damage records of removed copies are cleared"
+    );
+    let target = env.path("out2");
+    env.ok(&["restore", "latest", "--target", target.to_str().unwrap()]);
+    assert_same_tree(&data, &restored(&target, &data));
 }

@@ -369,15 +369,21 @@ impl Index {
 
     // ---- the per-job file cache for incremental runs ----
 
-    /// The previous run's entries of `job`, in path order.
-    pub fn previous(&self, job: &str) -> Result<Previous<'_>, IndexError> {
+    /// The previous run's entries of `job`, in path order. An entry is offered only when
+    /// `usable` vouches for every one of its chunks (the repository's check that a copy
+    /// really exists and is not known damaged; the index alone cannot say).
+    pub fn previous<'a>(
+        &'a self,
+        job: &str,
+        usable: Box<dyn Fn(&Id) -> bool + 'a>,
+    ) -> Result<Previous<'a>, IndexError> {
         let tree = match self.jobs.get(job.as_bytes()).map_err(|e| self.err(e))? {
             Some(name) => Some(self.db.open_tree(name).map_err(|e| self.err(e))?),
             None => None,
         };
         Ok(Previous {
             iter: tree.map(|t| t.iter().peekable()),
-            index: self,
+            usable,
         })
     }
 
@@ -401,12 +407,16 @@ impl Index {
 /// paths, and never loads more than one entry at a time.
 pub struct Previous<'a> {
     iter: Option<std::iter::Peekable<sled::Iter>>,
-    index: &'a Index,
+    usable: Box<dyn Fn(&Id) -> bool + 'a>,
 }
 
 impl Previous<'_> {
-    pub fn empty(index: &Index) -> Previous<'_> {
-        Previous { iter: None, index }
+    /// No previous entries: everything is read afresh.
+    pub fn empty() -> Previous<'static> {
+        Previous {
+            iter: None,
+            usable: Box::new(|_| false),
+        }
     }
 
     /// The previous entry at `path`, if there was one and all its chunks still exist.
@@ -429,10 +439,7 @@ impl Previous<'_> {
                 std::cmp::Ordering::Equal => {
                     let (_, v) = iter.next()?.ok()?;
                     let entry: Entry = ciborium::from_reader(&v[..]).ok()?;
-                    let all_present = entry
-                        .chunks
-                        .iter()
-                        .all(|c| self.index.contains(c).unwrap_or(false));
+                    let all_present = entry.chunks.iter().all(|c| (self.usable)(c));
                     return all_present.then_some(entry);
                 }
             }
@@ -561,7 +568,7 @@ mod tests {
             .count();
         assert_eq!(caches, 1, "the uncommitted cache is gone");
         assert!(
-            idx.previous("job")
+            idx.previous("job", Box::new(|_| true))
                 .unwrap()
                 .find(&EntryPath::from("a"))
                 .is_some()
@@ -612,20 +619,20 @@ mod tests {
         }
         // Not committed yet: nothing visible.
         assert!(
-            idx.previous("job")
+            idx.previous("job", Box::new(|_| true))
                 .unwrap()
                 .find(&EntryPath::from("a"))
                 .is_none()
         );
         w.commit().unwrap();
-        let mut prev = idx.previous("job").unwrap();
+        let mut prev = idx.previous("job", Box::new(|_| true)).unwrap();
         assert!(prev.find(&EntryPath::from("a")).is_some());
         assert!(prev.find(&EntryPath::from("b")).is_none());
         assert!(prev.find(&EntryPath::from("d")).is_some());
         // An abandoned writer leaves the committed cache alone.
         drop(idx.begin_file_cache("job").unwrap());
         assert!(
-            idx.previous("job")
+            idx.previous("job", Box::new(|_| true))
                 .unwrap()
                 .find(&EntryPath::from("b/c"))
                 .is_some()

@@ -355,12 +355,9 @@ impl Iterator for Walker<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::repo::index::Index;
 
     fn walk(src: &mut LocalSource) -> Vec<String> {
-        let dir = tempfile::tempdir().unwrap();
-        let idx = Index::open(&dir.path().join("i")).unwrap();
-        src.entries(Previous::empty(&idx))
+        src.entries(Previous::empty())
             .map(|e| e.unwrap().entry.path.display())
             .collect()
     }
