@@ -61,9 +61,10 @@ fn backup_list_cat_restore() {
         std::fs::read(restored(&target, &data.join("d/f.txt"))).unwrap(),
         b"content"
     );
-    // A second restore would overwrite: refused without --overwrite.
+    // A second restore would overwrite: refused without --overwrite, entry by entry
+    // (listed; exit code 3, the restore is incomplete).
     let out = env.run(&["restore", "latest", "--target", target.to_str().unwrap()]);
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(3));
     assert!(text(&out).contains("--overwrite"), "{}", text(&out));
     env.ok(&[
         "restore",

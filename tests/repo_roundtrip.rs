@@ -244,7 +244,7 @@ fn restore_never_writes_through_symlinks() {
 }
 
 #[test]
-fn symlinked_roots_are_followed_and_empty_roots_are_failures() {
+fn symlinked_roots_are_followed_and_empty_roots_fail_the_run() {
     let tmp = tempfile::tempdir().unwrap();
     let real = tmp.path().join("real");
     std::fs::create_dir(&real).unwrap();
@@ -268,16 +268,14 @@ fn symlinked_roots_are_followed_and_empty_roots_are_failures() {
     .unwrap();
     assert_eq!(out, b"content");
 
+    // An empty root (an unmounted file system) fails the whole run: no snapshot, even
+    // though another root has data.
+    let before = repo.snapshot_ids().unwrap().len();
     let mut src = LocalSource::new(&[empty.clone(), real.clone()], &[]).unwrap();
-    let snap = archive_source(&repo, "e", &mut src);
-    assert_eq!(
-        snap.status,
-        backuphub::repo::snapshot::SnapshotStatus::Partial
-    );
-    let details = repo.open_details(&snap).unwrap();
-    assert!(
-        details.failures[0].error.contains("not mounted"),
-        "{:?}",
-        details.failures
-    );
+    let cancel = std::sync::atomic::AtomicBool::new(false);
+    let progress = backuphub::archiver::Progress::default();
+    let err = backuphub::archiver::archive(&repo, "e", &mut src, &progress, &cancel, &|| Ok(()))
+        .unwrap_err();
+    assert!(err.to_string().contains("not mounted"), "{err}");
+    assert_eq!(repo.snapshot_ids().unwrap().len(), before);
 }

@@ -233,7 +233,7 @@ pub(super) fn key(what: KeyCommand) -> anyhow::Result<u8> {
     match crate::repo::recache_key(&repo.repo, &opts)
         .context("the write key could not be cached")?
     {
-        Some(path) => eprintln!("write key cached (pinned) in {}", path.display()),
+        Some(path) => eprintln!("write key cached in {} (pinned)", path.display()),
         None => eprintln!("the repository is not encrypted: there is no key to cache"),
     }
     Ok(exit::OK)
