@@ -259,7 +259,12 @@ pub fn archive(
         .unwrap_or_else(|p| p.into_inner())
         .current
         .take();
-    if let Some(e) = shared.error.lock().unwrap_or_else(|p| p.into_inner()).take() {
+    if let Some(e) = shared
+        .error
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .take()
+    {
         return Err(e);
     }
     let (mut stats, failures, tree, seen) = walked?;

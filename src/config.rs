@@ -16,10 +16,10 @@ use crate::schedule::Schedule;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("{path}: {source}")]
+    #[error("{path}: {error}")]
     Io {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("{file}:{line}: {key}: {message}")]
     Invalid {
@@ -242,9 +242,9 @@ pub struct CommandJob {
 
 impl Config {
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let bytes = std::fs::read(path).map_err(|source| ConfigError::Io {
+        let bytes = std::fs::read(path).map_err(|error| ConfigError::Io {
             path: path.to_owned(),
-            source,
+            error,
         })?;
         let abs = std::path::absolute(path).unwrap_or_else(|_| path.to_owned());
         Config::parse_bytes(&bytes, &abs)

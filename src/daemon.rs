@@ -12,15 +12,15 @@ use crate::runner::Context;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("cannot listen on {addr}: {error}")]
     Listen {
         addr: std::net::SocketAddr,
-        source: std::io::Error,
+        error: std::io::Error,
     },
-    #[error("cannot read the token file {path}: {source}")]
+    #[error("cannot read the token file {path}: {error}")]
     Token {
         path: std::path::PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("token file {0} is empty")]
     EmptyToken(std::path::PathBuf),
@@ -38,9 +38,9 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     let metrics = crate::metrics::install();
     let token = match &config.http.token_file {
         Some(p) => {
-            let t = std::fs::read_to_string(p).map_err(|source| DaemonError::Token {
+            let t = std::fs::read_to_string(p).map_err(|error| DaemonError::Token {
                 path: p.clone(),
-                source,
+                error,
             })?;
             let t = t.trim().to_string();
             if t.is_empty() {
@@ -65,9 +65,9 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
 
     let listener = tokio::net::TcpListener::bind(listen)
         .await
-        .map_err(|source| DaemonError::Listen {
+        .map_err(|error| DaemonError::Listen {
             addr: listen,
-            source,
+            error,
         })?;
     tracing::info!(addr = %listen, "serving status and metrics");
     let app = router(Http {

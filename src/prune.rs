@@ -214,8 +214,7 @@ fn plan_locked(repo: &Repository) -> Result<PrunePlan, RepoError> {
     // copy is kept only when it is the only one there is.
     let damaged = repo.damaged_copies();
     let is_damaged = |blob: &Id, pack: &Id| damaged.get(blob).is_some_and(|ps| ps.contains(pack));
-    let holds_damage: std::collections::HashSet<Id> =
-        damaged.values().flatten().copied().collect();
+    let holds_damage: std::collections::HashSet<Id> = damaged.values().flatten().copied().collect();
     let mut packs: Vec<Id> = repo.list_packs()?.into_iter().collect();
     packs.sort_by_key(|p| (holds_damage.contains(p), *p));
     for p in packs {

@@ -107,7 +107,11 @@ mod tests {
         )
         .unwrap();
         let kc = dir.path().join("kubeconfig");
-        std::fs::write(&kc, "users:\n- user:\n    token: eyJhbGciOiJSUzI1NiJ9.payload\n").unwrap();
+        std::fs::write(
+            &kc,
+            "users:\n- user:\n    token: eyJhbGciOiJSUzI1NiJ9.payload\n",
+        )
+        .unwrap();
         let r = Redactor::from_files(&[id, kc, dir.path().join("missing")]);
         let out = r.redact(
             "bad key AGE-SECRET-KEY-1QQQQQQQQQQQQQQQQQQQQQQQ; auth eyJhbGciOiJSUzI1NiJ9.payload; users: fine",

@@ -20,8 +20,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use rustix::fs::{AtFlags, FileType, Gid, Mode, OFlags, RenameFlags, Timespec, Timestamps, Uid};
 use rustix::io::Errno;
 
-use crate::repo::id::Id;
 use crate::error::ErrorKind;
+use crate::repo::id::Id;
 use crate::repo::snapshot::Snapshot;
 use crate::repo::tree::{Entry, EntryKind, EntryPath};
 use crate::repo::{RepoError, Repository};

@@ -197,7 +197,11 @@ pub fn plan<K: Clone>(
                 periods.len() - 1
             });
             let (complete, partial) = &mut periods[slot];
-            let best = if snapshots[i].complete { complete } else { partial };
+            let best = if snapshots[i].complete {
+                complete
+            } else {
+                partial
+            };
             best.get_or_insert(i);
         }
         for (complete, partial) in periods.into_iter().take(count as usize) {

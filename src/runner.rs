@@ -14,16 +14,16 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::archiver::{ArchiveError, Progress, archive};
-use crate::retention::RetentionPolicy;
 use crate::config::{Config, JobName};
 use crate::error::ErrorKind;
 use crate::metrics as m;
 use crate::redact::Redactor;
 use crate::repo::crypto::{Recipient, read_recipients_file};
+use crate::repo::index::IndexMode;
 use crate::repo::lock::LockKind;
 use crate::repo::snapshot::SnapshotStatus;
-use crate::repo::index::IndexMode;
 use crate::repo::{InitOptions, OpenOptions, RepoError, Repository, RootStatus};
+use crate::retention::RetentionPolicy;
 use crate::source::SourceError;
 use crate::state::{Inner, JobState, RepoState, RunResult, RunStatus, SharedState};
 
@@ -120,7 +120,9 @@ impl JobRun<'_> {
                 Ok(_) => {}
                 // The snapshot is safe; an unapplied policy only keeps more, and the
                 // prune schedule applies it again.
-                Err(e) => tracing::warn!(error = %self.redactor.redact(&e.to_string()), "retention not applied"),
+                Err(e) => {
+                    tracing::warn!(error = %self.redactor.redact(&e.to_string()), "retention not applied")
+                }
             }
         }
         Ok((id, snap))
@@ -753,7 +755,10 @@ mod tests {
             "[jobs.j]\nkind = \"command\"\nschedule = \"@daily\"\ncommand = [\"echo\", \"hi\"]\nname = \"x\"\n",
         ));
         let name = JobName::parse("j").unwrap();
-        assert_eq!(ctx.execute(&name, "r1", "test").await.status, RunStatus::Complete);
+        assert_eq!(
+            ctx.execute(&name, "r1", "test").await.status,
+            RunStatus::Complete
+        );
         // The disk is unplugged: the mount point is an empty directory again.
         let repo = dir.path().join("repo");
         std::fs::rename(&repo, dir.path().join("unplugged")).unwrap();
@@ -762,11 +767,60 @@ mod tests {
         assert_eq!(r.status, RunStatus::Failed);
         assert_eq!(r.error_kind, Some(ErrorKind::NoRepository));
         assert!(r.error.unwrap().contains("already served"));
-        assert_eq!(std::fs::read_dir(&repo).unwrap().count(), 0, "nothing created");
+        assert_eq!(
+            std::fs::read_dir(&repo).unwrap().count(),
+            0,
+            "nothing created"
+        );
         // Plugged back in: runs work again.
         std::fs::remove_dir(&repo).unwrap();
         std::fs::rename(dir.path().join("unplugged"), &repo).unwrap();
-        assert_eq!(ctx.execute(&name, "r3", "test").await.status, RunStatus::Complete);
+        assert_eq!(
+            ctx.execute(&name, "r3", "test").await.status,
+            RunStatus::Complete
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retention_runs_on_the_prune_schedule_without_a_successful_backup() {
+        let dir = tempfile::tempdir().unwrap();
+        let ctx = Context::new(config(
+            dir.path(),
+            "[jobs.j]\nkind = \"command\"\nschedule = \"@daily\"\ncommand = [\"false\"]\nname = \"x\"\nretention = { keep_last = 1 }\n",
+        ));
+        let repo = ctx.repository().unwrap();
+        // Three snapshots written by hand (say, before a disk filled up and every
+        // backup started failing).
+        for i in 0..3u8 {
+            let mut src = crate::source::stream::StreamSource::new(
+                "x",
+                crate::source::stream::StreamInput::Command {
+                    argv: vec!["echo".into(), i.to_string()],
+                    env: Vec::new(),
+                },
+                Redactor::default(),
+            )
+            .unwrap();
+            archive(
+                &repo,
+                "j",
+                &mut src,
+                &Progress::default(),
+                &AtomicBool::new(false),
+                &|| Ok(()),
+            )
+            .unwrap();
+        }
+        drop(repo);
+        assert_eq!(
+            ctx.execute(&JobName::parse("j").unwrap(), "r", "test")
+                .await
+                .status,
+            RunStatus::Failed
+        );
+        assert_eq!(ctx.repository().unwrap().snapshot_ids().unwrap().len(), 3);
+        ctx.prune().await.unwrap();
+        assert_eq!(ctx.repository().unwrap().snapshot_ids().unwrap().len(), 1);
     }
 
     #[tokio::test]

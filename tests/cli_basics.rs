@@ -228,3 +228,35 @@ fn reading_works_without_a_usable_state_directory() {
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(out.stdout, b"data");
 }
+
+/// `backup` reaches a snapshot the way the daemon's runs do, retention included.
+#[test]
+fn backup_applies_a_given_retention_policy() {
+    let env = Env::new();
+    env.ok(&["init"]);
+    for i in 0..3 {
+        let out = env.run_with_stdin(
+            &[
+                "backup",
+                "--job",
+                "j",
+                "--stdin",
+                "--name",
+                "x",
+                "--keep-last",
+                "2",
+            ],
+            format!("version {i}").as_bytes(),
+        );
+        assert!(out.status.success(), "{}", text(&out));
+    }
+    let out = env.ok(&["snapshots", "--job", "j", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v.as_array().unwrap().len(), 2, "{v}");
+    assert_eq!(env.ok(&["cat", "latest:j", "x"]).stdout, b"version 2");
+    // Without a policy, nothing is removed.
+    env.run_with_stdin(&["backup", "--job", "j", "--stdin", "--name", "x"], b"v3");
+    let out = env.ok(&["snapshots", "--job", "j", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v.as_array().unwrap().len(), 3, "{v}");
+}

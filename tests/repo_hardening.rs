@@ -141,11 +141,21 @@ fn a_damaged_key_file_falls_back_to_its_copy() {
     // check notices without the identity, and names the file.
     let out = env.run(&["check"]);
     assert_eq!(out.status.code(), Some(4), "{}", text(&out));
-    assert!(text(&out).contains("keys/repo.age is damaged"), "{}", text(&out));
+    assert!(
+        text(&out).contains("keys/repo.age is damaged"),
+        "{}",
+        text(&out)
+    );
     // A reader on another machine (a fresh state directory) needs the key file.
     let other = env.path("state-other");
     let out = env
-        .cmd(&["cat", "latest", "x", "--identity", identity.to_str().unwrap()])
+        .cmd(&[
+            "cat",
+            "latest",
+            "x",
+            "--identity",
+            identity.to_str().unwrap(),
+        ])
         .env("BACKUPHUB_STATE_DIR", &other)
         .output()
         .unwrap();
@@ -155,7 +165,13 @@ fn a_damaged_key_file_falls_back_to_its_copy() {
     let copy = env.repo().join("keys/repo.2.age");
     std::fs::write(&copy, &bytes).unwrap();
     let out = env
-        .cmd(&["cat", "latest", "x", "--identity", identity.to_str().unwrap()])
+        .cmd(&[
+            "cat",
+            "latest",
+            "x",
+            "--identity",
+            identity.to_str().unwrap(),
+        ])
         .env("BACKUPHUB_STATE_DIR", env.path("state-third"))
         .output()
         .unwrap();
@@ -235,7 +251,10 @@ fn swapped_keys_recipients_and_forged_manifests_are_refused() {
     std::fs::write(env.repo().join("backuphub.json"), &orig_cfg).unwrap();
     let out = env.run_with_stdin(&["backup", "--job", "s", "--stdin", "--name", "y"], b"z");
     assert!(out.status.success(), "{}", text(&out));
-    assert_eq!(env.ok(&["cat", "latest", "y", "--identity", id_arg]).stdout, b"z");
+    assert_eq!(
+        env.ok(&["cat", "latest", "y", "--identity", id_arg]).stdout,
+        b"z"
+    );
 }
 
 /// An unmounted CephFS looks like an empty directory: no snapshot, and the file cache
@@ -322,7 +341,10 @@ fn a_missing_indexed_copy_is_found_elsewhere_without_a_rebuild() {
     let real = loc.pack;
     loc.pack = Id::of(b"gone");
     repo.index().set_location(&tree, loc).unwrap();
-    let entries: Vec<_> = repo.entries(&snap).collect::<Result<_, RepoError>>().unwrap();
+    let entries: Vec<_> = repo
+        .entries(&snap)
+        .collect::<Result<_, RepoError>>()
+        .unwrap();
     assert!(!entries.is_empty());
     assert_eq!(repo.index().get(&tree).unwrap().unwrap().pack, real);
     assert_eq!(repo.index().chunk_count(), before, "nothing else touched");
@@ -361,9 +383,8 @@ impl backuphub::source::Source for Shrinking {
         &'a mut self,
         _previous: backuphub::repo::index::Previous<'a>,
     ) -> Box<
-        dyn Iterator<
-                Item = Result<backuphub::source::SourceEntry, backuphub::source::SourceError>,
-            > + 'a,
+        dyn Iterator<Item = Result<backuphub::source::SourceEntry, backuphub::source::SourceError>>
+            + 'a,
     > {
         use backuphub::repo::tree::{Entry, EntryKind, EntryPath};
         let mut entry = Entry::new(EntryPath::from("log"), EntryKind::File);
@@ -371,9 +392,10 @@ impl backuphub::source::Source for Shrinking {
         entry.change = Some((1, 2, 3));
         Box::new(std::iter::once(Ok(backuphub::source::SourceEntry {
             entry,
-            content: backuphub::source::Content::Read(Box::new(std::io::Cursor::new(
-                vec![7u8; 400],
-            ))),
+            content: backuphub::source::Content::Read(Box::new(std::io::Cursor::new(vec![
+                7u8;
+                400
+            ]))),
         })))
     }
 }
@@ -390,7 +412,11 @@ fn a_file_changed_while_read_makes_the_snapshot_partial() {
     let details = repo.open_details(&snap).unwrap();
     assert_eq!(details.failures.len(), 1);
     assert_eq!(details.failures[0].path, "log");
-    assert!(details.failures[0].error.contains("changed while being read"));
+    assert!(
+        details.failures[0]
+            .error
+            .contains("changed while being read")
+    );
     // What was read is kept, with its real size.
     let e = repo.entries(&snap).next().unwrap().unwrap();
     assert_eq!(e.size, 400);

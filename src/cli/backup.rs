@@ -11,8 +11,8 @@ use clap::Args;
 use super::{RepoArgs, exit};
 use crate::archiver::Progress;
 use crate::redact::Redactor;
-use crate::runner::JobRun;
 use crate::repo::snapshot::SnapshotStatus;
+use crate::runner::JobRun;
 use crate::source::Source;
 use crate::source::local::LocalSource;
 use crate::source::stream::{StreamInput, StreamSource};
@@ -40,6 +40,13 @@ pub(super) struct BackupArgs {
     exclude: Vec<String>,
     #[arg(long)]
     json: bool,
+    /// Retention applied after the snapshot is written, as the daemon does after each run
+    /// (none given: every snapshot is kept).
+    #[command(flatten)]
+    policy: super::maint::PolicyArgs,
+    /// Time zone for the retention policy's calendar periods.
+    #[arg(long, default_value = "UTC")]
+    timezone: chrono_tz::Tz,
     paths: Vec<PathBuf>,
 }
 
@@ -75,6 +82,7 @@ impl BackupArgs {
 
 pub(super) fn backup(a: BackupArgs) -> anyhow::Result<u8> {
     crate::config::JobName::parse(&a.job).map_err(anyhow::Error::msg)?;
+    let policy = a.policy.to_policy()?;
     let r = a.repo.open(None)?;
     let mut source = a.source()?;
     let progress = Arc::new(Progress::default());
@@ -85,7 +93,7 @@ pub(super) fn backup(a: BackupArgs) -> anyhow::Result<u8> {
     let result = JobRun {
         repo: &r,
         job: &a.job,
-        retention: None,
+        retention: (!policy.is_empty()).then_some((&policy, a.timezone)),
         redactor: &Redactor::default(),
         progress: &progress,
         cancel: &cancel,

@@ -82,7 +82,7 @@ pub(super) struct PruneArgs {
 }
 
 #[derive(Args)]
-struct PolicyArgs {
+pub(super) struct PolicyArgs {
     #[arg(long)]
     keep_last: Option<u32>,
     #[arg(long)]
@@ -268,7 +268,7 @@ pub(super) fn forget(a: ForgetArgs) -> anyhow::Result<u8> {
 }
 
 impl PolicyArgs {
-    fn to_policy(&self) -> anyhow::Result<crate::retention::RetentionPolicy> {
+    pub(super) fn to_policy(&self) -> anyhow::Result<crate::retention::RetentionPolicy> {
         let keep_within = match &self.keep_within {
             Some(text) => Some(crate::retention::parse_duration(text).map_err(anyhow::Error::msg)?),
             None => None,

@@ -94,8 +94,9 @@ fn collect_stale_temporaries(parent: &Path) {
     for d in rd.flatten() {
         let db = d.path().join("db");
         let owned = match std::fs::File::open(&db) {
-            Ok(f) => rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockExclusive)
-                .is_err(),
+            Ok(f) => {
+                rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_err()
+            }
             Err(_) => false,
         };
         if !owned {
@@ -184,7 +185,9 @@ impl Index {
                 let parent = state.join(TEMP_DIR);
                 collect_stale_temporaries(&parent);
                 std::fs::create_dir_all(&parent).map_err(|e| tmp_err(&parent, e))?;
-                builder.tempdir_in(&parent).map_err(|e| tmp_err(&parent, e))?
+                builder
+                    .tempdir_in(&parent)
+                    .map_err(|e| tmp_err(&parent, e))?
             }
             None => builder
                 .tempdir()

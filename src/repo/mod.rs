@@ -102,12 +102,8 @@ pub enum RepoError {
         "the key of repository {repo} changed since this machine cached it ({what}); refusing to use it. If you replaced it on purpose, run `backuphub key cache --identity FILE`"
     )]
     KeyChanged { repo: String, what: String },
-    #[error("snapshot {id} is damaged and cannot be read ({reason}); {hint}")]
-    DamagedSnapshot {
-        id: String,
-        reason: String,
-        hint: &'static str,
-    },
+    #[error("snapshot {id} is damaged and cannot be read: {reason}")]
+    DamagedSnapshot { id: String, reason: String },
     #[error("{path} is larger than {limit} bytes; refusing to read it")]
     TooLarge { path: PathBuf, limit: u64 },
 }
@@ -139,9 +135,7 @@ impl RepoError {
                 ErrorKind::Crypto
             }
             RepoError::Lock(_) => ErrorKind::Locked,
-            RepoError::SnapshotNotFound(_) | RepoError::AmbiguousSnapshot(_) => {
-                ErrorKind::NotFound
-            }
+            RepoError::SnapshotNotFound(_) | RepoError::AmbiguousSnapshot(_) => ErrorKind::NotFound,
         }
     }
 }
@@ -234,6 +228,9 @@ struct CachedKey {
     recipients: Vec<String>,
     material: KeyMaterial,
 }
+
+/// Readable snapshots (oldest first) and damaged manifests with the reason.
+pub type SnapshotListing = (Vec<SnapshotRef>, Vec<(Id, RepoError)>);
 
 /// Whether the repository on disk is still the one a [`Repository`] was opened on.
 #[derive(Debug, PartialEq, Eq)]
@@ -628,7 +625,9 @@ impl Repository {
             return Ok(false);
         }
         let damage = self.damage.lock().unwrap_or_else(|p| p.into_inner());
-        Ok(!damage.get(id).is_some_and(|packs| packs.contains(&loc.pack)))
+        Ok(!damage
+            .get(id)
+            .is_some_and(|packs| packs.contains(&loc.pack)))
     }
 
     /// Reads, decrypts, decompresses and verifies one blob.
@@ -800,8 +799,9 @@ impl Repository {
         let bytes = read_limited(&path, MAX_MANIFEST)?;
         let damaged = |reason: String| RepoError::DamagedSnapshot {
             id: id.short(),
-            reason,
-            hint: "`backuphub check` reports it; `forget` it or restore another snapshot by id",
+            reason: format!(
+                "{reason} (`backuphub check` reports it; `forget` it or use another snapshot by id)"
+            ),
         };
         if Id::of(&bytes) != *id {
             return Err(damaged("its content does not match its name".into()));
@@ -814,9 +814,7 @@ impl Repository {
             let expected = Self::manifest_mac(key, &snap);
             let given = snap.mac.as_deref().unwrap_or_default();
             if !constant_time_eq(expected.as_bytes(), given.as_bytes()) {
-                return Err(damaged(
-                    "its MAC does not verify: forged or altered".into(),
-                ));
+                return Err(damaged("its MAC does not verify: forged or altered".into()));
             }
         }
         Ok(snap)
@@ -824,9 +822,7 @@ impl Repository {
 
     /// Every snapshot, readable or not: the readable ones oldest first, and the ids of
     /// damaged manifests with why. Listings show both; nothing is skipped in silence.
-    pub fn snapshots_and_damaged(
-        &self,
-    ) -> Result<(Vec<SnapshotRef>, Vec<(Id, RepoError)>), RepoError> {
+    pub fn snapshots_and_damaged(&self) -> Result<SnapshotListing, RepoError> {
         let mut ok = Vec::new();
         let mut bad = Vec::new();
         for id in self.snapshot_ids()? {
@@ -894,7 +890,9 @@ impl Repository {
         let spec_l = spec.to_ascii_lowercase();
         // Neither the time nor the job of a damaged manifest can be known.
         let in_doubt = damaged.into_iter().find(|(id, _)| {
-            spec == "latest" || spec.starts_with("latest:") || (is_prefix && id.to_hex().starts_with(&spec_l))
+            spec == "latest"
+                || spec.starts_with("latest:")
+                || (is_prefix && id.to_hex().starts_with(&spec_l))
         });
         if let Some((id, e)) = in_doubt {
             let reason = match e {
@@ -903,11 +901,12 @@ impl Repository {
             };
             return Err(RepoError::DamagedSnapshot {
                 id: id.short(),
-                reason,
-                hint: if is_prefix {
-                    "it matches what was asked for"
+                reason: if is_prefix {
+                    reason
                 } else {
-                    "it could be the one asked for, so `latest` cannot be decided; name a snapshot by id"
+                    format!(
+                        "{reason}; it could be the newest, so `{spec}` cannot be decided: name a snapshot by id"
+                    )
                 },
             });
         }
@@ -988,9 +987,7 @@ impl Repository {
                 Ok(c) if c.id == self.config.id => RootStatus::Same,
                 _ => RootStatus::Changed,
             },
-            Err(RepoError::Io { error, .. })
-                if error.kind() == std::io::ErrorKind::NotFound =>
-            {
+            Err(RepoError::Io { error, .. }) if error.kind() == std::io::ErrorKind::NotFound => {
                 RootStatus::Changed
             }
             Err(_) => RootStatus::Unknown,
@@ -1009,7 +1006,9 @@ impl Repository {
                 let path = self.root.join(f);
                 match read_limited(&path, MAX_KEY_FILE) {
                     Ok(b) if Id::of(&b) == expected => None,
-                    Ok(_) => Some(format!("{f} is damaged (its hash does not match {CONFIG_FILE})")),
+                    Ok(_) => Some(format!(
+                        "{f} is damaged (its hash does not match {CONFIG_FILE})"
+                    )),
                     Err(e) => Some(e.to_string()),
                 }
             })
@@ -1033,7 +1032,10 @@ impl Repository {
 
     /// Damaged copies recorded by `check`: blob → packs holding a bad copy of it.
     pub fn damaged_copies(&self) -> std::collections::HashMap<Id, Vec<Id>> {
-        self.damage.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.damage
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Forgets damage records whose packs are all gone (prune removed the bad copies).
@@ -1072,24 +1074,19 @@ impl Repository {
         }
         Ok(out)
     }
-
-    /// Removes leftovers of interrupted writes. Only safe when nobody writes: callers
-    /// hold the exclusive lock.
-    pub fn clean_tmp(&self) -> Result<usize, RepoError> {
-        let dir = self.tmp_dir();
-        let mut n = 0;
-        for f in std::fs::read_dir(&dir).map_err(io_err(&dir))? {
-            let f = f.map_err(io_err(&dir))?;
-            if std::fs::remove_file(f.path()).is_ok() {
-                n += 1;
-            }
-        }
-        Ok(n)
-    }
 }
 
 /// The directories of a repository; `init` makes them before it writes the config.
-const SKELETON: [&str; 8] = ["", "keys", "packs", "snapshots", "refs", "locks", "tmp", DAMAGE_DIR];
+const SKELETON: [&str; 8] = [
+    "",
+    "keys",
+    "packs",
+    "snapshots",
+    "refs",
+    "locks",
+    "tmp",
+    DAMAGE_DIR,
+];
 
 /// Whether `root` is empty, or holds only what an interrupted `init` leaves: the skeleton
 /// directories, key files and temporary files, no config and no data. Anything else
@@ -1175,7 +1172,10 @@ pub fn recache_key(root: &Path, opts: &OpenOptions) -> Result<Option<PathBuf>, R
     if config.recipients.is_empty() {
         return Ok(None);
     }
-    let identity = opts.identity.as_ref().ok_or(CryptoError::IdentityRequired)?;
+    let identity = opts
+        .identity
+        .as_ref()
+        .ok_or(CryptoError::IdentityRequired)?;
     let ids = Identities::from_file(identity)?;
     let k = read_key_file(root, &config, &ids)?;
     let state = opts.state_dir.join(config.id.to_hex());

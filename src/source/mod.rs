@@ -128,8 +128,8 @@ struct RedactingReader {
 
 impl Read for RedactingReader {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        self.inner.read(buf).map_err(|e| {
-            std::io::Error::new(e.kind(), self.redactor.redact(&e.to_string()))
-        })
+        self.inner
+            .read(buf)
+            .map_err(|e| std::io::Error::new(e.kind(), self.redactor.redact(&e.to_string())))
     }
 }

@@ -206,7 +206,9 @@ pub fn redacted_tail(redactor: &Redactor, raw: &str, max: usize) -> String {
     let masked = redactor.redact(raw);
     let slack = raw.len().saturating_sub(max);
     let mut start = if slack > 0 {
-        slack.min(masked.len()).max(redactor.longest_secret().min(masked.len()))
+        slack
+            .min(masked.len())
+            .max(redactor.longest_secret().min(masked.len()))
     } else {
         0
     };
@@ -294,7 +296,10 @@ mod tests {
             let window = &raw[start..];
             let shown = redacted_tail(&redactor, window, STDERR_TAIL);
             assert!(shown.len() <= STDERR_TAIL);
-            assert!(!shown.contains(&token[token.len() - 6..]), "cut at {k}: {shown}");
+            assert!(
+                !shown.contains(&token[token.len() - 6..]),
+                "cut at {k}: {shown}"
+            );
             assert!(shown.ends_with("the end"));
         }
         // End to end: a command printing the token right where the tail is cut.
