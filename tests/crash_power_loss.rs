@@ -66,14 +66,6 @@ fn change_source(data: &Path, round: u64) {
     }
 }
 
-fn keypair(env: &Env) -> (String, PathBuf) {
-    use age::secrecy::ExposeSecret;
-    let id = age::x25519::Identity::generate();
-    let key = env.path("identity.txt");
-    std::fs::write(&key, format!("{}\n", id.to_string().expose_secret())).unwrap();
-    (id.to_public().to_string(), key)
-}
-
 /// The repository and the state directory as directories that exist before any command
 /// (the mount point of the backup disk, systemd's StateDirectory).
 fn prepare_dirs(env: &Env) {

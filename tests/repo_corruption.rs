@@ -90,16 +90,3 @@ fn a_truncated_pack_and_a_damaged_manifest_are_reported_not_panicked() {
     assert_eq!(out.status.code(), Some(4));
     assert!(text(&out).contains("snapshot"), "{}", text(&out));
 }
-
-fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).unwrap() {
-        let p = e.unwrap().path();
-        if p.is_dir() {
-            out.extend(walk(&p))
-        } else {
-            out.push(p)
-        }
-    }
-    out
-}

@@ -4,14 +4,6 @@
 mod common;
 use common::*;
 
-fn keypair(env: &Env) -> (String, std::path::PathBuf) {
-    let id = age::x25519::Identity::generate();
-    let key = env.path("identity.txt");
-    use age::secrecy::ExposeSecret;
-    std::fs::write(&key, format!("{}\n", id.to_string().expose_secret())).unwrap();
-    (id.to_public().to_string(), key)
-}
-
 fn contains(hay: &[u8], needle: &[u8]) -> bool {
     hay.windows(needle.len()).any(|w| w == needle)
 }

@@ -10,27 +10,6 @@ use backuphub::repo::index::Location;
 use backuphub::repo::pack::BlobKind;
 use backuphub::repo::{OpenOptions, RepoError, Repository};
 
-fn keypair(env: &Env) -> (String, std::path::PathBuf) {
-    let id = age::x25519::Identity::generate();
-    let key = env.path("identity.txt");
-    use age::secrecy::ExposeSecret;
-    std::fs::write(&key, format!("{}\n", id.to_string().expose_secret())).unwrap();
-    (id.to_public().to_string(), key)
-}
-
-fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).unwrap() {
-        let p = e.unwrap().path();
-        if p.is_dir() {
-            out.extend(walk(&p))
-        } else {
-            out.push(p)
-        }
-    }
-    out
-}
-
 /// The reported data loss: an index entry whose pack is gone (left by a crash between
 /// index writes, while another process pruned the pack) made the next backup dedup
 /// against it and report success. A location is trusted only with its pack on disk.

@@ -357,15 +357,7 @@ impl Repository {
 
     pub fn open(root: &Path, opts: &OpenOptions) -> Result<Repository, RepoError> {
         let cfg_path = root.join(CONFIG_FILE);
-        let bytes = match read_limited(&cfg_path, MAX_CONFIG_FILE) {
-            Ok(b) => b,
-            Err(RepoError::Io { error, .. }) if error.kind() == std::io::ErrorKind::NotFound => {
-                return Err(RepoError::NotARepository(root.to_owned()));
-            }
-            Err(e) => return Err(e),
-        };
-        let config: RepoConfig = serde_json::from_slice(&bytes)
-            .map_err(|e| RepoError::Corrupt(format!("{}: {e}", cfg_path.display())))?;
+        let config = read_config(root)?;
         if config.format != REPO_FORMAT {
             return Err(RepoError::UnsupportedFormat(config.format));
         }
@@ -982,12 +974,9 @@ impl Repository {
     /// the same mount point is another repository). A transient read error says nothing
     /// either way: reopening then would only cost the open index.
     pub fn root_status(&self) -> RootStatus {
-        match read_limited(&self.root.join(CONFIG_FILE), MAX_CONFIG_FILE) {
-            Ok(b) => match serde_json::from_slice::<RepoConfig>(&b) {
-                Ok(c) if c.id == self.config.id => RootStatus::Same,
-                _ => RootStatus::Changed,
-            },
-            Err(RepoError::Io { error, .. }) if error.kind() == std::io::ErrorKind::NotFound => {
+        match read_config(&self.root) {
+            Ok(c) if c.id == self.config.id => RootStatus::Same,
+            Ok(_) | Err(RepoError::NotARepository(_) | RepoError::Corrupt(_)) => {
                 RootStatus::Changed
             }
             Err(_) => RootStatus::Unknown,
@@ -1111,6 +1100,20 @@ fn is_interrupted_init(root: &Path) -> std::io::Result<bool> {
     Ok(true)
 }
 
+/// Reads `backuphub.json`: no file is "not a repository" (an unmounted disk, say).
+fn read_config(root: &Path) -> Result<RepoConfig, RepoError> {
+    let path = root.join(CONFIG_FILE);
+    let bytes = match read_limited(&path, MAX_CONFIG_FILE) {
+        Ok(b) => b,
+        Err(RepoError::Io { error, .. }) if error.kind() == std::io::ErrorKind::NotFound => {
+            return Err(RepoError::NotARepository(root.to_owned()));
+        }
+        Err(e) => return Err(e),
+    };
+    serde_json::from_slice(&bytes)
+        .map_err(|e| RepoError::Corrupt(format!("{}: {e}", path.display())))
+}
+
 /// Reads the key material with the identity: the primary key file, or its copy when the
 /// primary is missing or damaged. Errors name the files.
 fn read_key_file(
@@ -1159,16 +1162,7 @@ fn read_key_file(
 /// Returns the file written, or `None` for an unencrypted repository. Unlike the
 /// best-effort caching when opening with an identity, a failure is reported.
 pub fn recache_key(root: &Path, opts: &OpenOptions) -> Result<Option<PathBuf>, RepoError> {
-    let cfg_path = root.join(CONFIG_FILE);
-    let bytes = match read_limited(&cfg_path, MAX_CONFIG_FILE) {
-        Ok(b) => b,
-        Err(RepoError::Io { error, .. }) if error.kind() == std::io::ErrorKind::NotFound => {
-            return Err(RepoError::NotARepository(root.to_owned()));
-        }
-        Err(e) => return Err(e),
-    };
-    let config: RepoConfig = serde_json::from_slice(&bytes)
-        .map_err(|e| RepoError::Corrupt(format!("{}: {e}", cfg_path.display())))?;
+    let config = read_config(root)?;
     if config.recipients.is_empty() {
         return Ok(None);
     }

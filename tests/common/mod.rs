@@ -273,3 +273,26 @@ pub fn damage_blob(repo_dir: &Path, id: &backuphub::repo::id::Id) {
     }
     panic!("blob {id} is in no pack");
 }
+
+/// A fresh age key pair: the public key, and the identity written to `identity.txt`.
+pub fn keypair(env: &Env) -> (String, PathBuf) {
+    use age::secrecy::ExposeSecret;
+    let id = age::x25519::Identity::generate();
+    let key = env.path("identity.txt");
+    std::fs::write(&key, format!("{}\n", id.to_string().expose_secret())).unwrap();
+    (id.to_public().to_string(), key)
+}
+
+/// Every file below `dir`, recursively.
+pub fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(walk(&p))
+        } else {
+            out.push(p)
+        }
+    }
+    out
+}
