@@ -302,12 +302,9 @@ pub fn archive(
         })?,
         mac: None,
     };
+    // The caller's lock must still be its own: if it was broken (taken for stale), a
+    // prune may have removed data this snapshot would reference.
     before_commit()?;
-    if crate::repo::lock::exclusive_held(&repo.root().join("locks")) {
-        return Err(ArchiveError::Repo(RepoError::Lock(crate::repo::lock::LockError::Conflict(
-            "a prune took the repository during this backup (our lock was broken); no snapshot written".into(),
-        ))));
-    }
     let id = repo.save_snapshot(&snapshot)?;
     // After the manifest the run has succeeded; the index is only a cache, so failing to
     // update it costs the next run a re-read, never this run its result.

@@ -123,6 +123,15 @@ pub fn plan(repo: &Repository, read_data: ReadData) -> Result<CheckPlan, RepoErr
 
 /// Checks the repository. Errors are reserved for being unable to check at all; damage
 /// is reported in the returned report.
+/// Records damaged copies in the repository, so the next backup that has their data
+/// stores it afresh and prune then drops the bad copies. A read-only disk cannot take the
+/// record; the report names the damage all the same.
+fn record_damage(repo: &Repository, pack: &Id, blobs: &[Id]) {
+    if let Err(err) = repo.record_damage(pack, blobs) {
+        tracing::warn!(error = %err, "cannot record the damaged copies");
+    }
+}
+
 pub fn check(repo: &Repository, read_data: ReadData) -> Result<CheckReport, RepoError> {
     execute(repo, &plan(repo, read_data)?)
 }
@@ -158,7 +167,7 @@ pub fn execute(repo: &Repository, plan: &CheckPlan) -> Result<CheckReport, RepoE
                     what: e.to_string(),
                 });
                 // Whatever the index knew of it can no longer be trusted.
-                repo.index().remove_pack(p)?;
+                repo.unregister_pack(p)?;
                 continue;
             }
         };
@@ -173,11 +182,10 @@ pub fn execute(repo: &Repository, plan: &CheckPlan) -> Result<CheckReport, RepoE
                 what: "content does not match its name (bit rot or tampering)".into(),
             });
             if !can_open {
-                for e in &entries {
-                    if let Err(err) = repo.record_damage(&e.id, p) {
-                        tracing::warn!(error = %err, "cannot record the damaged copy");
-                    }
-                    bad.insert(e.id, (p.short(), "in a damaged pack".into()));
+                let ids: Vec<Id> = entries.iter().map(|e| e.id).collect();
+                record_damage(repo, p, &ids);
+                for id in ids {
+                    bad.insert(id, (p.short(), "in a damaged pack".into()));
                 }
                 continue;
             }
@@ -185,11 +193,12 @@ pub fn execute(repo: &Repository, plan: &CheckPlan) -> Result<CheckReport, RepoE
         if !can_open {
             continue;
         }
-        let f = File::open(&path).map_err(|source| RepoError::Io {
+        let f = File::open(&path).map_err(|error| RepoError::Io {
             path: path.clone(),
-            error: source,
+            error,
         })?;
         let (hasher, _) = repo.write_keys()?;
+        let mut damaged_here = Vec::new();
         for e in &entries {
             report.blobs_read += 1;
             let result = pack::read_blob(&f, &path, e.offset, e.length)
@@ -208,11 +217,7 @@ pub fn execute(repo: &Repository, plan: &CheckPlan) -> Result<CheckReport, RepoE
                 });
             match result {
                 Err(what) => {
-                    // Recorded in the repository, so the next backup that has this data
-                    // stores it afresh and prune then drops the bad copy.
-                    if let Err(err) = repo.record_damage(&e.id, p) {
-                        tracing::warn!(error = %err, "cannot record the damaged copy");
-                    }
+                    damaged_here.push(e.id);
                     if !good.contains(&e.id) {
                         bad.insert(e.id, (p.short(), what));
                     }
@@ -223,6 +228,9 @@ pub fn execute(repo: &Repository, plan: &CheckPlan) -> Result<CheckReport, RepoE
                     bad.remove(&e.id);
                 }
             }
+        }
+        if !damaged_here.is_empty() {
+            record_damage(repo, p, &damaged_here);
         }
     }
 

@@ -200,6 +200,17 @@ pub struct JobConfig {
     pub kind: JobKind,
 }
 
+impl JobConfig {
+    /// The job's retention policy: its own, or `keep_daily = 14` when it sets none.
+    pub fn retention_policy(&self) -> RetentionPolicy {
+        if self.retention.is_empty() {
+            RetentionPolicy::seed_default()
+        } else {
+            self.retention.clone()
+        }
+    }
+}
+
 fn default_tz() -> chrono_tz::Tz {
     chrono_tz::UTC
 }

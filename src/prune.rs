@@ -18,7 +18,7 @@ use serde::Serialize;
 use crate::repo::id::Id;
 use crate::repo::lock::{LockError, LockGuard, LockKind};
 use crate::repo::pack::{self, PackEntry, PackError, PackWriter};
-use crate::repo::{RepoError, Repository, random_hex};
+use crate::repo::{RepoError, Repository, random_hex, remove_file_if_present};
 use crate::retention::{Candidate, RetentionPolicy, plan as retention_plan};
 
 /// Repack a pack when at least this share of its bytes is garbage.
@@ -233,6 +233,9 @@ fn plan_locked(repo: &Repository) -> Result<PrunePlan, RepoError> {
         let size = std::fs::metadata(&path).map_err(io(&path))?.len();
         let mut keep = Vec::new();
         let (mut live_bytes, mut dead_bytes) = (0u64, 0u64);
+        // A damaged copy with an intact one elsewhere goes even from a mostly live pack:
+        // repacking copies only the live blobs, so the damage leaves with it.
+        let mut drop_damage = false;
         for e in &entries {
             match live.binary_search(&e.id) {
                 Ok(i) if !claimed[i] => {
@@ -240,15 +243,13 @@ fn plan_locked(repo: &Repository) -> Result<PrunePlan, RepoError> {
                     keep.push(*e);
                     live_bytes += e.length as u64;
                 }
-                _ => dead_bytes += e.length as u64,
+                _ => {
+                    dead_bytes += e.length as u64;
+                    drop_damage |= is_damaged(&e.id, &p);
+                }
             }
         }
         let dead_blobs = (entries.len() - keep.len()) as u64;
-        // A damaged copy with an intact one elsewhere goes even from a mostly live pack:
-        // repacking copies only the live blobs, so the damage leaves with it.
-        let drop_damage = entries
-            .iter()
-            .any(|e| is_damaged(&e.id, &p) && !keep.iter().any(|k| k.offset == e.offset));
         if keep.is_empty() {
             plan.blobs_removed += dead_blobs;
             plan.bytes_removed += size;
@@ -319,7 +320,7 @@ impl Executor<'_> {
         self.lock.ensure_held()?;
         let path = pack::pack_path(&self.repo.packs_dir(), pack);
         std::fs::remove_file(&path).map_err(io(&path))?;
-        self.repo.index().remove_pack(pack)?;
+        self.repo.unregister_pack(pack)?;
         self.report.bytes_removed += size;
         Ok(())
     }
@@ -330,7 +331,7 @@ impl Executor<'_> {
         let (id, entries) = w.finish(&packs_dir)?;
         let path = pack::pack_path(&packs_dir, &id);
         self.report.bytes_written += std::fs::metadata(&path).map_err(io(&path))?.len();
-        self.repo.index().add_pack(id, &entries)?;
+        self.repo.register_pack(id, &entries)?;
         for (old, size) in replaced.drain(..) {
             self.delete_pack(&old, size)?;
             self.report.packs_repacked += 1;
@@ -454,7 +455,7 @@ fn execute_locked(
     // Deleting a pack the index pointed at forgets the blob, though a kept pack has it.
     for p in &plan.reindex {
         match pack::read_header(&pack::pack_path(&repo.packs_dir(), p)) {
-            Ok(entries) => repo.index().add_pack(*p, &entries)?,
+            Ok(entries) => repo.register_pack(*p, &entries)?,
             // The index is a cache: a miss later forces a resync.
             Err(e) => tracing::warn!(pack = %p.short(), error = %e, "cannot re-index pack"),
         }
@@ -462,22 +463,12 @@ fn execute_locked(
     let refs_dir = repo.refs_dir();
     for r in &plan.refs {
         lock.ensure_held()?;
-        let path = refs_dir.join(r.to_hex());
-        match std::fs::remove_file(&path) {
-            Ok(()) => x.report.refs_removed += 1,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(io(&path)(e)),
-        }
+        x.report.refs_removed += remove_file_if_present(&refs_dir.join(r.to_hex()))? as u64;
     }
     let tmp_dir = repo.tmp_dir();
     for t in &plan.tmp {
         lock.ensure_held()?;
-        let path = tmp_dir.join(t);
-        match std::fs::remove_file(&path) {
-            Ok(()) => x.report.tmp_removed += 1,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(io(&path)(e)),
-        }
+        x.report.tmp_removed += remove_file_if_present(&tmp_dir.join(t))? as u64;
     }
     // Damage records whose bad copies are all gone now.
     let on_disk = repo.list_packs()?;

@@ -115,16 +115,6 @@ pub struct Decision<K> {
     pub reasons: Vec<&'static str>,
 }
 
-fn partial_reason(period: &str) -> &'static str {
-    match period {
-        "hourly" => "hourly (partial)",
-        "daily" => "daily (partial)",
-        "weekly" => "weekly (partial)",
-        "monthly" => "monthly (partial)",
-        _ => "yearly (partial)",
-    }
-}
-
 /// Decides, for one job's snapshots, which to keep. Order of input does not matter;
 /// output is newest first.
 pub fn plan<K: Clone>(
@@ -169,23 +159,27 @@ pub fn plan<K: Clone>(
         }
     }
     type Bucket = fn(DateTime<Tz>) -> (i32, u32, u32, u32);
-    let periods: [(Option<u32>, &'static str, Bucket); 5] = [
-        (policy.keep_hourly, "hourly", |t| {
+    // Each period: how many to keep, the reason for a complete copy, the reason for a
+    // partial one standing in, and the calendar bucket.
+    let periods: [(Option<u32>, &'static str, &'static str, Bucket); 5] = [
+        (policy.keep_hourly, "hourly", "hourly (partial)", |t| {
             (t.year(), t.ordinal(), t.hour(), 0)
         }),
-        (policy.keep_daily, "daily", |t| {
+        (policy.keep_daily, "daily", "daily (partial)", |t| {
             (t.year(), t.ordinal(), 0, 0)
         }),
-        (policy.keep_weekly, "weekly", |t| {
+        (policy.keep_weekly, "weekly", "weekly (partial)", |t| {
             let w = t.iso_week();
             (w.year(), w.week(), 0, 0)
         }),
-        (policy.keep_monthly, "monthly", |t| {
+        (policy.keep_monthly, "monthly", "monthly (partial)", |t| {
             (t.year(), t.month(), 0, 0)
         }),
-        (policy.keep_yearly, "yearly", |t| (t.year(), 0, 0, 0)),
+        (policy.keep_yearly, "yearly", "yearly (partial)", |t| {
+            (t.year(), 0, 0, 0)
+        }),
     ];
-    for (count, name, bucket) in periods {
+    for (count, name, partial_name, bucket) in periods {
         let Some(count) = count else { continue };
         // Periods newest first, each with its newest complete and newest partial snapshot.
         let mut periods: Vec<(Option<usize>, Option<usize>)> = Vec::new();
@@ -207,7 +201,7 @@ pub fn plan<K: Clone>(
         for (complete, partial) in periods.into_iter().take(count as usize) {
             match (complete, partial) {
                 (Some(i), _) => reasons[i].push(name),
-                (None, Some(i)) => reasons[i].push(partial_reason(name)),
+                (None, Some(i)) => reasons[i].push(partial_name),
                 (None, None) => {}
             }
         }

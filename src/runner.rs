@@ -112,18 +112,12 @@ impl JobRun<'_> {
             self.cancel,
             &|| lock.ensure_held().map_err(RepoError::from),
         )?;
-        if let Some((policy, tz)) = self.retention {
-            match crate::prune::forget(self.repo, self.job, policy, tz, false) {
-                Ok(r) if !r.removed.is_empty() => {
-                    tracing::info!(removed = ?r.removed, "retention applied")
-                }
-                Ok(_) => {}
-                // The snapshot is safe; an unapplied policy only keeps more, and the
-                // prune schedule applies it again.
-                Err(e) => {
-                    tracing::warn!(error = %self.redactor.redact(&e.to_string()), "retention not applied")
-                }
-            }
+        if let Some((policy, tz)) = self.retention
+            && let Err(e) = apply_retention(self.repo, self.job, policy, tz)
+        {
+            // The snapshot is safe; an unapplied policy only keeps more, and the prune
+            // schedule applies it again.
+            tracing::warn!(error = %self.redactor.redact(&e.to_string()), "retention not applied")
         }
         Ok((id, snap))
     }
@@ -151,13 +145,18 @@ pub fn secret_files(config: &Config) -> Vec<std::path::PathBuf> {
         .collect()
 }
 
-/// A job's retention policy: its own, or `keep_daily = 14` when it sets none.
-pub fn effective_retention(job: &crate::config::JobConfig) -> RetentionPolicy {
-    if job.retention.is_empty() {
-        RetentionPolicy::seed_default()
-    } else {
-        job.retention.clone()
+/// Applies `policy` to `job`'s snapshots (their data goes at the next prune).
+fn apply_retention(
+    repo: &Repository,
+    job: &str,
+    policy: &RetentionPolicy,
+    tz: chrono_tz::Tz,
+) -> Result<(), RepoError> {
+    let r = crate::prune::forget(repo, job, policy, tz, false)?;
+    if !r.removed.is_empty() {
+        tracing::info!(job, removed = ?r.removed, "retention applied");
     }
+    Ok(())
 }
 
 /// A repository id this state directory served before (it holds `<id>/key.json` or an
@@ -581,7 +580,7 @@ impl Context {
             }
             let job = &ctx.config.jobs[&name];
             let mut source = crate::source::from_config(&job.kind, ctx.redactor.clone())?;
-            let policy = effective_retention(job);
+            let policy = job.retention_policy();
             JobRun {
                 repo: &repo,
                 job: name.as_str(),
@@ -635,14 +634,7 @@ impl Context {
             // Retention runs here too, whether or not backups succeed: a disk that
             // filled up (so every backup fails) frees space without a human.
             for (name, job) in &ctx.config.jobs {
-                let policy = effective_retention(job);
-                match crate::prune::forget(&repo, name.as_str(), &policy, job.timezone, false) {
-                    Ok(r) if !r.removed.is_empty() => {
-                        tracing::info!(job = %name, removed = ?r.removed, "retention applied")
-                    }
-                    Ok(_) => {}
-                    Err(e) => return Err(RunError::Repo(e)),
-                }
+                apply_retention(&repo, name.as_str(), &job.retention_policy(), job.timezone)?;
             }
             Ok::<_, RunError>(crate::prune::prune(&repo, &lock, false)?)
         })

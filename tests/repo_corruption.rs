@@ -17,14 +17,7 @@ fn flipped_bytes_are_found_and_named_and_the_rest_restores() {
     env.ok(&["check", "--read-data"]);
 
     // Damage the oldest pack's first blob (which belongs to victim.bin).
-    let mut packs: Vec<_> = walk(&env.repo().join("packs"));
-    packs.sort_by_key(|p| std::fs::metadata(p).unwrap().modified().unwrap());
-    let pack = &packs[0];
-    let mut bytes = std::fs::read(pack).unwrap();
-    for b in &mut bytes[100..108] {
-        *b ^= 0x5a;
-    }
-    std::fs::write(pack, &bytes).unwrap();
+    damage_oldest_pack(&env);
 
     let out = env.run(&["check"]);
     assert!(

@@ -10,14 +10,25 @@ use backuphub::repo::index::Location;
 use backuphub::repo::pack::BlobKind;
 use backuphub::repo::{OpenOptions, RepoError, Repository};
 
+/// An encrypted repository holding one snapshot of job `s`: file `x` = "payload".
+fn encrypted_with_payload(env: &Env) -> (String, std::path::PathBuf) {
+    let (recipient, identity) = keypair(env);
+    env.ok(&["init", "--recipient", &recipient]);
+    env.run_with_stdin(
+        &["backup", "--job", "s", "--stdin", "--name", "x"],
+        b"payload",
+    );
+    (recipient, identity)
+}
+
 /// The reported data loss: an index entry whose pack is gone (left by a crash between
 /// index writes, while another process pruned the pack) made the next backup dedup
 /// against it and report success. A location is trusted only with its pack on disk.
 #[test]
 fn an_index_entry_without_its_pack_is_never_a_dedup_hit() {
-    let dir = tempfile::tempdir().unwrap();
-    let repo = test_repo(dir.path(), 16 << 10, 1 << 20);
-    let data = dir.path().join("data");
+    let env = Env::new();
+    let repo = test_repo(env.dir.path(), 16 << 10, 1 << 20);
+    let data = env.path("data");
     std::fs::create_dir_all(&data).unwrap();
     let content = noise(200 << 10, 9);
     std::fs::write(data.join("f"), &content).unwrap();
@@ -45,24 +56,10 @@ fn an_index_entry_without_its_pack_is_never_a_dedup_hit() {
         snap.stats
     );
     drop(repo);
-    let env = Env {
-        dir: tempfile::TempDir::new().unwrap(),
-    };
-    let out = env
-        .cmd(&["check", "--read-data"])
-        .env("BACKUPHUB_REPO", dir.path().join("repo"))
-        .env("BACKUPHUB_STATE_DIR", dir.path().join("state"))
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", text(&out));
-    let target = dir.path().join("out");
-    let out = env
-        .cmd(&["restore", "latest", "--target", target.to_str().unwrap()])
-        .env("BACKUPHUB_REPO", dir.path().join("repo"))
-        .env("BACKUPHUB_STATE_DIR", dir.path().join("state"))
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", text(&out));
+    // The binary, on the same repository and state directory.
+    env.ok(&["check", "--read-data"]);
+    let target = env.path("out");
+    env.ok(&["restore", "latest", "--target", target.to_str().unwrap()]);
     assert_same_tree(&data, &restored(&target, &data));
 }
 
@@ -106,12 +103,7 @@ fn a_damaged_newest_manifest_is_an_error_not_an_older_restore() {
 #[test]
 fn a_damaged_key_file_falls_back_to_its_copy() {
     let env = Env::new();
-    let (recipient, identity) = keypair(&env);
-    env.ok(&["init", "--recipient", &recipient]);
-    env.run_with_stdin(
-        &["backup", "--job", "s", "--stdin", "--name", "x"],
-        b"payload",
-    );
+    let (_, identity) = encrypted_with_payload(&env);
     let key = env.repo().join("keys/repo.age");
     let mut bytes = std::fs::read(&key).unwrap();
     let n = bytes.len();
@@ -126,34 +118,25 @@ fn a_damaged_key_file_falls_back_to_its_copy() {
         text(&out)
     );
     // A reader on another machine (a fresh state directory) needs the key file.
-    let other = env.path("state-other");
-    let out = env
-        .cmd(&[
+    let cat_elsewhere = |state: &str| {
+        env.cmd(&[
             "cat",
             "latest",
             "x",
             "--identity",
             identity.to_str().unwrap(),
         ])
-        .env("BACKUPHUB_STATE_DIR", &other)
+        .env("BACKUPHUB_STATE_DIR", env.path(state))
         .output()
-        .unwrap();
+        .unwrap()
+    };
+    let out = cat_elsewhere("state-other");
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(out.stdout, b"payload");
     // Both copies damaged: the error names the files.
     let copy = env.repo().join("keys/repo.2.age");
     std::fs::write(&copy, &bytes).unwrap();
-    let out = env
-        .cmd(&[
-            "cat",
-            "latest",
-            "x",
-            "--identity",
-            identity.to_str().unwrap(),
-        ])
-        .env("BACKUPHUB_STATE_DIR", env.path("state-third"))
-        .output()
-        .unwrap();
+    let out = cat_elsewhere("state-third");
     assert!(!out.status.success());
     let msg = text(&out);
     assert!(
@@ -167,12 +150,7 @@ fn a_damaged_key_file_falls_back_to_its_copy() {
 #[test]
 fn swapped_keys_recipients_and_forged_manifests_are_refused() {
     let env = Env::new();
-    let (recipient, identity) = keypair(&env);
-    env.ok(&["init", "--recipient", &recipient]);
-    env.run_with_stdin(
-        &["backup", "--job", "s", "--stdin", "--name", "x"],
-        b"payload",
-    );
+    let (recipient, identity) = encrypted_with_payload(&env);
     let id_arg = identity.to_str().unwrap();
 
     // A forged manifest: an edit of a real one (its name fixed up to match).
@@ -416,13 +394,7 @@ fn a_damaged_chunk_is_stored_afresh_and_pruned_away() {
     std::fs::write(data.join("other.bin"), noise(600 << 10, 2)).unwrap();
     env.ok(&["backup", "--job", "a", data.to_str().unwrap()]);
     // Damage the oldest pack's first blob (victim.bin's).
-    let mut packs = walk(&env.repo().join("packs"));
-    packs.sort_by_key(|p| std::fs::metadata(p).unwrap().modified().unwrap());
-    let mut bytes = std::fs::read(&packs[0]).unwrap();
-    for b in &mut bytes[100..108] {
-        *b ^= 0x5a;
-    }
-    std::fs::write(&packs[0], &bytes).unwrap();
+    damage_oldest_pack(&env);
     let out = env.run(&["check", "--read-data"]);
     assert_eq!(out.status.code(), Some(4), "{}", text(&out));
 

@@ -157,6 +157,12 @@ fn age_decrypt(identities: &Identities, sealed: &[u8]) -> Result<Vec<u8>, Crypto
     Ok(out)
 }
 
+/// Byte equality whose time does not depend on where the inputs differ (for secrets:
+/// tokens, keys, MACs).
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
 /// Secret per-repository key material. Stored in the repository encrypted to the
 /// recipients (so the identity alone restores everything) and cached in plain form in the
 /// writer's state directory (so writing needs no identity).
@@ -207,12 +213,7 @@ impl KeyMaterial {
 
     /// Equality without an early exit on the first differing byte.
     pub fn same_as(&self, other: &KeyMaterial) -> bool {
-        let diff = self
-            .id_key
-            .iter()
-            .zip(other.id_key.iter())
-            .fold(0u8, |acc, (a, b)| acc | (a ^ b));
-        diff == 0 && self.chunker_seed == other.chunker_seed
+        constant_time_eq(&self.id_key, &other.id_key) && self.chunker_seed == other.chunker_seed
     }
 
     pub fn seal(&self, recipients: &[Recipient]) -> Result<Vec<u8>, CryptoError> {
@@ -311,6 +312,13 @@ impl Sealer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn constant_time_comparison() {
+        assert!(constant_time_eq(b"abc", b"abc"));
+        assert!(!constant_time_eq(b"abc", b"abd"));
+        assert!(!constant_time_eq(b"abc", b"abcd"));
+    }
 
     fn keypair() -> (Recipient, Identities) {
         let id = age::x25519::Identity::generate();

@@ -85,6 +85,11 @@ pub struct Index {
     _temp_dir: Option<tempfile::TempDir>,
 }
 
+/// The blob ids of a pack record (after its pending/complete byte).
+fn record_ids(record: &[u8]) -> std::slice::ChunksExact<'_, u8> {
+    record.get(1..).unwrap_or_default().chunks_exact(32)
+}
+
 /// Removes temporary indexes left by killed processes: sled holds an exclusive `flock`
 /// on its `db` file while open, so one we can lock has no owner any more.
 fn collect_stale_temporaries(parent: &Path) {
@@ -259,10 +264,6 @@ impl Index {
         }
     }
 
-    pub fn contains(&self, id: &Id) -> Result<bool, IndexError> {
-        self.chunks.contains_key(id.0).map_err(|e| self.err(e))
-    }
-
     pub fn chunk_count(&self) -> usize {
         self.chunks.len()
     }
@@ -316,8 +317,7 @@ impl Index {
             let Some(pack) = Id::from_slice(&k) else {
                 continue;
             };
-            let ids = v.get(1..).unwrap_or_default();
-            if Some(&pack) != except && ids.chunks_exact(32).any(|c| c == id.0) {
+            if Some(&pack) != except && record_ids(&v).any(|c| c == id.0) {
                 out.push(pack);
             }
         }
@@ -334,7 +334,7 @@ impl Index {
 
     pub fn remove_pack(&self, pack: &Id) -> Result<(), IndexError> {
         if let Some(record) = self.packs.get(pack.0).map_err(|e| self.err(e))? {
-            for raw in record.get(1..).unwrap_or_default().chunks_exact(32) {
+            for raw in record_ids(&record) {
                 if let Some(loc) = self.chunks.get(raw).map_err(|e| self.err(e))?
                     && Location::decode(&loc).is_some_and(|l| l.pack == *pack)
                 {
@@ -511,8 +511,8 @@ mod tests {
         assert_eq!(idx.indexed_packs().unwrap().len(), 2);
         assert!(idx.indexed_packs().unwrap().values().all(|c| *c));
         idx.remove_pack(&p1).unwrap();
-        assert!(!idx.contains(&Id::of(b"a")).unwrap());
-        assert!(idx.contains(&Id::of(b"c")).unwrap());
+        assert!(idx.get(&Id::of(b"a")).unwrap().is_none());
+        assert!(idx.get(&Id::of(b"c")).unwrap().is_some());
     }
 
     #[test]
@@ -535,8 +535,16 @@ mod tests {
         assert_eq!(idx.indexed_packs().unwrap().get(&p), Some(&false));
         // Every location belongs to a recorded pack, so removing the pack removes it.
         idx.remove_pack(&p).unwrap();
-        assert!(!idx.contains(&e.id).unwrap());
+        assert!(idx.get(&e.id).unwrap().is_none());
         assert!(idx.indexed_packs().unwrap().is_empty());
+    }
+
+    fn file_caches(idx: &Index) -> usize {
+        idx.db
+            .tree_names()
+            .iter()
+            .filter(|n| n.starts_with(FILE_CACHE_PREFIX))
+            .count()
     }
 
     #[test]
@@ -553,23 +561,11 @@ mod tests {
             let crashed = idx.db.open_tree("files/job/00112233").unwrap();
             crashed.insert(b"b", b"entry").unwrap();
             idx.flush().unwrap();
-            let caches = idx
-                .db
-                .tree_names()
-                .iter()
-                .filter(|n| n.starts_with(FILE_CACHE_PREFIX))
-                .count();
-            assert_eq!(caches, 2);
+            assert_eq!(file_caches(&idx), 2);
         }
         let idx = Index::open(&path).unwrap();
         assert_eq!(idx.mode, IndexMode::Persistent);
-        let caches = idx
-            .db
-            .tree_names()
-            .iter()
-            .filter(|n| n.starts_with(FILE_CACHE_PREFIX))
-            .count();
-        assert_eq!(caches, 1, "the uncommitted cache is gone");
+        assert_eq!(file_caches(&idx), 1, "the uncommitted cache is gone");
         assert!(
             idx.previous("job", Box::new(|_| true))
                 .unwrap()

@@ -67,17 +67,6 @@ pub enum LockError {
     Lost { path: PathBuf, why: String },
 }
 
-impl LockError {
-    /// A stable, low-cardinality name for metrics labels.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            LockError::Conflict(_) => "locked",
-            LockError::Io { .. } => "io",
-            LockError::Lost { .. } => "lock_lost",
-        }
-    }
-}
-
 impl LockInfo {
     fn conflicts_with(&self, other: &LockInfo) -> bool {
         match (self.kind, other.kind) {
@@ -407,9 +396,11 @@ fn is_unwritable(e: &LockError) -> Option<&'static str> {
     let LockError::Io { error, .. } = e else {
         return None;
     };
+    if super::is_disk_full(error) {
+        return Some("full");
+    }
     match rustix::io::Errno::from_io_error(error)? {
         rustix::io::Errno::ROFS => Some("read-only"),
-        rustix::io::Errno::NOSPC | rustix::io::Errno::DQUOT => Some("full"),
         rustix::io::Errno::ACCESS | rustix::io::Errno::PERM => Some("not writable by us"),
         _ => None,
     }
@@ -615,10 +606,9 @@ fn remove_abandoned_tmp(path: &Path, now: DateTime<Utc>) {
     }
 }
 
-/// Whether a prune holds the exclusive lock right now. A backup about to write its
-/// manifest checks this: if it is so, the backup's own lock was broken (wrongly taken for
-/// stale) and its data may be gone, so it must not claim success.
-pub fn exclusive_held(dir: &Path) -> bool {
+/// Whether a prune holds the exclusive lock right now: what a reader without a lock file
+/// (on a read-only or full disk) checks in [`LockGuard::ensure_held`].
+fn exclusive_held(dir: &Path) -> bool {
     let me = me(LockKind::Shared, None);
     let now = Utc::now();
     entries(dir).iter().any(|(l, written)| {

@@ -38,7 +38,7 @@ use crypto::{CryptoError, Identities, KeyMaterial, Recipient, Sealer};
 use id::{Id, IdHasher};
 use index::{Index, IndexError};
 use lock::{LockError, LockGuard, LockKind};
-use pack::{BlobKind, PackError};
+use pack::PackError;
 use snapshot::{Details, Snapshot, SnapshotRef};
 use tree::Entry;
 
@@ -57,6 +57,7 @@ const MAX_CONFIG_FILE: u64 = 1 << 20;
 const MAX_KEY_FILE: u64 = 64 << 10;
 const MAX_MANIFEST: u64 = 64 << 20;
 const MAX_REFS_FILE: u64 = 1 << 30;
+const MAX_DAMAGE_RECORD: u64 = 64 << 10;
 /// Upper bound for any blob's plaintext: the largest chunk, or a tree blob with one huge
 /// entry. Protects against decompression bombs in damaged packs.
 const MAX_PLAIN_BLOB: usize = 64 << 20;
@@ -163,6 +164,15 @@ pub(crate) fn read_limited(path: &Path, limit: u64) -> Result<Vec<u8>, RepoError
         });
     }
     Ok(out)
+}
+
+/// Removes a file; one already gone is no error. Whether it was there is returned.
+pub(crate) fn remove_file_if_present(path: &Path) -> Result<bool, RepoError> {
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(io_err(path)(e)),
+    }
 }
 
 pub(crate) fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> RepoError + '_ {
@@ -324,7 +334,7 @@ impl Repository {
         }
         let mut raw_id = [0u8; 32];
         getrandom::fill(&mut raw_id).expect("the OS random source is available");
-        let config = RepoConfig {
+        let mut config = RepoConfig {
             format: REPO_FORMAT,
             id: Id(raw_id),
             created: Utc::now(),
@@ -338,7 +348,6 @@ impl Repository {
                 .collect(),
             key_hash: None,
         };
-        let mut config = config;
         if !init.recipients.is_empty() {
             let keys = KeyMaterial::generate();
             let sealed = keys.seal(&init.recipients)?;
@@ -755,11 +764,11 @@ impl Repository {
             .collect())
     }
 
-    /// The MAC of a manifest: keyed BLAKE3 of its JSON without the `mac` field.
-    fn manifest_mac(key: &[u8; 32], snap: &Snapshot) -> String {
-        let mut unsigned = snap.clone();
-        unsigned.mac = None;
-        let bytes = serde_json::to_vec(&unsigned).expect("snapshot serializes");
+    /// The MAC of a manifest: keyed BLAKE3 of its JSON without the `mac` field (the
+    /// caller has taken it out).
+    fn manifest_mac(key: &[u8; 32], unsigned: &Snapshot) -> String {
+        debug_assert!(unsigned.mac.is_none());
+        let bytes = serde_json::to_vec(unsigned).expect("snapshot serializes");
         blake3::keyed_hash(key, &bytes).to_hex().to_string()
     }
 
@@ -798,16 +807,17 @@ impl Repository {
         if Id::of(&bytes) != *id {
             return Err(damaged("its content does not match its name".into()));
         }
-        let snap: Snapshot =
+        let mut snap: Snapshot =
             serde_json::from_slice(&bytes).map_err(|e| damaged(format!("unreadable: {e}")))?;
         if self.encrypted()
             && let Some(key) = &self.mac_key
         {
+            let given = snap.mac.take().unwrap_or_default();
             let expected = Self::manifest_mac(key, &snap);
-            let given = snap.mac.as_deref().unwrap_or_default();
-            if !constant_time_eq(expected.as_bytes(), given.as_bytes()) {
+            if !crypto::constant_time_eq(expected.as_bytes(), given.as_bytes()) {
                 return Err(damaged("its MAC does not verify: forged or altered".into()));
             }
+            snap.mac = Some(given);
         }
         Ok(snap)
     }
@@ -852,18 +862,11 @@ impl Repository {
     /// All snapshots, failing on any damaged one: for prune, which must never take an
     /// unreadable manifest's data for garbage.
     pub fn snapshots_strict(&self) -> Result<Vec<SnapshotRef>, RepoError> {
-        let mut out = self
-            .snapshot_ids()?
-            .into_iter()
-            .map(|id| {
-                Ok(SnapshotRef {
-                    id,
-                    snapshot: self.load_snapshot(&id)?,
-                })
-            })
-            .collect::<Result<Vec<_>, RepoError>>()?;
-        out.sort_by(|a, b| a.snapshot.time.cmp(&b.snapshot.time).then(a.id.cmp(&b.id)));
-        Ok(out)
+        let (ok, bad) = self.snapshots_and_damaged()?;
+        match bad.into_iter().next() {
+            Some((_, e)) => Err(e),
+            None => Ok(ok),
+        }
     }
 
     /// Removes a snapshot manifest (its data goes at the next prune).
@@ -955,10 +958,6 @@ impl Repository {
         Ok(total)
     }
 
-    pub fn blob_kind(&self, id: &Id) -> Result<Option<BlobKind>, RepoError> {
-        Ok(self.index.get(id)?.map(|l| l.kind))
-    }
-
     /// Runs `f` with index syncs held off, after bringing the index in step with the
     /// packs. For prune, which must decide on an index no one else changes.
     pub fn with_maintenance<T>(
@@ -989,34 +988,39 @@ impl Repository {
         let Some(expected) = self.config.key_hash else {
             return Vec::new();
         };
-        [KEY_FILE, KEY_COPY]
-            .iter()
-            .filter_map(|f| {
-                let path = self.root.join(f);
-                match read_limited(&path, MAX_KEY_FILE) {
-                    Ok(b) if Id::of(&b) == expected => None,
-                    Ok(_) => Some(format!(
-                        "{f} is damaged (its hash does not match {CONFIG_FILE})"
-                    )),
-                    Err(e) => Some(e.to_string()),
-                }
-            })
+        key_copies(&self.root, expected)
+            .into_iter()
+            .filter_map(|(_, copy)| copy.err())
             .collect()
     }
 
-    /// Records that the copy of `blob` in `pack` is damaged, so the next backup that
-    /// has its data stores it afresh (and prune drops the bad copy once a good one
-    /// exists). Best effort on a read-only disk: the caller reports the damage anyway.
-    pub fn record_damage(&self, blob: &Id, pack: &Id) -> Result<(), RepoError> {
-        let mut damage = self.damage.lock().unwrap_or_else(|p| p.into_inner());
-        let packs = damage.entry(*blob).or_default();
-        if !packs.contains(pack) {
-            packs.push(*pack);
-        }
-        let text: String = packs.iter().map(|p| format!("{}\n", p.to_hex())).collect();
+    /// Records that the copies of `blobs` in `pack` are damaged, so the next backup that
+    /// has their data stores it afresh (and prune drops the bad copies once good ones
+    /// exist). Best effort on a read-only disk: the caller reports the damage anyway.
+    ///
+    /// One directory fsync for the lot, none per record: a pack whose hash fails holds
+    /// thousands of blobs, and a record lost to a power cut is found again by the next
+    /// `check`.
+    pub fn record_damage(&self, pack: &Id, blobs: &[Id]) -> Result<(), RepoError> {
         let dir = self.root.join(DAMAGE_DIR);
         std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
-        write_atomic(&self.tmp_dir(), &dir.join(blob.to_hex()), text.as_bytes())
+        let mut damage = self.damage.lock().unwrap_or_else(|p| p.into_inner());
+        for blob in blobs {
+            let packs = damage.entry(*blob).or_default();
+            if !packs.contains(pack) {
+                packs.push(*pack);
+            }
+            let text: String = packs.iter().map(|p| format!("{}\n", p.to_hex())).collect();
+            let dest = dir.join(blob.to_hex());
+            let tmp = self.tmp_dir().join(format!("{}.tmp", random_hex()));
+            std::fs::write(&tmp, text)
+                .and_then(|()| std::fs::rename(&tmp, &dest))
+                .map_err(|e| {
+                    let _ = std::fs::remove_file(&tmp);
+                    io_err(&dest)(e)
+                })?;
+        }
+        fsync_dir(&dir).map_err(io_err(&dir))
     }
 
     /// Damaged copies recorded by `check`: blob → packs holding a bad copy of it.
@@ -1033,12 +1037,8 @@ impl Repository {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(blob);
-        let path = self.root.join(DAMAGE_DIR).join(blob.to_hex());
-        match std::fs::remove_file(&path) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(io_err(&path)(e)),
-        }
+        remove_file_if_present(&self.root.join(DAMAGE_DIR).join(blob.to_hex()))?;
+        Ok(())
     }
 
     fn load_damage(&self) -> Result<std::collections::HashMap<Id, Vec<Id>>, RepoError> {
@@ -1054,7 +1054,7 @@ impl Repository {
             let Some(blob) = f.file_name().to_str().and_then(|n| n.parse::<Id>().ok()) else {
                 continue;
             };
-            let text = read_limited(&f.path(), MAX_KEY_FILE)?;
+            let text = read_limited(&f.path(), MAX_DAMAGE_RECORD)?;
             let packs = String::from_utf8_lossy(&text)
                 .lines()
                 .filter_map(|l| l.trim().parse::<Id>().ok())
@@ -1114,6 +1114,23 @@ fn read_config(root: &Path) -> Result<RepoConfig, RepoError> {
         .map_err(|e| RepoError::Corrupt(format!("{}: {e}", path.display())))
 }
 
+/// Both key files, each read and checked against the hash in the config: its bytes, or
+/// what is wrong with it (naming the file).
+fn key_copies(root: &Path, expected: Id) -> [(PathBuf, Result<Vec<u8>, String>); 2] {
+    [KEY_FILE, KEY_COPY].map(|f| {
+        let path = root.join(f);
+        let copy = match read_limited(&path, MAX_KEY_FILE) {
+            Ok(b) if Id::of(&b) == expected => Ok(b),
+            Ok(_) => Err(format!(
+                "{} is damaged (its hash does not match {CONFIG_FILE})",
+                path.display()
+            )),
+            Err(e) => Err(e.to_string()),
+        };
+        (path, copy)
+    })
+}
+
 /// Reads the key material with the identity: the primary key file, or its copy when the
 /// primary is missing or damaged. Errors name the files.
 fn read_key_file(
@@ -1121,23 +1138,18 @@ fn read_key_file(
     config: &RepoConfig,
     ids: &Identities,
 ) -> Result<KeyMaterial, RepoError> {
+    let expected = config
+        .key_hash
+        .ok_or_else(|| RepoError::Corrupt(format!("{CONFIG_FILE} records no key file hash")))?;
     let mut problems = Vec::new();
-    for f in [KEY_FILE, KEY_COPY] {
-        let path = root.join(f);
-        let sealed = match read_limited(&path, MAX_KEY_FILE) {
+    for (path, copy) in key_copies(root, expected) {
+        let sealed = match copy {
             Ok(b) => b,
-            Err(e) => {
-                problems.push(e.to_string());
+            Err(problem) => {
+                problems.push(problem);
                 continue;
             }
         };
-        if config.key_hash != Some(Id::of(&sealed)) {
-            problems.push(format!(
-                "{} is damaged (its hash does not match {CONFIG_FILE})",
-                path.display()
-            ));
-            continue;
-        }
         match KeyMaterial::open(ids, &sealed) {
             Ok(k) => {
                 if !problems.is_empty() {
@@ -1175,10 +1187,6 @@ pub fn recache_key(root: &Path, opts: &OpenOptions) -> Result<Option<PathBuf>, R
     let state = opts.state_dir.join(config.id.to_hex());
     cache_key(&state, &config, &k)?;
     Ok(Some(state.join("key.json")))
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 fn cache_key(state: &Path, config: &RepoConfig, keys: &KeyMaterial) -> Result<(), RepoError> {

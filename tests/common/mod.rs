@@ -296,3 +296,15 @@ pub fn walk(dir: &Path) -> Vec<PathBuf> {
     }
     out
 }
+
+/// Flips 8 bytes near the start of the oldest pack: its first blob (with one-file backups
+/// in small packs, the first file's first chunk).
+pub fn damage_oldest_pack(env: &Env) {
+    let mut packs = walk(&env.repo().join("packs"));
+    packs.sort_by_key(|p| std::fs::metadata(p).unwrap().modified().unwrap());
+    let mut bytes = std::fs::read(&packs[0]).unwrap();
+    for b in &mut bytes[100..108] {
+        *b ^= 0x5a;
+    }
+    std::fs::write(&packs[0], &bytes).unwrap();
+}
