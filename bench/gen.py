@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Deterministic benchmark data generator for backuphub (Python 3 stdlib only).
 
-Two independent generators, meant to run in parallel (one per core):
+Independent generators, meant to run in parallel (one per core):
 
   gen.py sql --out DIR --mb 300 --seed 42 [--no-day2]
       DIR/day1/dump.sql  a plain-text pg_dump-style dump (~MB * 10^6 bytes) of a shop
@@ -25,6 +25,14 @@ Two independent generators, meant to run in parallel (one per core):
       DIR/day2/blob.bin  the same file with 40 insertions (4 B .. 8 KiB each, log-uniform)
                          at random offsets. Details go to DIR/bin.stats.json.
 
+  gen.py yaml --out DIR --files 50000 --mib 80 --seed 42
+      DIR/tree/...       FILES Kubernetes-manifest-like YAML files (~MIB MiB in all), laid
+                         out as a cluster dump: tree/namespaces/<ns>/<kind>/<name>.yaml and
+                         tree/cluster/<kind>/<name>.yaml (a few hundred files per namespace,
+                         10-20 kinds each). Sizes are log-normal (most 0.5-3 KiB, a tail of
+                         large ConfigMaps); Secrets carry base64 of random bytes, the rest is
+                         text. No day 2: the `small` series backs up the same files twice.
+
 Everything streams (day 1 and day 2 are written in the same pass); memory stays small
 (only rows moved to the end of a table are buffered, a few MB at the default size).
 Output is a pure function of (kind, size, seed, GEN_VERSION); a stamp file
@@ -32,6 +40,7 @@ DIR/<kind>.params.json makes re-runs with the same parameters a no-op.
 """
 
 import argparse
+import base64
 import datetime as _dt
 import json
 import math
@@ -578,31 +587,192 @@ def gen_bin(out, mib, seed, day2, n_ins=40):
 
 
 # --------------------------------------------------------------------------------------
+# YAML (Kubernetes objects)
+
+# kind, plural, weight (share of namespaced objects)
+K8S_KINDS = [("ConfigMap", "configmaps", 16), ("Secret", "secrets", 14), ("Pod", "pods", 18),
+             ("ReplicaSet", "replicasets", 12), ("Deployment", "deployments", 7),
+             ("Service", "services", 7), ("ServiceAccount", "serviceaccounts", 6),
+             ("RoleBinding", "rolebindings", 5), ("Role", "roles", 3),
+             ("PersistentVolumeClaim", "persistentvolumeclaims", 3), ("Ingress", "ingresses", 2),
+             ("CronJob", "cronjobs", 2), ("Job", "jobs", 3), ("StatefulSet", "statefulsets", 1),
+             ("NetworkPolicy", "networkpolicies", 1)]
+K8S_CLUSTER_KINDS = [("ClusterRole", "clusterroles"), ("ClusterRoleBinding", "clusterrolebindings"),
+                     ("CustomResourceDefinition", "customresourcedefinitions"),
+                     ("PersistentVolume", "persistentvolumes"), ("Namespace", "namespaces")]
+IMAGES = ["nginx:1.27", "postgres:16.3", "redis:7.2-alpine", "ghcr.io/example/api:v2.14.1",
+          "quay.io/prometheus/node-exporter:v1.8.1", "grafana/grafana:11.1.0", "minio/minio:RELEASE.2024-06-13",
+          "registry.example.com/shop/web:4f2c9e1", "busybox:1.36", "traefik:v3.0"]
+
+
+def k8s_object(r, v, kind, plural, ns, name, target):
+    """One manifest as YAML text, padded with kind-typical content to about `target` bytes."""
+    uid = "%08x-%04x-4%03x-%04x-%012x" % (r.getrandbits(32), r.getrandbits(16), r.getrandbits(12),
+                                           0x8000 | r.getrandbits(14), r.getrandbits(48))
+    app = name.split("-")[0]
+    created = _dt.datetime.fromtimestamp(T0 + r.randrange(T_DAY1 - T0), _dt.timezone.utc)
+    api = {"Deployment": "apps/v1", "ReplicaSet": "apps/v1", "StatefulSet": "apps/v1",
+           "CronJob": "batch/v1", "Job": "batch/v1", "Ingress": "networking.k8s.io/v1",
+           "NetworkPolicy": "networking.k8s.io/v1", "Role": "rbac.authorization.k8s.io/v1",
+           "RoleBinding": "rbac.authorization.k8s.io/v1", "ClusterRole": "rbac.authorization.k8s.io/v1",
+           "ClusterRoleBinding": "rbac.authorization.k8s.io/v1",
+           "CustomResourceDefinition": "apiextensions.k8s.io/v1"}.get(kind, "v1")
+    L = [f"apiVersion: {api}", f"kind: {kind}", "metadata:"]
+    if r.random() < 0.7:
+        L += ["  annotations:", f"    meta.helm.sh/release-name: {app}",
+              f"    meta.helm.sh/release-namespace: {ns or 'default'}"]
+    L += [f"  creationTimestamp: \"{created.strftime('%Y-%m-%dT%H:%M:%SZ')}\"", "  labels:",
+          f"    app.kubernetes.io/name: {app}", f"    app.kubernetes.io/instance: {app}-{r.randrange(1, 9)}",
+          "    app.kubernetes.io/managed-by: Helm",
+          f"    helm.sh/chart: {app}-{r.randrange(0, 5)}.{r.randrange(0, 30)}.{r.randrange(0, 9)}",
+          f"  name: {name}"]
+    if ns:
+        L.append(f"  namespace: {ns}")
+    L += [f"  resourceVersion: \"{r.randrange(1000, 99999999)}\"", f"  uid: {uid}"]
+    size = sum(len(x) + 1 for x in L)
+    if kind == "ConfigMap":
+        L.append("data:")
+        while size < target:
+            key = "-".join(v.words_k(r, r.randint(1, 2))) + r.choice((".conf", ".yaml", ".properties", ".ini", ""))
+            L.append(f"  {key}: |")
+            for _ in range(r.randint(3, 30)):
+                w = v.words_k(r, r.randint(1, 4))
+                line = f"    {w[0]}{r.choice(('.', '_', '-'))}{'_'.join(w[1:]) or 'value'} = " \
+                       f"{r.choice((str(r.randrange(1, 65536)), 'true', 'false', ' '.join(v.words_k(r, 2))))}"
+                L.append(line)
+                size += len(line) + 1
+            size += len(key) + 5
+    elif kind == "Secret":
+        L.append("data:")
+        while size < target:
+            key = "-".join(v.words_k(r, r.randint(1, 2)))
+            raw = r.randbytes(r.choice((16, 24, 32, 48, 64, 256, 1200)))
+            line = f"  {key}: {base64.b64encode(raw).decode()}"
+            L.append(line)
+            size += len(line) + 1
+        L.append(r.choice(("type: Opaque", "type: kubernetes.io/tls", "type: helm.sh/release.v1")))
+    else:
+        L.append("spec:")
+        if kind in ("Pod", "Deployment", "ReplicaSet", "StatefulSet", "Job", "CronJob"):
+            ind = "  " if kind in ("Pod",) else "      "
+            if kind != "Pod":
+                L += [f"  replicas: {r.randint(1, 3)}", "  selector:", "    matchLabels:",
+                      f"      app.kubernetes.io/name: {app}", "  template:", "    spec:"]
+            L += [f"{ind}containers:", f"{ind}- image: {r.choice(IMAGES)}", f"{ind}  name: {app}",
+                  f"{ind}  imagePullPolicy: IfNotPresent", f"{ind}  env:"]
+            size = sum(len(x) + 1 for x in L)
+            while size < target:
+                var = "_".join(v.words_k(r, r.randint(1, 3))).upper()
+                val = r.choice((str(r.randrange(1, 65536)), "true", f"{app}.{ns}.svc.cluster.local",
+                                " ".join(v.words_k(r, r.randint(1, 3)))))
+                chunk = [f"{ind}  - name: {var}", f"{ind}    value: \"{val}\""]
+                L += chunk
+                size += sum(len(x) + 1 for x in chunk)
+            L += [f"{ind}  resources:", f"{ind}    requests:", f"{ind}      cpu: {r.choice((50, 100, 250, 500))}m",
+                  f"{ind}      memory: {r.choice((64, 128, 256, 512))}Mi"]
+        else:
+            while size < target:
+                w = v.words_k(r, r.randint(1, 3))
+                line = f"  - {'-'.join(w)}: {r.randrange(1, 65536)}"
+                L.append(line)
+                size += len(line) + 1
+    if r.random() < 0.5:
+        L += ["status:", f"  observedGeneration: {r.randrange(1, 40)}"]
+    return "\n".join(L) + "\n"
+
+
+def gen_yaml(out, files, mib, seed):
+    """`files` manifests, about `mib` MiB in all, deterministic; see the module doc."""
+    import shutil
+    tree = os.path.join(out, "tree")
+    tmp = tree + ".tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    r = random.Random(seed * 1_000_003 + 7001)
+    v = Vocab(random.Random(seed * 1_000_003 + 11))
+    total = int(mib * (1 << 20))
+    # Log-normal sizes scaled to the total; a floor for the metadata every object has.
+    w = [r.lognormvariate(0.0, 0.9) for _ in range(files)]
+    # Scale so that the targets, floor included, add up to a bit less than the total: small
+    # objects outgrow their target (metadata alone is ~500 bytes) and padding overshoots by
+    # part of a block; 0.87 was measured to land within a few % of the total.
+    lo, hi = 0.0, total / min(w)
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if sum(max(350, x * mid) for x in w) < 0.87 * total else (lo, mid)
+    sizes = [max(350, int(x * lo)) for x in w]
+    kinds, weights = [(k, p) for k, p, _ in K8S_KINDS], [x for _, _, x in K8S_KINDS]
+    n_ns = max(1, files // 400)
+    namespaces = sorted({"-".join(v.words_k(r, r.randint(1, 2))) for _ in range(n_ns * 2)})[:n_ns]
+    used, written, dirs = set(), 0, set()
+    for i in range(files):
+        if r.random() < 0.05:
+            kind, plural = r.choice(K8S_CLUSTER_KINDS)
+            ns, d = None, os.path.join(tmp, "cluster", plural)
+        else:
+            kind, plural = r.choices(kinds, weights)[0]
+            # a skewed namespace choice: some namespaces hold far more objects than others
+            ns = namespaces[min(n_ns - 1, int(r.paretovariate(1.2)) - 1) if r.random() < 0.5 else r.randrange(n_ns)]
+            d = os.path.join(tmp, "namespaces", ns, plural)
+        base = "-".join(v.words_k(r, r.randint(1, 2)))
+        if kind in ("Pod", "ReplicaSet", "Job"):
+            base += "-%x" % r.getrandbits(36)
+        name = base
+        while (d, name) in used:
+            name = f"{base}-{r.randrange(1 << 20):05x}"
+        used.add((d, name))
+        if d not in dirs:
+            os.makedirs(d, exist_ok=True)
+            dirs.add(d)
+        text = k8s_object(r, v, kind, plural, ns, name, sizes[i])
+        with open(os.path.join(d, name + ".yaml"), "w", encoding="utf-8", newline="\n") as f:
+            f.write(text)
+        written += len(text.encode())
+    shutil.rmtree(tree, ignore_errors=True)
+    os.replace(tmp, tree)
+    stats = {"files": files, "bytes": written, "dirs": len(dirs), "namespaces": n_ns}
+    with open(os.path.join(out, "yaml.stats.json"), "w") as f:
+        json.dump(stats, f, indent=1)
+    return stats
+
+
+# --------------------------------------------------------------------------------------
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("kind", choices=("sql", "bin"))
+    ap.add_argument("kind", choices=("sql", "bin", "yaml"))
     ap.add_argument("--out", required=True)
     ap.add_argument("--mb", type=float, help="sql: target size in MB (10^6 bytes)")
-    ap.add_argument("--mib", type=float, help="bin: size in MiB")
+    ap.add_argument("--mib", type=float, help="bin: size in MiB; yaml: total size in MiB")
+    ap.add_argument("--files", type=int, default=50000, help="yaml: number of files")
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--no-day2", action="store_true")
     a = ap.parse_args()
     size = a.mb if a.kind == "sql" else a.mib
     if size is None or size <= 0:
-        ap.error("--mb (sql) / --mib (bin) must be given and positive")
-    day2 = not a.no_day2
-    params = {"kind": a.kind, "size": size, "seed": a.seed, "day2": day2, "version": GEN_VERSION}
-    name = "dump.sql" if a.kind == "sql" else "blob.bin"
-    files = [f"day1/{name}"] + ([f"day2/{name}"] if day2 else [])
+        ap.error("--mb (sql) / --mib (bin, yaml) must be given and positive")
+    if a.kind == "yaml":
+        if a.files <= 0:
+            ap.error("--files must be positive")
+        params = {"kind": "yaml", "size": size, "files": a.files, "seed": a.seed, "version": GEN_VERSION}
+        files = ["yaml.stats.json"]
+    else:
+        day2 = not a.no_day2
+        params = {"kind": a.kind, "size": size, "seed": a.seed, "day2": day2, "version": GEN_VERSION}
+        name = "dump.sql" if a.kind == "sql" else "blob.bin"
+        files = [f"day1/{name}"] + ([f"day2/{name}"] if day2 else [])
     os.makedirs(a.out, exist_ok=True)
     if stamp_ok(a.out, a.kind, params, files):
         print(f"gen {a.kind}: {a.out} up to date", file=sys.stderr)
         return
     remove_stamp(a.out, a.kind)
     t = time.time()
-    st = gen_sql(a.out, size, a.seed, day2) if a.kind == "sql" else gen_bin(a.out, size, a.seed, day2)
+    if a.kind == "yaml":
+        st = gen_yaml(a.out, a.files, size, a.seed)
+    elif a.kind == "sql":
+        st = gen_sql(a.out, size, a.seed, day2)
+    else:
+        st = gen_bin(a.out, size, a.seed, day2)
     write_stamp(a.out, a.kind, params)
     brief = {k: v for k, v in st.items() if k not in ("tables", "insertions")}
     print(f"gen {a.kind}: {a.out} in {time.time() - t:.1f}s {json.dumps(brief)}", file=sys.stderr)

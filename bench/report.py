@@ -12,7 +12,9 @@ import statistics
 
 MIB = 1 << 20
 TOOLS = ("backuphub", "restic", "borg")
-SERIES = ("full", "bin", "half")
+# "zstd" is a reference measurement in the full series (day 1 only), not a backup tool.
+ALL_TOOLS = TOOLS + ("zstd",)
+SERIES = ("full", "bin", "half", "small")
 TEXT_COLS = ("tool", "series", "day", "ratio")
 
 
@@ -70,6 +72,7 @@ def main():
     with open(a.meta) as f:
         meta = json.load(f)
     tools = [t for t in TOOLS if any(k[1] == t for k in runs)]
+    all_tools = [t for t in ALL_TOOLS if any(k[1] == t for k in runs)]
 
     def vals(series, tool, day, key):
         reps = runs.get((series, tool), {})
@@ -92,7 +95,7 @@ def main():
            "cache/state MiB"]
     body = []
     for s in SERIES:
-        for t in tools:
+        for t in all_tools:
             for d in (1, 2):
                 if not vals(s, t, d, "wall"):
                     continue
@@ -105,6 +108,8 @@ def main():
             "growth all MiB", "growth bin MiB", "growth sql MiB", "RSS half / full MiB"]
     sbody, summ = [], {}
     for t in tools:
+        if not vals("full", t, 1, "wall"):
+            continue
         rss = vals("full", t, 1, "rss") + vals("full", t, 2, "rss")
         g_all, g_bin = gmed("full", t), gmed("bin", t)
         g_sql = None if g_all is None or g_bin is None else g_all - g_bin
@@ -139,6 +144,49 @@ def main():
         chk("repository size after day 2 <= restic", b["repo"], r["repo"], lambda x, y: x <= y)
         chk("day-2 growth of the binary < restic", b["g_bin"], r["g_bin"], lambda x, y: x < y)
 
+    # --- small files (issue 8)
+    smhdr = ["tool", "wall d1 s", "wall d2 s", "CPU d1 s", "CPU d2 s", "peak RSS MiB", "repo d2 MiB",
+             "cache/state MiB"]
+    smbody, small = [], {}
+    for t in tools:
+        if not vals("small", t, 1, "wall"):
+            continue
+        rss = vals("small", t, 1, "rss") + vals("small", t, 2, "rss")
+        small[t] = {"wall1": med("small", t, 1, "wall"), "wall2": med("small", t, 2, "wall"),
+                    "cpu1": med("small", t, 1, "cpu"), "cpu2": med("small", t, 2, "cpu"),
+                    "rss": max(rss) if rss else None, "repo": med("small", t, 2, "repo"),
+                    "cache": med("small", t, 2, "cache")}
+        x = small[t]
+        smbody.append([t, fmt(x["wall1"], 2), fmt(x["wall2"], 2), fmt(x["cpu1"], 2), fmt(x["cpu2"], 2),
+                       fmt(x["rss"]), fmt(x["repo"]), fmt(x["cache"])])
+    smrhdr = ["ratio", "wall d1", "wall d2", "CPU d1", "CPU d2", "peak RSS", "repo d2"]
+    smrbody = [[f"{x}/{y}"] + [fmt(ratio(small[x][k], small[y][k]), 2)
+                               for k in ("wall1", "wall2", "cpu1", "cpu2", "rss", "repo")]
+               for x, y in (("backuphub", "restic"), ("backuphub", "borg")) if x in small and y in small]
+
+    # --- issue 8 targets
+    zstd_wall = med("full", "zstd", 1, "wall")
+    targets8 = []
+
+    def chk8(name, x, y, limit):
+        q = ratio(x, y)
+        verdict = "n/a " if q is None else "PASS" if q <= limit else "FAIL"
+        targets8.append(f"{verdict}  {name}: {fmt(q, 2)} (target <= {limit})")
+    if "backuphub" in small and "restic" in small:
+        b, r = small["backuphub"], small["restic"]
+        chk8("small files: wall day 1 / restic", b["wall1"], r["wall1"], 0.5)
+        chk8("small files: peak RSS / restic", b["rss"], r["rss"], 0.75)
+        chk8("small files: repository after day 2 / restic", b["repo"], r["repo"], 1.0)
+        chk8("small files: unchanged second run wall / restic", b["wall2"], r["wall2"], 0.5)
+    if "backuphub" in summ and "restic" in summ:
+        b, r = summ["backuphub"], summ["restic"]
+        chk8("large streams: wall day 1 / restic", b["wall1"], r["wall1"], 0.25)
+        chk8("large streams: wall day 2 / restic", b["wall2"], r["wall2"], 0.25)
+        chk8(f"large streams: wall day 1 / zstd -T2 -{meta.get('zstd_level', '?')} on the same files",
+             b["wall1"], zstd_wall, 1.2)
+        chk8("large streams: peak RSS / restic", b["rss"], r["rss"], 0.5)
+        chk8("binary day-2 growth / restic", b["g_bin"], r["g_bin"], 0.5)
+
     loads = [m["load"] for reps in runs.values() for r in reps.values() for m in r.values()]
     v = meta.get("versions", {})
     sq, bi = meta.get("sql_stats", {}), meta.get("bin_stats", {})
@@ -149,6 +197,13 @@ def main():
         f"{v.get('restic')}; {v.get('borg')} (--compression {meta.get('borg_compression')}). "
         "Encryption on for all three.",
     ]
+    sm = meta.get("small_stats")
+    if sm:
+        desc.append(f"Small files: {sm.get('files')} Kubernetes-manifest-like YAML files, "
+                    f"{sm.get('bytes', 0) / MIB:.1f} MiB in {sm.get('dirs')} directories; day 2 = the same "
+                    "files untouched (same inodes).")
+    if meta.get("bh_init_args"):
+        desc.append(f"backuphub init arguments: `{meta['bh_init_args']}`.")
     if sq:
         desc.append(
             f"Data (seed {meta.get('seed')}): SQL dump {sq.get('bytes_day1', 0) / 1e6:.0f} MB day 1 / "
@@ -174,12 +229,23 @@ def main():
         "restic and borg choose a random chunker (polynomial / seed) per repository, so their day-2 "
         "growth varies between fresh repositories; hence the repetitions.",
         "CPU time is the steadier figure when the machine is shared; wall time is what the targets use.",
+        "Issue 8 targets: *small* medians (peak RSS: maximum over its runs) vs restic; large streams = "
+        "the *full* series; the zstd reference compresses the same day-1 files in one `zstd -T2` process.",
     ]
 
     text = ["", "== all runs ==", table(hdr, body, False), "", "== per tool (medians) ==",
             table(shdr, sbody, False), ""]
     text += (["== ratios (< 1: backuphub smaller/faster) ==", table(rhdr, rbody, False), ""] if rbody
              else ["(no ratios: backuphub was not run)", ""])
+    if smbody:
+        text += ["== small files (medians) ==", table(smhdr, smbody, False), ""]
+        if smrbody:
+            text += [table(smrhdr, smrbody, False), ""]
+    if zstd_wall is not None:
+        text += [f"zstd -T2 -{meta.get('zstd_level', '?')} on the day-1 files of the full series: "
+                 f"{fmt(zstd_wall, 2)} s wall (median)", ""]
+    if targets8:
+        text += ["== targets (issue 8) =="] + targets8 + [""]
     if targets:
         text += ["== targets (issue 2) =="] + targets + [""]
     text += desc
@@ -189,6 +255,15 @@ def main():
     md += [d + "  " for d in desc] + ["", "## Per tool (medians)", "", table(shdr, sbody, True), "", "## Ratios", ""]
     md += (["Below 1 means backuphub is faster / smaller.", "", table(rhdr, rbody, True), ""] if rbody
            else ["backuphub was not run (binary missing or left out of BENCH_TOOLS), so there are no ratios.", ""])
+    if targets8:
+        md += ["## Targets (issue 8)", ""] + [f"- {t}" for t in targets8] + [""]
+    if smbody:
+        md += ["## Small files (medians)", "", table(smhdr, smbody, True), ""]
+        if smrbody:
+            md += ["Below 1 means backuphub is faster / smaller.", "", table(smrhdr, smrbody, True), ""]
+    if zstd_wall is not None:
+        md += [f"Large-stream reference: `zstd -q -T2 -{meta.get('zstd_level', '?')} -c dump.sql blob.bin "
+               f">/dev/null` on the day-1 files: {fmt(zstd_wall, 2)} s wall (median).", ""]
     if targets:
         md += ["## Targets (issue 2)", ""] + [f"- {t}" for t in targets] + [""]
     md += ["## All runs", "", table(hdr, body, True), "", "## Method", ""] + [f"- {n}" for n in notes] + [""]

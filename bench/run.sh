@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # backuphub benchmark: backuphub vs restic vs borg on a realistic data set, day 1 then day 2.
 #
-#   bench/run.sh                      # full size: ~300 MB SQL dump + 384 MiB binary
-#   BENCH_SQL_MB=30 BENCH_BIN_MIB=32 bench/run.sh     # quick smoke run
+#   bench/run.sh                      # full size: ~300 MB SQL dump + 384 MiB binary,
+#                                     # 50,000 small YAML files (80 MiB)
+#   BENCH_SQL_MB=30 BENCH_BIN_MIB=32 BENCH_SMALL_FILES=2000 BENCH_SMALL_MIB=3.2 \
+#     BENCH_REPEAT=1 bench/run.sh     # quick smoke run
 #
 # Environment (all optional):
 #   BENCH_WORK      work dir (data, repos, logs)            default /tmp/backuphub-bench
@@ -10,10 +12,17 @@
 #   BENCH_BIN_MIB   size of the day-1 binary file in MiB     default 384
 #   BENCH_SEED      generator seed                           default 42
 #   BENCH_TOOLS     tools to run                             default "backuphub restic borg"
-#   BENCH_SERIES    series to run (see below)                default "full bin half"
+#   BENCH_SMALL_FILES  number of files in the small series  default 50000
+#   BENCH_SMALL_MIB    their total size in MiB                default 80
+#   BENCH_ZSTD_LEVEL   zstd level for the zstd reference (the repository's compression
+#                   level; backuphub init's default is 3)   default 3
+#   BENCH_SERIES    series to run (see below)                default "full bin half small"
 #   BENCH_REPEAT    repetitions of every series (fresh repositories each time; the
 #                   report shows medians)                    default 3
 #   BENCH_RESULTS   markdown output                          default bench/results.md
+#   BENCH_TSV       raw measurements (tab-separated)         default $BENCH_WORK/results.tsv
+#   BENCH_BH_INIT_ARGS  extra arguments for `backuphub init` (e.g. "--chunk-size 512KiB";
+#                   bench/chunker.sh uses it)                default none
 #   BACKUPHUB_BIN   backuphub binary (relative to the repo root or absolute)
 #                                                            default target/release/backuphub
 #   BENCH_BORG_COMPRESSION  borg --compression               default zstd,3
@@ -26,6 +35,11 @@
 #         (day-2 growth of the SQL dump alone is reported as full - bin.)
 #   half  day 1 only, on a data set of half the size (SQL/2 + binary/2).
 #         -> peak RSS at half vs full size: does memory grow with the input?
+#   small 50,000 small Kubernetes-manifest-like YAML files (gen.py yaml): day 1, then day 2
+#         on the very same files (same inodes, nothing changed: the unchanged-run cost).
+#         -> wall time, peak RSS, repository size (issue 8).
+# The full series also times `zstd -T2 -<BENCH_ZSTD_LEVEL> -c dump.sql blob.bin >/dev/null`
+# on the day-1 files (tool "zstd"): the large-stream target is relative to it.
 #
 # All three tools run with encryption on:
 #   backuphub  age X25519 recipient (age-keygen), default settings.
@@ -48,7 +62,11 @@ SQL_MB=${BENCH_SQL_MB:-300}
 BIN_MIB=${BENCH_BIN_MIB:-384}
 SEED=${BENCH_SEED:-42}
 TOOLS=${BENCH_TOOLS:-"backuphub restic borg"}
-SERIES=${BENCH_SERIES:-"full bin half"}
+SERIES=${BENCH_SERIES:-"full bin half small"}
+SMALL_FILES=${BENCH_SMALL_FILES:-50000}
+SMALL_MIB=${BENCH_SMALL_MIB:-80}
+ZSTD_LEVEL=${BENCH_ZSTD_LEVEL:-3}
+read -r -a BH_INIT_ARGS <<<"${BENCH_BH_INIT_ARGS:-}"
 REPEAT=${BENCH_REPEAT:-3}
 [[ $REPEAT =~ ^[1-9][0-9]*$ ]] || { echo "BENCH_REPEAT must be a positive integer" >&2; exit 1; }
 RESULTS_MD=${BENCH_RESULTS:-$HERE/results.md}
@@ -76,6 +94,7 @@ install_deps() {
   command -v age-keygen >/dev/null || missing+=(age)
   [[ -x /usr/bin/time ]] || missing+=(time)
   command -v python3 >/dev/null || missing+=(python3)
+  command -v zstd >/dev/null || missing+=(zstd)
   ((${#missing[@]} == 0)) && return 0
   local sudo=()
   if ((EUID != 0)); then
@@ -141,6 +160,11 @@ gen_pair "$WORK/data/full" "$SQL_MB" "$BIN_MIB"
 if [[ " $SERIES " == *" half "* ]]; then
   gen_pair "$WORK/data/half" "$HALF_SQL_MB" "$HALF_BIN_MIB" --no-day2
 fi
+if [[ " $SERIES " == *" small "* ]]; then
+  log "generating $SMALL_FILES small files (${SMALL_MIB} MiB) in $WORK/data/small"
+  python3 "$HERE/gen.py" yaml --out "$WORK/data/small" --files "$SMALL_FILES" --mib "$SMALL_MIB" \
+    --seed "$SEED" || die "data generation failed"
+fi
 
 # ---------------------------------------------------------------------------------------
 # tools
@@ -182,7 +206,7 @@ tool_init() { # tool_init TOOL RUNDIR
       local recipient
       recipient=$(age-keygen -y "$run/key.txt")
       quiet "$lg" env BACKUPHUB_STATE_DIR="$run/cache" \
-        "$BH_BIN" init --repo "$run/repo" --recipient "$recipient"
+        "$BH_BIN" init --repo "$run/repo" --recipient "$recipient" "${BH_INIT_ARGS[@]}"
       ;;
   esac
 }
@@ -208,7 +232,7 @@ tool_backup() { # tool_backup TOOL RUNDIR SRC DAY OUT LOG
 # ---------------------------------------------------------------------------------------
 # series
 
-TSV=$WORK/results.tsv
+TSV=${BENCH_TSV:-$WORK/results.tsv}
 printf 'series\ttool\trep\tday\twall_s\tcpu_s\trss_kib\trepo_bytes\tcache_bytes\tload1\n' >"$TSV"
 mkdir -p "$WORK/logs"
 
@@ -223,31 +247,64 @@ place() { # place SRC DATADIR FILE... : replace SRC's content by hard links to D
   done
 }
 
-run_series() { # run_series NAME DATADIR "DAYS" FILE...
+place_tree() { # place_tree SRC TREE : SRC becomes a tree of hard links to TREE's files
+  local src=$1 tree=$2
+  rm -rf "$src"
+  mkdir -p "$(dirname "$src")"
+  cp -al "$tree" "$src" 2>/dev/null || cp -a "$tree" "$src"
+  find "$src" -type f -print0 | xargs -0 cat >/dev/null # warm the page cache
+}
+
+record() { # record SERIES TOOL REP DAY TIMEFILE REPO_DIR CACHE_DIR LOAD
+  local wall rss user sys cpu repo=0 cache=0
+  read -r wall rss user sys <"$5"
+  cpu=$(awk -v u="$user" -v s="$sys" 'BEGIN { printf "%.2f", u + s }')
+  [[ -n $6 ]] && repo=$(du -sb "$6" | cut -f1)
+  [[ -n $7 ]] && cache=$(du -sb "$7" | cut -f1)
+  log "$1 #$3: $2 day $4: ${wall}s wall, ${cpu}s CPU, peak RSS $((rss / 1024)) MiB, repo $(mib "$repo") MiB"
+  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$4" "$wall" "$cpu" \
+    "$rss" "$repo" "$cache" "$8" >>"$TSV"
+}
+
+run_zstd() { # run_zstd REP DATADIR FILE... : the large-stream reference, day-1 files
+  local rep=$1 data=$2 out=$WORK/runs/full/zstd.time lg=$WORK/logs/full-zstd-rep$1-day1.log load
+  shift 2
+  mkdir -p "$WORK/runs/full"
+  place "$WORK/src/full" "$data/day1" "$@"
+  load=$(cut -d' ' -f1 /proc/loadavg)
+  log "full #$rep: zstd -T2 -$ZSTD_LEVEL ..."
+  (cd "$WORK/src/full" && measure "$out" "$lg" sh -c 'zstd -q -T2 "-$0" -c "$@" >/dev/null' \
+    "$ZSTD_LEVEL" "$@")
+  record full zstd "$rep" 1 "$out" "" "" "$load"
+}
+
+run_series() { # run_series NAME DATADIR "DAYS" FILE...   (FILE "tree/": the whole tree, kept on day 2)
   local name=$1 data=$2 days=$3 tool day run src out lg rep
   shift 3
   src=$WORK/src/$name
   for ((rep = 1; rep <= REPEAT; rep++)); do
+    if [[ $name == full ]] && command -v zstd >/dev/null; then
+      run_zstd "$rep" "$data" "$@"
+    fi
     for tool in "${RUN_TOOLS[@]}"; do
       run=$WORK/runs/$name/$tool
       rm -rf "$run"
       mkdir -p "$run/cache"
       tool_init "$tool" "$run"
       for day in $days; do
-        place "$src" "$data/day$day" "$@"
+        if [[ $1 == tree/ ]]; then
+          # the same files on every day: only the first day places them
+          [[ $day == "${days%% *}" ]] && place_tree "$src" "$data/tree"
+        else
+          place "$src" "$data/day$day" "$@"
+        fi
         out=$run/day$day.time
         lg=$WORK/logs/$name-$tool-rep$rep-day$day.log
-        local load wall rss user sys cpu repo cache
+        local load
         load=$(cut -d' ' -f1 /proc/loadavg)
         log "$name #$rep: $tool day $day ..."
         tool_backup "$tool" "$run" "$src" "$day" "$out" "$lg"
-        read -r wall rss user sys <"$out"
-        cpu=$(awk -v u="$user" -v s="$sys" 'BEGIN { printf "%.2f", u + s }')
-        repo=$(du -sb "$run/repo" | cut -f1)
-        cache=$(du -sb "$run/cache" | cut -f1)
-        log "$name #$rep: $tool day $day: ${wall}s wall, ${cpu}s CPU, peak RSS $((rss / 1024)) MiB, repo $(mib "$repo") MiB"
-        printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$name" "$tool" "$rep" "$day" "$wall" "$cpu" \
-          "$rss" "$repo" "$cache" "$load" >>"$TSV"
+        record "$name" "$tool" "$rep" "$day" "$out" "$run/repo" "$run/cache" "$load"
       done
     done
   done
@@ -258,6 +315,7 @@ for s in $SERIES; do
     full) run_series full "$WORK/data/full" "1 2" dump.sql blob.bin ;;
     bin) run_series bin "$WORK/data/full" "1 2" blob.bin ;;
     half) run_series half "$WORK/data/half" "1" dump.sql blob.bin ;;
+    small) run_series small "$WORK/data/small" "1 2" tree/ ;;
     *) die "unknown series '$s' in BENCH_SERIES" ;;
   esac
 done
@@ -281,6 +339,8 @@ M_DATE=$(date -u +%Y-%m-%dT%H:%MZ) \
   M_BACKUPHUB=$bh_version \
   M_LOADAVG=$LOADAVG M_REPEAT=$REPEAT \
   M_WORK=$WORK M_SEED=$SEED M_SQL_MB=$SQL_MB M_BIN_MIB=$BIN_MIB \
+  M_ZSTD=$(zstd --version 2>/dev/null | head -n 1) M_ZSTD_LEVEL=$ZSTD_LEVEL \
+  M_BH_INIT_ARGS="${BENCH_BH_INIT_ARGS:-}" \
   M_BORG_COMPRESSION=$BORG_COMPRESSION \
   python3 - "$META" <<'EOF'
 import json, os, sys
@@ -290,9 +350,16 @@ meta = {
     "ram_gib": round(int(e["M_RAM_KIB"]) / 1048576, 1), "kernel": e["M_KERNEL"],
     "fs": e["M_FS"], "loadavg": e["M_LOADAVG"], "repeat": int(e["M_REPEAT"]), "work": e["M_WORK"], "seed": int(e["M_SEED"]),
     "sql_mb": float(e["M_SQL_MB"]), "bin_mib": float(e["M_BIN_MIB"]),
-    "borg_compression": e["M_BORG_COMPRESSION"],
-    "versions": {"backuphub": e["M_BACKUPHUB"], "restic": e["M_RESTIC"], "borg": e["M_BORG"]},
+    "borg_compression": e["M_BORG_COMPRESSION"], "zstd_level": int(e["M_ZSTD_LEVEL"]),
+    "bh_init_args": e["M_BH_INIT_ARGS"],
+    "versions": {"backuphub": e["M_BACKUPHUB"], "restic": e["M_RESTIC"], "borg": e["M_BORG"],
+                 "zstd": e["M_ZSTD"]},
 }
+try:
+    with open(os.path.join(e["M_WORK"], "data", "small", "yaml.stats.json")) as f:
+        meta["small_stats"] = json.load(f)
+except OSError:
+    pass
 for kind in ("sql", "bin"):
     try:
         with open(os.path.join(e["M_WORK"], "data", "full", kind + ".stats.json")) as f:
