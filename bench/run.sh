@@ -280,6 +280,7 @@ run_zstd() { # run_zstd REP DATADIR FILE... : the large-stream reference, day-1 
   place "$WORK/src/full" "$data/day1" "$@"
   load=$(cut -d' ' -f1 /proc/loadavg)
   log "full #$rep: zstd -T2 -$ZSTD_LEVEL ..."
+  # shellcheck disable=SC2016 # $0 and $@ are the inner shell's: level, then the files
   (cd "$WORK/src/full" && measure "$out" "$lg" sh -c 'zstd -q -T2 "-$0" -c "$@" >/dev/null' \
     "$ZSTD_LEVEL" "$@")
   record full zstd "$rep" 1 "$out" "" "" "$load"

@@ -33,9 +33,9 @@
 # the status) and the refresh after it (end to seen). Its peak RSS is VmHWM read from
 # /proc just before it is stopped.
 #
-# Repository composition: bytes of packs/, snapshots/ and refs/ (if present), and, for
-# format-2 packs ("BHPACK2\n"), the bytes of data, tree, refs and root blobs from the pack
-# headers. "metadata" = refs/ + snapshots/ + refs and root blobs in packs; the target is
+# Repository composition: bytes of packs/, snapshots/ and refs/ (if present), and the bytes
+# of data, tree, refs and root blobs from the pack headers (bench/packstat.py, formats 1
+# and 2). "metadata" = refs/ + snapshots/ + refs and root blobs in packs; the target is
 # metadata <= 5 % of pack bytes.
 # Disk: ~4 KiB per file for the tree (4 GiB at 1 M) plus the repository (~1/3 of the tree's
 # bytes, plus churn).
@@ -93,12 +93,14 @@ measure() {
   log "N=$n $cmd $round: ${wall}s, peak RSS $((rss / 1024)) MiB"
 }
 
-# sizes N PHASE : repository composition
+# sizes N PHASE : repository composition (blob kinds from the pack headers: packstat.py)
 sizes() {
-  python3 - "$1" "$2" "$REPO" "$STATE" >>"$SIZES" <<'EOF'
-import os, struct, sys
+  python3 - "$1" "$2" "$REPO" "$STATE" "$HERE" >>"$SIZES" <<'EOF'
+import os, sys
 
-n, phase, repo, state = sys.argv[1:]
+n, phase, repo, state, here = sys.argv[1:]
+sys.path.insert(0, here)
+import packstat
 
 
 def du(p):
@@ -112,53 +114,11 @@ def du(p):
     return t
 
 
-def pack_kinds(path, acc):
-    """Adds blob bytes per kind from a format-2 pack header; False if not one."""
-    ENTRY = 1 + 32 + 8 + 4 + 2
-    with open(path, "rb") as f:
-        if f.read(8) != b"BHPACK2\n":
-            return False
-        f.seek(0, 2)
-        size = f.tell()
-        if size < 8 + 44:
-            return False
-        f.seek(size - 44)
-        tail = f.read(44)
-        if tail[-8:] != b"BHPKEND\n":
-            return False
-        hlen = struct.unpack("<I", tail[:4])[0]
-        if hlen > size - 8 - 44:
-            return False
-        f.seek(size - 44 - hlen)
-        h = f.read(hlen)
-    keys = struct.unpack_from("<H", h, 0)[0]
-    off = 2
-    for _ in range(keys):
-        off += 2 + struct.unpack_from("<H", h, off)[0]
-    if off > len(h) or (len(h) - off) % ENTRY:
-        return False
-    for e in range(off, len(h), ENTRY):
-        kind = h[e]
-        length = struct.unpack_from("<I", h, e + 1 + 32 + 8)[0]
-        acc[kind] = acc.get(kind, 0) + length
-    return True
-
-
-packs_dir = os.path.join(repo, "packs")
-packs = unparsed = 0
-kinds = {}
-for d, _, fs in os.walk(packs_dir):
-    for f in fs:
-        packs += 1
-        try:
-            ok = pack_kinds(os.path.join(d, f), kinds)
-        except (OSError, struct.error):
-            ok = False
-        unparsed += not ok
+st = packstat.stat(repo)
 snaps = os.path.join(repo, "snapshots")
 count = len(os.listdir(snaps)) if os.path.isdir(snaps) else 0
-row = [n, phase, count, du(packs_dir), du(snaps), du(os.path.join(repo, "refs")), du(state),
-       kinds.get(0, 0), kinds.get(1, 0), kinds.get(2, 0), kinds.get(3, 0), packs, unparsed]
+row = [n, phase, count, st["pack_bytes"], du(snaps), du(os.path.join(repo, "refs")), du(state),
+       st["data_bytes"], st["tree_bytes"], st["refs_bytes"], st["root_bytes"], st["packs"], st["unparsed"]]
 print("\t".join(str(x) for x in row))
 EOF
 }

@@ -92,7 +92,8 @@ def main():
         parsed = int(r["packs"]) - int(r["packs_unparsed"])
         blob = (lambda k: fmt(int(r[k]) / MIB, 2)) if parsed else (lambda k: "–")
         sbody.append([f"{int(r['n']):,}", r["phase"], r["snapshots"], fmt(packs / MIB, 1), blob("data_blob_bytes"),
-                      blob("tree_blob_bytes"), blob("refs_blob_bytes") if parsed else "–",
+                      blob("tree_blob_bytes"),
+                      fmt((int(r["refs_blob_bytes"]) + int(r["root_blob_bytes"])) / MIB, 2) if parsed else "–",
                       fmt(int(r["snapshots_bytes"]) / MIB, 2), fmt(int(r["refs_dir_bytes"]) / MIB, 2),
                       "–" if q is None else f"{100 * q:.2f} %", fmt(int(r["state_bytes"]) / MIB, 1)])
     unparsed = sum(int(r["packs_unparsed"]) for r in sizes)
@@ -138,7 +139,7 @@ def main():
           f"Per N: a tree of N files (1–4 KiB text, 500 per directory), {e.get('M_SNAPS', '?')} snapshots "
           f"(`backuphub backup`), {e.get('M_CHURN', '?')} % of the files rewritten and {e.get('M_ADDDEL', '?')} "
           f"added and deleted before each after the first; then `forget --keep-last {e.get('M_KEEP', '?')}`, "
-          f"`prune`, `check {e.get('M_CHECK_ARGS', '')}`".rstrip() + "`, and the daemon on the same repository "
+          f"`prune`, `{' '.join(['check'] + e.get('M_CHECK_ARGS', '').split())}`, and the daemon on the same repository "
           f"(start → status shows every snapshot; {e.get('M_DAEMON_CHANGE', '?')} files rewritten, a triggered run "
           "→ status shows it).", "",
           "## Targets (issue 8)", ""] + [f"- {t}" for t in targets] + [
@@ -146,9 +147,10 @@ def main():
           "Wall and peak RSS from GNU time (`%e`, `%M`); the daemon's peak RSS is VmHWM from /proc just "
           "before it is stopped, its times are polled every 20 ms (the run's start and end come from its "
           "status).", "", "## Repository composition", "", *table(shdr, sbody, 2), "",
-          "metadata = snapshots/ + refs/ + refs and root blobs inside packs (format 2 pack headers; "
-          + (f"{unparsed} pack(s) were not format 2, so their blob kinds are not counted)." if unparsed
-             else "every pack was parsed)."),
+          "metadata = snapshots/ + refs/ + refs and root blobs inside packs (from the pack headers, "
+          "`bench/packstat.py`; "
+          + (f"{unparsed} pack(s) did not parse, so their blob kinds are not counted)." if unparsed
+             else "every pack parsed)."),
           ""]
     with open(a.md, "w") as f:
         f.write("\n".join(md))
