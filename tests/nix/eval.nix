@@ -17,6 +17,8 @@
   lib ? import (shared + "/nixpkgs-lib/lib"),
   case ? null,
   selfTest ? false,
+  # `print = "admin"`: the text of the backuphub-admin script of `base` (run.sh runs it)
+  print ? null,
   # README.md's pi.nix example, extracted to a file by run.sh
   piExample ? null,
 }:
@@ -34,7 +36,9 @@ let
     system = "x86_64-linux";
   }
   // {
-    backuphub = fakeDrv "backuphub-0.1.0";
+    backuphub = fakeDrv "backuphub-0.1.0" // {
+      meta.mainProgram = "backuphub";
+    };
   };
   fakeDrv = name: {
     type = "derivation";
@@ -60,6 +64,25 @@ let
 
   nixosStubs = {
     options = {
+      # nixos/modules/misc/meta.nix and modules/generic/meta-maintainers.nix: a maintainer must
+      # be an entry of lib.maintainers (not in ../shared/nixpkgs-lib, so none passes here).
+      meta.maintainers = mkOption {
+        type = types.listOf (
+          lib.mkOptionType {
+            name = "maintainer";
+            check = _: false;
+          }
+        );
+        default = [ ];
+      };
+      meta.doc = mkOption {
+        type = types.path;
+        internal = true;
+      };
+      systemd.package = mkOption {
+        type = types.package;
+        default = pkgs.systemd;
+      };
       assertions = mkOption {
         type = types.listOf types.unspecified;
         default = [ ];
@@ -96,13 +119,24 @@ let
                 type = types.str;
                 default = "";
               };
+              uid = mkOption {
+                type = types.nullOr types.int;
+                default = null;
+              };
             };
           }
         );
         default = { };
       };
       users.groups = mkOption {
-        type = types.attrsOf (types.submodule { });
+        type = types.attrsOf (
+          types.submodule {
+            options.gid = mkOption {
+              type = types.nullOr types.int;
+              default = null;
+            };
+          }
+        );
         default = { };
       };
       systemd.services = mkOption {
@@ -153,6 +187,30 @@ let
   vmStubs = {
     options = {
       virtualisation.memorySize = mkOption { type = types.int; };
+      virtualisation.emptyDiskImages = mkOption {
+        type = types.listOf types.ints.positive;
+        default = [ ];
+      };
+      # as in qemu-vm.nix: what replaces fileSystems in a test VM
+      virtualisation.fileSystems = mkOption {
+        type = types.attrsOf (
+          types.submodule {
+            options = {
+              device = mkOption { type = types.str; };
+              fsType = mkOption { type = types.str; };
+              autoFormat = mkOption {
+                type = types.bool;
+                default = false;
+              };
+            };
+          }
+        );
+        default = { };
+      };
+      environment.etc = mkOption {
+        type = types.attrsOf types.anything;
+        default = { };
+      };
       systemd.tmpfiles.rules = mkOption {
         type = types.listOf types.str;
         default = [ ];
@@ -308,6 +366,8 @@ let
   );
   portZero = eval (withSettings { http.listen = "0.0.0.0:0"; });
 
+  stateOnly = eval (withSettings { repository.state_dir = "/srv/backuphub-state"; });
+
   created = eval (
     lib.recursiveUpdate (withSettings {
       repository.create = true;
@@ -327,7 +387,6 @@ let
         };
       }
     );
-    bad-listen = eval (withSettings { http.listen = "9750"; });
     store-credential = eval (
       lib.recursiveUpdate (withSettings { }) {
         services.backuphub.credentials.identity = "/nix/store/00000000000000000000000000000000-identity";
@@ -572,11 +631,16 @@ let
     ) [ ])
 
     # repository.create, custom user, custom state_dir
-    (expect "repository.create: directory made before the sandbox" created.systemd.services.backuphub.serviceConfig.ExecStartPre
+    (expect "repository.create and a custom state_dir: directories made before the sandbox, owned by the user"
+      created.systemd.services.backuphub.serviceConfig.ExecStartPre
       [
         "+/nix/store/00000000000000000000000000000000-coreutils-9.7/bin/install -d -m 0700 -o alice -g backuphub ${repo}"
+        "+/nix/store/00000000000000000000000000000000-coreutils-9.7/bin/install -d -m 0700 -o alice -g backuphub /mnt/backup/state"
       ]
     )
+    (expect "custom state_dir alone: created too" stateOnly.systemd.services.backuphub.serviceConfig.ExecStartPre [
+      "+/nix/store/00000000000000000000000000000000-coreutils-9.7/bin/install -d -m 0700 -o backuphub -g backuphub /srv/backuphub-state"
+    ])
     (expect "custom user: none created" (created.users.users ? backuphub) false)
     (expect "custom user: User=" created.systemd.services.backuphub.serviceConfig.User "alice")
     (expect "custom state_dir writable and mounted"

@@ -75,7 +75,6 @@ expect_error() { # case, message fragment
   fi
 }
 expect_error bad-kind 'jobs.k8s.kind'"'"' is not of type `one of "path", "command"'
-expect_error bad-listen 'services.backuphub.settings.http.listen'"'"' is not of type'
 expect_error store-credential 'absolute path not in the Nix store'
 expect_error relative-credential 'absolute path not in the Nix store'
 
