@@ -366,6 +366,145 @@ let
   );
   portZero = eval (withSettings { http.listen = "0.0.0.0:0"; });
 
+  # ---- issue 9: what the module validates itself (each must fail with its message)
+  withService = extra: svc: eval (lib.recursiveUpdate (withSettings extra) { services.backuphub = svc; });
+  invalid = {
+    relative-job-path = {
+      config = eval (withSettings { jobs.cephfs.paths = [ "srv/data" ]; });
+      message = "jobs.cephfs.paths: \"srv/data\" (item 0) must be an absolute path";
+    };
+    relative-identity = {
+      config = eval (withSettings { repository.identity_file = "identity"; });
+      message = "settings.repository.identity_file must be an absolute path, not \"identity\"";
+    };
+    nix-path-identity = {
+      config = eval (withSettings { repository.identity_file = ./eval.nix; });
+      message = "settings.repository.identity_file is a Nix path";
+    };
+    store-token = {
+      config = eval (withSettings { http.token_file = "/nix/store/00000000000000000000000000000000-token"; });
+      message = "settings.http.token_file = \"/nix/store/00000000000000000000000000000000-token\" is in the world-readable Nix store";
+    };
+    relative-recipients-file = {
+      config = eval (withSettings { repository.recipients_file = "keys.txt"; });
+      message = "settings.repository.recipients_file must be an absolute path";
+    };
+    relative-state-dir = {
+      config = eval (withSettings { repository.state_dir = "state"; });
+      message = "repository.state_dir must be an absolute path, not \"state\"";
+    };
+    store-repository = {
+      config = eval (withSettings { repository.path = "/nix/store/x-repo"; });
+      message = "cannot be in the read-only Nix store";
+    };
+    listen-host-name = {
+      config = eval (withSettings { http.listen = "localhost:9750"; });
+      message = "http.listen = \"localhost:9750\" is not an IP address and port";
+    };
+    listen-no-host = {
+      config = eval (withSettings { http.listen = "9750"; });
+      message = "http.listen = \"9750\" is not an IP address and port";
+    };
+    listen-octal-octet = {
+      config = eval (withSettings { http.listen = "010.0.0.1:9750"; });
+      message = "http.listen = \"010.0.0.1:9750\" is not an IP address and port";
+    };
+    listen-big-port = {
+      config = eval (withSettings { http.listen = "0.0.0.0:99999"; });
+      message = "the port must be between 1 and 65535";
+    };
+    job-name = {
+      config = eval (
+        withSettings {
+          jobs."etc files" = {
+            kind = "path";
+            schedule = "@daily";
+            paths = [ "/etc" ];
+          };
+        }
+      );
+      message = "jobs.\"etc files\": a job name must be 1-64 characters";
+    };
+    schedule-fields = {
+      config = eval (withSettings { jobs.cephfs.schedule = "0 0 0 3 * * * 2026"; });
+      message = "jobs.cephfs.schedule = \"0 0 0 3 * * * 2026\": a cron expression has 6 fields";
+    };
+    empty-command = {
+      config = eval (withSettings { jobs.pgdump.command = [ "" ]; });
+      message = "jobs.pgdump: a job of kind \"command\" needs `command`, a non-empty list of strings";
+    };
+    no-command = {
+      config = eval (withSettings { jobs.pgdump.command = [ ]; });
+      message = "jobs.pgdump: a job of kind \"command\" needs `command`";
+    };
+    unsafe-name = {
+      config = eval (withSettings { jobs.pgdump.name = "../all.sql"; });
+      message = "jobs.pgdump: a job of kind \"command\" needs `name`";
+    };
+    uid-custom-user = {
+      config = withService { } {
+        user = "alice";
+        uid = 975;
+      };
+      message = "services.backuphub.uid is set, but services.backuphub.user = \"alice\" is not created by this module";
+    };
+    gid-custom-group = {
+      config = withService { } {
+        group = "staff";
+        gid = 975;
+      };
+      message = "services.backuphub.gid is set, but services.backuphub.group = \"staff\"";
+    };
+  };
+
+  # ---- issue 9: what a NixOS admin expects
+  leadingZeroPort = withService { http.listen = "0.0.0.0:09750"; } { openFirewall = true; };
+  admin = withService {
+    daemon.stop_timeout_secs = 300;
+    jobs.homes = {
+      kind = "path";
+      schedule = "0 0 4 * * *";
+      paths = [ "/home/alice" ];
+    };
+  } {
+    extraPackages = [ pkgs.etcd ];
+    readAllFiles = true;
+    uid = 975;
+    gid = 976;
+    extraGroups = [ "ceph" ];
+    environmentFile = "/var/lib/secrets/backuphub/env";
+  };
+  adminUnit = admin.systemd.services.backuphub;
+  adminScript = lib.head (lib.filter (p: p.name == "backuphub-admin") base.environment.systemPackages);
+
+  # cross: an aarch64 Pi built on x86_64 (pkgs with the flake's overlay, as on a real system)
+  crossPkgs =
+    buildHasBackuphub:
+    import stubNixpkgs {
+      inherit lib;
+      system = "x86_64-linux";
+      crossSystem = "aarch64-linux";
+      overlays = lib.optional buildHasBackuphub outputs.overlays.default;
+    }
+    // lib.optionalAttrs (!buildHasBackuphub) {
+      backuphub = fakeDrv "backuphub-0.1.0" // {
+        meta.mainProgram = "backuphub";
+        outPath = "/nix/store/10000000000000000000000000000000-backuphub-0.1.0";
+      };
+    };
+  evalCross =
+    buildHasBackuphub:
+    (lib.evalModules {
+      modules = [
+        nixosStubs
+        ../../module.nix
+        { _module.args.pkgs = crossPkgs buildHasBackuphub; }
+        (withSettings { })
+      ];
+    }).config;
+  cross = evalCross true;
+  crossNoBuildPkg = evalCross false;
+
   stateOnly = eval (withSettings { repository.state_dir = "/srv/backuphub-state"; });
 
   created = eval (
@@ -654,6 +793,112 @@ let
       ]
     )
 
+    # issue 9: the module's own validation
+    (expect "listen 0.0.0.0:09750 is port 9750 (as the daemon reads it), no eval error" [
+      (failedAssertions leadingZeroPort)
+      leadingZeroPort.networking.firewall.allowedTCPPorts
+      leadingZeroPort.services.backuphub.prometheusScrapeConfig.static_configs
+    ] [ [ ] [ 9750 ] [ { targets = [ "pi:9750" ]; } ] ])
+    (expect "listen [fe80::1%2]:9750 accepted" (failedAssertions (
+      withService { http.listen = "[fe80::1%2]:9750"; } { }
+    )) [ ])
+    (expect "schedules: aliases and 5 fields accepted" (failedAssertions (
+      eval (withSettings {
+        jobs.cephfs.schedule = "@Daily";
+        jobs.pgdump.schedule = "15 2 * * *";
+      })
+    )) [ ])
+
+    # issue 9: cross-compiled systems
+    (expectTrue "cross: config checked with the build platform's backuphub (buildPackages), locally" (
+      let
+        f = cross.services.backuphub.configFile;
+      in
+      f.local or false
+      && lib.hasInfix "/nix/store/00000000000000000000000000000000-backuphub-0.1.0/bin/backuphub config check" f.script
+    ))
+    (expect "cross: the service runs the host's (aarch64) binary" cross.systemd.services.backuphub.serviceConfig.ExecStart
+      "/nix/store/10000000000000000000000000000000-backuphub-0.1.0/bin/backuphub daemon --config /nix/store/10000000000000000000000000000000-backuphub-config-checked"
+    )
+    (expect "cross without a build-platform backuphub: checkConfig defaults to off" [
+      crossNoBuildPkg.services.backuphub.checkConfig
+      crossNoBuildPkg.systemd.services.backuphub.serviceConfig.ExecStart
+    ] [ false "/nix/store/10000000000000000000000000000000-backuphub-0.1.0/bin/backuphub daemon --config /nix/store/10000000000000000000000000000000-backuphub.toml" ])
+    (expect "native: checkConfig on, with the package itself" [
+      base.services.backuphub.checkConfig
+      (base.services.backuphub.configFile.local or false)
+    ] [ true true ])
+
+    # issue 9: what a NixOS admin expects
+    (expect "extraPackages and postgresqlPackage on PATH" [ (map (p: p.name) adminUnit.path) ] [ [ "etcd-3.5.21" ] ])
+    (expect "HOME and cache directory for tools" [
+      unit.environment
+      sc.CacheDirectory
+      sc.CacheDirectoryMode
+    ] [ { HOME = "/var/cache/backuphub"; XDG_CACHE_HOME = "/var/cache/backuphub"; } "backuphub" "0700" ])
+    (expect "Nice=10 and idle I/O by default" [ sc.Nice sc.IOSchedulingClass ] [ 10 "idle" ])
+    (expect "Nice and IOSchedulingClass can be overridden without mkForce" (
+      let
+        c =
+          (eval (
+            lib.recursiveUpdate (withSettings { }) {
+              systemd.services.backuphub.serviceConfig = {
+                Nice = 0;
+                IOSchedulingClass = "best-effort";
+              };
+            }
+          )).systemd.services.backuphub.serviceConfig;
+      in
+      [ c.Nice c.IOSchedulingClass ]
+    ) [ 0 "best-effort" ])
+    (expect "readAllFiles: CAP_DAC_READ_SEARCH bounded and ambient, nothing else" [
+      adminUnit.serviceConfig.CapabilityBoundingSet
+      adminUnit.serviceConfig.AmbientCapabilities
+    ] [ [ "CAP_DAC_READ_SEARCH" ] [ "CAP_DAC_READ_SEARCH" ] ])
+    (expect "a path job below /home: ProtectHome=read-only (true otherwise)" [
+      adminUnit.serviceConfig.ProtectHome
+      sc.ProtectHome
+    ] [ "read-only" true ])
+    (expect "fixed uid and gid" [ admin.users.users.backuphub.uid admin.users.groups.backuphub.gid ] [ 975 976 ])
+    (expect "no fixed uid and gid by default" [ base.users.users.backuphub.uid base.users.groups.backuphub.gid ] [ null null ])
+    (expect "TimeoutStopSec = daemon.stop_timeout_secs + 30" [ sc.TimeoutStopSec adminUnit.serviceConfig.TimeoutStopSec ] [ 90 330 ])
+    (expect "ordered after time-sync.target (a Pi has no RTC) and network-online.target" unit.after [
+      "network-online.target"
+      "time-sync.target"
+    ])
+    (expect "meta: no maintainers (only lib.maintainers entries are allowed), a manual chapter" [
+      base.meta.maintainers
+      (builtins.pathExists base.meta.doc)
+      (lib.hasSuffix "nix/module.md" (toString base.meta.doc))
+    ] [ [ ] true true ])
+    (expectTrue "ExecStart uses lib.getExe (meta.mainProgram)" (lib.hasPrefix "${pkgBin} daemon" sc.ExecStart))
+    (expect "admin command installed" (map (p: p.name) base.environment.systemPackages) [
+      "backuphub-0.1.0"
+      "backuphub-admin"
+    ])
+    (expectTrue "admin command: systemd-run as the service user with repository, state dir and config" (
+      let
+        t = adminScript.text;
+      in
+      lib.all (x: lib.hasInfix x t) [
+        "/nix/store/00000000000000000000000000000000-systemd-258.2/bin/systemd-run"
+        "-p User=backuphub -p Group=backuphub"
+        "-p RequiresMountsFor=${repo}"
+        "-E BACKUPHUB_REPO=${repo}"
+        "-E BACKUPHUB_STATE_DIR=/var/lib/backuphub"
+        "-E BACKUPHUB_CONFIG=${checkedCfg}"
+        "LoadCredential=identity:$file"
+        "-- ${pkgBin} \"\${args[@]}\""
+      ]
+    ))
+    (expectTrue "admin command: supplementary groups and environment file of the service" (
+      let
+        t = (lib.head (lib.filter (p: p.name == "backuphub-admin") admin.environment.systemPackages)).text;
+      in
+      lib.hasInfix "-p SupplementaryGroups=ceph" t
+      && lib.hasInfix "-p EnvironmentFile=/var/lib/secrets/backuphub/env" t
+    ))
+
     # disabled: nothing at all
     (expect "disabled: no unit, no user, no port" [
       disabled.systemd.services
@@ -662,6 +907,7 @@ let
       disabled.assertions
     ] [ { } { } [ ] [ ] ])
   ]
+  ++ lib.mapAttrsToList (n: c: expectAssertion "assertion: ${n}" c.config c.message) invalid
   ++ lib.mapAttrsToList (n: c: expectTrue "does not evaluate: ${n}" (fails c)) badCases
   ++ [
     # flake.lock
@@ -782,7 +1028,9 @@ let
 
   failures = lib.filter (c: !c.ok) checks;
 in
-if case != null then
+if print == "admin" then
+  adminScript.text
+else if case != null then
   force badCases.${case}
 else if failures == [ ] then
   {

@@ -78,7 +78,72 @@ expect_error bad-kind 'jobs.k8s.kind'"'"' is not of type `one of "path", "comman
 expect_error store-credential 'absolute path not in the Nix store'
 expect_error relative-credential 'absolute path not in the Nix store'
 
-# 4. the harness can fail
+# 4. backuphub-admin: the script the module writes, run with a stand-in systemd-run that prints
+#    its arguments (one a line), so the translation of ARGS and --identity is checked for real
+if evalnix --json --argstr print admin >"$tmp/admin.json" 2>"$log"; then
+  jq -r . "$tmp/admin.json" >"$tmp/admin.in"
+  store_run=/nix/store/00000000000000000000000000000000-systemd-258.2/bin/systemd-run
+  grep -qF "$store_run" "$tmp/admin.in" || fail "backuphub-admin does not call $store_run"
+  printf '#!/usr/bin/env bash\nprintf "%%s\\n" "$@"\n' >"$tmp/systemd-run"
+  chmod +x "$tmp/systemd-run"
+  sed "s|$store_run|$tmp/systemd-run|" "$tmp/admin.in" >"$tmp/backuphub-admin"
+  if bash -n "$tmp/backuphub-admin"; then pass; else fail "backuphub-admin: bash -n"; fi
+  if command -v shellcheck >/dev/null 2>&1; then
+    if shellcheck -s bash "$tmp/backuphub-admin" >"$log" 2>&1; then pass; else fail "backuphub-admin: shellcheck"; cat "$log" >&2; fi
+  fi
+  echo "AGE-SECRET-KEY-1TEST" >"$tmp/identity"
+  admin_case() { # name, expected lines (grep -x each, in order), args…
+    local name=$1 expected=$2
+    shift 2
+    if [ "$(id -u)" != 0 ]; then echo "tests/nix: not root, skipping backuphub-admin case $name" >&2; return; fi
+    if ! (cd "$tmp" && bash "$tmp/backuphub-admin" "$@") >"$tmp/admin.out" 2>"$log"; then
+      fail "backuphub-admin $name: exit status"; cat "$log" >&2; return
+    fi
+    # the unit name holds the wrapper's pid: compare the identity variable up to it
+    sed -i 's|^\(BACKUPHUB_IDENTITY=/run/credentials/backuphub-admin-\)[0-9]*\.service/identity$|\1|' "$tmp/admin.out"
+    # every expected line appears, in this order
+    if printf '%s\n' "$expected" | awk 'BEGIN { i = 0; n = 0 } NR == FNR { want[n++] = $0; next } i < n && $0 == want[i] { i++ } END { exit !(i == n) }' - "$tmp/admin.out"; then
+      pass
+    else
+      fail "backuphub-admin $name: expected, in order:"; printf '%s\n' "$expected" >&2; echo "got:" >&2; cat "$tmp/admin.out" >&2
+    fi
+  }
+  admin_case plain "-p
+User=backuphub
+-E
+BACKUPHUB_REPO=/mnt/backup/backuphub
+--
+/nix/store/00000000000000000000000000000000-backuphub-0.1.0/bin/backuphub
+snapshots
+--job
+etc" snapshots --job etc
+  admin_case identity "-p
+LoadCredential=identity:$tmp/identity
+-E
+BACKUPHUB_IDENTITY=/run/credentials/backuphub-admin-
+--
+/nix/store/00000000000000000000000000000000-backuphub-0.1.0/bin/backuphub
+cat
+latest:etc
+hosts" cat --identity identity latest:etc hosts
+  admin_case identity-equals "LoadCredential=identity:$tmp/identity
+restore
+latest:etc
+--target
+/tmp/x" restore --identity="$tmp/identity" latest:etc --target /tmp/x
+  admin_case after-double-dash "--
+cat
+--
+--identity" cat -- --identity
+  if (cd "$tmp" && bash "$tmp/backuphub-admin" cat --identity missing-file x y) >/dev/null 2>"$log"; then
+    fail "backuphub-admin with a missing identity file succeeded"
+  elif grep -qF "no identity file missing-file" "$log"; then pass; else fail "backuphub-admin missing identity:"; cat "$log" >&2; fi
+else
+  fail "eval.nix --argstr print admin"
+  cat "$log" >&2
+fi
+
+# 5. the harness can fail
 if evalnix --arg selfTest true >/dev/null 2>"$log"; then
   fail "eval.nix passed with a deliberately false expectation"
 elif grep -qF 'FAIL self-test: this expectation must fail' "$log"; then
