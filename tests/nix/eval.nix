@@ -17,7 +17,8 @@
   lib ? import (shared + "/nixpkgs-lib/lib"),
   case ? null,
   selfTest ? false,
-  # `print = "admin"`: the text of the backuphub-admin script of `base` (run.sh runs it)
+  # `print = "admin"`: the text of the backuphub-admin script of `base` (run.sh runs it);
+  # `print = "vm-script"`: the VM test's Python script (run.sh compiles it)
   print ? null,
   # README.md's pi.nix example, extracted to a file by run.sh
   piExample ? null,
@@ -988,14 +989,38 @@ let
     (expect "vm: no failed assertions" (failedAssertions vmNode) [ ])
     (expect "vm: started by the test script, after PostgreSQL" [ vmUnit.wantedBy (lib.elem "postgresql.service" vmUnit.after) ] [ [ ] true ])
     (expect "vm: pg_dumpall on PATH" (map (p: p.name) vmUnit.path) [ "postgresql-17.6" ])
-    (expect "vm: repository created" vmUnit.serviceConfig.ExecStartPre [
-      "+/nix/store/00000000000000000000000000000000-coreutils-9.7/bin/install -d -m 0700 -o backuphub -g backuphub /var/backup/backuphub"
+    (expect "vm: repository created on the data disk" vmUnit.serviceConfig.ExecStartPre [
+      "+/nix/store/00000000000000000000000000000000-coreutils-9.7/bin/install -d -m 0700 -o backuphub -g backuphub /mnt/backup/backuphub"
     ])
+    (expectTrue "vm: a data disk larger than min_free_space (1 GiB) plus room, mounted where the repository lives" (
+      let
+        fs = vmNode.virtualisation.fileSystems."/mnt/backup" or null;
+      in
+      vmNode.virtualisation.emptyDiskImages == [ 4096 ]
+      && fs != null
+      && fs.device == "/dev/vdb"
+      && fs.autoFormat
+      && vmUnit.unitConfig.RequiresMountsFor == [ "/mnt/backup/backuphub" ]
+      && !(vmNode.services.backuphub.settings ? daemon)
+    ))
+    (expectTrue "vm: encrypted repository, API token as a credential" (
+      lib.length vmNode.services.backuphub.settings.repository.recipients == 1
+      && vmUnit.serviceConfig.LoadCredential == [ "api-token:/var/lib/secrets/backuphub/api-token" ]
+      && vmNode.services.backuphub.settings.http.token_file == "${creds}/api-token"
+    ))
     (expect "vm: job kinds" (lib.mapAttrs (_: j: j.kind) vmNode.services.backuphub.settings.jobs) {
       data = "path";
       pgdump = "command";
     })
-    (expectTrue "vm: script restores latest:pgdump" (lib.hasInfix "latest:pgdump all.sql" vmTest.testScript))
+    (expectTrue "vm: script restores both jobs with backuphub-admin and the identity" (
+      lib.all (x: lib.hasInfix x vmTest.testScript) [
+        "backuphub-admin cat --identity /root/identity.txt latest:pgdump all.sql"
+        "backuphub-admin restore --identity /root/identity.txt latest:data --target /tmp/restore"
+        "assert value == \"hello from backuphub\""
+        "assert content == \"hello from the path job\""
+        "wait_for_unit(\"mnt-backup.mount\")"
+      ]
+    ))
   ]
   ++ [
     # README.md: the Pi example
@@ -1030,6 +1055,8 @@ let
 in
 if print == "admin" then
   adminScript.text
+else if print == "vm-script" then
+  vmTest.testScript
 else if case != null then
   force badCases.${case}
 else if failures == [ ] then

@@ -143,7 +143,15 @@ else
   cat "$log" >&2
 fi
 
-# 5. the harness can fail
+# 5. the VM test's script is valid Python (it cannot run here: no KVM)
+if evalnix --json --argstr print vm-script 2>"$log" | jq -r . >"$tmp/vm_test_script.py" && [ -s "$tmp/vm_test_script.py" ]; then
+  if python3 -m py_compile "$tmp/vm_test_script.py" 2>"$log"; then pass; else fail "VM test script does not compile:"; cat "$log" >&2; fi
+else
+  fail "eval.nix --argstr print vm-script"
+  cat "$log" >&2
+fi
+
+# 6. the harness can fail
 if evalnix --arg selfTest true >/dev/null 2>"$log"; then
   fail "eval.nix passed with a deliberately false expectation"
 elif grep -qF 'FAIL self-test: this expectation must fail' "$log"; then
