@@ -3,9 +3,13 @@
 #  - every .nix file of the repository parses;
 #  - tests/nix/eval.nix: module.nix under lib.evalModules with stubs (unit, hardening, firewall,
 #    credentials, assertion messages) and flake.lock against ../shared/nixpkgs-pin.md;
-#  - configurations that must not evaluate fail with the expected message;
+#  - configurations that must not evaluate fail with the expected message (and, in eval.nix,
+#    every assertion of the module with a configuration that fails it);
+#  - backuphub-admin, as the module writes it, linted and run against a stand-in systemd-run;
+#  - the VM test's Python script compiles (the VM itself needs KVM and real nixpkgs);
 #  - the harness itself can fail (a deliberately false expectation).
-# Usage: bash tests/nix/run.sh   (from anywhere; installs nix-bin with apt-get when missing)
+# Usage: bash tests/nix/run.sh   (from anywhere; installs nix-bin and shellcheck with apt-get
+# when missing)
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -17,11 +21,15 @@ shared=$(cd "$root/../shared" 2>/dev/null && pwd) || {
 [ -f "$shared/nixpkgs-lib/lib/default.nix" ] || { echo "tests/nix: no $shared/nixpkgs-lib/lib" >&2; exit 1; }
 [ -f "$shared/nixpkgs-pin.md" ] || { echo "tests/nix: no $shared/nixpkgs-pin.md" >&2; exit 1; }
 
-if ! command -v nix-instantiate >/dev/null 2>&1; then
-  echo "tests/nix: installing nix-bin" >&2
+missing=()
+command -v nix-instantiate >/dev/null 2>&1 || missing+=(nix-bin)
+# lints backuphub-admin, as writeShellApplication would
+command -v shellcheck >/dev/null 2>&1 || missing+=(shellcheck)
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "tests/nix: installing ${missing[*]}" >&2
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq >/dev/null
-  apt-get install -y -qq nix-bin >/dev/null
+  apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
 passed=0
