@@ -974,16 +974,29 @@ let
     ))
     (expect "package: meta"
       {
-        inherit (pkgArgs.meta) description mainProgram platforms;
+        inherit (pkgArgs.meta) description mainProgram platforms homepage;
         license = pkgArgs.meta.license.spdxId;
       }
       {
         inherit (cargoToml.package) description;
+        homepage = cargoToml.package.homepage or cargoToml.package.repository;
         mainProgram = "backuphub";
         platforms = lib.platforms.linux;
-        license = "Apache-2.0";
+        license = cargoToml.package.license;
       }
     )
+    (expect "Cargo.toml's licence is Apache-2.0" cargoToml.package.license "Apache-2.0")
+    (expectTrue "LICENSE is the Apache License 2.0 text" (
+      let
+        text = builtins.readFile ../../LICENSE;
+      in
+      lib.hasInfix "Apache License" text
+      && lib.hasInfix "Version 2.0, January 2004" text
+      && lib.hasInfix "END OF TERMS AND CONDITIONS" text
+    ))
+    (expectTrue "description names only what the release does (no Kubernetes, S3 jobs yet)" (
+      !(lib.hasInfix "Kubernetes" pkgArgs.meta.description) && !(lib.hasInfix "S3" pkgArgs.meta.description)
+    ))
 
     # nix/tests/vm.nix
     (expect "vm: no failed assertions" (failedAssertions vmNode) [ ])
