@@ -461,7 +461,11 @@ impl Config {
         let r = &self.repository;
         let repo = KeyPath::key("repository");
         let mut found: Vec<(KeyPath, &PathBuf)> = vec![(repo.clone().and("path"), &r.path)];
-        found.extend(r.state_dir.iter().map(|p| (repo.clone().and("state_dir"), p)));
+        found.extend(
+            r.state_dir
+                .iter()
+                .map(|p| (repo.clone().and("state_dir"), p)),
+        );
         found.extend(
             r.identity_file
                 .iter()

@@ -274,7 +274,8 @@ mod tests {
         let out = while_starting(
             Duration::from_millis(1),
             Duration::from_secs(60),
-            move || rx.recv().map(|_| 42),
+            // bounded, so that a missing keepalive fails the test instead of hanging it
+            move || rx.recv_timeout(Duration::from_secs(10)).map(|_| 42),
             || {
                 calls += 1;
                 if calls == 3 {
