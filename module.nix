@@ -310,7 +310,14 @@ let
       esac
     done
     unit=backuphub-admin-$$
-    extra=()
+    # Relative paths in ARGS (restore --target ./x) mean the current directory, if the service
+    # user may enter it; otherwise (sudo from a private home) the command runs in /.
+    if ${pkgs.util-linux}/bin/runuser -u ${cfg.user} -- ${pkgs.coreutils}/bin/test -x "$PWD" 2>/dev/null; then
+      extra=(--same-dir)
+    else
+      echo "backuphub-admin: $PWD is not accessible to ${cfg.user}; relative paths are taken from /" >&2
+      extra=(--working-directory=/)
+    fi
     if [ -n "$identity" ]; then
       if ! file=$(realpath -e -- "$identity"); then
         echo "backuphub-admin: no identity file $identity" >&2
@@ -318,7 +325,7 @@ let
       fi
       extra+=(-p "LoadCredential=identity:$file" -E "BACKUPHUB_IDENTITY=/run/credentials/$unit.service/identity")
     fi
-    exec ${config.systemd.package}/bin/systemd-run --quiet --collect --wait --pipe --same-dir \
+    exec ${config.systemd.package}/bin/systemd-run --quiet --collect --wait --pipe \
       --service-type=exec --unit="$unit" \
       -p User=${cfg.user} -p Group=${cfg.group} \
       ${

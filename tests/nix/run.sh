@@ -94,7 +94,12 @@ if evalnix --json --argstr print admin >"$tmp/admin.json" 2>"$log"; then
   grep -qF "$store_run" "$tmp/admin.in" || fail "backuphub-admin does not call $store_run"
   printf '#!/usr/bin/env bash\nprintf "%%s\\n" "$@"\n' >"$tmp/systemd-run"
   chmod +x "$tmp/systemd-run"
-  sed "s|$store_run|$tmp/systemd-run|" "$tmp/admin.in" >"$tmp/backuphub-admin"
+  # and a stand-in runuser: may the service user enter the current directory? ($FAKE_ACCESS)
+  store_runuser=/nix/store/00000000000000000000000000000000-util-linux-2.41.2/bin/runuser
+  grep -qF "$store_runuser" "$tmp/admin.in" || fail "backuphub-admin does not call $store_runuser"
+  printf '#!/usr/bin/env bash\n[ "${FAKE_ACCESS:-yes}" = yes ]\n' >"$tmp/runuser"
+  chmod +x "$tmp/runuser"
+  sed -e "s|$store_run|$tmp/systemd-run|" -e "s|$store_runuser|$tmp/runuser|" "$tmp/admin.in" >"$tmp/backuphub-admin"
   if bash -n "$tmp/backuphub-admin"; then pass; else fail "backuphub-admin: bash -n"; fi
   if command -v shellcheck >/dev/null 2>&1; then
     if shellcheck -s bash "$tmp/backuphub-admin" >"$log" 2>&1; then pass; else fail "backuphub-admin: shellcheck"; cat "$log" >&2; fi
@@ -107,8 +112,9 @@ if evalnix --json --argstr print admin >"$tmp/admin.json" 2>"$log"; then
     if ! (cd "$tmp" && bash "$tmp/backuphub-admin" "$@") >"$tmp/admin.out" 2>"$log"; then
       fail "backuphub-admin $name: exit status"; cat "$log" >&2; return
     fi
-    # the unit name holds the wrapper's pid: compare the identity variable up to it
-    sed -i 's|^\(BACKUPHUB_IDENTITY=/run/credentials/backuphub-admin-\)[0-9]*\.service/identity$|\1|' "$tmp/admin.out"
+    # the unit name holds the wrapper's pid: compare up to it
+    sed -i -e 's|^\(BACKUPHUB_IDENTITY=/run/credentials/backuphub-admin-\)[0-9]*\.service/identity$|\1|' \
+      -e 's|^\(--unit=backuphub-admin-\)[0-9]*$|\1|' "$tmp/admin.out"
     # every expected line appears, in this order
     if printf '%s\n' "$expected" | awk 'BEGIN { i = 0; n = 0 } NR == FNR { want[n++] = $0; next } i < n && $0 == want[i] { i++ } END { exit !(i == n) }' - "$tmp/admin.out"; then
       pass
@@ -139,6 +145,14 @@ restore
 latest:etc
 --target
 /tmp/x" restore --identity="$tmp/identity" latest:etc --target /tmp/x
+  admin_case same-dir "--unit=backuphub-admin-
+--same-dir
+--
+/nix/store/00000000000000000000000000000000-backuphub-0.1.0/bin/backuphub" ls latest:etc
+  FAKE_ACCESS=no admin_case inaccessible-dir "--unit=backuphub-admin-
+--working-directory=/
+--
+/nix/store/00000000000000000000000000000000-backuphub-0.1.0/bin/backuphub" ls latest:etc
   admin_case after-double-dash "--
 cat
 --

@@ -124,6 +124,7 @@ let
 
     coreutils = fakeDrv "coreutils-9.7";
     systemd = fakeDrv "systemd-258.2";
+    util-linux = fakeDrv "util-linux-2.41.2";
     etcd = fakeDrv "etcd-3.5.21";
     postgresql = fakeDrv "postgresql-17.6";
     curl = fakeDrv "curl-8.14.1";
