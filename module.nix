@@ -1,7 +1,8 @@
 # NixOS module: services.backuphub
 #
 # Used as `nixosModules.default` of this repository's flake. The default package is
-# `pkgs.backuphub`, which the flake's `overlays.default` provides.
+# `pkgs.backuphub`, which the flake's `overlays.default` provides. The manual chapter is
+# nix/module.md (meta.doc).
 {
   config,
   lib,
@@ -20,6 +21,7 @@ let
     mkEnableOption
     mkPackageOption
     mkIf
+    mkDefault
     types
     literalExpression
     ;
@@ -32,17 +34,66 @@ let
   credentialsDirectory = "/run/credentials/backuphub.service";
 
   defaultStateDir = "/var/lib/backuphub";
+  # HOME of the service and of the admin command: CacheDirectory=backuphub.
+  homeDir = "/var/cache/backuphub";
 
   repoPath = cfg.settings.repository.path;
   stateDir = cfg.settings.repository.state_dir;
+  customStateDir = stateDir != defaultStateDir;
 
-  # "127.0.0.1:9750", "0.0.0.0:9750", "[::]:9750", "localhost:9750" -> host and port
+  # ---------------------------------------------------------------- http.listen
+  # The daemon takes a socket address, not a host name: "127.0.0.1:9750", "[::]:9750",
+  # "[fe80::1%2]:9750". Parsed here without throwing, so that a bad value is an assertion
+  # with a message rather than an evaluation error. The port may have leading zeros (the
+  # daemon reads "0.0.0.0:09750" as port 9750); IPv4 octets may not (it rejects "010.0.0.1").
   listen = cfg.settings.http.listen;
-  listenPortString = lib.last (lib.splitString ":" listen);
-  listenPort = lib.toInt listenPortString;
-  listenHost = lib.removePrefix "[" (lib.removeSuffix "]" (lib.removeSuffix ":${listenPortString}" listen));
-  listenIsLoopback = listenHost == "localhost" || listenHost == "::1" || lib.hasPrefix "127." listenHost;
+  listenV4 = builtins.match "([0-9.]+):([0-9]{1,5})" listen;
+  listenV6 = builtins.match "\\[([0-9A-Fa-f:.]+)(%[0-9]+)?]:([0-9]{1,5})" listen;
+  octetOk = o: builtins.match "0|[1-9][0-9]{0,2}" o != null && lib.toIntBase10 o <= 255;
+  v4HostOk =
+    h:
+    let
+      octets = lib.splitString "." h;
+    in
+    lib.length octets == 4 && lib.all octetOk octets;
+  listenParsed =
+    if lib.isString listen && listenV4 != null && v4HostOk (lib.elemAt listenV4 0) then
+      {
+        host = lib.elemAt listenV4 0;
+        port = lib.toIntBase10 (lib.elemAt listenV4 1);
+      }
+    else if lib.isString listen && listenV6 != null && lib.hasInfix ":" (lib.elemAt listenV6 0) then
+      {
+        host = lib.elemAt listenV6 0;
+        port = lib.toIntBase10 (lib.elemAt listenV6 2);
+      }
+    else
+      null;
+  listenValid = listenParsed != null && listenParsed.port >= 1 && listenParsed.port <= 65535;
+  listenPort = if listenParsed != null then listenParsed.port else 0;
+  listenPortString = if listenParsed != null then toString listenPort else "9750";
+  listenIsLoopback =
+    listenParsed != null && (listenParsed.host == "::1" || lib.hasPrefix "127." listenParsed.host);
 
+  # ---------------------------------------------------------------- paths
+  isAbsolute = p: lib.isString p && lib.hasPrefix "/" p;
+  inStore = p: lib.isString p && lib.hasPrefix "${builtins.storeDir}/" p;
+  jobs = cfg.settings.jobs;
+  pathJobs = lib.filterAttrs (_: j: j.kind == "path") jobs;
+  commandJobs = lib.filterAttrs (_: j: j.kind == "command") jobs;
+  jobPaths = lib.concatLists (
+    lib.mapAttrsToList (_: j: lib.filter lib.isString (lib.toList (j.paths or [ ]))) pathJobs
+  );
+  # /home, /root and /run/user are hidden by ProtectHome=true; a path job below them gets
+  # them read-only instead.
+  homePaths = [
+    "/home"
+    "/root"
+    "/run/user"
+  ];
+  backsUpHomes = lib.any (p: lib.any (h: p == h || lib.hasPrefix "${h}/" p) homePaths) jobPaths;
+
+  # ---------------------------------------------------------------- the configuration file
   # TOML has no null: drop unset optional values (repository.path stays unset only in a
   # configuration that fails its assertions anyway).
   finalSettings = lib.filterAttrsRecursive (_: v: v != null) cfg.settings;
@@ -50,11 +101,21 @@ let
   configFile = settingsFormat.generate "backuphub.toml" finalSettings;
 
   # Build-time validation, as the ntpd-rs module does: a configuration the daemon would reject
-  # fails `nixos-rebuild` instead of the service at boot.
+  # fails `nixos-rebuild` instead of the service at boot. It runs on the build machine, so a
+  # cross-compiled system (an aarch64 Pi built on x86_64) is checked with the build platform's
+  # backuphub from pkgs.buildPackages, as the man-db and OpenSSH modules do.
+  canRunPackage = pkgs.stdenv.buildPlatform.canExecute pkgs.stdenv.hostPlatform;
+  checkPackage =
+    if canRunPackage then
+      cfg.package
+    else if pkgs.buildPackages ? backuphub then
+      pkgs.buildPackages.backuphub
+    else
+      null;
   checkedConfigFile =
-    if cfg.checkConfig then
-      pkgs.runCommand "backuphub-config-checked" { } ''
-        ${cfg.package}/bin/backuphub config check --config ${configFile}
+    if cfg.checkConfig && checkPackage != null then
+      pkgs.runCommandLocal "backuphub-config-checked" { } ''
+        ${lib.getExe checkPackage} config check --config ${configFile}
         cp ${configFile} $out
       ''
     else
@@ -74,9 +135,11 @@ let
         kind = mkOption {
           type = types.enum jobKinds;
           description = ''
-            What the job backs up. `path`: files and directories (`paths`, optional `exclude`).
-            `command`: the standard output of a command (`command`, a list of arguments, and
-            `name`, the file name of the stream in the snapshot).
+            What the job backs up. `path`: files and directories (`paths`, absolute, optional
+            `exclude`). `command`: the standard output of a command (`command`, a list of
+            arguments, and `name`, the file name of the stream in the snapshot); the command runs
+            inside the service's sandbox (see `services.backuphub.extraPackages` and the
+            module's documentation).
           '';
           example = "path";
         };
@@ -84,43 +147,210 @@ let
           type = types.str;
           description = ''
             When the job runs: a cron expression with seconds
-            (`second minute hour day-of-month month day-of-week`).
+            (`second minute hour day-of-month month day-of-week`), one without
+            (`minute hour day-of-month month day-of-week`) or an alias (`@daily`, `@hourly`, …).
           '';
           example = "0 0 2 * * *";
         };
         timezone = mkOption {
           type = types.str;
           default = "UTC";
-          description = "The IANA time zone `schedule` is read in.";
+          description = "The IANA time zone `schedule` is read in (checked by `checkConfig`).";
           example = "Europe/Berlin";
         };
       };
     };
+
+  cronAliases = [
+    "@yearly"
+    "@annually"
+    "@monthly"
+    "@weekly"
+    "@daily"
+    "@midnight"
+    "@hourly"
+  ];
+  scheduleShapeOk =
+    s:
+    let
+      fields = lib.filter (f: f != "") (lib.splitString " " (lib.replaceStrings [ "\t" ] [ " " ] s));
+    in
+    lib.elem (lib.toLower (lib.trim s)) cronAliases || lib.elem (lib.length fields) [
+      5
+      6
+    ];
+
+  # What the daemon accepts as `name` of a command job: a relative file name without empty,
+  # "." or ".." components.
+  safeRelativeName =
+    n:
+    lib.isString n
+    && n != ""
+    && !lib.hasPrefix "/" n
+    && lib.all (c: c != "" && c != "." && c != "..") (lib.splitString "/" n);
+
+  # A setting that names a file: a string, absolute. A Nix path (`./token`) would be copied
+  # into the world-readable store, and a relative string would be read relative to the
+  # configuration file, which is in the store too.
+  fileSettingAssertions =
+    key: value:
+    [
+      {
+        assertion = !(builtins.isPath value);
+        message = "services.backuphub.settings.${key} is a Nix path (${toString value}), which would be copied into the world-readable Nix store: give it as a string, \"/path/outside/the/store\".";
+      }
+      {
+        assertion = builtins.isPath value || isAbsolute value;
+        message = "services.backuphub.settings.${key} must be an absolute path, not \"${toString value}\" (a relative path would be read relative to the configuration file in the Nix store).";
+      }
+    ];
+
+  secretSettingAssertions =
+    key: value:
+    fileSettingAssertions key value
+    ++ [
+      {
+        assertion = !inStore value;
+        message = "services.backuphub.settings.${key} = \"${toString value}\" is in the world-readable Nix store; pass the secret with services.backuphub.credentials and use \"${credentialsDirectory}/<name>\".";
+      }
+    ];
+
+  optionalFileAssertions =
+    check: key: value:
+    lib.optionals (value != null) (check key value);
+
+  repoSettings = cfg.settings.repository;
 
   jobAssertions = lib.flatten (
     lib.mapAttrsToList (
       name: job:
       let
         prefix = "services.backuphub.settings.jobs.${name}";
+        paths = job.paths or null;
+        command = job.command or null;
       in
-      lib.optional (job.kind == "path") {
-        assertion = lib.isList (job.paths or null) && job.paths != [ ];
-        message = "${prefix}: a job of kind \"path\" needs `paths`, a non-empty list of absolute paths.";
-      }
-      ++ lib.optionals (job.kind == "command") [
+      [
         {
-          assertion = lib.isList (job.command or null) && job.command != [ ];
-          message = "${prefix}: a job of kind \"command\" needs `command`, a non-empty list of arguments (e.g. [ \"pg_dumpall\" \"-h\" \"/run/postgresql\" ]).";
+          assertion = builtins.match "[A-Za-z0-9_.-]{1,64}" name != null;
+          message = "services.backuphub.settings.jobs.\"${name}\": a job name must be 1-64 characters of a-z, A-Z, 0-9, '-', '_' and '.' (it is also a metric label and a lock name).";
         }
         {
-          assertion = lib.isString (job.name or null) && job.name != "";
-          message = "${prefix}: a job of kind \"command\" needs `name`, the file name of its output in the snapshot (e.g. \"all.sql\").";
+          assertion = scheduleShapeOk job.schedule;
+          message = "${prefix}.schedule = \"${job.schedule}\": a cron expression has 6 fields (sec min hour day month weekday) or 5 (min hour day month weekday), or is an alias such as \"@daily\".";
         }
       ]
-    ) cfg.settings.jobs
+      ++ lib.optionals (job.kind == "path") (
+        [
+          {
+            assertion = lib.isList paths && paths != [ ];
+            message = "${prefix}: a job of kind \"path\" needs `paths`, a non-empty list of absolute paths.";
+          }
+        ]
+        ++ lib.imap0 (
+          i: p:
+          {
+            assertion = isAbsolute p;
+            message = "${prefix}.paths: \"${toString p}\" (item ${toString i}) must be an absolute path (a relative one would be read relative to the configuration file in the Nix store).";
+          }
+        ) (if lib.isList paths then paths else [ ])
+      )
+      ++ lib.optionals (job.kind == "command") [
+        {
+          assertion =
+            lib.isList command
+            && command != [ ]
+            && lib.all lib.isString command
+            && lib.head command != "";
+          message = "${prefix}: a job of kind \"command\" needs `command`, a non-empty list of strings whose first is the program (e.g. [ \"pg_dumpall\" \"-h\" \"/run/postgresql\" ]).";
+        }
+        {
+          assertion = safeRelativeName (job.name or null);
+          message = "${prefix}: a job of kind \"command\" needs `name`, the file name of its output in the snapshot (e.g. \"all.sql\"): relative, without empty, \".\" or \"..\" components.";
+        }
+      ]
+    ) jobs
   );
+
+  # ---------------------------------------------------------------- the admin command
+  # `backuphub-admin ARGS…` = `backuphub ARGS…` as the service user, with the service's
+  # repository, state directory and configuration, in a transient unit (systemd-run), so that
+  # nothing in the repository or the state directory ends up owned by root. `--identity FILE`
+  # is taken out of ARGS and handed over as a credential of that unit: systemd reads the file
+  # as root, the service user never needs access to it, and it never touches a disk.
+  adminCommand = pkgs.writeShellScriptBin "backuphub-admin" ''
+    set -euo pipefail
+    if [ "$(id -u)" != 0 ]; then
+      echo "backuphub-admin: run it as root (sudo backuphub-admin …); it runs backuphub as the user ${cfg.user}" >&2
+      exit 1
+    fi
+    identity=
+    args=()
+    while [ $# -gt 0 ]; do
+      case "$1" in
+        --identity)
+          if [ $# -lt 2 ]; then
+            echo "backuphub-admin: --identity needs a file" >&2
+            exit 2
+          fi
+          identity=$2
+          shift 2
+          ;;
+        --identity=*)
+          identity=''${1#--identity=}
+          shift
+          ;;
+        --)
+          args+=("$@")
+          break
+          ;;
+        *)
+          args+=("$1")
+          shift
+          ;;
+      esac
+    done
+    unit=backuphub-admin-$$
+    # Relative paths in ARGS (restore --target ./x) mean the current directory, if the service
+    # user may enter it; otherwise (sudo from a private home) the command runs in /.
+    if ${pkgs.util-linux}/bin/runuser -u ${cfg.user} -- ${pkgs.coreutils}/bin/test -x "$PWD" 2>/dev/null; then
+      extra=(--same-dir)
+    else
+      echo "backuphub-admin: $PWD is not accessible to ${cfg.user}; relative paths are taken from /" >&2
+      extra=(--working-directory=/)
+    fi
+    if [ -n "$identity" ]; then
+      if ! file=$(realpath -e -- "$identity"); then
+        echo "backuphub-admin: no identity file $identity" >&2
+        exit 1
+      fi
+      extra+=(-p "LoadCredential=identity:$file" -E "BACKUPHUB_IDENTITY=/run/credentials/$unit.service/identity")
+    fi
+    exec ${config.systemd.package}/bin/systemd-run --quiet --collect --wait --pipe \
+      --service-type=exec --unit="$unit" \
+      -p User=${cfg.user} -p Group=${cfg.group} \
+      ${
+        lib.optionalString (
+          cfg.extraGroups != [ ]
+        ) "-p SupplementaryGroups=${lib.escapeShellArg (toString cfg.extraGroups)} "
+      }-p RequiresMountsFor=${lib.escapeShellArg repoPath} -p UMask=0077 \
+      ${
+        lib.optionalString (
+          cfg.environmentFile != null
+        ) "-p EnvironmentFile=${lib.escapeShellArg cfg.environmentFile} "
+      }-E BACKUPHUB_REPO=${lib.escapeShellArg repoPath} \
+      -E BACKUPHUB_STATE_DIR=${lib.escapeShellArg stateDir} \
+      -E BACKUPHUB_CONFIG=${cfg.configFile} \
+      -E HOME=${homeDir} \
+      "''${extra[@]}" -- ${lib.getExe cfg.package} "''${args[@]}"
+  '';
 in
 {
+  meta = {
+    # The type only admits entries of lib.maintainers; none for an out-of-tree module.
+    maintainers = [ ];
+    doc = ./nix/module.md;
+  };
+
   options.services.backuphub = {
     enable = mkEnableOption "backuphub, the pull-model backup daemon";
 
@@ -131,7 +361,7 @@ in
       description = ''
         Configuration of backuphub, written to a TOML file
         (see the configuration reference in backuphub's README).
-        Options not listed here are passed through as they are.
+        Options not listed here are passed through as they are. Every path must be absolute.
 
         Secrets never belong here: the file lands in the world-readable Nix store. Pass them
         with `services.backuphub.credentials` and refer to them as
@@ -168,9 +398,9 @@ in
                   type = types.nullOr types.str;
                   default = null;
                   description = ''
-                    Directory of the repository (required). On a Pi, a directory on the external
-                    disk: the unit has `RequiresMountsFor=` this path, so an unmounted disk stops the
-                    service instead of filling the SD card.
+                    Directory of the repository (required, absolute). On a Pi, a directory on
+                    the external disk: the unit has `RequiresMountsFor=` this path, so an
+                    unmounted disk stops the service instead of filling the SD card.
                   '';
                   example = "/mnt/backup/backuphub";
                 };
@@ -187,7 +417,9 @@ in
                   default = defaultStateDir;
                   description = ''
                     Local state (index cache, writer key). The default is the unit's
-                    `StateDirectory=` (mode 0700); another directory is made writable for the unit.
+                    `StateDirectory=` (mode 0700). Another directory is created before the
+                    daemon starts (mode 0700, owned by the service user), made writable for the
+                    unit and added to its `RequiresMountsFor=`.
                   '';
                 };
               };
@@ -200,12 +432,13 @@ in
             type = types.submodule {
               freeformType = settingsFormat.type;
               options.listen = mkOption {
-                type = types.strMatching "(\\[[0-9A-Fa-f:.]+]|[^:]+):[0-9]+";
+                type = types.str;
                 default = "127.0.0.1:9750";
                 description = ''
-                  Address and port, `host:port` (IPv6 in brackets: `[::]:9750`). Use
-                  `0.0.0.0:9750` or `[::]:9750` together with
-                  `services.backuphub.openFirewall` to let a Prometheus on the LAN scrape it.
+                  IP address and port, `address:port` (IPv6 in brackets: `[::]:9750`). Not a
+                  host name: the daemon does not resolve names. Use `0.0.0.0:9750` or
+                  `[::]:9750` together with `services.backuphub.openFirewall` to let a
+                  Prometheus on the LAN scrape it.
                 '';
                 example = "0.0.0.0:9750";
               };
@@ -214,7 +447,10 @@ in
 
           jobs = mkOption {
             default = { };
-            description = "Backup jobs, by name. Keys not listed here depend on `kind`.";
+            description = ''
+              Backup jobs, by name (1-64 characters of a-z, A-Z, 0-9, '-', '_', '.').
+              Keys not listed here depend on `kind`.
+            '';
             type = types.attrsOf (types.submodule jobModule);
             example = literalExpression ''
               {
@@ -248,10 +484,14 @@ in
 
     checkConfig = mkOption {
       type = types.bool;
-      default = true;
+      default = checkPackage != null;
+      defaultText = literalExpression "pkgs.stdenv.buildPlatform.canExecute pkgs.stdenv.hostPlatform || pkgs.buildPackages ? backuphub";
       description = ''
         Validate the generated configuration at build time with `backuphub config check`.
-        This runs the package on the build machine: turn it off for cross builds.
+        The check runs on the build machine: with `package` when the build machine can run it,
+        otherwise (a cross-compiled system) with `pkgs.buildPackages.backuphub`, the build
+        platform's build of backuphub (the flake's overlay provides it there too). It is on by
+        default whenever one of the two exists.
       '';
     };
 
@@ -273,11 +513,12 @@ in
         `/run/credentials/backuphub.service/<name>`
         (see `services.backuphub.credentialsDirectory`). Refer to that path in
         `services.backuphub.settings`. Give the paths as strings: nothing here is copied
-        into the Nix store.
+        into the Nix store. (The age identity for restores is not one of them: the daemon never
+        reads it; hand it to `backuphub-admin --identity FILE`.)
       '';
       example = {
-        identity = "/var/lib/secrets/backuphub/age-identity.txt";
         api-token = "/var/lib/secrets/backuphub/api-token";
+        etcd-key = "/var/lib/secrets/etcd/backup.key";
       };
     };
 
@@ -287,7 +528,7 @@ in
       readOnly = true;
       description = ''
         Where the daemon sees `services.backuphub.credentials`, for use in settings, e.g.
-        `"''${config.services.backuphub.credentialsDirectory}/identity"`.
+        `"''${config.services.backuphub.credentialsDirectory}/api-token"`.
       '';
     };
 
@@ -308,7 +549,7 @@ in
         User the daemon runs as. With the default, a system user is created. It needs write
         access to the repository (on an external disk: own the directory, or use
         `repository.create`, which creates it with this owner) and read access to what the jobs
-        back up.
+        back up (see `extraGroups` and `readAllFiles`).
       '';
     };
 
@@ -318,11 +559,50 @@ in
       description = "Group the daemon runs as. With the default, the group is created.";
     };
 
+    uid = mkOption {
+      type = types.nullOr types.int;
+      default = null;
+      description = ''
+        A fixed uid for the created `backuphub` user. The repository lives on a removable
+        disk: with the same uid on every machine (and after a reinstall) its files keep
+        their owner. Only for the default `user`.
+      '';
+      example = 975;
+    };
+
+    gid = mkOption {
+      type = types.nullOr types.int;
+      default = null;
+      description = "A fixed gid for the created `backuphub` group (see `uid`). Only for the default `group`.";
+      example = 975;
+    };
+
     extraGroups = mkOption {
       type = types.listOf types.str;
       default = [ ];
       description = "Supplementary groups of the daemon, e.g. to read the files a path job backs up.";
       example = [ "media" ];
+    };
+
+    readAllFiles = mkOption {
+      type = types.bool;
+      default = false;
+      description = ''
+        Let the daemon read every file, whatever its owner and mode, by granting it the
+        capability `CAP_DAC_READ_SEARCH` (and nothing else: it still cannot write outside the
+        repository and its state directory). For path jobs over files of many owners, where
+        `extraGroups` is not enough. Command jobs inherit the capability.
+      '';
+    };
+
+    extraPackages = mkOption {
+      type = types.listOf types.package;
+      default = [ ];
+      description = ''
+        Packages whose `bin/` is put on the service's `PATH`, for command jobs
+        (`command = [ "etcdctl" … ]` instead of a store path).
+      '';
+      example = literalExpression "[ pkgs.etcd pkgs.sqlite ]";
     };
 
     postgresqlPackage = mkOption {
@@ -362,26 +642,51 @@ in
         message = "services.backuphub.settings.repository.path must be set: the directory of the backup repository (e.g. \"/mnt/backup/backuphub\" on an external disk).";
       }
       {
-        assertion = repoPath == null || lib.hasPrefix "/" repoPath;
+        assertion = repoPath == null || isAbsolute repoPath;
         message = "services.backuphub.settings.repository.path must be an absolute path, not \"${toString repoPath}\".";
       }
       {
-        assertion = lib.hasPrefix "/" stateDir;
+        assertion = !inStore repoPath && !inStore stateDir;
+        message = "services.backuphub.settings.repository: the repository and the state directory cannot be in the read-only Nix store.";
+      }
+      {
+        assertion = isAbsolute stateDir;
         message = "services.backuphub.settings.repository.state_dir must be an absolute path, not \"${stateDir}\".";
       }
       {
-        assertion = listenPort >= 1 && listenPort <= 65535;
-        message = "services.backuphub.settings.http.listen = \"${listen}\": the port must be between 1 and 65535.";
+        assertion = listenParsed != null;
+        message = "services.backuphub.settings.http.listen = \"${toString listen}\" is not an IP address and port: the daemon does not resolve host names. Write e.g. \"127.0.0.1:9750\", \"0.0.0.0:9750\" or \"[::]:9750\".";
+      }
+      {
+        assertion = listenParsed == null || listenValid;
+        message = "services.backuphub.settings.http.listen = \"${toString listen}\": the port must be between 1 and 65535.";
       }
       {
         assertion = !(cfg.openFirewall && listenIsLoopback);
-        message = "services.backuphub.openFirewall is set, but settings.http.listen = \"${listen}\" listens on loopback only, so nothing outside this machine could connect. Set settings.http.listen to e.g. \"0.0.0.0:${listenPortString}\" or \"[::]:${listenPortString}\", or leave openFirewall off.";
+        message = "services.backuphub.openFirewall is set, but settings.http.listen = \"${toString listen}\" listens on loopback only, so nothing outside this machine could connect. Set settings.http.listen to e.g. \"0.0.0.0:${listenPortString}\" or \"[::]:${listenPortString}\", or leave openFirewall off.";
+      }
+      {
+        assertion = cfg.uid == null || cfg.user == "backuphub";
+        message = "services.backuphub.uid is set, but services.backuphub.user = \"${cfg.user}\" is not created by this module: set users.users.${cfg.user}.uid instead.";
+      }
+      {
+        assertion = cfg.gid == null || cfg.group == "backuphub";
+        message = "services.backuphub.gid is set, but services.backuphub.group = \"${cfg.group}\" is not created by this module: set users.groups.${cfg.group}.gid instead.";
       }
     ]
     ++ lib.mapAttrsToList (name: _: {
       assertion = builtins.match "[A-Za-z0-9_.-]+" name != null;
       message = "services.backuphub.credentials.\"${name}\": a credential name may hold only letters, digits, '_', '.' and '-'.";
     }) cfg.credentials
+    ++ optionalFileAssertions secretSettingAssertions "repository.identity_file" (
+      repoSettings.identity_file or null
+    )
+    ++ optionalFileAssertions fileSettingAssertions "repository.recipients_file" (
+      repoSettings.recipients_file or null
+    )
+    ++ optionalFileAssertions secretSettingAssertions "http.token_file" (
+      cfg.settings.http.token_file or null
+    )
     ++ jobAssertions;
 
     users.users = mkIf (cfg.user == "backuphub") {
@@ -389,47 +694,77 @@ in
         isSystemUser = true;
         group = cfg.group;
         description = "backuphub backup daemon";
+        uid = cfg.uid;
       };
     };
-    users.groups = mkIf (cfg.group == "backuphub") { backuphub = { }; };
+    users.groups = mkIf (cfg.group == "backuphub") { backuphub.gid = cfg.gid; };
 
-    networking.firewall.allowedTCPPorts = lib.optional cfg.openFirewall listenPort;
+    networking.firewall.allowedTCPPorts = lib.optional (cfg.openFirewall && listenValid) listenPort;
 
-    # the CLI (restore, cat, check); run it as the service user: sudo -u backuphub backuphub …
-    environment.systemPackages = [ cfg.package ];
+    # `backuphub` for reading a repository by hand, `backuphub-admin` for everything on this
+    # machine's repository (as the service user, with its state directory and configuration).
+    environment.systemPackages = [
+      cfg.package
+      adminCommand
+    ];
 
     systemd.services.backuphub = {
       description = "backuphub backup daemon";
       wantedBy = [ "multi-user.target" ];
-      # jobs pull from the network (databases, S3, Kubernetes)
+      # Jobs pull from the network (databases, S3, Kubernetes). A Pi has no real-time clock:
+      # snapshot times and retention need a set clock, so start after time-sync.target (which
+      # waits for NTP only with systemd-time-wait-sync.service; see the module's documentation).
       wants = [ "network-online.target" ];
-      after = [ "network-online.target" ];
+      after = [
+        "network-online.target"
+        "time-sync.target"
+      ];
 
-      path = lib.optional (cfg.postgresqlPackage != null) cfg.postgresqlPackage;
+      path = cfg.extraPackages ++ lib.optional (cfg.postgresqlPackage != null) cfg.postgresqlPackage;
+
+      environment = {
+        # for tools of command jobs that want a home or a cache (HOME is /var/empty otherwise)
+        HOME = homeDir;
+        XDG_CACHE_HOME = homeDir;
+      };
 
       unitConfig = {
         # An unmounted external disk must stop the service, not fill the SD card: this pulls in
         # and orders after the mount units of these paths, and fails when they fail.
-        RequiresMountsFor = [ repoPath ] ++ lib.optional (stateDir != defaultStateDir) stateDir;
+        RequiresMountsFor = [ repoPath ] ++ lib.optional customStateDir stateDir;
       };
 
       serviceConfig = {
         # systemd sets STATE_DIRECTORY=/var/lib/backuphub, which the daemon takes as its state
         # directory (matching the default of settings.repository.state_dir).
-        ExecStart = "${cfg.package}/bin/backuphub daemon --config ${cfg.configFile}";
-        # With repository.create the directory must exist before the sandbox is set up
-        # (ReadWritePaths= of a missing path fails the unit). "+": runs as root, unsandboxed, and
-        # after the mount of the repository (RequiresMountsFor above), so on the external disk.
-        ExecStartPre = lib.optional cfg.settings.repository.create "+${pkgs.coreutils}/bin/install -d -m 0700 -o ${cfg.user} -g ${cfg.group} ${lib.escapeShellArg repoPath}";
+        ExecStart = "${lib.getExe cfg.package} daemon --config ${cfg.configFile}";
+        # Directories that ReadWritePaths= names must exist before the sandbox is set up (a
+        # missing one fails the unit with 226/NAMESPACE). "+": runs as root, unsandboxed, and
+        # after the mounts of RequiresMountsFor above, so on the external disk.
+        ExecStartPre =
+          lib.optional cfg.settings.repository.create "+${pkgs.coreutils}/bin/install -d -m 0700 -o ${cfg.user} -g ${cfg.group} ${lib.escapeShellArg repoPath}"
+          ++ lib.optional customStateDir "+${pkgs.coreutils}/bin/install -d -m 0700 -o ${cfg.user} -g ${cfg.group} ${lib.escapeShellArg stateDir}";
 
+        # READY=1 comes after the first look at the repository; on a large repository behind a
+        # spun-down USB disk that can take long, and the daemon extends the start timeout
+        # (EXTEND_TIMEOUT_USEC) while it waits.
         Type = "notify";
         NotifyAccess = "main";
         WatchdogSec = 120;
         Restart = "on-failure";
         RestartSec = "30s";
         KillSignal = "SIGTERM";
-        # a running job gets time to finish writing its pack and index
-        TimeoutStopSec = 90;
+        # A running job gets settings.daemon.stop_timeout_secs to finish writing its pack and
+        # index, the server and the runtime a little more.
+        TimeoutStopSec =
+          let
+            t = cfg.settings.daemon.stop_timeout_secs or 60;
+          in
+          if lib.isInt t then t + 30 else 90;
+
+        # A Pi that also serves other things (MinIO): backups take what is left.
+        Nice = mkDefault 10;
+        IOSchedulingClass = mkDefault "idle";
 
         User = cfg.user;
         Group = cfg.group;
@@ -437,23 +772,24 @@ in
 
         StateDirectory = "backuphub";
         StateDirectoryMode = "0700";
+        CacheDirectory = "backuphub";
+        CacheDirectoryMode = "0700";
         LoadCredential = lib.mapAttrsToList (name: path: "${name}:${path}") cfg.credentials;
         EnvironmentFile = lib.optional (cfg.environmentFile != null) cfg.environmentFile;
 
-        # Hardening. The whole file system stays readable (path jobs read it); only the repository
-        # and the state directory are writable.
+        # Hardening. The whole file system stays readable (path jobs read it); only the repository,
+        # the state and cache directories are writable. Command jobs run in the same sandbox:
+        # nix/module.md says what that means for them and how to relax each part.
         ProtectSystem = "strict";
-        ReadWritePaths = [ repoPath ] ++ lib.optional (stateDir != defaultStateDir) stateDir;
-        # /home and /root are hidden. Backing them up needs
-        # systemd.services.backuphub.serviceConfig.ProtectHome = lib.mkForce "read-only";
-        ProtectHome = true;
+        ReadWritePaths = [ repoPath ] ++ lib.optional customStateDir stateDir;
+        # /home, /root and /run/user are hidden, or read-only when a path job backs up below them.
+        ProtectHome = if backsUpHomes then "read-only" else true;
         PrivateTmp = true;
         PrivateDevices = true;
         NoNewPrivileges = true;
-        # No capabilities: the daemon reads what its user/groups may read. (Reading every file
-        # would need CAP_DAC_READ_SEARCH here and in AmbientCapabilities.)
-        CapabilityBoundingSet = "";
-        AmbientCapabilities = "";
+        # No capabilities: the daemon reads what its user/groups may read, unless readAllFiles.
+        CapabilityBoundingSet = if cfg.readAllFiles then [ "CAP_DAC_READ_SEARCH" ] else "";
+        AmbientCapabilities = if cfg.readAllFiles then [ "CAP_DAC_READ_SEARCH" ] else "";
         # AF_UNIX: journald, sd_notify, PostgreSQL's socket; AF_INET/AF_INET6: HTTP endpoint and
         # the sources jobs pull from. No AF_NETLINK/AF_PACKET.
         RestrictAddressFamilies = [
@@ -481,7 +817,8 @@ in
         LockPersonality = true;
         RemoveIPC = true;
         # Other users' processes are hidden. The daemon's stale-lock detection only sees lock
-        # holders of its own user, so run the CLI against the repository as the service user.
+        # holders of its own user, so run the CLI against the repository as the service user
+        # (backuphub-admin does).
         ProtectProc = "invisible";
         # Not ProcSubset=pid: the daemon reads /proc/sys/kernel/random/boot_id and /proc/<pid>
         # to tell stale repository locks (from before a reboot or of a dead process) from live ones.

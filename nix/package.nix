@@ -53,7 +53,10 @@ rustPlatform.buildRustPackage {
   cargoTestFlags = [ "--lib" ] ++ map (name: "--test=${name}") offlineTests;
 
   meta = {
+    # Cargo.toml is the one source: what this release does (path and command jobs), where it
+    # lives, and its licence (LICENSE, Apache-2.0).
     description = cargoToml.package.description;
+    homepage = cargoToml.package.homepage or cargoToml.package.repository;
     license = lib.licenses.asl20;
     mainProgram = "backuphub";
     platforms = lib.platforms.linux;

@@ -150,6 +150,9 @@ impl Default for PruneConfig {
     }
 }
 
+/// Where Nix keeps its store (`builtins.storeDir` of every ordinary installation).
+const NIX_STORE: &str = "/nix/store";
+
 /// A job name: also a metric label and a lock name, so kept to a safe alphabet.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
 #[serde(transparent)]
@@ -447,6 +450,48 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// Configured paths that lie in the Nix store, with their keys. A relative path in a
+    /// configuration file that Nix generated resolves there (the file's own directory), and
+    /// the store is read-only and world-readable: no place for a repository, state or a
+    /// secret, nor a likely source to back up. The daemon warns about each. (recipients_file
+    /// holds public keys and may well be in the store.)
+    pub fn paths_in_nix_store(&self) -> Vec<(String, PathBuf)> {
+        let r = &self.repository;
+        let repo = KeyPath::key("repository");
+        let mut found: Vec<(KeyPath, &PathBuf)> = vec![(repo.clone().and("path"), &r.path)];
+        found.extend(
+            r.state_dir
+                .iter()
+                .map(|p| (repo.clone().and("state_dir"), p)),
+        );
+        found.extend(
+            r.identity_file
+                .iter()
+                .map(|p| (repo.clone().and("identity_file"), p)),
+        );
+        found.extend(
+            self.http
+                .token_file
+                .iter()
+                .map(|p| (KeyPath::key("http").and("token_file"), p)),
+        );
+        for (name, job) in &self.jobs {
+            if let JobKind::Path(p) = &job.kind {
+                found.extend(
+                    p.paths
+                        .iter()
+                        .enumerate()
+                        .map(|(i, path)| (job_key(name, "paths").at(i), path)),
+                );
+            }
+        }
+        found
+            .into_iter()
+            .filter(|(_, p)| p.starts_with(NIX_STORE))
+            .map(|(k, p)| (k.to_string(), p.clone()))
+            .collect()
     }
 
     pub fn state_dir(&self) -> PathBuf {
@@ -822,6 +867,44 @@ name = "all.sql"
         }
         let e = err(&with("command = [\"pg_dumpall\",", "command = [\"\","));
         assert!(e.contains("jobs.pgdump.command"), "{e}");
+    }
+
+    #[test]
+    fn paths_in_the_nix_store_are_found_with_their_keys() {
+        // A config that NixOS generated lives in the store: its relative paths resolve there.
+        let in_store = |t: &str| {
+            Config::parse(t, Path::new("/nix/store/abc-backuphub.toml"))
+                .unwrap()
+                .paths_in_nix_store()
+        };
+        assert!(in_store(GOOD).is_empty(), "absolute paths elsewhere");
+        let text = with("[http]", "identity_file = \"identity\"\n[http]")
+            .replace("paths = [\"/etc\"]", "paths = [\"/etc\", \"srv/data\"]")
+            .replace(
+                "listen = \"0.0.0.0:9750\"",
+                "listen = \"0.0.0.0:9750\"\ntoken_file = \"/nix/store/xyz-token\"",
+            );
+        let found = in_store(&text);
+        let keys: Vec<&str> = found.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "repository.identity_file",
+                "http.token_file",
+                "jobs.etc.paths[1]"
+            ]
+        );
+        assert_eq!(found[0].1, Path::new("/nix/store/identity"));
+        assert_eq!(found[2].1, Path::new("/nix/store/srv/data"));
+        // The store prefix is a path prefix, not a string prefix.
+        let near = with(
+            "path = \"/mnt/backup/backuphub\"",
+            "path = \"/nix/store-backups/repo\"",
+        );
+        assert!(in_store(&near).is_empty());
+        // Public keys may live in the store.
+        let recipients = with("[http]", "recipients_file = \"keys.txt\"\n[http]");
+        assert!(in_store(&recipients).is_empty());
     }
 
     #[test]

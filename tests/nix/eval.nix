@@ -17,6 +17,9 @@
   lib ? import (shared + "/nixpkgs-lib/lib"),
   case ? null,
   selfTest ? false,
+  # `print = "admin"`: the text of the backuphub-admin script of `base` (run.sh runs it);
+  # `print = "vm-script"`: the VM test's Python script (run.sh compiles it)
+  print ? null,
   # README.md's pi.nix example, extracted to a file by run.sh
   piExample ? null,
 }:
@@ -34,7 +37,9 @@ let
     system = "x86_64-linux";
   }
   // {
-    backuphub = fakeDrv "backuphub-0.1.0";
+    backuphub = fakeDrv "backuphub-0.1.0" // {
+      meta.mainProgram = "backuphub";
+    };
   };
   fakeDrv = name: {
     type = "derivation";
@@ -60,6 +65,25 @@ let
 
   nixosStubs = {
     options = {
+      # nixos/modules/misc/meta.nix and modules/generic/meta-maintainers.nix: a maintainer must
+      # be an entry of lib.maintainers (not in ../shared/nixpkgs-lib, so none passes here).
+      meta.maintainers = mkOption {
+        type = types.listOf (
+          lib.mkOptionType {
+            name = "maintainer";
+            check = _: false;
+          }
+        );
+        default = [ ];
+      };
+      meta.doc = mkOption {
+        type = types.path;
+        internal = true;
+      };
+      systemd.package = mkOption {
+        type = types.package;
+        default = pkgs.systemd;
+      };
       assertions = mkOption {
         type = types.listOf types.unspecified;
         default = [ ];
@@ -96,13 +120,24 @@ let
                 type = types.str;
                 default = "";
               };
+              uid = mkOption {
+                type = types.nullOr types.int;
+                default = null;
+              };
             };
           }
         );
         default = { };
       };
       users.groups = mkOption {
-        type = types.attrsOf (types.submodule { });
+        type = types.attrsOf (
+          types.submodule {
+            options.gid = mkOption {
+              type = types.nullOr types.int;
+              default = null;
+            };
+          }
+        );
         default = { };
       };
       systemd.services = mkOption {
@@ -153,6 +188,30 @@ let
   vmStubs = {
     options = {
       virtualisation.memorySize = mkOption { type = types.int; };
+      virtualisation.emptyDiskImages = mkOption {
+        type = types.listOf types.ints.positive;
+        default = [ ];
+      };
+      # as in qemu-vm.nix: what replaces fileSystems in a test VM
+      virtualisation.fileSystems = mkOption {
+        type = types.attrsOf (
+          types.submodule {
+            options = {
+              device = mkOption { type = types.str; };
+              fsType = mkOption { type = types.str; };
+              autoFormat = mkOption {
+                type = types.bool;
+                default = false;
+              };
+            };
+          }
+        );
+        default = { };
+      };
+      environment.etc = mkOption {
+        type = types.attrsOf types.anything;
+        default = { };
+      };
       systemd.tmpfiles.rules = mkOption {
         type = types.listOf types.str;
         default = [ ];
@@ -308,6 +367,147 @@ let
   );
   portZero = eval (withSettings { http.listen = "0.0.0.0:0"; });
 
+  # ---- issue 9: what the module validates itself (each must fail with its message)
+  withService = extra: svc: eval (lib.recursiveUpdate (withSettings extra) { services.backuphub = svc; });
+  invalid = {
+    relative-job-path = {
+      config = eval (withSettings { jobs.cephfs.paths = [ "srv/data" ]; });
+      message = "jobs.cephfs.paths: \"srv/data\" (item 0) must be an absolute path";
+    };
+    relative-identity = {
+      config = eval (withSettings { repository.identity_file = "identity"; });
+      message = "settings.repository.identity_file must be an absolute path, not \"identity\"";
+    };
+    nix-path-identity = {
+      config = eval (withSettings { repository.identity_file = ./eval.nix; });
+      message = "settings.repository.identity_file is a Nix path";
+    };
+    store-token = {
+      config = eval (withSettings { http.token_file = "/nix/store/00000000000000000000000000000000-token"; });
+      message = "settings.http.token_file = \"/nix/store/00000000000000000000000000000000-token\" is in the world-readable Nix store";
+    };
+    relative-recipients-file = {
+      config = eval (withSettings { repository.recipients_file = "keys.txt"; });
+      message = "settings.repository.recipients_file must be an absolute path";
+    };
+    relative-state-dir = {
+      config = eval (withSettings { repository.state_dir = "state"; });
+      message = "repository.state_dir must be an absolute path, not \"state\"";
+    };
+    store-repository = {
+      config = eval (withSettings { repository.path = "/nix/store/x-repo"; });
+      message = "cannot be in the read-only Nix store";
+    };
+    listen-host-name = {
+      config = eval (withSettings { http.listen = "localhost:9750"; });
+      message = "http.listen = \"localhost:9750\" is not an IP address and port";
+    };
+    listen-no-host = {
+      config = eval (withSettings { http.listen = "9750"; });
+      message = "http.listen = \"9750\" is not an IP address and port";
+    };
+    listen-octal-octet = {
+      config = eval (withSettings { http.listen = "010.0.0.1:9750"; });
+      message = "http.listen = \"010.0.0.1:9750\" is not an IP address and port";
+    };
+    listen-big-port = {
+      config = eval (withSettings { http.listen = "0.0.0.0:99999"; });
+      message = "the port must be between 1 and 65535";
+    };
+    job-name = {
+      config = eval (
+        withSettings {
+          jobs."etc files" = {
+            kind = "path";
+            schedule = "@daily";
+            paths = [ "/etc" ];
+          };
+        }
+      );
+      message = "jobs.\"etc files\": a job name must be 1-64 characters";
+    };
+    schedule-fields = {
+      config = eval (withSettings { jobs.cephfs.schedule = "0 0 0 3 * * * 2026"; });
+      message = "jobs.cephfs.schedule = \"0 0 0 3 * * * 2026\": a cron expression has 6 fields";
+    };
+    empty-command = {
+      config = eval (withSettings { jobs.pgdump.command = [ "" ]; });
+      message = "jobs.pgdump: a job of kind \"command\" needs `command`, a non-empty list of strings";
+    };
+    no-command = {
+      config = eval (withSettings { jobs.pgdump.command = [ ]; });
+      message = "jobs.pgdump: a job of kind \"command\" needs `command`";
+    };
+    unsafe-name = {
+      config = eval (withSettings { jobs.pgdump.name = "../all.sql"; });
+      message = "jobs.pgdump: a job of kind \"command\" needs `name`";
+    };
+    uid-custom-user = {
+      config = withService { } {
+        user = "alice";
+        uid = 975;
+      };
+      message = "services.backuphub.uid is set, but services.backuphub.user = \"alice\" is not created by this module";
+    };
+    gid-custom-group = {
+      config = withService { } {
+        group = "staff";
+        gid = 975;
+      };
+      message = "services.backuphub.gid is set, but services.backuphub.group = \"staff\"";
+    };
+  };
+
+  # ---- issue 9: what a NixOS admin expects
+  leadingZeroPort = withService { http.listen = "0.0.0.0:09750"; } { openFirewall = true; };
+  admin = withService {
+    daemon.stop_timeout_secs = 300;
+    jobs.homes = {
+      kind = "path";
+      schedule = "0 0 4 * * *";
+      paths = [ "/home/alice" ];
+    };
+  } {
+    extraPackages = [ pkgs.etcd ];
+    readAllFiles = true;
+    uid = 975;
+    gid = 976;
+    extraGroups = [ "ceph" ];
+    environmentFile = "/var/lib/secrets/backuphub/env";
+  };
+  adminUnit = admin.systemd.services.backuphub;
+  adminScript = lib.head (lib.filter (p: p.name == "backuphub-admin") base.environment.systemPackages);
+
+  # cross: an aarch64 Pi built on x86_64 (pkgs with the flake's overlay, as on a real system)
+  crossPkgs =
+    buildHasBackuphub:
+    import stubNixpkgs {
+      inherit lib;
+      system = "x86_64-linux";
+      crossSystem = "aarch64-linux";
+      overlays = lib.optional buildHasBackuphub outputs.overlays.default;
+    }
+    // lib.optionalAttrs (!buildHasBackuphub) {
+      backuphub = fakeDrv "backuphub-0.1.0" // {
+        meta.mainProgram = "backuphub";
+        outPath = "/nix/store/10000000000000000000000000000000-backuphub-0.1.0";
+      };
+    };
+  evalCross =
+    buildHasBackuphub:
+    (lib.evalModules {
+      modules = [
+        nixosStubs
+        ../../module.nix
+        { _module.args.pkgs = crossPkgs buildHasBackuphub; }
+        (withSettings { })
+      ];
+    }).config;
+  cross = evalCross true;
+  crossNoBuildPkg = evalCross false;
+
+  stateOnly = eval (withSettings { repository.state_dir = "/srv/backuphub-state"; });
+
   created = eval (
     lib.recursiveUpdate (withSettings {
       repository.create = true;
@@ -327,7 +527,6 @@ let
         };
       }
     );
-    bad-listen = eval (withSettings { http.listen = "9750"; });
     store-credential = eval (
       lib.recursiveUpdate (withSettings { }) {
         services.backuphub.credentials.identity = "/nix/store/00000000000000000000000000000000-identity";
@@ -572,11 +771,16 @@ let
     ) [ ])
 
     # repository.create, custom user, custom state_dir
-    (expect "repository.create: directory made before the sandbox" created.systemd.services.backuphub.serviceConfig.ExecStartPre
+    (expect "repository.create and a custom state_dir: directories made before the sandbox, owned by the user"
+      created.systemd.services.backuphub.serviceConfig.ExecStartPre
       [
         "+/nix/store/00000000000000000000000000000000-coreutils-9.7/bin/install -d -m 0700 -o alice -g backuphub ${repo}"
+        "+/nix/store/00000000000000000000000000000000-coreutils-9.7/bin/install -d -m 0700 -o alice -g backuphub /mnt/backup/state"
       ]
     )
+    (expect "custom state_dir alone: created too" stateOnly.systemd.services.backuphub.serviceConfig.ExecStartPre [
+      "+/nix/store/00000000000000000000000000000000-coreutils-9.7/bin/install -d -m 0700 -o backuphub -g backuphub /srv/backuphub-state"
+    ])
     (expect "custom user: none created" (created.users.users ? backuphub) false)
     (expect "custom user: User=" created.systemd.services.backuphub.serviceConfig.User "alice")
     (expect "custom state_dir writable and mounted"
@@ -590,6 +794,112 @@ let
       ]
     )
 
+    # issue 9: the module's own validation
+    (expect "listen 0.0.0.0:09750 is port 9750 (as the daemon reads it), no eval error" [
+      (failedAssertions leadingZeroPort)
+      leadingZeroPort.networking.firewall.allowedTCPPorts
+      leadingZeroPort.services.backuphub.prometheusScrapeConfig.static_configs
+    ] [ [ ] [ 9750 ] [ { targets = [ "pi:9750" ]; } ] ])
+    (expect "listen [fe80::1%2]:9750 accepted" (failedAssertions (
+      withService { http.listen = "[fe80::1%2]:9750"; } { }
+    )) [ ])
+    (expect "schedules: aliases and 5 fields accepted" (failedAssertions (
+      eval (withSettings {
+        jobs.cephfs.schedule = "@Daily";
+        jobs.pgdump.schedule = "15 2 * * *";
+      })
+    )) [ ])
+
+    # issue 9: cross-compiled systems
+    (expectTrue "cross: config checked with the build platform's backuphub (buildPackages), locally" (
+      let
+        f = cross.services.backuphub.configFile;
+      in
+      f.local or false
+      && lib.hasInfix "/nix/store/00000000000000000000000000000000-backuphub-0.1.0/bin/backuphub config check" f.script
+    ))
+    (expect "cross: the service runs the host's (aarch64) binary" cross.systemd.services.backuphub.serviceConfig.ExecStart
+      "/nix/store/10000000000000000000000000000000-backuphub-0.1.0/bin/backuphub daemon --config /nix/store/10000000000000000000000000000000-backuphub-config-checked"
+    )
+    (expect "cross without a build-platform backuphub: checkConfig defaults to off" [
+      crossNoBuildPkg.services.backuphub.checkConfig
+      crossNoBuildPkg.systemd.services.backuphub.serviceConfig.ExecStart
+    ] [ false "/nix/store/10000000000000000000000000000000-backuphub-0.1.0/bin/backuphub daemon --config /nix/store/10000000000000000000000000000000-backuphub.toml" ])
+    (expect "native: checkConfig on, with the package itself" [
+      base.services.backuphub.checkConfig
+      (base.services.backuphub.configFile.local or false)
+    ] [ true true ])
+
+    # issue 9: what a NixOS admin expects
+    (expect "extraPackages and postgresqlPackage on PATH" [ (map (p: p.name) adminUnit.path) ] [ [ "etcd-3.5.21" ] ])
+    (expect "HOME and cache directory for tools" [
+      unit.environment
+      sc.CacheDirectory
+      sc.CacheDirectoryMode
+    ] [ { HOME = "/var/cache/backuphub"; XDG_CACHE_HOME = "/var/cache/backuphub"; } "backuphub" "0700" ])
+    (expect "Nice=10 and idle I/O by default" [ sc.Nice sc.IOSchedulingClass ] [ 10 "idle" ])
+    (expect "Nice and IOSchedulingClass can be overridden without mkForce" (
+      let
+        c =
+          (eval (
+            lib.recursiveUpdate (withSettings { }) {
+              systemd.services.backuphub.serviceConfig = {
+                Nice = 0;
+                IOSchedulingClass = "best-effort";
+              };
+            }
+          )).systemd.services.backuphub.serviceConfig;
+      in
+      [ c.Nice c.IOSchedulingClass ]
+    ) [ 0 "best-effort" ])
+    (expect "readAllFiles: CAP_DAC_READ_SEARCH bounded and ambient, nothing else" [
+      adminUnit.serviceConfig.CapabilityBoundingSet
+      adminUnit.serviceConfig.AmbientCapabilities
+    ] [ [ "CAP_DAC_READ_SEARCH" ] [ "CAP_DAC_READ_SEARCH" ] ])
+    (expect "a path job below /home: ProtectHome=read-only (true otherwise)" [
+      adminUnit.serviceConfig.ProtectHome
+      sc.ProtectHome
+    ] [ "read-only" true ])
+    (expect "fixed uid and gid" [ admin.users.users.backuphub.uid admin.users.groups.backuphub.gid ] [ 975 976 ])
+    (expect "no fixed uid and gid by default" [ base.users.users.backuphub.uid base.users.groups.backuphub.gid ] [ null null ])
+    (expect "TimeoutStopSec = daemon.stop_timeout_secs + 30" [ sc.TimeoutStopSec adminUnit.serviceConfig.TimeoutStopSec ] [ 90 330 ])
+    (expect "ordered after time-sync.target (a Pi has no RTC) and network-online.target" unit.after [
+      "network-online.target"
+      "time-sync.target"
+    ])
+    (expect "meta: no maintainers (only lib.maintainers entries are allowed), a manual chapter" [
+      base.meta.maintainers
+      (builtins.pathExists base.meta.doc)
+      (lib.hasSuffix "nix/module.md" (toString base.meta.doc))
+    ] [ [ ] true true ])
+    (expectTrue "ExecStart uses lib.getExe (meta.mainProgram)" (lib.hasPrefix "${pkgBin} daemon" sc.ExecStart))
+    (expect "admin command installed" (map (p: p.name) base.environment.systemPackages) [
+      "backuphub-0.1.0"
+      "backuphub-admin"
+    ])
+    (expectTrue "admin command: systemd-run as the service user with repository, state dir and config" (
+      let
+        t = adminScript.text;
+      in
+      lib.all (x: lib.hasInfix x t) [
+        "/nix/store/00000000000000000000000000000000-systemd-258.2/bin/systemd-run"
+        "-p User=backuphub -p Group=backuphub"
+        "-p RequiresMountsFor=${repo}"
+        "-E BACKUPHUB_REPO=${repo}"
+        "-E BACKUPHUB_STATE_DIR=/var/lib/backuphub"
+        "-E BACKUPHUB_CONFIG=${checkedCfg}"
+        "LoadCredential=identity:$file"
+        "-- ${pkgBin} \"\${args[@]}\""
+      ]
+    ))
+    (expectTrue "admin command: supplementary groups and environment file of the service" (
+      let
+        t = (lib.head (lib.filter (p: p.name == "backuphub-admin") admin.environment.systemPackages)).text;
+      in
+      lib.hasInfix "-p SupplementaryGroups=ceph" t
+      && lib.hasInfix "-p EnvironmentFile=/var/lib/secrets/backuphub/env" t
+    ))
+
     # disabled: nothing at all
     (expect "disabled: no unit, no user, no port" [
       disabled.systemd.services
@@ -598,6 +908,7 @@ let
       disabled.assertions
     ] [ { } { } [ ] [ ] ])
   ]
+  ++ lib.mapAttrsToList (n: c: expectAssertion "assertion: ${n}" c.config c.message) invalid
   ++ lib.mapAttrsToList (n: c: expectTrue "does not evaluate: ${n}" (fails c)) badCases
   ++ [
     # flake.lock
@@ -663,29 +974,66 @@ let
     ))
     (expect "package: meta"
       {
-        inherit (pkgArgs.meta) description mainProgram platforms;
+        inherit (pkgArgs.meta) description mainProgram platforms homepage;
         license = pkgArgs.meta.license.spdxId;
       }
       {
         inherit (cargoToml.package) description;
+        homepage = cargoToml.package.homepage or cargoToml.package.repository;
         mainProgram = "backuphub";
         platforms = lib.platforms.linux;
-        license = "Apache-2.0";
+        license = cargoToml.package.license;
       }
     )
+    (expect "Cargo.toml's licence is Apache-2.0" cargoToml.package.license "Apache-2.0")
+    (expectTrue "LICENSE is the Apache License 2.0 text" (
+      let
+        text = builtins.readFile ../../LICENSE;
+      in
+      lib.hasInfix "Apache License" text
+      && lib.hasInfix "Version 2.0, January 2004" text
+      && lib.hasInfix "END OF TERMS AND CONDITIONS" text
+    ))
+    (expectTrue "description names only what the release does (no Kubernetes, S3 jobs yet)" (
+      !(lib.hasInfix "Kubernetes" pkgArgs.meta.description) && !(lib.hasInfix "S3" pkgArgs.meta.description)
+    ))
 
     # nix/tests/vm.nix
     (expect "vm: no failed assertions" (failedAssertions vmNode) [ ])
     (expect "vm: started by the test script, after PostgreSQL" [ vmUnit.wantedBy (lib.elem "postgresql.service" vmUnit.after) ] [ [ ] true ])
     (expect "vm: pg_dumpall on PATH" (map (p: p.name) vmUnit.path) [ "postgresql-17.6" ])
-    (expect "vm: repository created" vmUnit.serviceConfig.ExecStartPre [
-      "+/nix/store/00000000000000000000000000000000-coreutils-9.7/bin/install -d -m 0700 -o backuphub -g backuphub /var/backup/backuphub"
+    (expect "vm: repository created on the data disk" vmUnit.serviceConfig.ExecStartPre [
+      "+/nix/store/00000000000000000000000000000000-coreutils-9.7/bin/install -d -m 0700 -o backuphub -g backuphub /mnt/backup/backuphub"
     ])
+    (expectTrue "vm: a data disk larger than min_free_space (1 GiB) plus room, mounted where the repository lives" (
+      let
+        fs = vmNode.virtualisation.fileSystems."/mnt/backup" or null;
+      in
+      vmNode.virtualisation.emptyDiskImages == [ 4096 ]
+      && fs != null
+      && fs.device == "/dev/vdb"
+      && fs.autoFormat
+      && vmUnit.unitConfig.RequiresMountsFor == [ "/mnt/backup/backuphub" ]
+      && !(vmNode.services.backuphub.settings ? daemon)
+    ))
+    (expectTrue "vm: encrypted repository, API token as a credential" (
+      lib.length vmNode.services.backuphub.settings.repository.recipients == 1
+      && vmUnit.serviceConfig.LoadCredential == [ "api-token:/var/lib/secrets/backuphub/api-token" ]
+      && vmNode.services.backuphub.settings.http.token_file == "${creds}/api-token"
+    ))
     (expect "vm: job kinds" (lib.mapAttrs (_: j: j.kind) vmNode.services.backuphub.settings.jobs) {
       data = "path";
       pgdump = "command";
     })
-    (expectTrue "vm: script restores latest:pgdump" (lib.hasInfix "latest:pgdump all.sql" vmTest.testScript))
+    (expectTrue "vm: script restores both jobs with backuphub-admin and the identity" (
+      lib.all (x: lib.hasInfix x vmTest.testScript) [
+        "backuphub-admin cat --identity /root/identity.txt latest:pgdump all.sql"
+        "backuphub-admin restore --identity /root/identity.txt latest:data --target /tmp/restore"
+        "assert value == \"hello from backuphub\""
+        "assert content == \"hello from the path job\""
+        "wait_for_unit(\"mnt-backup.mount\")"
+      ]
+    ))
   ]
   ++ [
     # README.md: the Pi example
@@ -718,7 +1066,11 @@ let
 
   failures = lib.filter (c: !c.ok) checks;
 in
-if case != null then
+if print == "admin" then
+  adminScript.text
+else if print == "vm-script" then
+  vmTest.testScript
+else if case != null then
   force badCases.${case}
 else if failures == [ ] then
   {

@@ -3,9 +3,13 @@
 #  - every .nix file of the repository parses;
 #  - tests/nix/eval.nix: module.nix under lib.evalModules with stubs (unit, hardening, firewall,
 #    credentials, assertion messages) and flake.lock against ../shared/nixpkgs-pin.md;
-#  - configurations that must not evaluate fail with the expected message;
+#  - configurations that must not evaluate fail with the expected message (and, in eval.nix,
+#    every assertion of the module with a configuration that fails it);
+#  - backuphub-admin, as the module writes it, linted and run against a stand-in systemd-run;
+#  - the VM test's Python script compiles (the VM itself needs KVM and real nixpkgs);
 #  - the harness itself can fail (a deliberately false expectation).
-# Usage: bash tests/nix/run.sh   (from anywhere; installs nix-bin with apt-get when missing)
+# Usage: bash tests/nix/run.sh   (from anywhere; installs nix-bin and shellcheck with apt-get
+# when missing)
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -17,11 +21,15 @@ shared=$(cd "$root/../shared" 2>/dev/null && pwd) || {
 [ -f "$shared/nixpkgs-lib/lib/default.nix" ] || { echo "tests/nix: no $shared/nixpkgs-lib/lib" >&2; exit 1; }
 [ -f "$shared/nixpkgs-pin.md" ] || { echo "tests/nix: no $shared/nixpkgs-pin.md" >&2; exit 1; }
 
-if ! command -v nix-instantiate >/dev/null 2>&1; then
-  echo "tests/nix: installing nix-bin" >&2
+missing=()
+command -v nix-instantiate >/dev/null 2>&1 || missing+=(nix-bin)
+# lints backuphub-admin, as writeShellApplication would
+command -v shellcheck >/dev/null 2>&1 || missing+=(shellcheck)
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "tests/nix: installing ${missing[*]}" >&2
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq >/dev/null
-  apt-get install -y -qq nix-bin >/dev/null
+  apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
 passed=0
@@ -75,11 +83,97 @@ expect_error() { # case, message fragment
   fi
 }
 expect_error bad-kind 'jobs.k8s.kind'"'"' is not of type `one of "path", "command"'
-expect_error bad-listen 'services.backuphub.settings.http.listen'"'"' is not of type'
 expect_error store-credential 'absolute path not in the Nix store'
 expect_error relative-credential 'absolute path not in the Nix store'
 
-# 4. the harness can fail
+# 4. backuphub-admin: the script the module writes, run with a stand-in systemd-run that prints
+#    its arguments (one a line), so the translation of ARGS and --identity is checked for real
+if evalnix --json --argstr print admin >"$tmp/admin.json" 2>"$log"; then
+  jq -r . "$tmp/admin.json" >"$tmp/admin.in"
+  store_run=/nix/store/00000000000000000000000000000000-systemd-258.2/bin/systemd-run
+  grep -qF "$store_run" "$tmp/admin.in" || fail "backuphub-admin does not call $store_run"
+  printf '#!/usr/bin/env bash\nprintf "%%s\\n" "$@"\n' >"$tmp/systemd-run"
+  chmod +x "$tmp/systemd-run"
+  # and a stand-in runuser: may the service user enter the current directory? ($FAKE_ACCESS)
+  store_runuser=/nix/store/00000000000000000000000000000000-util-linux-2.41.2/bin/runuser
+  grep -qF "$store_runuser" "$tmp/admin.in" || fail "backuphub-admin does not call $store_runuser"
+  printf '#!/usr/bin/env bash\n[ "${FAKE_ACCESS:-yes}" = yes ]\n' >"$tmp/runuser"
+  chmod +x "$tmp/runuser"
+  sed -e "s|$store_run|$tmp/systemd-run|" -e "s|$store_runuser|$tmp/runuser|" "$tmp/admin.in" >"$tmp/backuphub-admin"
+  if bash -n "$tmp/backuphub-admin"; then pass; else fail "backuphub-admin: bash -n"; fi
+  if command -v shellcheck >/dev/null 2>&1; then
+    if shellcheck -s bash "$tmp/backuphub-admin" >"$log" 2>&1; then pass; else fail "backuphub-admin: shellcheck"; cat "$log" >&2; fi
+  fi
+  echo "AGE-SECRET-KEY-1TEST" >"$tmp/identity"
+  admin_case() { # name, expected lines (grep -x each, in order), args…
+    local name=$1 expected=$2
+    shift 2
+    if [ "$(id -u)" != 0 ]; then echo "tests/nix: not root, skipping backuphub-admin case $name" >&2; return; fi
+    if ! (cd "$tmp" && bash "$tmp/backuphub-admin" "$@") >"$tmp/admin.out" 2>"$log"; then
+      fail "backuphub-admin $name: exit status"; cat "$log" >&2; return
+    fi
+    # the unit name holds the wrapper's pid: compare up to it
+    sed -i -e 's|^\(BACKUPHUB_IDENTITY=/run/credentials/backuphub-admin-\)[0-9]*\.service/identity$|\1|' \
+      -e 's|^\(--unit=backuphub-admin-\)[0-9]*$|\1|' "$tmp/admin.out"
+    # every expected line appears, in this order
+    if printf '%s\n' "$expected" | awk 'BEGIN { i = 0; n = 0 } NR == FNR { want[n++] = $0; next } i < n && $0 == want[i] { i++ } END { exit !(i == n) }' - "$tmp/admin.out"; then
+      pass
+    else
+      fail "backuphub-admin $name: expected, in order:"; printf '%s\n' "$expected" >&2; echo "got:" >&2; cat "$tmp/admin.out" >&2
+    fi
+  }
+  admin_case plain "-p
+User=backuphub
+-E
+BACKUPHUB_REPO=/mnt/backup/backuphub
+--
+/nix/store/00000000000000000000000000000000-backuphub-0.1.0/bin/backuphub
+snapshots
+--job
+etc" snapshots --job etc
+  admin_case identity "-p
+LoadCredential=identity:$tmp/identity
+-E
+BACKUPHUB_IDENTITY=/run/credentials/backuphub-admin-
+--
+/nix/store/00000000000000000000000000000000-backuphub-0.1.0/bin/backuphub
+cat
+latest:etc
+hosts" cat --identity identity latest:etc hosts
+  admin_case identity-equals "LoadCredential=identity:$tmp/identity
+restore
+latest:etc
+--target
+/tmp/x" restore --identity="$tmp/identity" latest:etc --target /tmp/x
+  admin_case same-dir "--unit=backuphub-admin-
+--same-dir
+--
+/nix/store/00000000000000000000000000000000-backuphub-0.1.0/bin/backuphub" ls latest:etc
+  FAKE_ACCESS=no admin_case inaccessible-dir "--unit=backuphub-admin-
+--working-directory=/
+--
+/nix/store/00000000000000000000000000000000-backuphub-0.1.0/bin/backuphub" ls latest:etc
+  admin_case after-double-dash "--
+cat
+--
+--identity" cat -- --identity
+  if (cd "$tmp" && bash "$tmp/backuphub-admin" cat --identity missing-file x y) >/dev/null 2>"$log"; then
+    fail "backuphub-admin with a missing identity file succeeded"
+  elif grep -qF "no identity file missing-file" "$log"; then pass; else fail "backuphub-admin missing identity:"; cat "$log" >&2; fi
+else
+  fail "eval.nix --argstr print admin"
+  cat "$log" >&2
+fi
+
+# 5. the VM test's script is valid Python (it cannot run here: no KVM)
+if evalnix --json --argstr print vm-script 2>"$log" | jq -r . >"$tmp/vm_test_script.py" && [ -s "$tmp/vm_test_script.py" ]; then
+  if python3 -m py_compile "$tmp/vm_test_script.py" 2>"$log"; then pass; else fail "VM test script does not compile:"; cat "$log" >&2; fi
+else
+  fail "eval.nix --argstr print vm-script"
+  cat "$log" >&2
+fi
+
+# 6. the harness can fail
 if evalnix --arg selfTest true >/dev/null 2>"$log"; then
   fail "eval.nix passed with a deliberately false expectation"
 elif grep -qF 'FAIL self-test: this expectation must fail' "$log"; then

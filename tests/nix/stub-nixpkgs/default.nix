@@ -3,6 +3,8 @@
 # nixpkgs. Builders return their arguments (to inspect) marked as derivations; nothing is built.
 {
   system ? "x86_64-linux",
+  # as nixpkgs' `crossSystem`: the platform packages are built for (a system name here)
+  crossSystem ? null,
   overlays ? [ ],
   lib ? import ../../../../shared/nixpkgs-lib/lib,
   ...
@@ -11,10 +13,23 @@
 let
   inherit (lib) types;
 
+  hostSystem = if crossSystem != null then crossSystem else system;
+
+  # Store paths tell the platform apart: 000… for x86_64-linux, 111… for aarch64-linux.
   fakeDrv = name: {
     type = "derivation";
-    inherit name system;
-    outPath = "/nix/store/00000000000000000000000000000000-${name}";
+    inherit name;
+    system = hostSystem;
+    outPath = "/nix/store/${
+      if hostSystem == "aarch64-linux" then "1" else "0"
+    }0000000000000000000000000000000-${name}";
+  };
+
+  # lib.systems platforms are too much for the stub: a system name and canExecute (the same
+  # system only; the real one also runs e.g. i686 on x86_64).
+  platform = s: {
+    system = s;
+    canExecute = other: other.system == s;
   };
 
   # pkgs.formats.toml: the same value type; `generate` keeps the value and refuses what TOML
@@ -48,7 +63,20 @@ let
       true;
 
   base = final: {
-    inherit lib system;
+    inherit lib;
+    system = hostSystem;
+    stdenv = {
+      buildPlatform = platform system;
+      hostPlatform = platform hostSystem;
+    };
+    # the build machine's packages, with the same overlays (as in nixpkgs)
+    buildPackages =
+      if crossSystem == null then
+        final
+      else
+        import ./. {
+          inherit system overlays lib;
+        };
     callPackage =
       fn: args:
       let
@@ -68,6 +96,13 @@ let
     runCommand =
       name: env: script:
       fakeDrv name // { inherit env script; };
+    runCommandLocal =
+      name: env: script:
+      fakeDrv name
+      // {
+        inherit env script;
+        local = true;
+      };
     formats.toml =
       { }:
       {
@@ -79,8 +114,17 @@ let
       };
 
     writeShellScript = name: text: fakeDrv name // { inherit text; };
+    writeShellScriptBin =
+      name: text:
+      fakeDrv name
+      // {
+        inherit text;
+        meta.mainProgram = name;
+      };
 
     coreutils = fakeDrv "coreutils-9.7";
+    systemd = fakeDrv "systemd-258.2";
+    util-linux = fakeDrv "util-linux-2.41.2";
     etcd = fakeDrv "etcd-3.5.21";
     postgresql = fakeDrv "postgresql-17.6";
     curl = fakeDrv "curl-8.14.1";
