@@ -271,6 +271,15 @@ let
     ) jobs
   );
 
+  # Tools of command jobs, on the service's PATH (and the admin command's).
+  servicePath = cfg.extraPackages ++ lib.optional (cfg.postgresqlPackage != null) cfg.postgresqlPackage;
+  # A transient unit gets no NixOS service PATH (a service gets coreutils, findutils, grep, sed
+  # and systemd after its `path`): `backuphub-admin run JOB` finds the job's tools first, then
+  # the system's.
+  adminPath = lib.concatStringsSep ":" (
+    lib.optional (servicePath != [ ]) (lib.makeBinPath servicePath) ++ [ "/run/current-system/sw/bin" ]
+  );
+
   # ---------------------------------------------------------------- the admin command
   # `backuphub-admin ARGS…` = `backuphub ARGS…` as the service user, with the service's
   # repository, state directory and configuration, in a transient unit (systemd-run), so that
@@ -325,13 +334,17 @@ let
       fi
       extra+=(-p "LoadCredential=identity:$file" -E "BACKUPHUB_IDENTITY=/run/credentials/$unit.service/identity")
     fi
+    # --expand-environment=no: the service manager would otherwise expand "$NAME" and
+    # "''${NAME}" in ARGS (a file name "a$b" would become "a"), as it does in ExecStart=.
     exec ${config.systemd.package}/bin/systemd-run --quiet --collect --wait --pipe \
-      --service-type=exec --unit="$unit" \
+      --service-type=exec --unit="$unit" --expand-environment=no \
       -p User=${cfg.user} -p Group=${cfg.group} \
       ${
         lib.optionalString (
           cfg.extraGroups != [ ]
         ) "-p SupplementaryGroups=${lib.escapeShellArg (toString cfg.extraGroups)} "
+      }${
+        lib.optionalString cfg.readAllFiles "-p AmbientCapabilities=CAP_DAC_READ_SEARCH "
       }-p RequiresMountsFor=${lib.escapeShellArg repoPath} -p UMask=0077 \
       ${
         lib.optionalString (
@@ -340,7 +353,8 @@ let
       }-E BACKUPHUB_REPO=${lib.escapeShellArg repoPath} \
       -E BACKUPHUB_STATE_DIR=${lib.escapeShellArg stateDir} \
       -E BACKUPHUB_CONFIG=${cfg.configFile} \
-      -E HOME=${homeDir} \
+      -E HOME=${homeDir} -E XDG_CACHE_HOME=${homeDir} \
+      -E PATH=${lib.escapeShellArg adminPath} \
       "''${extra[@]}" -- ${lib.getExe cfg.package} "''${args[@]}"
   '';
 in
@@ -720,7 +734,7 @@ in
         "time-sync.target"
       ];
 
-      path = cfg.extraPackages ++ lib.optional (cfg.postgresqlPackage != null) cfg.postgresqlPackage;
+      path = servicePath;
 
       environment = {
         # for tools of command jobs that want a home or a cache (HOME is /var/empty otherwise)

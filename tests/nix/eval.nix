@@ -899,6 +899,19 @@ let
       lib.hasInfix "-p SupplementaryGroups=ceph" t
       && lib.hasInfix "-p EnvironmentFile=/var/lib/secrets/backuphub/env" t
     ))
+    # `backuphub-admin run JOB` runs a command job as the daemon would: its tools on PATH
+    # (a transient unit gets no NixOS service PATH), and readAllFiles' capability.
+    (expectTrue "admin command: the service's PATH and readAllFiles' capability" (
+      let
+        t = (lib.head (lib.filter (p: p.name == "backuphub-admin") admin.environment.systemPackages)).text;
+      in
+      lib.hasInfix "-E PATH=/nix/store/00000000000000000000000000000000-etcd-3.5.21/bin:/run/current-system/sw/bin " t
+      && lib.hasInfix "-p AmbientCapabilities=CAP_DAC_READ_SEARCH " t
+    ))
+    (expectTrue "admin command: postgresqlPackage on PATH; without readAllFiles no capability" (
+      lib.hasInfix "-E PATH=/nix/store/00000000000000000000000000000000-postgresql-17.6/bin:/run/current-system/sw/bin " adminScript.text
+      && !lib.hasInfix "AmbientCapabilities" adminScript.text
+    ))
 
     # disabled: nothing at all
     (expect "disabled: no unit, no user, no port" [

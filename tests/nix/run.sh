@@ -153,6 +153,17 @@ latest:etc
 --working-directory=/
 --
 /nix/store/00000000000000000000000000000000-backuphub-0.1.0/bin/backuphub" ls latest:etc
+  # the service manager expands $NAME and ${NAME} in a transient unit's command line unless told
+  # not to: arguments (file names with '$' or spaces) must reach backuphub unchanged
+  # shellcheck disable=SC2016
+  admin_case literal-arguments '--expand-environment=no
+-E
+PATH=/nix/store/00000000000000000000000000000000-postgresql-17.6/bin:/run/current-system/sw/bin
+--
+/nix/store/00000000000000000000000000000000-backuphub-0.1.0/bin/backuphub
+cat
+latest:etc
+my $HOME ${USER} file.txt' cat latest:etc 'my $HOME ${USER} file.txt'
   admin_case after-double-dash "--
 cat
 --
