@@ -144,7 +144,9 @@ pkgs.testers.runNixOSTest {
         )
 
     with subtest("the repository is encrypted: no restore without the identity"):
-        machine.fail("backuphub-admin cat latest:pgdump all.sql > /dev/null")
+        # fails for that reason, not for any other (a broken admin command fails too)
+        err = machine.fail("backuphub-admin cat latest:pgdump all.sql 2>&1 >/dev/null")
+        assert "--identity" in err, f"expected a request for --identity, got: {err!r}"
 
     with subtest("restore the dump"):
         psql("DROP DATABASE drill")
@@ -159,13 +161,16 @@ pkgs.testers.runNixOSTest {
         assert value == "hello from backuphub", f"restored row: {value!r}"
 
     with subtest("restore the path job"):
-        machine.succeed("install -d -o backuphub -g backuphub /tmp/restore")
+        # a space and "''${HOME}" in the target: backuphub-admin must pass it on verbatim (systemd
+        # expands variables in a transient unit's command line unless told not to)
+        target = "/tmp/restore ''${HOME}"
+        machine.succeed(f"install -d -o backuphub -g backuphub '{target}'")
         machine.succeed(
-            "backuphub-admin restore --identity /root/identity.txt latest:data --target /tmp/restore"
+            f"backuphub-admin restore --identity /root/identity.txt latest:data --target '{target}'"
         )
-        restored = machine.succeed("find /tmp/restore -name hello.txt -type f").strip()
+        restored = machine.succeed(f"find '{target}' -name hello.txt -type f").strip()
         assert restored != "", "hello.txt was not restored"
-        content = machine.succeed(f"cat {restored}")
+        content = machine.succeed(f"cat '{restored}'")
         assert content == "hello from the path job", f"restored file: {content!r}"
 
     with subtest("nothing the admin command wrote is owned by root"):

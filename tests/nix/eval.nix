@@ -1041,10 +1041,13 @@ let
     (expectTrue "vm: script restores both jobs with backuphub-admin and the identity" (
       lib.all (x: lib.hasInfix x vmTest.testScript) [
         "backuphub-admin cat --identity /root/identity.txt latest:pgdump all.sql"
-        "backuphub-admin restore --identity /root/identity.txt latest:data --target /tmp/restore"
+        "backuphub-admin restore --identity /root/identity.txt latest:data --target '{target}'"
+        "target = \"/tmp/restore \${HOME}\""
         "assert value == \"hello from backuphub\""
         "assert content == \"hello from the path job\""
         "wait_for_unit(\"mnt-backup.mount\")"
+        # the restore without the identity must fail asking for it, not just fail
+        "assert \"--identity\" in err"
       ]
     ))
   ]
