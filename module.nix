@@ -293,6 +293,7 @@ let
       exit 1
     fi
     identity=
+    identity_given=
     args=()
     while [ $# -gt 0 ]; do
       case "$1" in
@@ -302,10 +303,12 @@ let
             exit 2
           fi
           identity=$2
+          identity_given=1
           shift 2
           ;;
         --identity=*)
           identity=''${1#--identity=}
+          identity_given=1
           shift
           ;;
         --)
@@ -327,9 +330,10 @@ let
       echo "backuphub-admin: $PWD is not accessible to ${cfg.user}; relative paths are taken from /" >&2
       extra=(--working-directory=/)
     fi
-    if [ -n "$identity" ]; then
-      if ! file=$(realpath -e -- "$identity"); then
-        echo "backuphub-admin: no identity file $identity" >&2
+    if [ -n "$identity_given" ]; then
+      # a file: systemd would load a directory as a tree of credentials
+      if [ -z "$identity" ] || [ ! -f "$identity" ] || ! file=$(realpath -e -- "$identity"); then
+        echo "backuphub-admin: no identity file '$identity'" >&2
         exit 1
       fi
       extra+=(-p "LoadCredential=identity:$file" -E "BACKUPHUB_IDENTITY=/run/credentials/$unit.service/identity")

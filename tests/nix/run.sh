@@ -168,9 +168,20 @@ my $HOME ${USER} file.txt' cat latest:etc 'my $HOME ${USER} file.txt'
 cat
 --
 --identity" cat -- --identity
-  if (cd "$tmp" && bash "$tmp/backuphub-admin" cat --identity missing-file x y) >/dev/null 2>"$log"; then
-    fail "backuphub-admin with a missing identity file succeeded"
-  elif grep -qF "no identity file missing-file" "$log"; then pass; else fail "backuphub-admin missing identity:"; cat "$log" >&2; fi
+  # a missing file, an empty value and a directory are errors, not "no identity"
+  admin_rejects() { # name, message fragment, args…
+    local name=$1 message=$2
+    shift 2
+    if [ "$(id -u)" != 0 ]; then echo "tests/nix: not root, skipping backuphub-admin case $name" >&2; return; fi
+    if (cd "$tmp" && bash "$tmp/backuphub-admin" "$@") >/dev/null 2>"$log"; then
+      fail "backuphub-admin $name succeeded"
+    elif grep -qF -- "$message" "$log"; then pass; else fail "backuphub-admin $name:"; cat "$log" >&2; fi
+  }
+  admin_rejects missing-identity "no identity file 'missing-file'" cat --identity missing-file x y
+  admin_rejects empty-identity "no identity file ''" cat --identity= x y
+  admin_rejects empty-identity-arg "no identity file ''" cat --identity "" x y
+  mkdir -p "$tmp/identity-dir"
+  admin_rejects directory-identity "no identity file 'identity-dir'" cat --identity identity-dir x y
 else
   fail "eval.nix --argstr print admin"
   cat "$log" >&2
