@@ -11,7 +11,7 @@
 use std::collections::HashSet;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use chrono::Utc;
 
@@ -21,9 +21,9 @@ use crate::repo::pack::{BlobKind, PackWriter};
 use crate::repo::snapshot::{
     Details, Failure, SNAPSHOT_FORMAT, Snapshot, SnapshotStats, SnapshotStatus,
 };
-use crate::repo::tree::{EntryKind, OrderError, TreeCutter};
+use crate::repo::tree::{Entry, EntryKind, OrderError, TreeCutter};
 use crate::repo::{RepoError, Repository, random_hex};
-use crate::source::{Content, Source, SourceError};
+use crate::source::{Content, Opener, Source, SourceError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ArchiveError {
@@ -207,9 +207,10 @@ pub fn archive(
     };
     let description = source.description();
     let file_cache = repo.index().begin_file_cache(job)?;
+    let presence = repo.presence();
     let previous = repo
         .index()
-        .previous(job, Box::new(|c| repo.has_blob(c).unwrap_or(false)))?;
+        .previous(job, Box::new(move |c| presence.has(c)))?;
 
     let walked = std::thread::scope(|s| {
         let (tx, rx) = crossbeam_channel::bounded::<Work>(workers * 2);
@@ -355,12 +356,10 @@ impl Walk<'_, '_> {
     fn run(
         &mut self,
         source: &mut dyn Source,
-        previous: crate::repo::index::Previous<'_>,
-        file_cache: &crate::repo::index::FileCacheWriter<'_>,
+        previous: crate::repo::index::Previous,
+        file_cache: &crate::repo::index::FileCacheWriter,
     ) -> Result<(), ArchiveError> {
-        let params = self.repo.config().chunker;
         let mut cutter = TreeCutter::new();
-        // SAFETY of lifetimes: `previous` borrows the index, which outlives this call.
         let entries = source.entries(previous);
         'entries: for item in entries {
             self.check()?;
@@ -389,59 +388,55 @@ impl Walk<'_, '_> {
                     continue 'entries;
                 }
                 Content::None => {}
-                Content::Reuse(chunks) => {
+                Content::Reuse { chunks, fallback } => {
+                    let mut gone = None;
                     for c in &chunks {
                         if !self.seen.contains(c) && !self.repo.has_blob(c)? {
+                            gone = Some(*c);
+                            break;
+                        }
+                        self.seen.insert(*c);
+                    }
+                    match (gone, fallback) {
+                        (None, _) => se.entry.chunks = chunks,
+                        // Gone since the source looked (a prune, recorded damage): read
+                        // the content afresh when the source can.
+                        (Some(c), Some(mut opener)) => {
+                            tracing::info!(path = %se.entry.path, chunk = %c.short(), "a chunk of the previous run is gone; reading afresh");
+                            if let Err(error) = self.read_content(&mut se.entry, &mut *opener)? {
+                                self.failures.push(Failure {
+                                    path: se.entry.path.display(),
+                                    error,
+                                });
+                                continue 'entries;
+                            }
+                        }
+                        (Some(c), None) => {
                             self.failures.push(Failure {
                                 path: se.entry.path.display(),
                                 error: format!("chunk {} of the previous run is gone", c.short()),
                             });
                             continue 'entries;
                         }
-                        self.seen.insert(*c);
                     }
-                    se.entry.chunks = chunks;
                 }
                 Content::Read(reader) => {
-                    let mut size = 0u64;
-                    for chunk in params.chunks(reader, self.seed) {
-                        self.check()?;
-                        let data = match chunk {
-                            Ok(d) => d,
-                            Err(e) => {
-                                tracing::warn!(path = %se.entry.path, error = %e, "read failed");
-                                self.failures.push(Failure {
-                                    path: se.entry.path.display(),
-                                    error: e.to_string(),
-                                });
-                                continue 'entries;
-                            }
-                        };
-                        let id = self.hasher.id(&data);
-                        size += data.len() as u64;
-                        self.stats.read_bytes += data.len() as u64;
-                        self.progress
-                            .read_bytes
-                            .fetch_add(data.len() as u64, Ordering::Relaxed);
-                        se.entry.chunks.push(id);
-                        self.store(BlobKind::Data, id, data)?;
+                    let mut once = crate::source::ReadOnce(Some(reader));
+                    if let Err(error) = self.read_content(&mut se.entry, &mut once)? {
+                        self.failures.push(Failure {
+                            path: se.entry.path.display(),
+                            error,
+                        });
+                        continue 'entries;
                     }
-                    if se.entry.kind == EntryKind::File && size != se.entry.size {
-                        if se.entry.change.is_some() {
-                            // Changed while being read: what was read is stored (it may
-                            // be all there is), but the copy may be torn, so the run says
-                            // so, and the next run never trusts it as unchanged.
-                            tracing::warn!(path = %se.entry.path, "file changed while being read");
-                            self.failures.push(Failure {
-                                path: se.entry.path.display(),
-                                error: format!(
-                                    "changed while being read ({} bytes expected, {size} read); the stored copy may be inconsistent",
-                                    se.entry.size
-                                ),
-                            });
-                            se.entry.change = None;
-                        }
-                        se.entry.size = size;
+                }
+                Content::Open(mut opener) => {
+                    if let Err(error) = self.read_content(&mut se.entry, &mut *opener)? {
+                        self.failures.push(Failure {
+                            path: se.entry.path.display(),
+                            error,
+                        });
+                        continue 'entries;
                     }
                 }
             }
@@ -466,9 +461,132 @@ impl Walk<'_, '_> {
         Ok(())
     }
 
+    /// Chunks and stores an entry's content, reopening it after a failed read as the
+    /// opener's policy allows. Each attempt starts the entry's chunk list afresh; chunks a
+    /// failed attempt stored stay stored (a later attempt or run finds them as dedup
+    /// hits). Returns `Ok(Err(message))` when the entry fails: its last error.
+    fn read_content(
+        &mut self,
+        entry: &mut Entry,
+        opener: &mut dyn Opener,
+    ) -> Result<Result<(), String>, ArchiveError> {
+        let params = self.repo.config().chunker;
+        let policy = opener.retry();
+        let attempts = policy.attempts.max(1);
+        let mut attempt = 0;
+        loop {
+            if attempt > 0 {
+                self.wait(policy.delay(attempt))?;
+            }
+            let last = attempt + 1 >= attempts;
+            entry.chunks.clear();
+            let reader = match opener.open(attempt, entry) {
+                Ok(r) => r,
+                Err(e) if last => return Ok(Err(e.to_string())),
+                Err(e) => {
+                    tracing::warn!(path = %entry.path, error = %e, attempt, "open failed; trying again");
+                    attempt += 1;
+                    continue;
+                }
+            };
+            let reader = Interruptible {
+                inner: reader,
+                cancel: self.cancel,
+                failed: &self.shared.failed,
+            };
+            let mut size = 0u64;
+            let mut error = None;
+            for chunk in params.chunks(reader, self.seed) {
+                self.check()?;
+                let data = match chunk {
+                    Ok(d) => d,
+                    Err(e) => {
+                        // A cancelled read shows up here as an error: it is not the entry's.
+                        self.check()?;
+                        error = Some(e);
+                        break;
+                    }
+                };
+                let id = self.hasher.id(&data);
+                size += data.len() as u64;
+                self.stats.read_bytes += data.len() as u64;
+                self.progress
+                    .read_bytes
+                    .fetch_add(data.len() as u64, Ordering::Relaxed);
+                entry.chunks.push(id);
+                self.store(BlobKind::Data, id, data)?;
+            }
+            if let Some(e) = error {
+                if last {
+                    tracing::warn!(path = %entry.path, error = %e, "read failed");
+                    entry.chunks.clear();
+                    return Ok(Err(e.to_string()));
+                }
+                tracing::warn!(path = %entry.path, error = %e, attempt, "read failed; trying again");
+                attempt += 1;
+                continue;
+            }
+            if entry.kind == EntryKind::File && size != entry.size {
+                if entry.change.is_some() {
+                    if !last {
+                        tracing::info!(path = %entry.path, "file changed while being read; reading it again");
+                        attempt += 1;
+                        continue;
+                    }
+                    // Changed while being read: what was read is stored (it may be all
+                    // there is), but the copy may be torn, so the run says so, and the
+                    // next run never trusts it as unchanged.
+                    tracing::warn!(path = %entry.path, "file changed while being read");
+                    self.failures.push(Failure {
+                        path: entry.path.display(),
+                        error: format!(
+                            "changed while being read ({} bytes expected, {size} read); the stored copy may be inconsistent",
+                            entry.size
+                        ),
+                    });
+                    entry.change = None;
+                }
+                entry.size = size;
+            }
+            return Ok(Ok(()));
+        }
+    }
+
+    /// Sleeps `d` before a retry, in short steps so cancellation is not held up.
+    fn wait(&self, d: Duration) -> Result<(), ArchiveError> {
+        let until = Instant::now() + d;
+        loop {
+            self.check()?;
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Ok(());
+            }
+            std::thread::sleep(left.min(Duration::from_millis(50)));
+        }
+    }
+
     fn store_tree(&mut self, blob: Vec<u8>) -> Result<(), ArchiveError> {
         let id = self.hasher.id(&blob);
         self.tree.push(id);
         self.store(BlobKind::Tree, id, blob)
+    }
+}
+
+/// A content reader that stops at the next `read` once the run is cancelled or has
+/// failed, so a multi-gigabyte stream (or a stalled network read's next wake-up) does not
+/// hold up cancellation until the next chunk boundary.
+struct Interruptible<'a> {
+    inner: Box<dyn std::io::Read + Send>,
+    cancel: &'a AtomicBool,
+    failed: &'a AtomicBool,
+}
+
+impl std::io::Read for Interruptible<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.cancel.load(Ordering::Relaxed) || self.failed.load(Ordering::Relaxed) {
+            // Not `Interrupted`: readers retry that kind.
+            return Err(std::io::Error::other("cancelled"));
+        }
+        self.inner.read(buf)
     }
 }
