@@ -590,3 +590,251 @@ impl std::io::Read for Interruptible<'_> {
         self.inner.read(buf)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::repo::tree::{Entry, EntryPath};
+    use crate::source::{Opener, RetryPolicy, SourceEntry};
+    use std::io::Read;
+    use std::sync::Arc;
+    use std::sync::atomic::AtomicU32;
+
+    fn repo(dir: &std::path::Path) -> Repository {
+        let opts = crate::repo::OpenOptions {
+            identity: None,
+            state_dir: dir.join("state"),
+        };
+        Repository::init(&dir.join("repo"), &opts, &Default::default()).unwrap()
+    }
+
+    /// Yields the given entries once.
+    struct Given(Vec<SourceEntry>);
+
+    impl Source for Given {
+        fn description(&self) -> String {
+            "test".into()
+        }
+        fn entries<'a>(
+            &'a mut self,
+            _previous: crate::repo::index::Previous,
+        ) -> Box<dyn Iterator<Item = Result<SourceEntry, SourceError>> + 'a> {
+            Box::new(self.0.drain(..).map(Ok))
+        }
+    }
+
+    fn file(name: &str, content: Content) -> SourceEntry {
+        SourceEntry {
+            entry: Entry::new(EntryPath::from(name), EntryKind::File),
+            content,
+        }
+    }
+
+    fn run(repo: &Repository, source: &mut dyn Source, cancel: &AtomicBool) -> Result<(Id, Snapshot), ArchiveError> {
+        archive(repo, "job", source, &Progress::default(), cancel, &|| Ok(()))
+    }
+
+    fn content_of(repo: &Repository, snap: &Snapshot, name: &str) -> Vec<u8> {
+        let e = repo
+            .entries(snap)
+            .map(|e| e.unwrap())
+            .find(|e| e.path.as_bytes() == name.as_bytes())
+            .unwrap();
+        let mut out = Vec::new();
+        crate::restore::write_content(repo, &e, &mut out).unwrap();
+        out
+    }
+
+    /// Endless, slow bytes: one byte per read, a millisecond each.
+    struct Slow;
+    impl Read for Slow {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            std::thread::sleep(Duration::from_millis(1));
+            buf[..1].fill(7);
+            Ok(1)
+        }
+    }
+
+    #[test]
+    fn a_long_read_is_cancelled_within_one_read() {
+        let t = tempfile::tempdir().unwrap();
+        let repo = repo(t.path());
+        let cancel = Arc::new(AtomicBool::new(false));
+        let c = cancel.clone();
+        let canceller = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(300));
+            c.store(true, Ordering::SeqCst);
+            Instant::now()
+        });
+        // The first chunk needs far more than 300 single-byte reads (min chunk size), so
+        // only a check inside the reads can stop this in time.
+        let mut src = Given(vec![file("endless", Content::Read(Box::new(Slow)))]);
+        let result = run(&repo, &mut src, &cancel);
+        let stopped = Instant::now();
+        let cancelled_at = canceller.join().unwrap();
+        assert!(matches!(result, Err(ArchiveError::Cancelled)), "{result:?}");
+        assert!(
+            stopped.duration_since(cancelled_at) < Duration::from_millis(200),
+            "took {:?} after the cancel",
+            stopped.duration_since(cancelled_at)
+        );
+    }
+
+    /// Content that fails mid-read on its first `fail` opens, then reads whole.
+    struct Flaky {
+        data: Vec<u8>,
+        fail: u32,
+        opens: Arc<AtomicU32>,
+        policy: RetryPolicy,
+    }
+
+    struct FailAfter(std::io::Cursor<Vec<u8>>, usize);
+    impl Read for FailAfter {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            if self.0.position() as usize >= self.1 {
+                return Err(std::io::Error::other("connection reset"));
+            }
+            let room = (self.1 - self.0.position() as usize).min(buf.len());
+            self.0.read(&mut buf[..room])
+        }
+    }
+
+    impl Opener for Flaky {
+        fn open(&mut self, attempt: u32, entry: &mut Entry) -> std::io::Result<Box<dyn Read + Send>> {
+            self.opens.fetch_add(1, Ordering::SeqCst);
+            entry.size = self.data.len() as u64;
+            let cut = if attempt < self.fail { self.data.len() / 2 } else { usize::MAX };
+            Ok(Box::new(FailAfter(std::io::Cursor::new(self.data.clone()), cut)))
+        }
+        fn retry(&self) -> RetryPolicy {
+            self.policy
+        }
+    }
+
+    fn noise(n: usize) -> Vec<u8> {
+        let mut x = 0x2545_F491_4F6C_DD1Du64;
+        (0..n)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_failed_read_is_retried_from_the_start() {
+        let t = tempfile::tempdir().unwrap();
+        let repo = repo(t.path());
+        let data = noise(3 << 20);
+        let opens = Arc::new(AtomicU32::new(0));
+        let policy = RetryPolicy {
+            attempts: 3,
+            backoff: Duration::from_millis(20),
+        };
+        let flaky = Flaky {
+            data: data.clone(),
+            fail: 2,
+            opens: opens.clone(),
+            policy,
+        };
+        let mut src = Given(vec![file("obj", Content::Open(Box::new(flaky)))]);
+        let started = Instant::now();
+        let (_, snap) = run(&repo, &mut src, &AtomicBool::new(false)).unwrap();
+        assert_eq!(opens.load(Ordering::SeqCst), 3);
+        assert!(started.elapsed() >= Duration::from_millis(60), "backoff 20 + 40 ms");
+        assert_eq!(snap.status, SnapshotStatus::Complete);
+        // Only the last attempt's chunks make the entry.
+        assert_eq!(content_of(&repo, &snap, "obj"), data);
+    }
+
+    #[test]
+    fn the_last_failure_fails_the_entry_only() {
+        let t = tempfile::tempdir().unwrap();
+        let repo = repo(t.path());
+        let opens = Arc::new(AtomicU32::new(0));
+        let flaky = Flaky {
+            data: noise(1 << 20),
+            fail: u32::MAX,
+            opens: opens.clone(),
+            policy: RetryPolicy {
+                attempts: 2,
+                backoff: Duration::ZERO,
+            },
+        };
+        let mut src = Given(vec![
+            file("bad", Content::Open(Box::new(flaky))),
+            file("good", Content::Read(Box::new(std::io::Cursor::new(b"ok".to_vec())))),
+        ]);
+        let (_, snap) = run(&repo, &mut src, &AtomicBool::new(false)).unwrap();
+        assert_eq!(opens.load(Ordering::SeqCst), 2);
+        assert_eq!(snap.status, SnapshotStatus::Partial);
+        let names: Vec<_> = repo.entries(&snap).map(|e| e.unwrap().path.display()).collect();
+        assert_eq!(names, ["good"]);
+        let details = repo.open_details(&snap).unwrap();
+        assert_eq!(details.failures.len(), 1);
+        assert!(details.failures[0].error.contains("connection reset"));
+    }
+
+    #[test]
+    fn a_backoff_wait_is_cancelled() {
+        let t = tempfile::tempdir().unwrap();
+        let repo = repo(t.path());
+        let flaky = Flaky {
+            data: noise(1 << 20),
+            fail: u32::MAX,
+            opens: Default::default(),
+            policy: RetryPolicy {
+                attempts: 5,
+                backoff: Duration::from_secs(30),
+            },
+        };
+        let cancel = Arc::new(AtomicBool::new(false));
+        let c = cancel.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(200));
+            c.store(true, Ordering::SeqCst);
+        });
+        let started = Instant::now();
+        let mut src = Given(vec![file("obj", Content::Open(Box::new(flaky)))]);
+        let result = run(&repo, &mut src, &cancel);
+        assert!(matches!(result, Err(ArchiveError::Cancelled)), "{result:?}");
+        assert!(started.elapsed() < Duration::from_secs(5));
+    }
+
+    #[test]
+    fn reuse_of_gone_chunks_falls_back_to_the_opener() {
+        let t = tempfile::tempdir().unwrap();
+        let repo = repo(t.path());
+        let data = noise(100_000);
+        let opens = Arc::new(AtomicU32::new(0));
+        let gone = vec![Id::of(b"never stored")];
+        let flaky = Flaky {
+            data: data.clone(),
+            fail: 0,
+            opens: opens.clone(),
+            policy: RetryPolicy::ONCE,
+        };
+        let mut src = Given(vec![
+            file(
+                "a",
+                Content::Reuse {
+                    chunks: gone.clone(),
+                    fallback: Some(Box::new(flaky)),
+                },
+            ),
+            file(
+                "b",
+                Content::Reuse {
+                    chunks: gone,
+                    fallback: None,
+                },
+            ),
+        ]);
+        let (_, snap) = run(&repo, &mut src, &AtomicBool::new(false)).unwrap();
+        assert_eq!(opens.load(Ordering::SeqCst), 1);
+        assert_eq!(content_of(&repo, &snap, "a"), data);
+        assert_eq!(snap.status, SnapshotStatus::Partial, "b has no fallback");
+    }
+}
