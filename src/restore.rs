@@ -1130,6 +1130,126 @@ mod tests {
         }
     }
 
+    /// A snapshot of files named by logical keys that are no safe paths.
+    fn keyed_snapshot(dir: &Path, keys: &[&[u8]]) -> (Repository, Snapshot) {
+        struct Keyed(Vec<Vec<u8>>);
+        impl crate::source::Source for Keyed {
+            fn description(&self) -> String {
+                "keyed".into()
+            }
+            fn entries<'a>(
+                &'a mut self,
+                _: crate::repo::index::Previous,
+            ) -> Box<
+                dyn Iterator<
+                        Item = Result<crate::source::SourceEntry, crate::source::SourceError>,
+                    > + 'a,
+            > {
+                Box::new(self.0.drain(..).map(|k| {
+                    let mut entry = Entry::with_key(&k, EntryKind::File);
+                    entry.size = k.len() as u64;
+                    entry.meta.insert("etag".into(), "\"x\"".into());
+                    Ok(crate::source::SourceEntry {
+                        entry,
+                        content: crate::source::Content::Read(Box::new(std::io::Cursor::new(k))),
+                    })
+                }))
+            }
+        }
+        let opts = crate::repo::OpenOptions {
+            identity: None,
+            state_dir: dir.join("state"),
+        };
+        let repo = Repository::init(&dir.join("repo"), &opts, &Default::default()).unwrap();
+        let mut src = Keyed(keys.iter().map(|k| k.to_vec()).collect());
+        let (_, snap) = crate::archiver::archive(
+            &repo,
+            "job",
+            &mut src,
+            &Default::default(),
+            &Default::default(),
+            &|| Ok(()),
+        )
+        .unwrap();
+        (repo, snap)
+    }
+
+    #[test]
+    fn keyed_entries_restore_to_their_escaped_paths_inside_the_target() {
+        let t = tempfile::tempdir().unwrap();
+        // In key order, which is not the order of their escaped paths.
+        let keys: [&[u8]; 5] = [b"/abs", b"a/-", b"a/./c", b"a//b", b"x/../../escape"];
+        let (repo, snap) = keyed_snapshot(t.path(), &keys);
+        let target = t.path().join("out");
+        let stats = restore(&repo, &snap, &target, &RestoreOptions::default()).unwrap();
+        assert_eq!(stats.entries, 5);
+        for (key, path) in [
+            (&b"/abs"[..], "%/abs"),
+            (b"a/-", "a/-"),
+            (b"a/./c", "a/%2E/c"),
+            (b"a//b", "a/%/b"),
+            (b"x/../../escape", "x/%2E%2E/%2E%2E/escape"),
+        ] {
+            assert_eq!(std::fs::read(target.join(path)).unwrap(), key, "{path}");
+        }
+        assert!(!t.path().join("escape").exists());
+        // A selection by restore path, with and without a `%` in it.
+        for (only, want) in [("a", 3), ("a/%", 1), ("x/%2E%2E", 1)] {
+            let out = t.path().join(format!("sel-{}", only.replace('/', "_")));
+            let opts = RestoreOptions {
+                only: Some(EntryPath::from(only)),
+                overwrite: false,
+            };
+            let stats = restore(&repo, &snap, &out, &opts).unwrap();
+            assert_eq!(stats.entries, want, "{only}");
+        }
+        // `cat` finds an entry by its key or by where it restores to.
+        for name in ["a//b", "a/%/b"] {
+            let mut out = Vec::new();
+            cat(&repo, &snap, &EntryPath::new(name.as_bytes().to_vec()), &mut out).unwrap();
+            assert_eq!(out, b"a//b");
+        }
+        assert!(matches!(
+            cat(&repo, &snap, &EntryPath::from("a/b"), &mut Vec::new()),
+            Err(RestoreError::NotFound(_))
+        ));
+    }
+
+    /// A sink that records what it is given: what a bucket or kubectl sink would see.
+    #[derive(Default)]
+    struct Recording(Vec<(Option<Vec<u8>>, String, Vec<u8>)>, bool);
+
+    impl Sink for Recording {
+        fn entry(&mut self, e: &Entry, content: &mut EntryContent<'_>) -> Result<u64, EntryError> {
+            let mut body = Vec::new();
+            std::io::Read::read_to_end(content, &mut body).unwrap();
+            self.0.push((e.key.clone(), e.meta["etag"].clone(), body));
+            Ok(e.size)
+        }
+        fn finish(&mut self, _: &mut RestoreStats) -> Result<(), RestoreError> {
+            self.1 = true;
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_sink_gets_keys_metadata_and_verified_content() {
+        let t = tempfile::tempdir().unwrap();
+        let (repo, snap) = keyed_snapshot(t.path(), &[b"k/", b"plain"]);
+        let mut sink = Recording::default();
+        let stats = restore_to(&repo, &snap, &mut sink, &RestoreOptions::default(), &mut || {})
+            .unwrap();
+        assert_eq!(stats.entries, 2);
+        assert!(sink.1, "finished");
+        assert_eq!(
+            sink.0,
+            vec![
+                (Some(b"k/".to_vec()), "\"x\"".to_string(), b"k/".to_vec()),
+                (None, "\"x\"".to_string(), b"plain".to_vec()),
+            ]
+        );
+    }
+
     #[test]
     fn only_losses_of_the_repository_itself_are_fatal() {
         let damaged = RepoError::Corrupt("chunk x: content does not match its id".into());

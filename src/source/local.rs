@@ -503,6 +503,49 @@ mod tests {
         );
     }
 
+    fn next_file(it: &mut dyn Iterator<Item = Result<SourceEntry, SourceError>>, name: &str) -> SourceEntry {
+        it.map(|e| e.unwrap())
+            .find(|e| e.entry.path.display().ends_with(name))
+            .unwrap()
+    }
+
+    #[test]
+    fn metadata_is_read_when_an_entrys_turn_comes_and_refreshed_on_open() {
+        use std::io::Read;
+        use std::os::unix::fs::PermissionsExt;
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path().join("r");
+        std::fs::create_dir_all(&root).unwrap();
+        for f in ["a", "b"] {
+            std::fs::write(root.join(f), b"12345").unwrap();
+        }
+        let mut src = LocalSource::new(std::slice::from_ref(&root), &[]).unwrap();
+        let mut it = src.entries(Previous::empty());
+        let mut a = next_file(&mut *it, "/a");
+        // Listed, but not yet visited: what `b` is now is what its entry says.
+        std::fs::set_permissions(root.join("b"), std::fs::Permissions::from_mode(0o600)).unwrap();
+        let b = next_file(&mut *it, "/b");
+        assert_eq!(b.entry.mode, 0o600);
+        // `a` grew after its stat: opening it describes what will be read.
+        std::fs::write(root.join("a"), b"1234567").unwrap();
+        let Content::Open(mut opener) = std::mem::replace(&mut a.content, Content::None) else {
+            panic!("a local file is reopenable");
+        };
+        assert_eq!(opener.retry().attempts, 2, "a changed file is read once more");
+        let mut data = Vec::new();
+        opener
+            .open(0, &mut a.entry)
+            .unwrap()
+            .read_to_end(&mut data)
+            .unwrap();
+        assert_eq!(a.entry.size, 7);
+        assert_eq!(data, b"1234567");
+        // Swapped for a symlink since the listing: never followed.
+        std::fs::remove_file(root.join("a")).unwrap();
+        std::os::unix::fs::symlink(root.join("b"), root.join("a")).unwrap();
+        assert!(opener.open(1, &mut a.entry).is_err());
+    }
+
     #[test]
     fn nested_and_missing_roots() {
         let t = tempfile::tempdir().unwrap();
