@@ -777,6 +777,52 @@ mod tests {
         assert!(details.failures[0].error.contains("connection reset"));
     }
 
+    /// A file that says `said` bytes when opened but reads `read` bytes, per attempt.
+    struct Changing(Vec<(u64, usize)>, Arc<AtomicU32>);
+
+    impl Opener for Changing {
+        fn open(&mut self, attempt: u32, entry: &mut Entry) -> std::io::Result<Box<dyn Read + Send>> {
+            self.1.fetch_add(1, Ordering::SeqCst);
+            let (said, read) = self.0[attempt as usize];
+            entry.size = said;
+            entry.change = Some((1, 2, attempt as i64));
+            Ok(Box::new(std::io::Cursor::new(noise(read))))
+        }
+        fn retry(&self) -> RetryPolicy {
+            RetryPolicy {
+                attempts: 2,
+                backoff: Duration::ZERO,
+            }
+        }
+    }
+
+    #[test]
+    fn a_file_changed_while_read_is_read_once_more() {
+        let t = tempfile::tempdir().unwrap();
+        let repo = repo(t.path());
+        let opens = Arc::new(AtomicU32::new(0));
+        // Settled by the second read: a complete snapshot with the second read's bytes.
+        let settled = Changing(vec![(1000, 400), (500, 500)], opens.clone());
+        // Still changing: stored as read the second time, and the snapshot says so.
+        let busy = Changing(vec![(1000, 400), (900, 300)], opens.clone());
+        let mut src = Given(vec![
+            file("busy", Content::Open(Box::new(busy))),
+            file("settled", Content::Open(Box::new(settled))),
+        ]);
+        let (_, snap) = run(&repo, &mut src, &AtomicBool::new(false)).unwrap();
+        assert_eq!(opens.load(Ordering::SeqCst), 4);
+        assert_eq!(content_of(&repo, &snap, "settled"), noise(500));
+        assert_eq!(content_of(&repo, &snap, "busy"), noise(300));
+        let entries: Vec<Entry> = repo.entries(&snap).map(|e| e.unwrap()).collect();
+        assert_eq!(entries[0].size, 300);
+        assert_eq!(entries[0].change, None, "never trusted as unchanged");
+        assert_eq!(entries[1].change, Some((1, 2, 1)));
+        let failures = repo.open_details(&snap).unwrap().failures;
+        assert_eq!(failures.len(), 1);
+        assert_eq!(failures[0].path, "busy");
+        assert!(failures[0].error.contains("changed while being read"));
+    }
+
     #[test]
     fn a_backoff_wait_is_cancelled() {
         let t = tempfile::tempdir().unwrap();
