@@ -667,7 +667,11 @@ pub struct DirSink {
 impl DirSink {
     /// Opens (creating it if needed) the target directory. The target itself is the
     /// caller's choice and may be reached through symlinks; nothing below it is.
-    pub fn new(target: &Path, overwrite: bool, special: SpecialFiles) -> Result<DirSink, RestoreError> {
+    pub fn new(
+        target: &Path,
+        overwrite: bool,
+        special: SpecialFiles,
+    ) -> Result<DirSink, RestoreError> {
         std::fs::create_dir_all(target).map_err(io(target))?;
         let root = rustix::fs::openat(
             rustix::fs::CWD,
@@ -702,7 +706,11 @@ impl Sink for DirSink {
 }
 
 impl DirSink {
-    fn restore_entry(&mut self, e: &Entry, content: &mut EntryContent<'_>) -> Result<u64, EntryError> {
+    fn restore_entry(
+        &mut self,
+        e: &Entry,
+        content: &mut EntryContent<'_>,
+    ) -> Result<u64, EntryError> {
         let path = e.restore_path();
         if !path.is_safe() {
             return Err(EntryError::UnsafePath);
@@ -1141,9 +1149,8 @@ mod tests {
                 &'a mut self,
                 _: crate::repo::index::Previous,
             ) -> Box<
-                dyn Iterator<
-                        Item = Result<crate::source::SourceEntry, crate::source::SourceError>,
-                    > + 'a,
+                dyn Iterator<Item = Result<crate::source::SourceEntry, crate::source::SourceError>>
+                    + 'a,
             > {
                 Box::new(self.0.drain(..).map(|k| {
                     let mut entry = Entry::with_key(&k, EntryKind::File);
@@ -1206,7 +1213,13 @@ mod tests {
         // `cat` finds an entry by its key or by where it restores to.
         for name in ["a//b", "a/%/b"] {
             let mut out = Vec::new();
-            cat(&repo, &snap, &EntryPath::new(name.as_bytes().to_vec()), &mut out).unwrap();
+            cat(
+                &repo,
+                &snap,
+                &EntryPath::new(name.as_bytes().to_vec()),
+                &mut out,
+            )
+            .unwrap();
             assert_eq!(out, b"a//b");
         }
         assert!(matches!(
@@ -1237,8 +1250,14 @@ mod tests {
         let t = tempfile::tempdir().unwrap();
         let (repo, snap) = keyed_snapshot(t.path(), &[b"k/", b"plain"]);
         let mut sink = Recording::default();
-        let stats = restore_to(&repo, &snap, &mut sink, &RestoreOptions::default(), &mut || {})
-            .unwrap();
+        let stats = restore_to(
+            &repo,
+            &snap,
+            &mut sink,
+            &RestoreOptions::default(),
+            &mut || {},
+        )
+        .unwrap();
         assert_eq!(stats.entries, 2);
         assert!(sink.1, "finished");
         assert_eq!(

@@ -184,7 +184,12 @@ pub(super) fn cat(a: CatArgs) -> anyhow::Result<u8> {
         1 << 20,
         std::io::stdout().lock(),
     ));
-    restore_mod::cat_to(&r, &s.snapshot, &EntryPath::from(a.path.as_str()), &mut sink)?;
+    restore_mod::cat_to(
+        &r,
+        &s.snapshot,
+        &EntryPath::from(a.path.as_str()),
+        &mut sink,
+    )?;
     Ok(exit::OK)
 }
 

@@ -503,7 +503,10 @@ mod tests {
         );
     }
 
-    fn next_file(it: &mut dyn Iterator<Item = Result<SourceEntry, SourceError>>, name: &str) -> SourceEntry {
+    fn next_file(
+        it: &mut dyn Iterator<Item = Result<SourceEntry, SourceError>>,
+        name: &str,
+    ) -> SourceEntry {
         it.map(|e| e.unwrap())
             .find(|e| e.entry.path.display().ends_with(name))
             .unwrap()
@@ -531,7 +534,11 @@ mod tests {
         let Content::Open(mut opener) = std::mem::replace(&mut a.content, Content::None) else {
             panic!("a local file is reopenable");
         };
-        assert_eq!(opener.retry().attempts, 2, "a changed file is read once more");
+        assert_eq!(
+            opener.retry().attempts,
+            2,
+            "a changed file is read once more"
+        );
         let mut data = Vec::new();
         opener
             .open(0, &mut a.entry)

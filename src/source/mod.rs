@@ -263,7 +263,11 @@ mod tests {
     fn redacting_opener_masks_open_and_read_errors() {
         struct Failing;
         impl Opener for Failing {
-            fn open(&mut self, attempt: u32, _: &mut Entry) -> std::io::Result<Box<dyn Read + Send>> {
+            fn open(
+                &mut self,
+                attempt: u32,
+                _: &mut Entry,
+            ) -> std::io::Result<Box<dyn Read + Send>> {
                 if attempt == 0 {
                     return Err(std::io::Error::other("GET failed: token=hunter2"));
                 }
@@ -276,7 +280,10 @@ mod tests {
                 Ok(Box::new(R))
             }
             fn retry(&self) -> RetryPolicy {
-                RetryPolicy { attempts: 3, backoff: Duration::ZERO }
+                RetryPolicy {
+                    attempts: 3,
+                    backoff: Duration::ZERO,
+                }
             }
         }
         let redactor = crate::redact::Redactor::new(vec!["hunter2".into()]);
@@ -287,8 +294,16 @@ mod tests {
         let mut e = Entry::new(EntryPath::from("x"), crate::repo::tree::EntryKind::File);
         assert_eq!(o.retry().attempts, 3);
         let err = o.open(0, &mut e).err().unwrap().to_string();
-        assert!(err.contains("GET failed") && !err.contains("hunter2"), "{err}");
-        let err = o.open(1, &mut e).unwrap().read(&mut [0; 4]).unwrap_err().to_string();
+        assert!(
+            err.contains("GET failed") && !err.contains("hunter2"),
+            "{err}"
+        );
+        let err = o
+            .open(1, &mut e)
+            .unwrap()
+            .read(&mut [0; 4])
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("reset") && !err.contains("hunter2"), "{err}");
     }
 }

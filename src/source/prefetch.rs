@@ -175,7 +175,10 @@ mod tests {
         }
         assert_eq!(n, 100);
         assert!(peak.load(Ordering::SeqCst) <= 4, "{peak:?}");
-        assert!(peak.load(Ordering::SeqCst) >= 2, "ran concurrently: {peak:?}");
+        assert!(
+            peak.load(Ordering::SeqCst) >= 2,
+            "ran concurrently: {peak:?}"
+        );
         assert!(
             peak_outstanding.load(Ordering::SeqCst) <= 4,
             "{peak_outstanding:?}"
@@ -194,7 +197,11 @@ mod tests {
         .collect();
         assert_eq!(out.len(), 20);
         assert_eq!(out[7], Err("GET 7: 503".to_string()));
-        assert!(out.iter().enumerate().all(|(i, r)| i == 7 || r == &Ok(i as u64)));
+        assert!(
+            out.iter()
+                .enumerate()
+                .all(|(i, r)| i == 7 || r == &Ok(i as u64))
+        );
     }
 
     #[test]
