@@ -23,7 +23,7 @@ use crate::repo::snapshot::{
 };
 use crate::repo::tree::{Entry, EntryKind, OrderError, TreeCutter};
 use crate::repo::{RepoError, Repository, random_hex};
-use crate::source::{Content, Opener, Source, SourceError};
+use crate::source::{Content, Opener, ReadOnce, Source, SourceError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ArchiveError {
@@ -375,7 +375,11 @@ impl Walk<'_, '_> {
                     continue;
                 }
             };
-            match std::mem::replace(&mut se.content, crate::source::Content::None) {
+            // What must be read: fresh content, or reused chunks that turned out gone.
+            let to_read: Option<Box<dyn Opener>> = match std::mem::replace(
+                &mut se.content,
+                Content::None,
+            ) {
                 // A non-empty file without content would restore as an empty one.
                 Content::None if se.entry.kind == EntryKind::File && se.entry.size > 0 => {
                     self.failures.push(Failure {
@@ -387,7 +391,7 @@ impl Walk<'_, '_> {
                     });
                     continue 'entries;
                 }
-                Content::None => {}
+                Content::None => None,
                 Content::Reuse { chunks, fallback } => {
                     let mut gone = None;
                     for c in &chunks {
@@ -398,18 +402,15 @@ impl Walk<'_, '_> {
                         self.seen.insert(*c);
                     }
                     match (gone, fallback) {
-                        (None, _) => se.entry.chunks = chunks,
+                        (None, _) => {
+                            se.entry.chunks = chunks;
+                            None
+                        }
                         // Gone since the source looked (a prune, recorded damage): read
                         // the content afresh when the source can.
-                        (Some(c), Some(mut opener)) => {
+                        (Some(c), Some(opener)) => {
                             tracing::info!(path = %se.entry.path, chunk = %c.short(), "a chunk of the previous run is gone; reading afresh");
-                            if let Err(error) = self.read_content(&mut se.entry, &mut *opener)? {
-                                self.failures.push(Failure {
-                                    path: se.entry.path.display(),
-                                    error,
-                                });
-                                continue 'entries;
-                            }
+                            Some(opener)
                         }
                         (Some(c), None) => {
                             self.failures.push(Failure {
@@ -420,25 +421,17 @@ impl Walk<'_, '_> {
                         }
                     }
                 }
-                Content::Read(reader) => {
-                    let mut once = crate::source::ReadOnce(Some(reader));
-                    if let Err(error) = self.read_content(&mut se.entry, &mut once)? {
-                        self.failures.push(Failure {
-                            path: se.entry.path.display(),
-                            error,
-                        });
-                        continue 'entries;
-                    }
-                }
-                Content::Open(mut opener) => {
-                    if let Err(error) = self.read_content(&mut se.entry, &mut *opener)? {
-                        self.failures.push(Failure {
-                            path: se.entry.path.display(),
-                            error,
-                        });
-                        continue 'entries;
-                    }
-                }
+                Content::Read(reader) => Some(Box::new(ReadOnce(Some(reader)))),
+                Content::Open(opener) => Some(opener),
+            };
+            if let Some(mut opener) = to_read
+                && let Err(error) = self.read_content(&mut se.entry, &mut *opener)?
+            {
+                self.failures.push(Failure {
+                    path: se.entry.path.display(),
+                    error,
+                });
+                continue 'entries;
             }
             self.stats.entries += 1;
             match se.entry.kind {
