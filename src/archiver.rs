@@ -11,7 +11,7 @@
 use std::collections::HashSet;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use chrono::Utc;
 
@@ -21,9 +21,9 @@ use crate::repo::pack::{BlobKind, PackWriter};
 use crate::repo::snapshot::{
     Details, Failure, SNAPSHOT_FORMAT, Snapshot, SnapshotStats, SnapshotStatus,
 };
-use crate::repo::tree::{EntryKind, OrderError, TreeCutter};
+use crate::repo::tree::{Entry, EntryKind, OrderError, TreeCutter};
 use crate::repo::{RepoError, Repository, random_hex};
-use crate::source::{Content, Source, SourceError};
+use crate::source::{Content, Opener, ReadOnce, Source, SourceError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ArchiveError {
@@ -207,9 +207,10 @@ pub fn archive(
     };
     let description = source.description();
     let file_cache = repo.index().begin_file_cache(job)?;
+    let presence = repo.presence();
     let previous = repo
         .index()
-        .previous(job, Box::new(|c| repo.has_blob(c).unwrap_or(false)))?;
+        .previous(job, Box::new(move |c| presence.has(c)))?;
 
     let walked = std::thread::scope(|s| {
         let (tx, rx) = crossbeam_channel::bounded::<Work>(workers * 2);
@@ -355,12 +356,10 @@ impl Walk<'_, '_> {
     fn run(
         &mut self,
         source: &mut dyn Source,
-        previous: crate::repo::index::Previous<'_>,
-        file_cache: &crate::repo::index::FileCacheWriter<'_>,
+        previous: crate::repo::index::Previous,
+        file_cache: &crate::repo::index::FileCacheWriter,
     ) -> Result<(), ArchiveError> {
-        let params = self.repo.config().chunker;
         let mut cutter = TreeCutter::new();
-        // SAFETY of lifetimes: `previous` borrows the index, which outlives this call.
         let entries = source.entries(previous);
         'entries: for item in entries {
             self.check()?;
@@ -376,7 +375,11 @@ impl Walk<'_, '_> {
                     continue;
                 }
             };
-            match std::mem::replace(&mut se.content, crate::source::Content::None) {
+            // What must be read: fresh content, or reused chunks that turned out gone.
+            let to_read: Option<Box<dyn Opener>> = match std::mem::replace(
+                &mut se.content,
+                Content::None,
+            ) {
                 // A non-empty file without content would restore as an empty one.
                 Content::None if se.entry.kind == EntryKind::File && se.entry.size > 0 => {
                     self.failures.push(Failure {
@@ -388,62 +391,47 @@ impl Walk<'_, '_> {
                     });
                     continue 'entries;
                 }
-                Content::None => {}
-                Content::Reuse(chunks) => {
+                Content::None => None,
+                Content::Reuse { chunks, fallback } => {
+                    let mut gone = None;
                     for c in &chunks {
                         if !self.seen.contains(c) && !self.repo.has_blob(c)? {
+                            gone = Some(*c);
+                            break;
+                        }
+                        self.seen.insert(*c);
+                    }
+                    match (gone, fallback) {
+                        (None, _) => {
+                            se.entry.chunks = chunks;
+                            None
+                        }
+                        // Gone since the source looked (a prune, recorded damage): read
+                        // the content afresh when the source can.
+                        (Some(c), Some(opener)) => {
+                            tracing::info!(path = %se.entry.path, chunk = %c.short(), "a chunk of the previous run is gone; reading afresh");
+                            Some(opener)
+                        }
+                        (Some(c), None) => {
                             self.failures.push(Failure {
                                 path: se.entry.path.display(),
                                 error: format!("chunk {} of the previous run is gone", c.short()),
                             });
                             continue 'entries;
                         }
-                        self.seen.insert(*c);
-                    }
-                    se.entry.chunks = chunks;
-                }
-                Content::Read(reader) => {
-                    let mut size = 0u64;
-                    for chunk in params.chunks(reader, self.seed) {
-                        self.check()?;
-                        let data = match chunk {
-                            Ok(d) => d,
-                            Err(e) => {
-                                tracing::warn!(path = %se.entry.path, error = %e, "read failed");
-                                self.failures.push(Failure {
-                                    path: se.entry.path.display(),
-                                    error: e.to_string(),
-                                });
-                                continue 'entries;
-                            }
-                        };
-                        let id = self.hasher.id(&data);
-                        size += data.len() as u64;
-                        self.stats.read_bytes += data.len() as u64;
-                        self.progress
-                            .read_bytes
-                            .fetch_add(data.len() as u64, Ordering::Relaxed);
-                        se.entry.chunks.push(id);
-                        self.store(BlobKind::Data, id, data)?;
-                    }
-                    if se.entry.kind == EntryKind::File && size != se.entry.size {
-                        if se.entry.change.is_some() {
-                            // Changed while being read: what was read is stored (it may
-                            // be all there is), but the copy may be torn, so the run says
-                            // so, and the next run never trusts it as unchanged.
-                            tracing::warn!(path = %se.entry.path, "file changed while being read");
-                            self.failures.push(Failure {
-                                path: se.entry.path.display(),
-                                error: format!(
-                                    "changed while being read ({} bytes expected, {size} read); the stored copy may be inconsistent",
-                                    se.entry.size
-                                ),
-                            });
-                            se.entry.change = None;
-                        }
-                        se.entry.size = size;
                     }
                 }
+                Content::Read(reader) => Some(Box::new(ReadOnce(Some(reader)))),
+                Content::Open(opener) => Some(opener),
+            };
+            if let Some(mut opener) = to_read
+                && let Err(error) = self.read_content(&mut se.entry, &mut *opener)?
+            {
+                self.failures.push(Failure {
+                    path: se.entry.path.display(),
+                    error,
+                });
+                continue 'entries;
             }
             self.stats.entries += 1;
             match se.entry.kind {
@@ -466,9 +454,463 @@ impl Walk<'_, '_> {
         Ok(())
     }
 
+    /// Chunks and stores an entry's content, reopening it after a failed read as the
+    /// opener's policy allows. Each attempt starts the entry's chunk list afresh; chunks a
+    /// failed attempt stored stay stored (a later attempt or run finds them as dedup
+    /// hits). Returns `Ok(Err(message))` when the entry fails: its last error.
+    fn read_content(
+        &mut self,
+        entry: &mut Entry,
+        opener: &mut dyn Opener,
+    ) -> Result<Result<(), String>, ArchiveError> {
+        let params = self.repo.config().chunker;
+        let policy = opener.retry();
+        let attempts = policy.attempts.max(1);
+        let mut attempt = 0;
+        loop {
+            if attempt > 0 {
+                self.wait(policy.delay(attempt))?;
+            }
+            let last = attempt + 1 >= attempts;
+            entry.chunks.clear();
+            let reader = match opener.open(attempt, entry) {
+                Ok(r) => r,
+                Err(e) if last => return Ok(Err(e.to_string())),
+                Err(e) => {
+                    tracing::warn!(path = %entry.path, error = %e, attempt, "open failed; trying again");
+                    attempt += 1;
+                    continue;
+                }
+            };
+            let reader = Interruptible {
+                inner: reader,
+                cancel: self.cancel,
+                failed: &self.shared.failed,
+            };
+            let mut size = 0u64;
+            let mut error = None;
+            for chunk in params.chunks(reader, self.seed) {
+                self.check()?;
+                let data = match chunk {
+                    Ok(d) => d,
+                    Err(e) => {
+                        // A cancelled read shows up here as an error: it is not the entry's.
+                        self.check()?;
+                        error = Some(e);
+                        break;
+                    }
+                };
+                let id = self.hasher.id(&data);
+                size += data.len() as u64;
+                self.stats.read_bytes += data.len() as u64;
+                self.progress
+                    .read_bytes
+                    .fetch_add(data.len() as u64, Ordering::Relaxed);
+                entry.chunks.push(id);
+                self.store(BlobKind::Data, id, data)?;
+            }
+            if let Some(e) = error {
+                if last {
+                    tracing::warn!(path = %entry.path, error = %e, "read failed");
+                    entry.chunks.clear();
+                    return Ok(Err(e.to_string()));
+                }
+                tracing::warn!(path = %entry.path, error = %e, attempt, "read failed; trying again");
+                attempt += 1;
+                continue;
+            }
+            if entry.kind == EntryKind::File && size != entry.size {
+                if entry.change.is_some() {
+                    if !last {
+                        tracing::info!(path = %entry.path, "file changed while being read; reading it again");
+                        attempt += 1;
+                        continue;
+                    }
+                    // Changed while being read: what was read is stored (it may be all
+                    // there is), but the copy may be torn, so the run says so, and the
+                    // next run never trusts it as unchanged.
+                    tracing::warn!(path = %entry.path, "file changed while being read");
+                    self.failures.push(Failure {
+                        path: entry.path.display(),
+                        error: format!(
+                            "changed while being read ({} bytes expected, {size} read); the stored copy may be inconsistent",
+                            entry.size
+                        ),
+                    });
+                    entry.change = None;
+                }
+                entry.size = size;
+            }
+            return Ok(Ok(()));
+        }
+    }
+
+    /// Sleeps `d` before a retry, in short steps so cancellation is not held up.
+    fn wait(&self, d: Duration) -> Result<(), ArchiveError> {
+        let until = Instant::now() + d;
+        loop {
+            self.check()?;
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Ok(());
+            }
+            std::thread::sleep(left.min(Duration::from_millis(50)));
+        }
+    }
+
     fn store_tree(&mut self, blob: Vec<u8>) -> Result<(), ArchiveError> {
         let id = self.hasher.id(&blob);
         self.tree.push(id);
         self.store(BlobKind::Tree, id, blob)
+    }
+}
+
+/// A content reader that stops at the next `read` once the run is cancelled or has
+/// failed, so a multi-gigabyte stream (or a stalled network read's next wake-up) does not
+/// hold up cancellation until the next chunk boundary.
+struct Interruptible<'a> {
+    inner: Box<dyn std::io::Read + Send>,
+    cancel: &'a AtomicBool,
+    failed: &'a AtomicBool,
+}
+
+impl std::io::Read for Interruptible<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.cancel.load(Ordering::Relaxed) || self.failed.load(Ordering::Relaxed) {
+            // Not `Interrupted`: readers retry that kind.
+            return Err(std::io::Error::other("cancelled"));
+        }
+        self.inner.read(buf)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::repo::tree::{Entry, EntryPath};
+    use crate::source::{Opener, RetryPolicy, SourceEntry};
+    use std::io::Read;
+    use std::sync::Arc;
+    use std::sync::atomic::AtomicU32;
+
+    fn repo(dir: &std::path::Path) -> Repository {
+        let opts = crate::repo::OpenOptions {
+            identity: None,
+            state_dir: dir.join("state"),
+        };
+        Repository::init(&dir.join("repo"), &opts, &Default::default()).unwrap()
+    }
+
+    /// Yields the given entries once.
+    struct Given(Vec<SourceEntry>);
+
+    impl Source for Given {
+        fn description(&self) -> String {
+            "test".into()
+        }
+        fn entries<'a>(
+            &'a mut self,
+            _previous: crate::repo::index::Previous,
+        ) -> Box<dyn Iterator<Item = Result<SourceEntry, SourceError>> + 'a> {
+            Box::new(self.0.drain(..).map(Ok))
+        }
+    }
+
+    fn file(name: &str, content: Content) -> SourceEntry {
+        SourceEntry {
+            entry: Entry::new(EntryPath::from(name), EntryKind::File),
+            content,
+        }
+    }
+
+    fn run(
+        repo: &Repository,
+        source: &mut dyn Source,
+        cancel: &AtomicBool,
+    ) -> Result<(Id, Snapshot), ArchiveError> {
+        archive(
+            repo,
+            "job",
+            source,
+            &Progress::default(),
+            cancel,
+            &|| Ok(()),
+        )
+    }
+
+    fn content_of(repo: &Repository, snap: &Snapshot, name: &str) -> Vec<u8> {
+        let e = repo
+            .entries(snap)
+            .map(|e| e.unwrap())
+            .find(|e| e.path.as_bytes() == name.as_bytes())
+            .unwrap();
+        let mut out = Vec::new();
+        crate::restore::write_content(repo, &e, &mut out).unwrap();
+        out
+    }
+
+    /// Endless, slow bytes: one byte per read, a millisecond each.
+    struct Slow;
+    impl Read for Slow {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            std::thread::sleep(Duration::from_millis(1));
+            buf[..1].fill(7);
+            Ok(1)
+        }
+    }
+
+    #[test]
+    fn a_long_read_is_cancelled_within_one_read() {
+        let t = tempfile::tempdir().unwrap();
+        let repo = repo(t.path());
+        let cancel = Arc::new(AtomicBool::new(false));
+        let c = cancel.clone();
+        let canceller = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(300));
+            c.store(true, Ordering::SeqCst);
+            Instant::now()
+        });
+        // The first chunk needs far more than 300 single-byte reads (min chunk size), so
+        // only a check inside the reads can stop this in time.
+        let mut src = Given(vec![file("endless", Content::Read(Box::new(Slow)))]);
+        let result = run(&repo, &mut src, &cancel);
+        let stopped = Instant::now();
+        let cancelled_at = canceller.join().unwrap();
+        assert!(matches!(result, Err(ArchiveError::Cancelled)), "{result:?}");
+        assert!(
+            // Without the check inside reads the first chunk boundary is a minute away;
+            // the slack is for a loaded machine.
+            stopped.duration_since(cancelled_at) < Duration::from_secs(2),
+            "took {:?} after the cancel",
+            stopped.duration_since(cancelled_at)
+        );
+    }
+
+    /// Content that fails mid-read on its first `fail` opens, then reads whole.
+    struct Flaky {
+        data: Vec<u8>,
+        fail: u32,
+        opens: Arc<AtomicU32>,
+        policy: RetryPolicy,
+    }
+
+    struct FailAfter(std::io::Cursor<Vec<u8>>, usize);
+    impl Read for FailAfter {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            if self.0.position() as usize >= self.1 {
+                return Err(std::io::Error::other("connection reset"));
+            }
+            let room = (self.1 - self.0.position() as usize).min(buf.len());
+            self.0.read(&mut buf[..room])
+        }
+    }
+
+    impl Opener for Flaky {
+        fn open(
+            &mut self,
+            attempt: u32,
+            entry: &mut Entry,
+        ) -> std::io::Result<Box<dyn Read + Send>> {
+            self.opens.fetch_add(1, Ordering::SeqCst);
+            entry.size = self.data.len() as u64;
+            let cut = if attempt < self.fail {
+                self.data.len() / 2
+            } else {
+                usize::MAX
+            };
+            Ok(Box::new(FailAfter(
+                std::io::Cursor::new(self.data.clone()),
+                cut,
+            )))
+        }
+        fn retry(&self) -> RetryPolicy {
+            self.policy
+        }
+    }
+
+    fn noise(n: usize) -> Vec<u8> {
+        let mut x = 0x2545_F491_4F6C_DD1Du64;
+        (0..n)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_failed_read_is_retried_from_the_start() {
+        let t = tempfile::tempdir().unwrap();
+        let repo = repo(t.path());
+        let data = noise(3 << 20);
+        let opens = Arc::new(AtomicU32::new(0));
+        let policy = RetryPolicy {
+            attempts: 3,
+            backoff: Duration::from_millis(20),
+        };
+        let flaky = Flaky {
+            data: data.clone(),
+            fail: 2,
+            opens: opens.clone(),
+            policy,
+        };
+        let mut src = Given(vec![file("obj", Content::Open(Box::new(flaky)))]);
+        let started = Instant::now();
+        let (_, snap) = run(&repo, &mut src, &AtomicBool::new(false)).unwrap();
+        assert_eq!(opens.load(Ordering::SeqCst), 3);
+        assert!(
+            started.elapsed() >= Duration::from_millis(60),
+            "backoff 20 + 40 ms"
+        );
+        assert_eq!(snap.status, SnapshotStatus::Complete);
+        // Only the last attempt's chunks make the entry.
+        assert_eq!(content_of(&repo, &snap, "obj"), data);
+    }
+
+    #[test]
+    fn the_last_failure_fails_the_entry_only() {
+        let t = tempfile::tempdir().unwrap();
+        let repo = repo(t.path());
+        let opens = Arc::new(AtomicU32::new(0));
+        let flaky = Flaky {
+            data: noise(1 << 20),
+            fail: u32::MAX,
+            opens: opens.clone(),
+            policy: RetryPolicy {
+                attempts: 2,
+                backoff: Duration::ZERO,
+            },
+        };
+        let mut src = Given(vec![
+            file("bad", Content::Open(Box::new(flaky))),
+            file(
+                "good",
+                Content::Read(Box::new(std::io::Cursor::new(b"ok".to_vec()))),
+            ),
+        ]);
+        let (_, snap) = run(&repo, &mut src, &AtomicBool::new(false)).unwrap();
+        assert_eq!(opens.load(Ordering::SeqCst), 2);
+        assert_eq!(snap.status, SnapshotStatus::Partial);
+        let names: Vec<_> = repo
+            .entries(&snap)
+            .map(|e| e.unwrap().path.display())
+            .collect();
+        assert_eq!(names, ["good"]);
+        let details = repo.open_details(&snap).unwrap();
+        assert_eq!(details.failures.len(), 1);
+        assert!(details.failures[0].error.contains("connection reset"));
+    }
+
+    /// A file that says `said` bytes when opened but reads `read` bytes, per attempt.
+    struct Changing(Vec<(u64, usize)>, Arc<AtomicU32>);
+
+    impl Opener for Changing {
+        fn open(
+            &mut self,
+            attempt: u32,
+            entry: &mut Entry,
+        ) -> std::io::Result<Box<dyn Read + Send>> {
+            self.1.fetch_add(1, Ordering::SeqCst);
+            let (said, read) = self.0[attempt as usize];
+            entry.size = said;
+            entry.change = Some((1, 2, attempt as i64));
+            Ok(Box::new(std::io::Cursor::new(noise(read))))
+        }
+        fn retry(&self) -> RetryPolicy {
+            RetryPolicy {
+                attempts: 2,
+                backoff: Duration::ZERO,
+            }
+        }
+    }
+
+    #[test]
+    fn a_file_changed_while_read_is_read_once_more() {
+        let t = tempfile::tempdir().unwrap();
+        let repo = repo(t.path());
+        let opens = Arc::new(AtomicU32::new(0));
+        // Settled by the second read: a complete snapshot with the second read's bytes.
+        let settled = Changing(vec![(1000, 400), (500, 500)], opens.clone());
+        // Still changing: stored as read the second time, and the snapshot says so.
+        let busy = Changing(vec![(1000, 400), (900, 300)], opens.clone());
+        let mut src = Given(vec![
+            file("busy", Content::Open(Box::new(busy))),
+            file("settled", Content::Open(Box::new(settled))),
+        ]);
+        let (_, snap) = run(&repo, &mut src, &AtomicBool::new(false)).unwrap();
+        assert_eq!(opens.load(Ordering::SeqCst), 4);
+        assert_eq!(content_of(&repo, &snap, "settled"), noise(500));
+        assert_eq!(content_of(&repo, &snap, "busy"), noise(300));
+        let entries: Vec<Entry> = repo.entries(&snap).map(|e| e.unwrap()).collect();
+        assert_eq!(entries[0].size, 300);
+        assert_eq!(entries[0].change, None, "never trusted as unchanged");
+        assert_eq!(entries[1].change, Some((1, 2, 1)));
+        let failures = repo.open_details(&snap).unwrap().failures;
+        assert_eq!(failures.len(), 1);
+        assert_eq!(failures[0].path, "busy");
+        assert!(failures[0].error.contains("changed while being read"));
+    }
+
+    #[test]
+    fn a_backoff_wait_is_cancelled() {
+        let t = tempfile::tempdir().unwrap();
+        let repo = repo(t.path());
+        let flaky = Flaky {
+            data: noise(1 << 20),
+            fail: u32::MAX,
+            opens: Default::default(),
+            policy: RetryPolicy {
+                attempts: 5,
+                backoff: Duration::from_secs(30),
+            },
+        };
+        let cancel = Arc::new(AtomicBool::new(false));
+        let c = cancel.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(200));
+            c.store(true, Ordering::SeqCst);
+        });
+        let started = Instant::now();
+        let mut src = Given(vec![file("obj", Content::Open(Box::new(flaky)))]);
+        let result = run(&repo, &mut src, &cancel);
+        assert!(matches!(result, Err(ArchiveError::Cancelled)), "{result:?}");
+        assert!(started.elapsed() < Duration::from_secs(5));
+    }
+
+    #[test]
+    fn reuse_of_gone_chunks_falls_back_to_the_opener() {
+        let t = tempfile::tempdir().unwrap();
+        let repo = repo(t.path());
+        let data = noise(100_000);
+        let opens = Arc::new(AtomicU32::new(0));
+        let gone = vec![Id::of(b"never stored")];
+        let flaky = Flaky {
+            data: data.clone(),
+            fail: 0,
+            opens: opens.clone(),
+            policy: RetryPolicy::ONCE,
+        };
+        let mut src = Given(vec![
+            file(
+                "a",
+                Content::Reuse {
+                    chunks: gone.clone(),
+                    fallback: Some(Box::new(flaky)),
+                },
+            ),
+            file(
+                "b",
+                Content::Reuse {
+                    chunks: gone,
+                    fallback: None,
+                },
+            ),
+        ]);
+        let (_, snap) = run(&repo, &mut src, &AtomicBool::new(false)).unwrap();
+        assert_eq!(opens.load(Ordering::SeqCst), 1);
+        assert_eq!(content_of(&repo, &snap, "a"), data);
+        assert_eq!(snap.status, SnapshotStatus::Partial, "b has no fallback");
     }
 }

@@ -223,18 +223,125 @@ pub struct RestoreStats {
     pub failures: Vec<Failure>,
 }
 
-/// Copies a file entry's chunks to `out`, each verified against its id on the way.
-fn copy_content(repo: &Repository, entry: &Entry, out: &mut dyn Write) -> Result<u64, EntryError> {
-    let mut n = 0u64;
-    for c in &entry.chunks {
-        let data = repo
-            .read_blob(c)
-            .map_err(|err| EntryError::Chunk { chunk: *c, err })?;
-        out.write_all(&data)
-            .map_err(|err| EntryError::Io { op: "write", err })?;
-        n += data.len() as u64;
+/// A file entry's content as a sink receives it: chunk by chunk, each read, decrypted
+/// and verified against its id before any of its bytes are handed on.
+pub struct EntryContent<'r> {
+    repo: &'r Repository,
+    chunks: &'r [Id],
+    /// The current chunk's bytes not yet handed out by `read`.
+    buf: Vec<u8>,
+    pos: usize,
+}
+
+impl<'r> EntryContent<'r> {
+    pub fn new(repo: &'r Repository, entry: &'r Entry) -> EntryContent<'r> {
+        EntryContent {
+            repo,
+            chunks: &entry.chunks,
+            buf: Vec::new(),
+            pos: 0,
+        }
     }
-    Ok(n)
+
+    fn next_chunk(&mut self) -> Option<Result<Vec<u8>, EntryError>> {
+        let (c, rest) = self.chunks.split_first()?;
+        self.chunks = rest;
+        Some(
+            self.repo
+                .read_blob(c)
+                .map_err(|err| EntryError::Chunk { chunk: *c, err }),
+        )
+    }
+
+    /// Copies what is left to `out`, keeping the cause of a failure (a damaged chunk, a
+    /// full disk) for the caller to classify.
+    pub fn copy_to(&mut self, out: &mut dyn Write) -> Result<u64, EntryError> {
+        let mut n = 0u64;
+        let pending = std::mem::take(&mut self.buf);
+        if self.pos < pending.len() {
+            out.write_all(&pending[self.pos..])
+                .map_err(|err| EntryError::Io { op: "write", err })?;
+            n += (pending.len() - self.pos) as u64;
+        }
+        self.pos = 0;
+        while let Some(data) = self.next_chunk() {
+            let data = data?;
+            out.write_all(&data)
+                .map_err(|err| EntryError::Io { op: "write", err })?;
+            n += data.len() as u64;
+        }
+        Ok(n)
+    }
+}
+
+/// For sinks that want a reader (an upload body); a damaged chunk is an `InvalidData`
+/// error carrying the message.
+impl std::io::Read for EntryContent<'_> {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        while self.pos == self.buf.len() {
+            match self.next_chunk() {
+                None => return Ok(0),
+                Some(Ok(data)) => {
+                    self.buf = data;
+                    self.pos = 0;
+                }
+                Some(Err(e)) => {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::InvalidData,
+                        e.to_string(),
+                    ));
+                }
+            }
+        }
+        let n = out.len().min(self.buf.len() - self.pos);
+        out[..n].copy_from_slice(&self.buf[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
+/// Where a restore writes entries. The restore reads the snapshot, selects, verifies and
+/// reports; a sink only writes. Today: a directory ([`DirSink`]) and a writer such as
+/// stdout ([`WriterSink`], for `cat`). A bucket, `pg_restore` or YAML for `kubectl apply`
+/// is one more impl: each gets the whole [`Entry`] (its logical key, metadata in `meta`)
+/// and the content as a verified stream.
+pub trait Sink {
+    /// Writes one selected entry; entries come in snapshot (sort key) order. Returns the
+    /// content bytes written. A failure fails this entry; [`EntryError::is_fatal`] ones end
+    /// the restore.
+    fn entry(&mut self, entry: &Entry, content: &mut EntryContent<'_>) -> Result<u64, EntryError>;
+
+    /// After the last entry: what must come last (a directory's own metadata). Entries
+    /// that fail now are added to `stats.failures`.
+    fn finish(&mut self, stats: &mut RestoreStats) -> Result<(), RestoreError>;
+}
+
+/// Writes files' contents, one after another, to a writer (`cat` to stdout). Other kinds
+/// of entries have no content and write nothing.
+pub struct WriterSink<W: Write> {
+    out: W,
+}
+
+impl<W: Write> WriterSink<W> {
+    pub fn new(out: W) -> WriterSink<W> {
+        WriterSink { out }
+    }
+}
+
+impl<W: Write> Sink for WriterSink<W> {
+    fn entry(&mut self, entry: &Entry, content: &mut EntryContent<'_>) -> Result<u64, EntryError> {
+        if entry.kind != EntryKind::File {
+            return Ok(0);
+        }
+        content.copy_to(&mut self.out)
+    }
+
+    fn finish(&mut self, _stats: &mut RestoreStats) -> Result<(), RestoreError> {
+        self.out.flush().map_err(|err| RestoreError::Io {
+            path: "(output)".into(),
+            err,
+        })
+    }
 }
 
 fn entry_error(path: &EntryPath, err: EntryError) -> RestoreError {
@@ -257,7 +364,17 @@ pub fn write_content(
     entry: &Entry,
     out: &mut dyn Write,
 ) -> Result<u64, RestoreError> {
-    copy_content(repo, entry, out).map_err(|e| entry_error(&entry.path, e))
+    EntryContent::new(repo, entry)
+        .copy_to(out)
+        .map_err(|e| entry_error(&entry.restore_path(), e))
+}
+
+/// Whether the entries a selection `prefix` (as restore paths) can match all sort before
+/// `[prefix, "0"]` by sort key, so a sorted scan may stop there. True unless `prefix` has
+/// a `%`: escaping is the identity on `%`-free safe components, so a restore path under
+/// such a prefix comes from a key under it; a `%` in it may stand for anything.
+fn can_stop_at(prefix: &EntryPath) -> bool {
+    !prefix.as_bytes().contains(&b'%')
 }
 
 /// Finds one entry by exact path, streaming the tree.
@@ -277,10 +394,11 @@ pub fn find_entry(
                 continue;
             }
         };
-        if &e.path == path {
+        // By where it restores to, or by its logical key as given.
+        if e.restore_path() == *path || e.key.as_deref() == Some(path.as_bytes()) {
             return Ok(e);
         }
-        if e.path > *path && !e.path.starts_with(path) {
+        if can_stop_at(path) && e.sort_key() >= [path.as_bytes(), b"0"].concat().as_slice() {
             break; // sorted: it is not there
         }
     }
@@ -300,11 +418,25 @@ pub fn cat(
     path: &EntryPath,
     out: &mut dyn Write,
 ) -> Result<u64, RestoreError> {
+    cat_to(repo, snap, path, &mut WriterSink::new(out))
+}
+
+/// One file entry, found by restore path or logical key, through `sink`.
+pub fn cat_to(
+    repo: &Repository,
+    snap: &Snapshot,
+    path: &EntryPath,
+    sink: &mut dyn Sink,
+) -> Result<u64, RestoreError> {
     let e = find_entry(repo, snap, path)?;
     if e.kind != EntryKind::File {
         return Err(RestoreError::NotAFile(path.display()));
     }
-    write_content(repo, &e, out)
+    let n = sink
+        .entry(&e, &mut EntryContent::new(repo, &e))
+        .map_err(|err| entry_error(&e.restore_path(), err))?;
+    sink.finish(&mut RestoreStats::default())?;
+    Ok(n)
 }
 
 /// Restores a snapshot (or part of it) below `target`, metadata included, without device
@@ -344,31 +476,34 @@ pub fn restore_with_hook(
     special: SpecialFiles,
     between_passes: &mut dyn FnMut(),
 ) -> Result<RestoreStats, RestoreError> {
-    // The target itself is the caller's choice and may be reached through symlinks.
-    std::fs::create_dir_all(target).map_err(io(target))?;
-    let root = rustix::fs::openat(
-        rustix::fs::CWD,
-        target,
-        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
-        Mode::empty(),
-    )
-    .map_err(|e| io(target)(e.into()))?;
-    let mut r = Restorer {
-        repo,
-        opts,
-        special,
-        is_root: rustix::process::geteuid().is_root(),
-        dirs: DirChain {
-            root,
-            open: Vec::new(),
-        },
+    let mut sink = DirSink::new(target, opts.overwrite, special)?;
+    restore_to(repo, snap, &mut sink, opts, between_passes)
+}
+
+/// Restores a snapshot (or the part `opts.only` selects) through `sink`: entries in
+/// snapshot order, each one's failure listed, damaged tree blobs reported with the range
+/// of entries they held, entries below a directory that failed skipped; then
+/// `between_passes`, then [`Sink::finish`]. Incomplete unless every entry made it.
+pub fn restore_to(
+    repo: &Repository,
+    snap: &Snapshot,
+    sink: &mut dyn Sink,
+    opts: &RestoreOptions,
+    between_passes: &mut dyn FnMut(),
+) -> Result<RestoreStats, RestoreError> {
+    let mut r = Driver {
+        only: opts.only.as_ref(),
         stats: RestoreStats::default(),
-        restored_dirs: Vec::new(),
         failed_dirs: Vec::new(),
     };
     // Everything below `only` sorts before `only` followed by '0', the byte after '/'.
-    let selection_end = opts.only.as_ref().map(|o| [o.as_bytes(), b"0"].concat());
+    let selection_end = opts
+        .only
+        .as_ref()
+        .filter(|o| can_stop_at(o))
+        .map(|o| [o.as_bytes(), b"0"].concat());
     let mut matched = false;
+    // Sort keys, for the range a damaged tree blob held.
     let mut last: Option<EntryPath> = None;
     // A damaged tree blob, reported once the next readable entry shows what was lost.
     let mut lost: Option<(Option<EntryPath>, RepoError)> = None;
@@ -383,21 +518,23 @@ pub fn restore_with_hook(
                 continue;
             }
         };
+        let sort_key = EntryPath::new(e.sort_key().to_vec());
         if let Some((after, err)) = lost.take() {
-            r.tree_failure(after.as_ref(), Some(&e.path), err);
+            r.tree_failure(after.as_ref(), Some(&sort_key), err);
         }
         if selection_end
             .as_deref()
-            .is_some_and(|end| e.path.as_bytes() >= end)
+            .is_some_and(|end| e.sort_key() >= end)
         {
             break; // sorted: nothing further is selected
         }
-        last = Some(e.path.clone());
-        if !r.selected(&e.path) {
+        last = Some(sort_key);
+        let path = e.restore_path();
+        if !r.selected(&path) {
             continue;
         }
         matched = true;
-        r.entry(&e)?;
+        r.entry(repo, sink, &e, &path)?;
     }
     if let Some((after, err)) = lost {
         r.tree_failure(after.as_ref(), None, err);
@@ -409,7 +546,7 @@ pub fn restore_with_hook(
         return Err(RestoreError::NotFound(only.display()));
     }
     between_passes();
-    r.finish_dirs()?;
+    sink.finish(&mut r.stats)?;
     if r.stats.failures.is_empty() {
         Ok(r.stats)
     } else {
@@ -417,52 +554,39 @@ pub fn restore_with_hook(
     }
 }
 
-/// What the second pass needs of a directory.
-struct DirMeta {
-    path: EntryPath,
-    mode: u32,
-    uid: u32,
-    gid: u32,
-    mtime_ns: i64,
-}
-
-struct Restorer<'a> {
-    repo: &'a Repository,
-    opts: &'a RestoreOptions,
-    special: SpecialFiles,
-    is_root: bool,
-    dirs: DirChain,
+/// The sink-independent part of a restore: selection, failures, skipping.
+struct Driver<'a> {
+    only: Option<&'a EntryPath>,
     stats: RestoreStats,
-    /// Directories created or merged, in tree order, for the second pass.
-    restored_dirs: Vec<DirMeta>,
     /// Directories that failed: nothing below them is attempted.
     failed_dirs: Vec<EntryPath>,
 }
 
-impl Restorer<'_> {
-    fn selected(&self, path: &EntryPath) -> bool {
-        self.opts.only.as_ref().is_none_or(|p| path.starts_with(p))
-    }
+fn record_failure(stats: &mut RestoreStats, path: String, err: &EntryError) {
+    tracing::warn!(path = %path, error = %err, "not restored");
+    stats.failures.push(Failure {
+        path,
+        kind: err.kind(),
+        error: err.to_string(),
+    });
+}
 
-    fn fail(&mut self, path: String, err: &EntryError) {
-        tracing::warn!(path = %path, error = %err, "not restored");
-        self.stats.failures.push(Failure {
-            path,
-            kind: err.kind(),
-            error: err.to_string(),
-        });
+impl Driver<'_> {
+    fn selected(&self, path: &EntryPath) -> bool {
+        self.only.is_none_or(|p| path.starts_with(p))
     }
 
     /// Lists a damaged tree blob, unless what it held lies wholly outside the selection.
-    /// The lost entries sort strictly between `after` and `next`; the selection is `only`
-    /// and what sorts below `only/`, i.e. the byte range from `only` up to `only0`.
+    /// The lost entries sort strictly between `after` and `next` (sort keys); the
+    /// selection is `only` and what sorts below `only/`, i.e. the byte range from `only`
+    /// up to `only0` (when `only` has a `%`, any key may restore into it).
     fn tree_failure(
         &mut self,
         after: Option<&EntryPath>,
         next: Option<&EntryPath>,
         err: RepoError,
     ) {
-        if let Some(only) = &self.opts.only {
+        if let Some(only) = self.only.filter(|o| can_stop_at(o)) {
             let end = [only.as_bytes(), b"0"].concat();
             let before_selection = next.is_some_and(|n| n <= only);
             let after_selection = after.is_some_and(|a| a.as_bytes() >= end.as_slice());
@@ -475,45 +599,123 @@ impl Restorer<'_> {
             err,
         };
         let path = after.map_or_else(|| "(start of the snapshot)".to_owned(), |a| a.display());
-        self.fail(path, &err);
+        record_failure(&mut self.stats, path, &err);
     }
 
-    /// Restores one entry; a failure is listed, and only a fatal one ends the restore.
-    fn entry(&mut self, e: &Entry) -> Result<(), RestoreError> {
+    /// Restores one entry (to `path`, its restore path); a failure is listed, and only a
+    /// fatal one ends the restore.
+    fn entry(
+        &mut self,
+        repo: &Repository,
+        sink: &mut dyn Sink,
+        e: &Entry,
+        path: &EntryPath,
+    ) -> Result<(), RestoreError> {
         // Sorted order puts a directory's subtree in one run, though not right after it
-        // ("a", "a.txt", "a/b"): forget failed directories once past their run.
+        // ("a", "a.txt", "a/b"): forget failed directories once past their run. (Keyed
+        // entries need not come in restore path order; one below a forgotten failed
+        // directory is attempted, and fails or lands safely like any other.)
         self.failed_dirs
-            .retain(|d| e.path.as_bytes() < [d.as_bytes(), b"0"].concat().as_slice());
+            .retain(|d| path.as_bytes() < [d.as_bytes(), b"0"].concat().as_slice());
         if self
             .failed_dirs
             .iter()
-            .any(|d| e.path.starts_with(d) && e.path != *d)
+            .any(|d| path.starts_with(d) && path != d)
         {
             self.stats.skipped += 1;
             return Ok(());
         }
-        match self.restore_entry(e) {
+        match sink.entry(e, &mut EntryContent::new(repo, e)) {
             Ok(bytes) => {
                 self.stats.entries += 1;
                 self.stats.bytes += bytes;
                 Ok(())
             }
-            Err(err) if err.is_fatal() => Err(entry_error(&e.path, err)),
+            Err(err) if err.is_fatal() => Err(entry_error(path, err)),
             Err(err) => {
                 if e.kind == EntryKind::Dir {
-                    self.failed_dirs.push(e.path.clone());
+                    self.failed_dirs.push(path.clone());
                 }
-                self.fail(e.path.display(), &err);
+                record_failure(&mut self.stats, path.display(), &err);
                 Ok(())
             }
         }
     }
+}
 
-    fn restore_entry(&mut self, e: &Entry) -> Result<u64, EntryError> {
-        if !e.path.is_safe() {
+/// What the second pass needs of a directory.
+struct DirMeta {
+    path: EntryPath,
+    mode: u32,
+    uid: u32,
+    gid: u32,
+    mtime_ns: i64,
+}
+
+/// Restores into a directory: today's restore, with every safety property described at
+/// the top of this module. Entries go to their restore path ([`Entry::restore_path`]).
+pub struct DirSink {
+    overwrite: bool,
+    special: SpecialFiles,
+    is_root: bool,
+    dirs: DirChain,
+    /// Directories created or merged, in tree order, for the second pass.
+    restored_dirs: Vec<DirMeta>,
+    setid_cleared: Vec<String>,
+}
+
+impl DirSink {
+    /// Opens (creating it if needed) the target directory. The target itself is the
+    /// caller's choice and may be reached through symlinks; nothing below it is.
+    pub fn new(
+        target: &Path,
+        overwrite: bool,
+        special: SpecialFiles,
+    ) -> Result<DirSink, RestoreError> {
+        std::fs::create_dir_all(target).map_err(io(target))?;
+        let root = rustix::fs::openat(
+            rustix::fs::CWD,
+            target,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| io(target)(e.into()))?;
+        Ok(DirSink {
+            overwrite,
+            special,
+            is_root: rustix::process::geteuid().is_root(),
+            dirs: DirChain {
+                root,
+                open: Vec::new(),
+            },
+            restored_dirs: Vec::new(),
+            setid_cleared: Vec::new(),
+        })
+    }
+}
+
+impl Sink for DirSink {
+    fn entry(&mut self, e: &Entry, content: &mut EntryContent<'_>) -> Result<u64, EntryError> {
+        self.restore_entry(e, content)
+    }
+
+    fn finish(&mut self, stats: &mut RestoreStats) -> Result<(), RestoreError> {
+        stats.setid_cleared.append(&mut self.setid_cleared);
+        self.finish_dirs(stats)
+    }
+}
+
+impl DirSink {
+    fn restore_entry(
+        &mut self,
+        e: &Entry,
+        content: &mut EntryContent<'_>,
+    ) -> Result<u64, EntryError> {
+        let path = e.restore_path();
+        if !path.is_safe() {
             return Err(EntryError::UnsafePath);
         }
-        let comps: Vec<&[u8]> = e.path.as_bytes().split(|b| *b == b'/').collect();
+        let comps: Vec<&[u8]> = path.as_bytes().split(|b| *b == b'/').collect();
         let (name, parents) = comps.split_last().expect("a safe path has a component");
         let what = match e.kind {
             EntryKind::Fifo => "FIFO",
@@ -524,14 +726,14 @@ impl Restorer<'_> {
         if !what.is_empty() && !self.special.devices {
             return Err(EntryError::Special { what });
         }
-        let (overwrite, is_root) = (self.opts.overwrite, self.is_root);
+        let (overwrite, is_root) = (self.overwrite, self.is_root);
         let parent = self.dirs.parent(parents, true)?;
         match e.kind {
             EntryKind::Dir => {
-                let fd = make_dir(parent, name, overwrite, &e.path)?;
+                let fd = make_dir(parent, name, overwrite, &path)?;
                 self.dirs.enter(name, fd);
                 self.restored_dirs.push(DirMeta {
-                    path: e.path.clone(),
+                    path: path.clone(),
                     mode: e.mode,
                     uid: e.uid,
                     gid: e.gid,
@@ -545,10 +747,10 @@ impl Restorer<'_> {
                 if cleared {
                     mode &= !0o6000;
                 }
-                let n = write_file(self.repo, parent, name, e, mode, overwrite, is_root)?;
+                let n = write_file(content, parent, name, e, mode, overwrite, is_root)?;
                 if cleared {
-                    tracing::warn!(path = %e.path, "setuid/setgid bits not restored (pass --setid)");
-                    self.stats.setid_cleared.push(e.path.display());
+                    tracing::warn!(path = %path, "setuid/setgid bits not restored (pass --setid)");
+                    self.setid_cleared.push(path.display());
                 }
                 Ok(n)
             }
@@ -562,17 +764,21 @@ impl Restorer<'_> {
     /// The second pass: directory owners, modes and times, deepest first (reverse tree order
     /// puts every directory after its subtree), so that neither writing into a directory
     /// nor a read-only parent gets in the way. Each is reopened through the no-follow walk.
-    fn finish_dirs(&mut self) -> Result<(), RestoreError> {
+    fn finish_dirs(&mut self, stats: &mut RestoreStats) -> Result<(), RestoreError> {
         // Walk afresh from the target: a descriptor kept from the first pass would still
         // reach a directory that has since been moved.
         self.dirs.open.clear();
-        let dirs = std::mem::take(&mut self.restored_dirs);
+        let mut dirs = std::mem::take(&mut self.restored_dirs);
+        // Keyed entries come in key order, which need not be their paths' order.
+        if !dirs.is_sorted_by(|a, b| a.path <= b.path) {
+            dirs.sort_by(|a, b| a.path.cmp(&b.path));
+        }
         for d in dirs.iter().rev() {
             if let Err(err) = self.finish_dir(d) {
                 if err.is_fatal() {
                     return Err(entry_error(&d.path, err));
                 }
-                self.fail(d.path.display(), &err);
+                record_failure(stats, d.path.display(), &err);
             }
         }
         Ok(())
@@ -779,7 +985,7 @@ fn place(
 /// A regular file: written and verified under a temporary name, metadata set on the open
 /// descriptor, then renamed into place. On any failure the temporary file is removed.
 fn write_file(
-    repo: &Repository,
+    content: &mut EntryContent<'_>,
     parent: BorrowedFd<'_>,
     name: &[u8],
     e: &Entry,
@@ -801,7 +1007,7 @@ fn write_file(
     )?;
     let mut f = File::from(fd);
     let result = (|| {
-        let n = copy_content(repo, e, &mut f)?;
+        let n = content.copy_to(&mut f)?;
         if n != e.size {
             return Err(EntryError::Size {
                 got: n,
@@ -930,6 +1136,137 @@ mod tests {
             let shown = format!("{:#}", anyhow::Error::from(e));
             assert_eq!(shown.matches("ermission denied").count(), 1, "{shown}");
         }
+    }
+
+    /// A snapshot of files named by logical keys that are no safe paths.
+    fn keyed_snapshot(dir: &Path, keys: &[&[u8]]) -> (Repository, Snapshot) {
+        struct Keyed(Vec<Vec<u8>>);
+        impl crate::source::Source for Keyed {
+            fn description(&self) -> String {
+                "keyed".into()
+            }
+            fn entries<'a>(
+                &'a mut self,
+                _: crate::repo::index::Previous,
+            ) -> Box<
+                dyn Iterator<Item = Result<crate::source::SourceEntry, crate::source::SourceError>>
+                    + 'a,
+            > {
+                Box::new(self.0.drain(..).map(|k| {
+                    let mut entry = Entry::with_key(&k, EntryKind::File);
+                    entry.size = k.len() as u64;
+                    entry.meta.insert("etag".into(), "\"x\"".into());
+                    Ok(crate::source::SourceEntry {
+                        entry,
+                        content: crate::source::Content::Read(Box::new(std::io::Cursor::new(k))),
+                    })
+                }))
+            }
+        }
+        let opts = crate::repo::OpenOptions {
+            identity: None,
+            state_dir: dir.join("state"),
+        };
+        let repo = Repository::init(&dir.join("repo"), &opts, &Default::default()).unwrap();
+        let mut src = Keyed(keys.iter().map(|k| k.to_vec()).collect());
+        let (_, snap) = crate::archiver::archive(
+            &repo,
+            "job",
+            &mut src,
+            &Default::default(),
+            &Default::default(),
+            &|| Ok(()),
+        )
+        .unwrap();
+        (repo, snap)
+    }
+
+    #[test]
+    fn keyed_entries_restore_to_their_escaped_paths_inside_the_target() {
+        let t = tempfile::tempdir().unwrap();
+        // In key order, which is not the order of their escaped paths.
+        let keys: [&[u8]; 5] = [b"/abs", b"a/-", b"a/./c", b"a//b", b"x/../../escape"];
+        let (repo, snap) = keyed_snapshot(t.path(), &keys);
+        let target = t.path().join("out");
+        let stats = restore(&repo, &snap, &target, &RestoreOptions::default()).unwrap();
+        assert_eq!(stats.entries, 5);
+        for (key, path) in [
+            (&b"/abs"[..], "%/abs"),
+            (b"a/-", "a/-"),
+            (b"a/./c", "a/%2E/c"),
+            (b"a//b", "a/%/b"),
+            (b"x/../../escape", "x/%2E%2E/%2E%2E/escape"),
+        ] {
+            assert_eq!(std::fs::read(target.join(path)).unwrap(), key, "{path}");
+        }
+        assert!(!t.path().join("escape").exists());
+        // A selection by restore path, with and without a `%` in it.
+        for (only, want) in [("a", 3), ("a/%", 1), ("x/%2E%2E", 1)] {
+            let out = t.path().join(format!("sel-{}", only.replace('/', "_")));
+            let opts = RestoreOptions {
+                only: Some(EntryPath::from(only)),
+                overwrite: false,
+            };
+            let stats = restore(&repo, &snap, &out, &opts).unwrap();
+            assert_eq!(stats.entries, want, "{only}");
+        }
+        // `cat` finds an entry by its key or by where it restores to.
+        for name in ["a//b", "a/%/b"] {
+            let mut out = Vec::new();
+            cat(
+                &repo,
+                &snap,
+                &EntryPath::new(name.as_bytes().to_vec()),
+                &mut out,
+            )
+            .unwrap();
+            assert_eq!(out, b"a//b");
+        }
+        assert!(matches!(
+            cat(&repo, &snap, &EntryPath::from("a/b"), &mut Vec::new()),
+            Err(RestoreError::NotFound(_))
+        ));
+    }
+
+    /// A sink that records what it is given: what a bucket or kubectl sink would see.
+    #[derive(Default)]
+    struct Recording(Vec<(Option<Vec<u8>>, String, Vec<u8>)>, bool);
+
+    impl Sink for Recording {
+        fn entry(&mut self, e: &Entry, content: &mut EntryContent<'_>) -> Result<u64, EntryError> {
+            let mut body = Vec::new();
+            std::io::Read::read_to_end(content, &mut body).unwrap();
+            self.0.push((e.key.clone(), e.meta["etag"].clone(), body));
+            Ok(e.size)
+        }
+        fn finish(&mut self, _: &mut RestoreStats) -> Result<(), RestoreError> {
+            self.1 = true;
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_sink_gets_keys_metadata_and_verified_content() {
+        let t = tempfile::tempdir().unwrap();
+        let (repo, snap) = keyed_snapshot(t.path(), &[b"k/", b"plain"]);
+        let mut sink = Recording::default();
+        let stats = restore_to(
+            &repo,
+            &snap,
+            &mut sink,
+            &RestoreOptions::default(),
+            &mut || {},
+        )
+        .unwrap();
+        assert_eq!(stats.entries, 2);
+        assert!(sink.1, "finished");
+        assert_eq!(
+            sink.0,
+            vec![
+                (Some(b"k/".to_vec()), "\"x\"".to_string(), b"k/".to_vec()),
+                (None, "\"x\"".to_string(), b"plain".to_vec()),
+            ]
+        );
     }
 
     #[test]

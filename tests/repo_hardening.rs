@@ -338,7 +338,7 @@ impl backuphub::source::Source for Shrinking {
 
     fn entries<'a>(
         &'a mut self,
-        _previous: backuphub::repo::index::Previous<'a>,
+        _previous: backuphub::repo::index::Previous,
     ) -> Box<
         dyn Iterator<Item = Result<backuphub::source::SourceEntry, backuphub::source::SourceError>>
             + 'a,

@@ -202,7 +202,7 @@ impl backuphub::source::Source for Canned {
     }
     fn entries<'a>(
         &'a mut self,
-        _previous: backuphub::repo::index::Previous<'a>,
+        _previous: backuphub::repo::index::Previous,
     ) -> Box<
         dyn Iterator<Item = Result<backuphub::source::SourceEntry, backuphub::source::SourceError>>
             + 'a,

@@ -179,9 +179,17 @@ pub(super) fn restore(a: RestoreArgs) -> anyhow::Result<u8> {
 pub(super) fn cat(a: CatArgs) -> anyhow::Result<u8> {
     let (r, _lock) = a.repo.open_for_reading(&a.identity)?;
     let s = r.resolve_snapshot(&a.snapshot)?;
-    let mut out = std::io::BufWriter::with_capacity(1 << 20, std::io::stdout().lock());
-    restore_mod::cat(&r, &s.snapshot, &EntryPath::from(a.path.as_str()), &mut out)?;
-    out.flush()?;
+    // The stdout sink flushes when it finishes.
+    let mut sink = restore_mod::WriterSink::new(std::io::BufWriter::with_capacity(
+        1 << 20,
+        std::io::stdout().lock(),
+    ));
+    restore_mod::cat_to(
+        &r,
+        &s.snapshot,
+        &EntryPath::from(a.path.as_str()),
+        &mut sink,
+    )?;
     Ok(exit::OK)
 }
 

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use super::id::Id;
 use super::pack::{BlobKind, PackEntry};
-use super::tree::{Entry, EntryPath};
+use super::tree::Entry;
 
 const FORMAT_KEY: &[u8] = b"format";
 const FORMAT: &[u8] = b"backuphub-index-2";
@@ -372,14 +372,16 @@ impl Index {
 
     // ---- the per-job file cache for incremental runs ----
 
-    /// The previous run's entries of `job`, in path order. An entry is offered only when
-    /// `usable` vouches for every one of its chunks (the repository's check that a copy
-    /// really exists and is not known damaged; the index alone cannot say).
-    pub fn previous<'a>(
-        &'a self,
+    /// The previous run's entries of `job`, in sort key order, as an owned cursor (no
+    /// borrow of the index: a source may move it to its own thread). An entry is offered
+    /// only when `usable` vouches for every one of its chunks (the repository's
+    /// [`BlobPresence`]: a copy really exists and is not known damaged; the index alone
+    /// cannot say).
+    pub fn previous(
+        &self,
         job: &str,
-        usable: Box<dyn Fn(&Id) -> bool + 'a>,
-    ) -> Result<Previous<'a>, IndexError> {
+        usable: Box<dyn Fn(&Id) -> bool + Send>,
+    ) -> Result<Previous, IndexError> {
         let tree = match self.jobs.get(job.as_bytes()).map_err(|e| self.err(e))? {
             Some(name) => Some(self.db.open_tree(name).map_err(|e| self.err(e))?),
             None => None,
@@ -390,14 +392,21 @@ impl Index {
         })
     }
 
+    /// The chunk locations, for [`BlobPresence`]: a handle on the same sled tree.
+    pub fn chunk_locations(&self) -> ChunkLocations {
+        ChunkLocations(self.chunks.clone())
+    }
+
     /// Starts recording a run's entries; they replace the job's cache only on `commit`.
-    pub fn begin_file_cache(&self, job: &str) -> Result<FileCacheWriter<'_>, IndexError> {
+    pub fn begin_file_cache(&self, job: &str) -> Result<FileCacheWriter, IndexError> {
         let mut nonce = [0u8; 8];
         getrandom::fill(&mut nonce).expect("the OS random source is available");
         let name = format!("files/{job}/{}", hex::encode(nonce));
         let tree = self.db.open_tree(&name).map_err(|e| self.err(e))?;
         Ok(FileCacheWriter {
-            index: self,
+            db: self.db.clone(),
+            jobs: self.jobs.clone(),
+            path: self.path.clone(),
             job: job.to_owned(),
             name,
             tree,
@@ -406,28 +415,76 @@ impl Index {
     }
 }
 
-/// Merge-join access to a job's previous entries: `find` must be called with increasing
-/// paths, and never loads more than one entry at a time.
-pub struct Previous<'a> {
-    iter: Option<std::iter::Peekable<sled::Iter>>,
-    usable: Box<dyn Fn(&Id) -> bool + 'a>,
+/// An owned handle on the index's chunk locations (sled trees are reference-counted).
+#[derive(Clone)]
+pub struct ChunkLocations(sled::Tree);
+
+impl ChunkLocations {
+    /// The indexed pack of `id`; a read error or a malformed record counts as unknown,
+    /// which only costs storing or reading the chunk afresh.
+    pub fn pack_of(&self, id: &Id) -> Option<Id> {
+        let raw = self.0.get(id.0).ok()??;
+        Location::decode(&raw).map(|l| l.pack)
+    }
 }
 
-impl Previous<'_> {
+/// Whether the repository holds a usable copy of a blob, as an owned, cloneable handle
+/// (the repository's [`has_blob`](super::Repository::has_blob) check without a borrow of
+/// the repository): the index must know the blob, its pack must be among the packs on
+/// disk, and that copy must not be recorded as damaged. The pack and damage sets are
+/// shared with the repository, so packs registered later count too.
+#[derive(Clone)]
+pub struct BlobPresence {
+    pub locations: ChunkLocations,
+    pub packs_on_disk: std::sync::Arc<std::sync::Mutex<HashSet<Id>>>,
+    pub damage: std::sync::Arc<std::sync::Mutex<HashMap<Id, Vec<Id>>>>,
+}
+
+impl BlobPresence {
+    pub fn has(&self, id: &Id) -> bool {
+        let Some(pack) = self.locations.pack_of(id) else {
+            return false;
+        };
+        if !self
+            .packs_on_disk
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&pack)
+        {
+            return false;
+        }
+        !self
+            .damage
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id)
+            .is_some_and(|packs| packs.contains(&pack))
+    }
+}
+
+/// Merge-join access to a job's previous entries: `find` must be called with increasing
+/// sort keys, and never loads more than one entry at a time. Owned and `Send`.
+pub struct Previous {
+    iter: Option<std::iter::Peekable<sled::Iter>>,
+    usable: Box<dyn Fn(&Id) -> bool + Send>,
+}
+
+impl Previous {
     /// No previous entries: everything is read afresh.
-    pub fn empty() -> Previous<'static> {
+    pub fn empty() -> Previous {
         Previous {
             iter: None,
             usable: Box::new(|_| false),
         }
     }
 
-    /// The previous entry at `path`, if there was one and all its chunks still exist.
-    pub fn find(&mut self, path: &EntryPath) -> Option<Entry> {
+    /// The previous entry with this sort key ([`Entry::sort_key`]: the logical key, or the
+    /// path), if there was one and all its chunks still exist.
+    pub fn find(&mut self, sort_key: &[u8]) -> Option<Entry> {
         let iter = self.iter.as_mut()?;
         loop {
             let ordering = match iter.peek()? {
-                Ok((k, _)) => k.as_ref().cmp(path.as_bytes()),
+                Ok((k, _)) => k.as_ref().cmp(sort_key),
                 Err(_) => {
                     // A broken cache only costs re-reading.
                     self.iter = None;
@@ -450,41 +507,51 @@ impl Previous<'_> {
     }
 }
 
-pub struct FileCacheWriter<'a> {
-    index: &'a Index,
+/// Records one run's entries (keyed by sort key) as the job's next file cache. Owned: it
+/// holds handles on the sled database, not a borrow of the index.
+pub struct FileCacheWriter {
+    db: sled::Db,
+    jobs: sled::Tree,
+    path: PathBuf,
     job: String,
     name: String,
     tree: sled::Tree,
     committed: bool,
 }
 
-impl FileCacheWriter<'_> {
+impl FileCacheWriter {
+    fn err(&self, error: sled::Error) -> IndexError {
+        IndexError::Sled {
+            path: self.path.clone(),
+            error,
+        }
+    }
+
     pub fn insert(&self, entry: &Entry) -> Result<(), IndexError> {
         self.tree
-            .insert(entry.path.as_bytes(), entry.encode())
-            .map_err(|e| self.index.err(e))?;
+            .insert(entry.sort_key(), entry.encode())
+            .map_err(|e| self.err(e))?;
         Ok(())
     }
 
     /// Makes this run's entries the job's previous entries.
     pub fn commit(mut self) -> Result<(), IndexError> {
         let old = self
-            .index
             .jobs
             .insert(self.job.as_bytes(), self.name.as_bytes())
-            .map_err(|e| self.index.err(e))?;
+            .map_err(|e| self.err(e))?;
         self.committed = true;
         if let Some(old) = old {
-            let _ = self.index.db.drop_tree(old);
+            let _ = self.db.drop_tree(old);
         }
         Ok(())
     }
 }
 
-impl Drop for FileCacheWriter<'_> {
+impl Drop for FileCacheWriter {
     fn drop(&mut self) {
         if !self.committed {
-            let _ = self.index.db.drop_tree(self.name.as_bytes());
+            let _ = self.db.drop_tree(self.name.as_bytes());
         }
     }
 }
@@ -492,7 +559,7 @@ impl Drop for FileCacheWriter<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::repo::tree::EntryKind;
+    use crate::repo::tree::{EntryKind, EntryPath};
 
     #[test]
     fn locations_and_pack_removal() {
@@ -569,7 +636,7 @@ mod tests {
         assert!(
             idx.previous("job", Box::new(|_| true))
                 .unwrap()
-                .find(&EntryPath::from("a"))
+                .find(b"a")
                 .is_some()
         );
     }
@@ -608,6 +675,66 @@ mod tests {
     }
 
     #[test]
+    fn previous_is_owned_and_finds_by_sort_key() {
+        fn owned<T: Send + 'static>(_: &T) {}
+        let dir = tempfile::tempdir().unwrap();
+        let idx = Index::open(&dir.path().join("i")).unwrap();
+        let w = idx.begin_file_cache("job").unwrap();
+        let mut keyed = Entry::with_key(b"a//b", EntryKind::File);
+        keyed.chunks = vec![Id::of(b"gone"), Id::of(b"here")];
+        w.insert(&Entry::new(EntryPath::from("a/-"), EntryKind::File))
+            .unwrap();
+        w.insert(&keyed).unwrap();
+        owned(&w);
+        w.commit().unwrap();
+        let here = Id::of(b"here");
+        let mut prev = idx.previous("job", Box::new(|_| true)).unwrap();
+        owned(&prev);
+        // Moved to another thread, as a source producing entries there would.
+        let found = std::thread::spawn(move || {
+            let a = prev.find(b"a/-").is_some();
+            let k = prev.find(b"a//b");
+            (a, k)
+        })
+        .join()
+        .unwrap();
+        assert!(found.0);
+        assert_eq!(found.1.unwrap().path.as_bytes(), b"a/%/b");
+        // An entry with a chunk the presence check denies is not offered.
+        let mut prev = idx.previous("job", Box::new(move |c| *c == here)).unwrap();
+        assert!(prev.find(b"a//b").is_none());
+        drop(idx);
+    }
+
+    #[test]
+    fn blob_presence_needs_the_pack_on_disk_and_an_undamaged_copy() {
+        let dir = tempfile::tempdir().unwrap();
+        let idx = Index::open(&dir.path().join("i")).unwrap();
+        let (p, a) = (Id::of(b"p"), Id::of(b"a"));
+        idx.add_pack(
+            p,
+            &[PackEntry {
+                kind: BlobKind::Data,
+                id: a,
+                offset: 8,
+                length: 5,
+            }],
+        )
+        .unwrap();
+        let presence = BlobPresence {
+            locations: idx.chunk_locations(),
+            packs_on_disk: Default::default(),
+            damage: Default::default(),
+        };
+        assert!(!presence.has(&a), "pack not on disk");
+        presence.packs_on_disk.lock().unwrap().insert(p);
+        assert!(presence.clone().has(&a));
+        assert!(!presence.has(&Id::of(b"unknown")));
+        presence.damage.lock().unwrap().insert(a, vec![p]);
+        assert!(!presence.has(&a), "known damaged");
+    }
+
+    #[test]
     fn file_cache_commits_and_finds_in_order() {
         let dir = tempfile::tempdir().unwrap();
         let idx = Index::open(&dir.path().join("i")).unwrap();
@@ -620,20 +747,20 @@ mod tests {
         assert!(
             idx.previous("job", Box::new(|_| true))
                 .unwrap()
-                .find(&EntryPath::from("a"))
+                .find(b"a")
                 .is_none()
         );
         w.commit().unwrap();
         let mut prev = idx.previous("job", Box::new(|_| true)).unwrap();
-        assert!(prev.find(&EntryPath::from("a")).is_some());
-        assert!(prev.find(&EntryPath::from("b")).is_none());
-        assert!(prev.find(&EntryPath::from("d")).is_some());
+        assert!(prev.find(b"a").is_some());
+        assert!(prev.find(b"b").is_none());
+        assert!(prev.find(b"d").is_some());
         // An abandoned writer leaves the committed cache alone.
         drop(idx.begin_file_cache("job").unwrap());
         assert!(
             idx.previous("job", Box::new(|_| true))
                 .unwrap()
-                .find(&EntryPath::from("b/c"))
+                .find(b"b/c")
                 .is_some()
         );
     }

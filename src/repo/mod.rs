@@ -293,9 +293,9 @@ pub struct Repository {
     index: Index,
     /// Packs seen on disk at the last sync, plus those written since: a dedup hit counts
     /// only when its pack is in here, so the cache alone never vouches for data.
-    packs_on_disk: Mutex<HashSet<Id>>,
+    packs_on_disk: std::sync::Arc<Mutex<HashSet<Id>>>,
     /// Damaged copies recorded by `check`: blob id → packs holding a bad copy.
-    damage: Mutex<std::collections::HashMap<Id, Vec<Id>>>,
+    damage: std::sync::Arc<Mutex<std::collections::HashMap<Id, Vec<Id>>>>,
     state: PathBuf,
     open_pack: Mutex<Option<(Id, File)>>,
     /// Serializes index syncs with prune's sweep inside one process: a sync between a
@@ -459,8 +459,8 @@ impl Repository {
             keys,
             mac_key,
             index,
-            packs_on_disk: Mutex::new(HashSet::new()),
-            damage: Mutex::new(Default::default()),
+            packs_on_disk: Default::default(),
+            damage: Default::default(),
             state,
             open_pack: Mutex::new(None),
             maintenance: Mutex::new(()),
@@ -608,6 +608,16 @@ impl Repository {
             .remove(id);
         self.index.remove_pack(id)?;
         Ok(())
+    }
+
+    /// [`has_blob`](Self::has_blob) as an owned handle, for what must not borrow the
+    /// repository (the previous run's entries handed to a source).
+    pub fn presence(&self) -> index::BlobPresence {
+        index::BlobPresence {
+            locations: self.index.chunk_locations(),
+            packs_on_disk: self.packs_on_disk.clone(),
+            damage: self.damage.clone(),
+        }
     }
 
     /// Whether the repository holds a usable copy of `id`, for dedup and reuse

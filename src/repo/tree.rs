@@ -1,9 +1,9 @@
 //! The entry model and snapshot trees.
 //!
 //! A tree is the flat list of a snapshot's entries in strictly increasing byte order of
-//! their paths, CBOR-encoded back to back and cut into blobs at entry boundaries chosen by
+//! their sort keys (the logical key when an entry has one, else its path), CBOR-encoded back to back and cut into blobs at entry boundaries chosen by
 //! content (so unchanged runs of entries dedupe between snapshots). Byte order of full
-//! paths is also S3's listing order, which lets incremental sources merge-join against the
+//! keys is also S3's listing order, which lets incremental sources merge-join against the
 //! previous snapshot while streaming.
 
 use std::collections::BTreeMap;
@@ -123,6 +123,11 @@ pub struct Entry {
     /// Per-entry metadata of non-file sources (ETag, content type, apiVersion, …).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub meta: BTreeMap<String, String>,
+    /// The entry's logical key, byte for byte (an S3 key such as `a//b/../c/`, a Kubernetes
+    /// object name), when it is not already the path. A key may name no safe file path at
+    /// all, so a plain restore writes it to [`escape_key`] of it, never to the key itself.
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "opt_bytes")]
+    pub key: Option<Vec<u8>>,
 }
 
 mod opt_bytes {
@@ -154,6 +159,34 @@ impl Entry {
             rdev: None,
             chunks: Vec::new(),
             meta: BTreeMap::new(),
+            key: None,
+        }
+    }
+
+    /// An entry named by a logical key: its path is the key's escape, and the key is kept
+    /// only when that differs from it (a safe key without `%` is its own path).
+    pub fn with_key(key: &[u8], kind: EntryKind) -> Entry {
+        let path = escape_key(key);
+        let mut e = Entry::new(path, kind);
+        if e.path.as_bytes() != key {
+            e.key = Some(key.to_vec());
+        }
+        e
+    }
+
+    /// What orders entries in a tree and in the file cache: the logical key when there is
+    /// one, else the path. Sources yield entries in strictly increasing sort key order.
+    pub fn sort_key(&self) -> &[u8] {
+        self.key.as_deref().unwrap_or(self.path.as_bytes())
+    }
+
+    /// Where a plain restore writes this entry. A key is always escaped afresh rather than
+    /// trusting the stored path to be its escape (the snapshot may come from a hostile
+    /// repository; the path is still checked with [`EntryPath::is_safe`] as before).
+    pub fn restore_path(&self) -> EntryPath {
+        match &self.key {
+            Some(k) => escape_key(k),
+            None => self.path.clone(),
         }
     }
 
@@ -164,10 +197,82 @@ impl Entry {
     }
 }
 
+/// The path a plain restore writes a logical key to. Reversible ([`unescape_key`]) and
+/// always a safe path ([`EntryPath::is_safe`]): the key is split on `/`, and in each
+/// component `%` becomes `%25` and NUL `%00`; then a component that is empty becomes `%`,
+/// one that is `.` becomes `%2E`, and `..` becomes `%2E%2E`. So `a//b/../c/` is stored
+/// at `a/%/b/%2E%2E/c/%`, and `/etc` at `%/etc`. A key whose components are all non-empty,
+/// not `.` or `..`, and free of `%` and NUL is its own path.
+pub fn escape_key(key: &[u8]) -> EntryPath {
+    let mut out = Vec::with_capacity(key.len() + 8);
+    for (i, comp) in key.split(|b| *b == b'/').enumerate() {
+        if i > 0 {
+            out.push(b'/');
+        }
+        match comp {
+            b"" => out.push(b'%'),
+            b"." => out.extend_from_slice(b"%2E"),
+            b".." => out.extend_from_slice(b"%2E%2E"),
+            _ => {
+                for &b in comp {
+                    match b {
+                        b'%' => out.extend_from_slice(b"%25"),
+                        0 => out.extend_from_slice(b"%00"),
+                        b => out.push(b),
+                    }
+                }
+            }
+        }
+    }
+    EntryPath(out)
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("{0:?} is not an escaped key")]
+pub struct UnescapeError(pub String);
+
+/// The logical key whose escape is `path`; the inverse of [`escape_key`]. A path that
+/// `escape_key` never writes (`%41`, a bare `.`) is refused, so each path has one key.
+pub fn unescape_key(path: &[u8]) -> Result<Vec<u8>, UnescapeError> {
+    let bad = || UnescapeError(String::from_utf8_lossy(path).into_owned());
+    let mut out = Vec::with_capacity(path.len());
+    for (i, comp) in path.split(|b| *b == b'/').enumerate() {
+        if i > 0 {
+            out.push(b'/');
+        }
+        if comp == b"%" {
+            continue; // an empty component
+        }
+        let mut rest = comp;
+        while let Some((&b, tail)) = rest.split_first() {
+            if b != b'%' {
+                out.push(b);
+                rest = tail;
+                continue;
+            }
+            let v = match tail.get(..2) {
+                Some(b"25") => b'%',
+                Some(b"00") => 0,
+                Some(b"2E") => b'.',
+                _ => return Err(bad()),
+            };
+            out.push(v);
+            rest = &tail[2..];
+        }
+    }
+    // Whatever escape_key would not have written (`%2Ex`, `.`, an empty component) is
+    // not the escape of the key it decodes to.
+    if escape_key(&out).as_bytes() != path {
+        return Err(bad());
+    }
+    Ok(out)
+}
+
 /// Cuts a stream of encoded entries into tree blobs. Pure: the caller stores the blobs.
 pub struct TreeCutter {
     buf: Vec<u8>,
-    last: Option<EntryPath>,
+    /// The last entry's sort key ([`Entry::sort_key`]).
+    last: Option<Vec<u8>>,
 }
 
 /// Blob boundaries fall after an entry whose encoding hashes to 0 mod `CUT_MODULUS`, once
@@ -179,8 +284,9 @@ const MAX_TREE_BLOB: usize = 4 << 20;
 #[derive(Debug, thiserror::Error)]
 #[error("entries out of order: {next:?} after {prev:?} (a source bug)")]
 pub struct OrderError {
-    pub prev: EntryPath,
-    pub next: EntryPath,
+    /// Sort keys ([`Entry::sort_key`]), shown lossily.
+    pub prev: String,
+    pub next: String,
 }
 
 impl Default for TreeCutter {
@@ -200,14 +306,14 @@ impl TreeCutter {
     /// Adds an entry; returns a finished blob when this entry closes one.
     pub fn push(&mut self, entry: &Entry) -> Result<Option<Vec<u8>>, OrderError> {
         if let Some(prev) = &self.last
-            && prev >= &entry.path
+            && prev.as_slice() >= entry.sort_key()
         {
             return Err(OrderError {
-                prev: prev.clone(),
-                next: entry.path.clone(),
+                prev: String::from_utf8_lossy(prev).into_owned(),
+                next: String::from_utf8_lossy(entry.sort_key()).into_owned(),
             });
         }
-        self.last = Some(entry.path.clone());
+        self.last = Some(entry.sort_key().to_vec());
         let encoded = entry.encode();
         let h = blake3::hash(&encoded);
         let cut_here =
@@ -258,11 +364,75 @@ mod tests {
     }
 
     #[test]
+    fn keys_escape_to_safe_paths() {
+        let cases: [(&[u8], &[u8]); 8] = [
+            (b"a//b/../c/", b"a/%/b/%2E%2E/c/%"),
+            (b"/etc/passwd", b"%/etc/passwd"),
+            (b"", b"%"),
+            (b".", b"%2E"),
+            (b"100%/x", b"100%25/x"),
+            (b"a\x00b", b"a%00b"),
+            (b"..a/.b", b"..a/.b"),
+            (b"ns/pod.yaml", b"ns/pod.yaml"),
+        ];
+        for (key, path) in cases {
+            assert_eq!(escape_key(key).as_bytes(), path, "{key:?}");
+            assert_eq!(unescape_key(path).unwrap(), key);
+        }
+        for bad in [&b"%41"[..], b"%2Ex", b"a//b", b".", b"%2", b"%2e"] {
+            assert!(unescape_key(bad).is_err(), "{bad:?}");
+        }
+        let e = Entry::with_key(b"a//b", EntryKind::File);
+        assert_eq!(e.path.as_bytes(), b"a/%/b");
+        assert_eq!(e.sort_key(), b"a//b");
+        assert_eq!(e.restore_path(), e.path);
+        assert_eq!(Entry::with_key(b"a/b", EntryKind::File).key, None);
+    }
+
+    #[test]
+    fn keys_survive_encoding_and_are_left_out_when_absent() {
+        let plain = entry("x");
+        let mut keyed = Entry::with_key(b"x/../y", EntryKind::File);
+        keyed.key = Some(vec![0xff, 0, b'/']);
+        assert!(keyed.encode().len() > plain.encode().len());
+        let back = decode_blob(&[plain.encode(), keyed.encode()].concat()).unwrap();
+        assert_eq!(back, vec![plain, keyed]);
+    }
+
+    proptest! {
+        #[test]
+        fn any_key_round_trips_through_a_safe_path(key in proptest::collection::vec(
+            prop_oneof![Just(b'/'), Just(b'.'), Just(b'%'), Just(0u8), Just(b'2'), Just(b'E'), any::<u8>()],
+            0..40,
+        )) {
+            let path = escape_key(&key);
+            prop_assert!(path.is_safe(), "{:?}", path);
+            prop_assert!(!path.as_bytes().starts_with(b"/"));
+            prop_assert!(!path.as_bytes().contains(&0));
+            prop_assert!(path.as_bytes().split(|b| *b == b'/').all(|c| !c.is_empty() && c != b"." && c != b".."));
+            prop_assert_eq!(unescape_key(path.as_bytes()).unwrap(), key);
+        }
+
+        #[test]
+        fn safe_keys_without_percent_are_their_own_path(key in "[a-zA-Z0-9._ -]{1,12}(/[a-zA-Z0-9._ -]{1,12}){0,4}") {
+            let safe = EntryPath::new(key.as_bytes().to_vec()).is_safe();
+            prop_assume!(safe);
+            let path = escape_key(key.as_bytes());
+            prop_assert_eq!(path.as_bytes(), key.as_bytes());
+        }
+    }
+
+    #[test]
     fn cutter_rejects_disorder() {
         let mut c = TreeCutter::new();
         c.push(&entry("b")).unwrap();
         assert!(c.push(&entry("a")).is_err());
         assert!(c.push(&entry("b")).is_err());
+        // Keyed entries are ordered by their key, not their path: `b/./x` is stored at
+        // `b/%2E/x`, which sorts before `b/-` as a path but after it as a key.
+        c.push(&entry("b/-")).unwrap();
+        c.push(&Entry::with_key(b"b/./x", EntryKind::File)).unwrap();
+        assert!(c.push(&entry("b/.")).is_err());
     }
 
     proptest! {

@@ -4,7 +4,10 @@
 //! the given paths included, so several roots share one tree. The walk emits entries in
 //! byte order of full paths: within a directory, a child directory's own entry sorts under
 //! its name but its contents under `name/`, which is exactly where byte order puts them
-//! (`a` < `a.txt` < `a/x`). Only one directory listing per level is held in memory.
+//! (`a` < `a.txt` < `a/x`). Per directory level of the current path only the sorted
+//! child names are held (no metadata, no paths); each child is `lstat`ed when its turn
+//! comes. A directory's names are held whole while it is walked (a million-entry
+//! directory costs its names plus ~40 bytes each of bookkeeping; no spilling to disk yet).
 
 use std::collections::BTreeMap;
 use std::fs::Metadata;
@@ -93,17 +96,18 @@ impl Source for LocalSource {
 
     fn entries<'a>(
         &'a mut self,
-        previous: Previous<'a>,
+        previous: Previous,
     ) -> Box<dyn Iterator<Item = Result<SourceEntry, SourceError>> + 'a> {
         let mut top = VNode::default();
         for r in &self.roots {
             top.insert(r);
         }
-        let mut stack = Vec::new();
-        top.plan(Path::new("/"), &EntryPath::from(""), &mut stack);
-        stack.reverse();
+        let mut roots = Vec::new();
+        top.plan(Path::new("/"), &EntryPath::from(""), &mut roots);
+        roots.reverse();
         Box::new(Walker {
-            stack,
+            roots,
+            frames: Vec::new(),
             exclude: &self.exclude,
             previous,
         })
@@ -172,48 +176,75 @@ enum Step {
     Expand(PathBuf, EntryPath, Given),
 }
 
+/// One directory being walked: its children's names, sorted in walk order, and nothing
+/// else. Metadata is read (`lstat`) only when a child's turn comes, so a directory of a
+/// million files costs its names (plus ~25 bytes each), not a million `Metadata`s or paths.
+struct Frame {
+    fs_dir: PathBuf,
+    dir: EntryPath,
+    children: Vec<Child>,
+    next: usize,
+}
+
+/// A child to visit: its own entry, or (`expand`) the contents of the directory it is.
+/// A subdirectory appears twice, as `name` and as `name/`, because that is where byte
+/// order of full paths puts its entry and its contents (`a` < `a.txt` < `a/x`).
+struct Child {
+    name: Box<[u8]>,
+    expand: bool,
+}
+
+impl Child {
+    fn walk_key(&self) -> impl Iterator<Item = &u8> {
+        self.name.iter().chain(self.expand.then_some(&b'/'))
+    }
+}
+
+/// The walk: planned steps for the roots and their ancestors (a handful), then one
+/// [`Frame`] per directory level of the current path.
 struct Walker<'a> {
-    /// Pending steps, next on top.
-    stack: Vec<Step>,
+    /// Pending steps for roots and ancestors, next on top.
+    roots: Vec<Step>,
+    frames: Vec<Frame>,
     exclude: &'a GlobSet,
-    previous: Previous<'a>,
+    previous: Previous,
 }
 
 impl Walker<'_> {
-    fn expand(&mut self, fs_dir: &Path, dir: &EntryPath, given: Given) -> Result<(), SourceError> {
+    fn expand(&mut self, fs_dir: PathBuf, dir: EntryPath, given: Given) -> Result<(), SourceError> {
         let md = if given == Given::Root {
-            std::fs::metadata(fs_dir)
+            std::fs::metadata(&fs_dir)
         } else {
-            std::fs::symlink_metadata(fs_dir)
+            std::fs::symlink_metadata(&fs_dir)
         };
         // A root may be a single file: nothing to list then.
         if !md.is_ok_and(|m| m.is_dir()) {
             return Ok(());
         }
-        let rd = std::fs::read_dir(fs_dir)
-            .map_err(|e| SourceError::entry(dir, format!("cannot list directory: {e}")))?;
-        let mut keyed: Vec<(Vec<u8>, Step)> = Vec::new();
+        let rd = std::fs::read_dir(&fs_dir)
+            .map_err(|e| SourceError::entry(&dir, format!("cannot list directory: {e}")))?;
+        let mut children: Vec<Child> = Vec::new();
         for item in rd {
             let item =
-                item.map_err(|e| SourceError::entry(dir, format!("cannot list directory: {e}")))?;
-            let name = item.file_name();
-            let fs_path = item.path();
-            if self.exclude.is_match(&fs_path) {
+                item.map_err(|e| SourceError::entry(&dir, format!("cannot list directory: {e}")))?;
+            if self.exclude.is_match(item.path()) {
                 continue;
             }
-            let name = name.as_bytes().to_vec();
-            let path = dir.join(&name);
+            let name: Box<[u8]> = item.file_name().as_bytes().into();
             // The kind is needed now to place the directory's contents; file_type() is
             // served from the listing on most file systems, without a stat.
-            let is_dir = item.file_type().map(|t| t.is_dir()).unwrap_or(false);
-            if is_dir {
-                let mut k = name.clone();
-                k.push(b'/');
-                keyed.push((k, Step::Expand(fs_path.clone(), path.clone(), Given::Found)));
+            if item.file_type().is_ok_and(|t| t.is_dir()) {
+                children.push(Child {
+                    name: name.clone(),
+                    expand: true,
+                });
             }
-            keyed.push((name, Step::Emit(fs_path, path, Given::Found)));
+            children.push(Child {
+                name,
+                expand: false,
+            });
         }
-        if keyed.is_empty() && given == Given::Root {
+        if children.is_empty() && given == Given::Root {
             // An unmounted file system looks exactly like this; a snapshot of it must not
             // pass for a good one (and push real ones out of retention).
             // It fails the run as a whole: no snapshot, and the job's file cache stays
@@ -223,8 +254,14 @@ impl Walker<'_> {
                 fs_dir.display()
             )));
         }
-        keyed.sort_by(|a, b| a.0.cmp(&b.0));
-        self.stack.extend(keyed.into_iter().rev().map(|(_, s)| s));
+        children.sort_unstable_by(|a, b| a.walk_key().cmp(b.walk_key()));
+        children.shrink_to_fit();
+        self.frames.push(Frame {
+            fs_dir,
+            dir,
+            children,
+            next: 0,
+        });
         Ok(())
     }
 
@@ -279,7 +316,11 @@ impl Walker<'_> {
                 Content::None
             }
             EntryKind::File if md.len() > 0 => {
-                let unchanged = self.previous.find(&entry.path).filter(|prev| {
+                let opener = Box::new(FileOpener {
+                    fs_path: fs_path.to_owned(),
+                    follow: given == Given::Root,
+                });
+                let unchanged = self.previous.find(entry.sort_key()).filter(|prev| {
                     prev.kind == EntryKind::File
                         && prev.size == entry.size
                         && prev.mtime_ns == entry.mtime_ns
@@ -287,16 +328,63 @@ impl Walker<'_> {
                         && !prev.chunks.is_empty()
                 });
                 match unchanged {
-                    Some(prev) => Content::Reuse(prev.chunks),
-                    None => match std::fs::File::open(fs_path) {
-                        Ok(f) => Content::Read(Box::new(f)),
-                        Err(e) => return Some(Err(SourceError::entry(&entry.path, e))),
+                    Some(prev) => Content::Reuse {
+                        chunks: prev.chunks,
+                        fallback: Some(opener),
                     },
+                    None => Content::Open(opener),
                 }
             }
             _ => Content::None,
         };
         Some(Ok(SourceEntry { entry, content }))
+    }
+}
+
+/// A local file's content, reopenable: a file that changed while it was read is read
+/// once more (what the second read gets is stored, and said to be torn if it changed
+/// again). Each open refreshes the entry's size, times and change token from the opened
+/// file itself, so they describe what is read.
+struct FileOpener {
+    fs_path: PathBuf,
+    /// Roots may be symlinks (see [`Given`]); what is found inside is never followed.
+    follow: bool,
+}
+
+impl super::Opener for FileOpener {
+    fn open(
+        &mut self,
+        _attempt: u32,
+        entry: &mut Entry,
+    ) -> std::io::Result<Box<dyn std::io::Read + Send>> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut opts = std::fs::OpenOptions::new();
+        opts.read(true);
+        if !self.follow {
+            // Swapped for a symlink since the listing: not followed out of the tree.
+            opts.custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32);
+        }
+        let f = opts.open(&self.fs_path)?;
+        let md = f.metadata()?;
+        if !md.is_file() {
+            return Err(std::io::Error::other("no longer a regular file"));
+        }
+        let fresh = entry_from_metadata(entry.path.clone(), EntryKind::File, &md)
+            .map_err(std::io::Error::other)?;
+        entry.size = fresh.size;
+        entry.mtime_ns = fresh.mtime_ns;
+        entry.change = fresh.change;
+        entry.mode = fresh.mode;
+        entry.uid = fresh.uid;
+        entry.gid = fresh.gid;
+        Ok(Box::new(f))
+    }
+
+    fn retry(&self) -> super::RetryPolicy {
+        super::RetryPolicy {
+            attempts: 2,
+            backoff: std::time::Duration::ZERO,
+        }
     }
 }
 
@@ -336,17 +424,27 @@ impl Iterator for Walker<'_> {
 
     fn next(&mut self) -> Option<Self::Item> {
         loop {
-            match self.stack.pop()? {
-                Step::Emit(fs_path, path, given) => {
-                    if let Some(item) = self.emit(&fs_path, path, given) {
-                        return Some(item);
-                    }
+            let (fs_path, path, expand, given) = match self.frames.last_mut() {
+                Some(f) => {
+                    let Some(child) = f.children.get(f.next) else {
+                        self.frames.pop();
+                        continue;
+                    };
+                    f.next += 1;
+                    let fs_path = f.fs_dir.join(std::ffi::OsStr::from_bytes(&child.name));
+                    (fs_path, f.dir.join(&child.name), child.expand, Given::Found)
                 }
-                Step::Expand(fs_dir, dir, given) => {
-                    if let Err(e) = self.expand(&fs_dir, &dir, given) {
-                        return Some(Err(e));
-                    }
+                None => match self.roots.pop()? {
+                    Step::Emit(fs_path, path, given) => (fs_path, path, false, given),
+                    Step::Expand(fs_dir, dir, given) => (fs_dir, dir, true, given),
+                },
+            };
+            if expand {
+                if let Err(e) = self.expand(fs_path, path, given) {
+                    return Some(Err(e));
                 }
+            } else if let Some(item) = self.emit(&fs_path, path, given) {
+                return Some(item);
             }
         }
     }
@@ -403,6 +501,56 @@ mod tests {
                 .to_str()
                 .unwrap()
         );
+    }
+
+    fn next_file(
+        it: &mut dyn Iterator<Item = Result<SourceEntry, SourceError>>,
+        name: &str,
+    ) -> SourceEntry {
+        it.map(|e| e.unwrap())
+            .find(|e| e.entry.path.display().ends_with(name))
+            .unwrap()
+    }
+
+    #[test]
+    fn metadata_is_read_when_an_entrys_turn_comes_and_refreshed_on_open() {
+        use std::io::Read;
+        use std::os::unix::fs::PermissionsExt;
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path().join("r");
+        std::fs::create_dir_all(&root).unwrap();
+        for f in ["a", "b"] {
+            std::fs::write(root.join(f), b"12345").unwrap();
+        }
+        let mut src = LocalSource::new(std::slice::from_ref(&root), &[]).unwrap();
+        let mut it = src.entries(Previous::empty());
+        let mut a = next_file(&mut *it, "/a");
+        // Listed, but not yet visited: what `b` is now is what its entry says.
+        std::fs::set_permissions(root.join("b"), std::fs::Permissions::from_mode(0o600)).unwrap();
+        let b = next_file(&mut *it, "/b");
+        assert_eq!(b.entry.mode, 0o600);
+        // `a` grew after its stat: opening it describes what will be read.
+        std::fs::write(root.join("a"), b"1234567").unwrap();
+        let Content::Open(mut opener) = std::mem::replace(&mut a.content, Content::None) else {
+            panic!("a local file is reopenable");
+        };
+        assert_eq!(
+            opener.retry().attempts,
+            2,
+            "a changed file is read once more"
+        );
+        let mut data = Vec::new();
+        opener
+            .open(0, &mut a.entry)
+            .unwrap()
+            .read_to_end(&mut data)
+            .unwrap();
+        assert_eq!(a.entry.size, 7);
+        assert_eq!(data, b"1234567");
+        // Swapped for a symlink since the listing: never followed.
+        std::fs::remove_file(root.join("a")).unwrap();
+        std::os::unix::fs::symlink(root.join("b"), root.join("a")).unwrap();
+        assert!(opener.open(1, &mut a.entry).is_err());
     }
 
     #[test]

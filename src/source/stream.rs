@@ -77,7 +77,7 @@ impl Source for StreamSource {
 
     fn entries<'a>(
         &'a mut self,
-        _previous: Previous<'a>,
+        _previous: Previous,
     ) -> Box<dyn Iterator<Item = Result<SourceEntry, SourceError>> + 'a> {
         let Some(input) = self.input.take() else {
             return Box::new(std::iter::empty());
