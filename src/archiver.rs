@@ -206,11 +206,11 @@ pub fn archive(
         new_chunks: AtomicU64::new(0),
     };
     let description = source.description();
-    let file_cache = repo.index().begin_file_cache(job)?;
+    let mut file_cache = repo.index().begin_file_cache(job)?;
     let presence = repo.presence();
     let previous = repo
         .index()
-        .previous(job, Box::new(move |c| presence.has(c)))?;
+        .previous(job, Box::new(move |c| presence.has(c)));
 
     let walked = std::thread::scope(|s| {
         let (tx, rx) = crossbeam_channel::bounded::<Work>(workers * 2);
@@ -235,7 +235,7 @@ pub fn archive(
             failures: Vec::new(),
             tree: Vec::new(),
         };
-        let result = walk.run(source, previous, &file_cache);
+        let result = walk.run(source, previous, &mut file_cache);
         let Walk {
             tx,
             stats,
@@ -309,7 +309,11 @@ pub fn archive(
     let id = repo.save_snapshot(&snapshot)?;
     // After the manifest the run has succeeded; the index is only a cache, so failing to
     // update it costs the next run a re-read, never this run its result.
-    if let Err(e) = file_cache.commit().and_then(|()| repo.index().flush()) {
+    if let Err(e) = file_cache
+        .commit()
+        .map_err(crate::repo::index::IndexError::from)
+        .and_then(|()| repo.index().flush())
+    {
         tracing::warn!(error = %e, "snapshot written, but the index cache was not updated");
     }
     Ok((id, snapshot))
@@ -357,7 +361,7 @@ impl Walk<'_, '_> {
         &mut self,
         source: &mut dyn Source,
         previous: crate::repo::index::Previous,
-        file_cache: &crate::repo::index::FileCacheWriter,
+        file_cache: &mut crate::repo::index::FileCacheWriter,
     ) -> Result<(), ArchiveError> {
         let mut cutter = TreeCutter::new();
         let entries = source.entries(previous);
@@ -446,7 +450,9 @@ impl Walk<'_, '_> {
             if let Some(blob) = cutter.push(&se.entry)? {
                 self.store_tree(blob)?;
             }
-            file_cache.insert(&se.entry).map_err(RepoError::from)?;
+            file_cache
+                .insert(&se.entry)
+                .map_err(|e| RepoError::from(crate::repo::index::IndexError::from(e)))?;
         }
         if let Some(blob) = cutter.finish() {
             self.store_tree(blob)?;

@@ -9,12 +9,13 @@
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
+use super::filecache::FileCacheError;
+pub use super::filecache::{FileCacheWriter, Previous};
 use super::id::Id;
 use super::pack::{BlobKind, PackEntry};
-use super::tree::Entry;
 
 const FORMAT_KEY: &[u8] = b"format";
-const FORMAT: &[u8] = b"backuphub-index-2";
+const FORMAT: &[u8] = b"backuphub-index-3";
 /// First byte of a pack record: its blob locations are being written, or all written.
 const PACK_PENDING: u8 = 0;
 const PACK_COMPLETE: u8 = 1;
@@ -22,8 +23,6 @@ const PACK_COMPLETE: u8 = 1;
 const CACHE_BYTES: u64 = 32 << 20;
 /// Blob locations written per sled batch (45 bytes each plus sled's overhead).
 const BATCH_ENTRIES: usize = 4096;
-/// Where the file caches of runs live: `files/<job>/<nonce>`.
-const FILE_CACHE_PREFIX: &[u8] = b"files/";
 /// Temporary indexes live in `<state>/tmp-index/<pid>-<nonce>`, private to the user.
 const TEMP_DIR: &str = "tmp-index";
 
@@ -33,6 +32,8 @@ pub enum IndexError {
     Sled { path: PathBuf, error: sled::Error },
     #[error("index entry for {0} is malformed")]
     Malformed(String),
+    #[error(transparent)]
+    FileCache(#[from] FileCacheError),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -78,8 +79,10 @@ pub struct Index {
     db: sled::Db,
     chunks: sled::Tree,
     packs: sled::Tree,
-    jobs: sled::Tree,
     path: PathBuf,
+    /// The per-job file caches ([`super::filecache`]): beside a persistent index, inside
+    /// a temporary one's directory.
+    files_dir: PathBuf,
     pub mode: IndexMode,
     /// Removes a temporary index's directory when the index is dropped (after `db`).
     _temp_dir: Option<tempfile::TempDir>,
@@ -97,7 +100,7 @@ fn collect_stale_temporaries(parent: &Path) {
         return;
     };
     for d in rd.flatten() {
-        let db = d.path().join("db");
+        let db = d.path().join("index").join("db");
         let owned = match std::fs::File::open(&db) {
             Ok(f) => {
                 rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_err()
@@ -156,7 +159,7 @@ impl Index {
             }
         }
         let index = Index::from_db(db, dir, IndexMode::Persistent)?;
-        let dropped = index.collect_uncommitted_file_caches()?;
+        let dropped = super::filecache::collect_temporaries(&index.files_dir);
         if dropped > 0 {
             tracing::info!(dropped, "collected file caches of interrupted runs");
         }
@@ -198,15 +201,17 @@ impl Index {
                 .tempdir()
                 .map_err(|e| tmp_err(&std::env::temp_dir(), e))?,
         };
+        // sled and the file caches side by side inside the private directory.
+        let sled_dir = dir.path().join("index");
         let db = sled::Config::new()
-            .path(dir.path())
+            .path(&sled_dir)
             .cache_capacity(CACHE_BYTES)
             .open()
             .map_err(|error| IndexError::Sled {
-                path: dir.path().to_owned(),
+                path: sled_dir.clone(),
                 error,
             })?;
-        let mut index = Index::from_db(db, dir.path(), IndexMode::Temporary)?;
+        let mut index = Index::from_db(db, &sled_dir, IndexMode::Temporary)?;
         index._temp_dir = Some(dir);
         Ok(index)
     }
@@ -221,31 +226,14 @@ impl Index {
         Ok(Index {
             chunks: t("chunks")?,
             packs: t("packs")?,
-            jobs: t("jobs")?,
             db,
             path: dir.to_owned(),
+            // `<state>/<repo>/index` → `<state>/<repo>/files`; a temporary index's
+            // `<tmp>/index` → `<tmp>/files`.
+            files_dir: dir.with_file_name("files"),
             mode,
             _temp_dir: None,
         })
-    }
-
-    /// Drops the file caches of runs that never committed (a crash or SIGKILL mid-run):
-    /// nothing else would ever collect them. Called on open, when no run is going.
-    fn collect_uncommitted_file_caches(&self) -> Result<usize, IndexError> {
-        let committed: HashSet<Vec<u8>> = self
-            .jobs
-            .iter()
-            .values()
-            .map(|v| v.map(|v| v.to_vec()).map_err(|e| self.err(e)))
-            .collect::<Result<_, _>>()?;
-        let mut dropped = 0;
-        for name in self.db.tree_names() {
-            if name.starts_with(FILE_CACHE_PREFIX) && !committed.contains(name.as_ref()) {
-                self.db.drop_tree(&name).map_err(|e| self.err(e))?;
-                dropped += 1;
-            }
-        }
-        Ok(dropped)
     }
 
     fn err(&self, error: sled::Error) -> IndexError {
@@ -377,19 +365,8 @@ impl Index {
     /// only when `usable` vouches for every one of its chunks (the repository's
     /// [`BlobPresence`]: a copy really exists and is not known damaged; the index alone
     /// cannot say).
-    pub fn previous(
-        &self,
-        job: &str,
-        usable: Box<dyn Fn(&Id) -> bool + Send>,
-    ) -> Result<Previous, IndexError> {
-        let tree = match self.jobs.get(job.as_bytes()).map_err(|e| self.err(e))? {
-            Some(name) => Some(self.db.open_tree(name).map_err(|e| self.err(e))?),
-            None => None,
-        };
-        Ok(Previous {
-            iter: tree.map(|t| t.iter().peekable()),
-            usable,
-        })
+    pub fn previous(&self, job: &str, usable: Box<dyn Fn(&Id) -> bool + Send>) -> Previous {
+        Previous::open(&self.files_dir, job, usable)
     }
 
     /// The chunk locations, for [`BlobPresence`]: a handle on the same sled tree.
@@ -399,19 +376,7 @@ impl Index {
 
     /// Starts recording a run's entries; they replace the job's cache only on `commit`.
     pub fn begin_file_cache(&self, job: &str) -> Result<FileCacheWriter, IndexError> {
-        let mut nonce = [0u8; 8];
-        getrandom::fill(&mut nonce).expect("the OS random source is available");
-        let name = format!("files/{job}/{}", hex::encode(nonce));
-        let tree = self.db.open_tree(&name).map_err(|e| self.err(e))?;
-        Ok(FileCacheWriter {
-            db: self.db.clone(),
-            jobs: self.jobs.clone(),
-            path: self.path.clone(),
-            job: job.to_owned(),
-            name,
-            tree,
-            committed: false,
-        })
+        Ok(FileCacheWriter::create(&self.files_dir, job)?)
     }
 }
 
@@ -462,104 +427,10 @@ impl BlobPresence {
     }
 }
 
-/// Merge-join access to a job's previous entries: `find` must be called with increasing
-/// sort keys, and never loads more than one entry at a time. Owned and `Send`.
-pub struct Previous {
-    iter: Option<std::iter::Peekable<sled::Iter>>,
-    usable: Box<dyn Fn(&Id) -> bool + Send>,
-}
-
-impl Previous {
-    /// No previous entries: everything is read afresh.
-    pub fn empty() -> Previous {
-        Previous {
-            iter: None,
-            usable: Box::new(|_| false),
-        }
-    }
-
-    /// The previous entry with this sort key ([`Entry::sort_key`]: the logical key, or the
-    /// path), if there was one and all its chunks still exist.
-    pub fn find(&mut self, sort_key: &[u8]) -> Option<Entry> {
-        let iter = self.iter.as_mut()?;
-        loop {
-            let ordering = match iter.peek()? {
-                Ok((k, _)) => k.as_ref().cmp(sort_key),
-                Err(_) => {
-                    // A broken cache only costs re-reading.
-                    self.iter = None;
-                    return None;
-                }
-            };
-            match ordering {
-                std::cmp::Ordering::Less => {
-                    iter.next();
-                }
-                std::cmp::Ordering::Greater => return None,
-                std::cmp::Ordering::Equal => {
-                    let (_, v) = iter.next()?.ok()?;
-                    let entry: Entry = ciborium::from_reader(&v[..]).ok()?;
-                    let all_present = entry.chunks.iter().all(|c| (self.usable)(c));
-                    return all_present.then_some(entry);
-                }
-            }
-        }
-    }
-}
-
-/// Records one run's entries (keyed by sort key) as the job's next file cache. Owned: it
-/// holds handles on the sled database, not a borrow of the index.
-pub struct FileCacheWriter {
-    db: sled::Db,
-    jobs: sled::Tree,
-    path: PathBuf,
-    job: String,
-    name: String,
-    tree: sled::Tree,
-    committed: bool,
-}
-
-impl FileCacheWriter {
-    fn err(&self, error: sled::Error) -> IndexError {
-        IndexError::Sled {
-            path: self.path.clone(),
-            error,
-        }
-    }
-
-    pub fn insert(&self, entry: &Entry) -> Result<(), IndexError> {
-        self.tree
-            .insert(entry.sort_key(), entry.encode())
-            .map_err(|e| self.err(e))?;
-        Ok(())
-    }
-
-    /// Makes this run's entries the job's previous entries.
-    pub fn commit(mut self) -> Result<(), IndexError> {
-        let old = self
-            .jobs
-            .insert(self.job.as_bytes(), self.name.as_bytes())
-            .map_err(|e| self.err(e))?;
-        self.committed = true;
-        if let Some(old) = old {
-            let _ = self.db.drop_tree(old);
-        }
-        Ok(())
-    }
-}
-
-impl Drop for FileCacheWriter {
-    fn drop(&mut self) {
-        if !self.committed {
-            let _ = self.db.drop_tree(self.name.as_bytes());
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::repo::tree::{EntryKind, EntryPath};
+    use crate::repo::tree::{Entry, EntryKind, EntryPath};
 
     #[test]
     fn locations_and_pack_removal() {
@@ -606,39 +477,28 @@ mod tests {
         assert!(idx.indexed_packs().unwrap().is_empty());
     }
 
-    fn file_caches(idx: &Index) -> usize {
-        idx.db
-            .tree_names()
-            .iter()
-            .filter(|n| n.starts_with(FILE_CACHE_PREFIX))
-            .count()
-    }
-
     #[test]
     fn uncommitted_file_caches_are_collected_on_open() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("i");
         {
             let idx = Index::open(&path).unwrap();
-            let w = idx.begin_file_cache("job").unwrap();
+            let mut w = idx.begin_file_cache("job").unwrap();
             w.insert(&Entry::new(EntryPath::from("a"), EntryKind::File))
                 .unwrap();
             w.commit().unwrap();
             // What a run killed before its commit leaves (a SIGKILL runs no destructor).
-            let crashed = idx.db.open_tree("files/job/00112233").unwrap();
-            crashed.insert(b"b", b"entry").unwrap();
-            idx.flush().unwrap();
-            assert_eq!(file_caches(&idx), 2);
+            std::mem::forget(idx.begin_file_cache("job").unwrap());
+            assert_eq!(std::fs::read_dir(&idx.files_dir).unwrap().count(), 2);
         }
         let idx = Index::open(&path).unwrap();
         assert_eq!(idx.mode, IndexMode::Persistent);
-        assert_eq!(file_caches(&idx), 1, "the uncommitted cache is gone");
-        assert!(
-            idx.previous("job", Box::new(|_| true))
-                .unwrap()
-                .find(b"a")
-                .is_some()
+        assert_eq!(
+            std::fs::read_dir(&idx.files_dir).unwrap().count(),
+            1,
+            "the uncommitted cache is gone"
         );
+        assert!(idx.previous("job", Box::new(|_| true)).find(b"a").is_some());
     }
 
     #[test]
@@ -647,14 +507,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let state = dir.path().join("state");
         let t = Index::temporary(Some(&state)).unwrap();
-        let tdir = t.path.clone();
+        let tdir = t.path.parent().unwrap().to_owned();
         assert!(tdir.starts_with(state.join(TEMP_DIR)));
         let mode = std::fs::metadata(&tdir).unwrap().permissions().mode();
         assert_eq!(mode & 0o077, 0, "not readable by others: {mode:o}");
         // Another live one is left alone; a dead one (no process holds its sled lock) goes.
         let dead = state.join(TEMP_DIR).join("999999-dead");
         std::fs::create_dir_all(&dead).unwrap();
-        std::fs::write(dead.join("db"), b"").unwrap();
+        std::fs::create_dir_all(dead.join("index")).unwrap();
+        std::fs::write(dead.join("index/db"), b"").unwrap();
         let t2 = Index::temporary(Some(&state)).unwrap();
         assert!(!dead.exists());
         assert!(tdir.exists());
@@ -679,7 +540,7 @@ mod tests {
         fn owned<T: Send + 'static>(_: &T) {}
         let dir = tempfile::tempdir().unwrap();
         let idx = Index::open(&dir.path().join("i")).unwrap();
-        let w = idx.begin_file_cache("job").unwrap();
+        let mut w = idx.begin_file_cache("job").unwrap();
         let mut keyed = Entry::with_key(b"a//b", EntryKind::File);
         keyed.chunks = vec![Id::of(b"gone"), Id::of(b"here")];
         w.insert(&Entry::new(EntryPath::from("a/-"), EntryKind::File))
@@ -688,7 +549,7 @@ mod tests {
         owned(&w);
         w.commit().unwrap();
         let here = Id::of(b"here");
-        let mut prev = idx.previous("job", Box::new(|_| true)).unwrap();
+        let mut prev = idx.previous("job", Box::new(|_| true));
         owned(&prev);
         // Moved to another thread, as a source producing entries there would.
         let found = std::thread::spawn(move || {
@@ -701,7 +562,7 @@ mod tests {
         assert!(found.0);
         assert_eq!(found.1.unwrap().path.as_bytes(), b"a/%/b");
         // An entry with a chunk the presence check denies is not offered.
-        let mut prev = idx.previous("job", Box::new(move |c| *c == here)).unwrap();
+        let mut prev = idx.previous("job", Box::new(move |c| *c == here));
         assert!(prev.find(b"a//b").is_none());
         drop(idx);
     }
@@ -732,36 +593,5 @@ mod tests {
         assert!(!presence.has(&Id::of(b"unknown")));
         presence.damage.lock().unwrap().insert(a, vec![p]);
         assert!(!presence.has(&a), "known damaged");
-    }
-
-    #[test]
-    fn file_cache_commits_and_finds_in_order() {
-        let dir = tempfile::tempdir().unwrap();
-        let idx = Index::open(&dir.path().join("i")).unwrap();
-        let w = idx.begin_file_cache("job").unwrap();
-        for p in ["a", "b/c", "d"] {
-            w.insert(&Entry::new(EntryPath::from(p), EntryKind::File))
-                .unwrap();
-        }
-        // Not committed yet: nothing visible.
-        assert!(
-            idx.previous("job", Box::new(|_| true))
-                .unwrap()
-                .find(b"a")
-                .is_none()
-        );
-        w.commit().unwrap();
-        let mut prev = idx.previous("job", Box::new(|_| true)).unwrap();
-        assert!(prev.find(b"a").is_some());
-        assert!(prev.find(b"b").is_none());
-        assert!(prev.find(b"d").is_some());
-        // An abandoned writer leaves the committed cache alone.
-        drop(idx.begin_file_cache("job").unwrap());
-        assert!(
-            idx.previous("job", Box::new(|_| true))
-                .unwrap()
-                .find(b"b/c")
-                .is_some()
-        );
     }
 }

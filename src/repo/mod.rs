@@ -14,6 +14,7 @@
 //! ```
 
 pub mod crypto;
+pub mod filecache;
 pub mod id;
 pub mod index;
 pub mod lock;
