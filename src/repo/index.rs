@@ -14,14 +14,16 @@ use super::pack::{BlobKind, PackEntry};
 use super::tree::{Entry, EntryPath};
 
 const FORMAT_KEY: &[u8] = b"format";
-const FORMAT: &[u8] = b"backuphub-index-2";
+// 3: locations carry the pack key slot (repository format 2).
+const FORMAT: &[u8] = b"backuphub-index-3";
 /// First byte of a pack record: its blob locations are being written, or all written.
 const PACK_PENDING: u8 = 0;
 const PACK_COMPLETE: u8 = 1;
 /// sled's default page cache is 1 GiB; a Pi has far less memory to spare.
 const CACHE_BYTES: u64 = 32 << 20;
-/// Blob locations written per sled batch (45 bytes each plus sled's overhead).
-const BATCH_ENTRIES: usize = 4096;
+/// Bytes of keys and values per sled batch: one batch per pack held every blob of a
+/// 100k-blob pack in RAM, and a count alone says nothing of the bytes.
+const BATCH_BYTES: usize = 256 << 10;
 /// Where the file caches of runs live: `files/<job>/<nonce>`.
 const FILE_CACHE_PREFIX: &[u8] = b"files/";
 /// Temporary indexes live in `<state>/tmp-index/<pid>-<nonce>`, private to the user.
@@ -41,20 +43,35 @@ pub struct Location {
     pub offset: u64,
     pub length: u32,
     pub kind: BlobKind,
+    /// Slot of the pack's key table the blob was sealed under.
+    pub key: u16,
 }
 
+const LOCATION_LEN: usize = 47;
+
 impl Location {
-    fn encode(&self) -> [u8; 45] {
-        let mut out = [0u8; 45];
+    pub fn of(pack: Id, e: &PackEntry) -> Location {
+        Location {
+            pack,
+            offset: e.offset,
+            length: e.length,
+            kind: e.kind,
+            key: e.key,
+        }
+    }
+
+    fn encode(&self) -> [u8; LOCATION_LEN] {
+        let mut out = [0u8; LOCATION_LEN];
         out[..32].copy_from_slice(&self.pack.0);
         out[32..40].copy_from_slice(&self.offset.to_le_bytes());
         out[40..44].copy_from_slice(&self.length.to_le_bytes());
         out[44] = self.kind as u8;
+        out[45..47].copy_from_slice(&self.key.to_le_bytes());
         out
     }
 
     fn decode(raw: &[u8]) -> Option<Location> {
-        if raw.len() != 45 {
+        if raw.len() != LOCATION_LEN {
             return None;
         }
         Some(Location {
@@ -62,6 +79,7 @@ impl Location {
             offset: u64::from_le_bytes(raw[32..40].try_into().ok()?),
             length: u32::from_le_bytes(raw[40..44].try_into().ok()?),
             kind: BlobKind::from_u8(raw[44])?,
+            key: u16::from_le_bytes(raw[45..47].try_into().ok()?),
         })
     }
 }
@@ -288,18 +306,19 @@ impl Index {
         self.packs
             .insert(pack.0, record.as_slice())
             .map_err(|e| self.err(e))?;
-        // Bounded batches: one batch per pack held every blob of a 100k-blob pack in RAM.
-        for part in entries.chunks(BATCH_ENTRIES) {
-            let mut batch = sled::Batch::default();
-            for e in part {
-                let loc = Location {
-                    pack,
-                    offset: e.offset,
-                    length: e.length,
-                    kind: e.kind,
-                };
-                batch.insert(&e.id.0[..], &loc.encode()[..]);
+        let mut batch = sled::Batch::default();
+        let mut batch_bytes = 0;
+        for e in entries {
+            batch.insert(&e.id.0[..], &Location::of(pack, e).encode()[..]);
+            batch_bytes += 32 + LOCATION_LEN;
+            if batch_bytes >= BATCH_BYTES {
+                self.chunks
+                    .apply_batch(std::mem::take(&mut batch))
+                    .map_err(|e| self.err(e))?;
+                batch_bytes = 0;
             }
+        }
+        if batch_bytes > 0 {
             self.chunks.apply_batch(batch).map_err(|e| self.err(e))?;
         }
         record[0] = PACK_COMPLETE;
@@ -504,6 +523,7 @@ mod tests {
             id: Id::of(n),
             offset: off,
             length: 5,
+            key: 0,
         };
         idx.add_pack(p1, &[e(b"a", 8), e(b"b", 13)]).unwrap();
         idx.add_pack(p2, &[e(b"c", 8)]).unwrap();
@@ -525,6 +545,7 @@ mod tests {
             id: Id::of(b"a"),
             offset: 8,
             length: 5,
+            key: 0,
         };
         idx.add_pack(p, &[e]).unwrap();
         assert_eq!(idx.indexed_packs().unwrap().get(&p), Some(&true));
