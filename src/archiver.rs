@@ -19,8 +19,8 @@ use std::time::Instant;
 use chrono::Utc;
 
 use crate::error::ErrorKind;
-use crate::repo::id::{Id, IdHasher};
 use crate::repo::crypto::BlobCompressor;
+use crate::repo::id::{Id, IdHasher};
 use crate::repo::pack::{BlobKind, PackWriter};
 use crate::repo::snapshot::{
     Details, Failure, SNAPSHOT_FORMAT, Snapshot, SnapshotStats, SnapshotStatus,

@@ -360,9 +360,8 @@ pub fn decode_payload(payload: &[u8], max_len: usize) -> Result<Vec<u8>, CryptoE
             "{} bytes exceed the limit of {max_len}",
             rest.len()
         ))),
-        Some((&CODEC_ZSTD, rest)) => {
-            zstd::bulk::decompress(rest, max_len).map_err(|e| CryptoError::Decompress(e.to_string()))
-        }
+        Some((&CODEC_ZSTD, rest)) => zstd::bulk::decompress(rest, max_len)
+            .map_err(|e| CryptoError::Decompress(e.to_string())),
         _ => Err(CryptoError::BadCodec),
     }
 }
@@ -398,7 +397,12 @@ impl DataKey {
     /// Encrypts `buf` (a `codec ‖ data` payload) in place and appends the tag. The nonce
     /// is the id's first 12 bytes: under one pack key the same id always means the same
     /// plaintext (ids are keyed hashes of it), so a repeated nonce repeats only itself.
-    pub fn seal_in_place(&self, kind: u8, id: &[u8; 32], buf: &mut Vec<u8>) -> Result<(), CryptoError> {
+    pub fn seal_in_place(
+        &self,
+        kind: u8,
+        id: &[u8; 32],
+        buf: &mut Vec<u8>,
+    ) -> Result<(), CryptoError> {
         let tag = self
             .cipher()
             .encrypt_in_place_detached(Nonce::from_slice(&id[..12]), &aad(kind, id), buf)
@@ -409,7 +413,12 @@ impl DataKey {
 
     /// Checks and decrypts a sealed blob in place, leaving its `codec ‖ data` payload.
     /// A changed byte, kind or id, or another pack's key all fail the tag.
-    pub fn open_in_place(&self, kind: u8, id: &[u8; 32], buf: &mut Vec<u8>) -> Result<(), CryptoError> {
+    pub fn open_in_place(
+        &self,
+        kind: u8,
+        id: &[u8; 32],
+        buf: &mut Vec<u8>,
+    ) -> Result<(), CryptoError> {
         let Some(body_len) = buf.len().checked_sub(TAG_LEN) else {
             return Err(CryptoError::BadTag);
         };
@@ -503,6 +512,57 @@ mod tests {
         assert!(matches!(
             wrong.open(&sealed, 1024),
             Err(CryptoError::WrongIdentity)
+        ));
+    }
+
+    #[test]
+    fn pack_keys_unwrap_only_with_a_matching_identity() {
+        let (r, ids) = keypair();
+        let k = PackKey::generate(std::slice::from_ref(&r)).unwrap();
+        let mut buf = b"\0payload".to_vec();
+        k.key().seal_in_place(0, &[7; 32], &mut buf).unwrap();
+        assert_eq!(buf.len(), 8 + TAG_LEN);
+        let back = DataKey::unwrap(&ids, k.wrapped()).unwrap();
+        back.open_in_place(0, &[7; 32], &mut buf).unwrap();
+        assert_eq!(buf, b"\0payload");
+        let (_, other) = keypair();
+        assert!(matches!(
+            DataKey::unwrap(&other, k.wrapped()),
+            Err(CryptoError::WrongIdentity)
+        ));
+        // A wrapped secret of the wrong size is refused, not truncated or padded.
+        let short = age_encrypt(&[r], &[1u8; 31]).unwrap();
+        assert!(matches!(
+            DataKey::unwrap(&ids, &short),
+            Err(CryptoError::BadPackKey(31))
+        ));
+        // Too short to hold a tag: an error, not a panic.
+        let mut tiny = vec![1u8; 3];
+        assert!(matches!(
+            back.open_in_place(0, &[7; 32], &mut tiny),
+            Err(CryptoError::BadTag)
+        ));
+    }
+
+    #[test]
+    fn the_compressor_keeps_incompressible_data_raw_and_decodes_within_bounds() {
+        let mut c = BlobCompressor::new(3).unwrap();
+        let mut out = Vec::new();
+        let text = b"abcabcabc".repeat(1000);
+        c.compress_into(&text, &mut out).unwrap();
+        assert_eq!(out[0], CODEC_ZSTD);
+        assert_eq!(decode_payload(&out, text.len()).unwrap(), text);
+        assert!(decode_payload(&out, text.len() - 1).is_err());
+        let mut random = vec![0u8; 4096];
+        getrandom::fill(&mut random).unwrap();
+        c.compress_into(&random, &mut out).unwrap();
+        assert_eq!(out[0], CODEC_RAW);
+        assert_eq!(decode_payload(&out, 4096).unwrap(), random);
+        assert!(decode_payload(&out, 4095).is_err());
+        assert!(matches!(decode_payload(&[], 1), Err(CryptoError::BadCodec)));
+        assert!(matches!(
+            decode_payload(&[9, 1], 1),
+            Err(CryptoError::BadCodec)
         ));
     }
 

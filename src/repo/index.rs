@@ -536,6 +536,29 @@ mod tests {
     }
 
     #[test]
+    fn a_large_pack_is_indexed_whole_across_batches() {
+        let dir = tempfile::tempdir().unwrap();
+        let idx = Index::open(&dir.path().join("i")).unwrap();
+        // Several batches and a partial last one.
+        let n = 3 * BATCH_BYTES / (32 + LOCATION_LEN) + 7;
+        let entries: Vec<PackEntry> = (0..n as u64)
+            .map(|i| PackEntry {
+                kind: BlobKind::Data,
+                id: Id::of(&i.to_le_bytes()),
+                offset: 8 + i,
+                length: 1,
+                key: (i % 3) as u16,
+            })
+            .collect();
+        let p = Id::of(b"p");
+        idx.add_pack(p, &entries).unwrap();
+        assert_eq!(idx.chunk_count(), n);
+        for e in [entries[0], entries[n / 2], entries[n - 1]] {
+            assert_eq!(idx.get(&e.id).unwrap(), Some(Location::of(p, &e)));
+        }
+    }
+
+    #[test]
     fn an_interrupted_add_leaves_a_pending_pack_and_no_orphan_location() {
         let dir = tempfile::tempdir().unwrap();
         let idx = Index::open(&dir.path().join("i")).unwrap();

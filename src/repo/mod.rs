@@ -732,8 +732,8 @@ impl Repository {
             key.open_in_place(loc.kind as u8, &id.0, &mut sealed)
                 .map_err(|e| damaged(e.to_string()))?;
         }
-        let plain = crypto::decode_payload(&sealed, MAX_PLAIN_BLOB)
-            .map_err(|e| damaged(e.to_string()))?;
+        let plain =
+            crypto::decode_payload(&sealed, MAX_PLAIN_BLOB).map_err(|e| damaged(e.to_string()))?;
         let matches = if loc.kind.sealed() {
             let (hasher, _) = self.write_keys()?;
             hasher.id(&plain) == *id
@@ -1051,9 +1051,7 @@ impl Repository {
                 RepoError::NotARepository(_)
                 | RepoError::Corrupt(_)
                 | RepoError::UnsupportedFormat(_),
-            ) => {
-                RootStatus::Changed
-            }
+            ) => RootStatus::Changed,
             Err(_) => RootStatus::Unknown,
         }
     }

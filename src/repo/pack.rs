@@ -184,7 +184,13 @@ impl PackWriter {
         Ok(slot)
     }
 
-    fn push_entry(&mut self, kind: BlobKind, id: Id, length: usize, key: u16) -> Result<(), PackError> {
+    fn push_entry(
+        &mut self,
+        kind: BlobKind,
+        id: Id,
+        length: usize,
+        key: u16,
+    ) -> Result<(), PackError> {
         let length = u32::try_from(length)
             .ok()
             .filter(|l| *l <= MAX_BLOB_LEN)
@@ -372,9 +378,7 @@ fn locate_header(f: &mut File, path: &Path) -> Result<(u64, u64, [u8; 32]), Pack
     }
     let header_len = u32::from_le_bytes(trailer[..4].try_into().expect("4 bytes")) as u64;
     let blobs_end = len - TRAILER_LEN as u64;
-    if header_len < 2
-        || header_len > blobs_end - MAGIC.len() as u64
-        || header_len > MAX_HEADER_LEN
+    if header_len < 2 || header_len > blobs_end - MAGIC.len() as u64 || header_len > MAX_HEADER_LEN
     {
         return Err(damaged(format!("header length {header_len} is impossible")));
     }
@@ -405,7 +409,9 @@ fn parse_keys(
     let mut keys = Vec::with_capacity(usize::from(count.min(limit)).min(16));
     for i in 0..count.min(limit) {
         if used + 2 > header_len {
-            return Err(damaged(format!("key table runs past the header at key {i}")));
+            return Err(damaged(format!(
+                "key table runs past the header at key {i}"
+            )));
         }
         r.read_exact(&mut two).map_err(io)?;
         let len = u16::from_le_bytes(two) as usize;
@@ -581,11 +587,7 @@ mod tests {
     }
 
     /// Reads one blob back the way the repository does: key, AEAD, codec.
-    fn open_blob(
-        path: &Path,
-        e: &PackEntry,
-        ids: Option<&Identities>,
-    ) -> Result<Vec<u8>, String> {
+    fn open_blob(path: &Path, e: &PackEntry, ids: Option<&Identities>) -> Result<Vec<u8>, String> {
         let f = File::open(path).unwrap();
         let mut sealed = read_blob(&f, path, e.offset, e.length).map_err(|e| e.to_string())?;
         if let Some(ids) = ids.filter(|_| e.kind.sealed()) {
@@ -727,9 +729,16 @@ mod tests {
         w.add_sealed(e.kind, e.id, &sealed, Some(&a_key)).unwrap();
         let (d_id, d_entries) = w.finish(&dir.path().join("packs")).unwrap();
         let d_path = pack_path(&dir.path().join("packs"), &d_id);
-        assert_eq!(read_full_header(&d_path).unwrap().keys.len(), 2, "deduplicated");
+        assert_eq!(
+            read_full_header(&d_path).unwrap().keys.len(),
+            2,
+            "deduplicated"
+        );
         assert_eq!(d_entries[2].key, 1);
-        assert_eq!(open_blob(&d_path, &d_entries[2], Some(&ids)).unwrap(), moved.1);
+        assert_eq!(
+            open_blob(&d_path, &d_entries[2], Some(&ids)).unwrap(),
+            moved.1
+        );
     }
 
     #[test]
@@ -757,7 +766,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (r, _) = keypair();
         let blobs: Vec<(BlobKind, Vec<u8>)> = (0..1000u32)
-            .map(|i| (BlobKind::Data, format!("kind: ConfigMap\nname: cm-{i}\n").into_bytes()))
+            .map(|i| {
+                (
+                    BlobKind::Data,
+                    format!("kind: ConfigMap\nname: cm-{i}\n").into_bytes(),
+                )
+            })
             .collect();
         let payloads: u64 = blobs.iter().map(|(_, b)| payload(b).len() as u64).sum();
         let raw: u64 = blobs.iter().map(|(_, b)| b.len() as u64).sum();
@@ -769,17 +783,26 @@ mod tests {
         let file = std::fs::metadata(&path).unwrap().len();
         // The whole file: tag, codec byte and header entry per blob, plus one wrapped key.
         let per_blob = (file - raw) as f64 / 1000.0;
-        assert!(per_blob < (TAG_LEN + 1 + ENTRY_LEN + 1) as f64, "{per_blob}");
-        eprintln!("per-blob overhead: sealed {} B, whole pack {per_blob:.1} B", TAG_LEN + 1);
+        assert!(
+            per_blob < (TAG_LEN + 1 + ENTRY_LEN + 1) as f64,
+            "{per_blob}"
+        );
+        eprintln!(
+            "per-blob overhead: sealed {} B, whole pack {per_blob:.1} B",
+            TAG_LEN + 1
+        );
     }
 
     #[test]
     fn wrapped_keys_are_read_by_slot() {
         let dir = tempfile::tempdir().unwrap();
         let mut w = PackWriter::create(dir.path().join("p.tmp"), None).unwrap();
-        w.add_sealed(BlobKind::Data, Id::of(b"a"), b"x", Some(b"key zero")).unwrap();
-        w.add_sealed(BlobKind::Data, Id::of(b"b"), b"y", Some(b"key one")).unwrap();
-        w.add_sealed(BlobKind::Refs, Id::of(b"c"), b"z", None).unwrap();
+        w.add_sealed(BlobKind::Data, Id::of(b"a"), b"x", Some(b"key zero"))
+            .unwrap();
+        w.add_sealed(BlobKind::Data, Id::of(b"b"), b"y", Some(b"key one"))
+            .unwrap();
+        w.add_sealed(BlobKind::Refs, Id::of(b"c"), b"z", None)
+            .unwrap();
         let (id, entries) = w.finish(&dir.path().join("packs")).unwrap();
         let path = pack_path(&dir.path().join("packs"), &id);
         assert_eq!(entries.iter().map(|e| e.key).collect::<Vec<_>>(), [0, 1, 0]);
@@ -798,7 +821,8 @@ mod tests {
         let mut w = PackWriter::create(dir.path().join("p.tmp"), None).unwrap();
         for i in 0..MAX_PACK_BLOBS as u32 {
             assert!(!w.is_full(u64::MAX), "{i}");
-            w.add(BlobKind::Data, Id::of(&i.to_le_bytes()), b"\0x").unwrap();
+            w.add(BlobKind::Data, Id::of(&i.to_le_bytes()), b"\0x")
+                .unwrap();
         }
         assert!(w.is_full(u64::MAX));
         assert!(w.len() == MAX_PACK_BLOBS && w.size() < 1 << 20);
@@ -830,7 +854,10 @@ mod tests {
             std::fs::write(&path, &bytes[..cut]).unwrap();
             assert!(read_header(&path).is_err(), "truncated at {cut}");
             let f = File::open(&path).unwrap();
-            assert!(read_wrapped_key(&f, &path, 0).is_err(), "truncated at {cut}");
+            assert!(
+                read_wrapped_key(&f, &path, 0).is_err(),
+                "truncated at {cut}"
+            );
         }
         // A format-1 pack is named as such.
         let mut b = bytes.clone();
