@@ -257,6 +257,9 @@ struct CachedKey {
     material: KeyMaterial,
 }
 
+/// An unwrapped pack key: (pack, key slot) → key.
+type CachedPackKey = ((Id, u16), Arc<DataKey>);
+
 /// Readable snapshots (oldest first) and damaged manifests with the reason.
 pub type SnapshotListing = (Vec<SnapshotRef>, Vec<(Id, RepoError)>);
 
@@ -317,7 +320,7 @@ pub struct Repository {
     state: PathBuf,
     open_pack: Mutex<Option<(Id, Arc<File>)>>,
     /// Unwrapped pack keys, most recently used last: (pack, key slot) → key.
-    pack_keys: Mutex<VecDeque<((Id, u16), Arc<DataKey>)>>,
+    pack_keys: Mutex<VecDeque<CachedPackKey>>,
     /// Serializes index syncs with prune's sweep inside one process: a sync between a
     /// repack and the removal of the old pack would change which copy prune keeps.
     maintenance: Mutex<()>,

@@ -707,7 +707,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (r, ids) = keypair();
         let moved = (BlobKind::Data, b"moved blob content".to_vec());
-        let (a_path, a_entries) = write_pack(dir.path(), Some(&r), &[moved.clone()]);
+        let (a_path, a_entries) = write_pack(dir.path(), Some(&r), std::slice::from_ref(&moved));
         let (b_path, _) = write_pack(dir.path(), Some(&r), &[(BlobKind::Data, b"b".to_vec())]);
         let f = File::open(&a_path).unwrap();
         let e = a_entries[0];
