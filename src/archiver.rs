@@ -242,6 +242,11 @@ pub fn archive(
             seen,
             ..
         } = walk;
+        if result.is_err() {
+            // Cancelled or failed: the workers drop their open packs instead of making
+            // unreferenced data durable (the error returned stays the walk's own).
+            shared.failed.store(true, Ordering::Relaxed);
+        }
         drop(tx);
         for h in handles {
             if h.join().is_err() {

@@ -213,3 +213,36 @@ fn prune_repacks_an_encrypted_repository_without_the_identity() {
     cat(&reader, &snap, &file_path(&data, "small"), &mut out).unwrap();
     assert!(out == small);
 }
+
+/// A cancelled run leaves no pack behind: each worker drops its open pack rather than
+/// make unreferenced data durable.
+#[test]
+fn a_cancelled_run_leaves_no_pack() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let env = Env::new();
+    let repo = test_repo(env.dir.path(), 16 << 10, 64 << 20);
+    let data = env.path("data");
+    std::fs::create_dir_all(&data).unwrap();
+    for i in 0..400u64 {
+        std::fs::write(data.join(format!("f{i}")), noise(4 << 10, i)).unwrap();
+    }
+    let cancel = AtomicBool::new(false);
+    let progress = backuphub::archiver::Progress::default();
+    let mut src = backuphub::source::local::LocalSource::new(&[data], &[]).unwrap();
+    let result = std::thread::scope(|s| {
+        s.spawn(|| {
+            while progress.entries.load(Ordering::Relaxed) < 100 {
+                std::thread::yield_now();
+            }
+            cancel.store(true, Ordering::Relaxed);
+        });
+        backuphub::archiver::archive(&repo, "j", &mut src, &progress, &cancel, &|| Ok(()))
+    });
+    assert!(
+        matches!(result, Err(backuphub::archiver::ArchiveError::Cancelled)),
+        "{:?}",
+        result.map(|r| r.0)
+    );
+    assert!(repo.list_packs().unwrap().is_empty());
+    assert_eq!(std::fs::read_dir(repo.tmp_dir()).unwrap().count(), 0);
+}
