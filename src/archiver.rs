@@ -7,12 +7,12 @@
 //! Each worker owns its open pack and that pack's data key: no lock around packing, and
 //! the key never leaves the thread that seals with it. Memory is bounded by the channel
 //! (2 × workers chunks of at most the chunker's maximum), one tree blob, and the `pending`
-//! set of ids queued or in open packs (at most workers × MAX_PACK_BLOBS plus the channel):
-//! nothing grows with the size of the data.
+//! set of ids queued or in open packs (at most workers × MAX_PACK_BLOBS plus the channel).
+//! Within-run dedup needs nothing that grows with the data; only the refs list (`seen`)
+//! still does.
 
 use std::collections::HashSet;
 use std::sync::Mutex;
-
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Instant;
 
