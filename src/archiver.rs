@@ -4,9 +4,12 @@
 //! source ─entries─▶ chunk (fastcdc) ─▶ hash ─▶ dedup ─new─▶ workers: compress+seal ─▶ packs
 //!                                                └─────────▶ tree blobs ─▶ manifest (last)
 //! ```
-//! Memory is bounded by the channel (2 × workers chunks of at most the chunker's maximum)
-//! plus one tree blob; nothing grows with the size of the data, only the set of chunk ids
-//! seen in this run (32 bytes per MiB stored).
+//! Each worker owns its open pack and that pack's data key: no lock around packing, and
+//! the key never leaves the thread that seals with it. Memory is bounded by the channel
+//! (2 × workers chunks of at most the chunker's maximum), one tree blob, and the `pending`
+//! set of ids queued or in open packs (at most workers × MAX_PACK_BLOBS plus the channel).
+//! Within-run dedup needs nothing that grows with the data; only the refs list (`seen`)
+//! still does.
 
 use std::collections::HashSet;
 use std::sync::Mutex;
@@ -16,6 +19,7 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 
 use crate::error::ErrorKind;
+use crate::repo::crypto::BlobCompressor;
 use crate::repo::id::{Id, IdHasher};
 use crate::repo::pack::{BlobKind, PackWriter};
 use crate::repo::snapshot::{
@@ -78,41 +82,22 @@ pub struct Progress {
     pub entries: AtomicU64,
 }
 
-/// Where finished packs' blobs are appended; shared by the workers.
-struct Packer<'r> {
-    repo: &'r Repository,
-    current: Option<PackWriter>,
-}
-
-impl<'r> Packer<'r> {
-    /// Adds a blob; hands back a full pack for the caller to finish outside the lock.
-    fn add(
-        &mut self,
-        kind: BlobKind,
-        id: Id,
-        sealed: &[u8],
-    ) -> Result<Option<PackWriter>, RepoError> {
-        if self.current.is_none() {
-            let tmp = self.repo.tmp_dir().join(format!("{}.pack", random_hex()));
-            self.current = Some(PackWriter::create(tmp)?);
-        }
-        let w = self.current.as_mut().expect("just created");
-        w.add(kind, id, sealed)?;
-        if w.size() >= self.repo.config().pack_size {
-            return Ok(self.current.take());
-        }
-        Ok(None)
-    }
-}
-
-fn finish_pack(repo: &Repository, w: PackWriter) -> Result<(), RepoError> {
+/// Makes a pack durable, records it, and lets its ids leave `pending` (only now that
+/// `has_blob` answers for them).
+fn finish_pack(repo: &Repository, w: PackWriter, shared: &Shared) -> Result<(), RepoError> {
     let (id, entries) = w.finish(&repo.packs_dir())?;
     repo.register_pack(id, &entries)?;
+    let mut pending = shared.pending.lock().unwrap_or_else(|p| p.into_inner());
+    for e in &entries {
+        pending.remove(&e.id);
+    }
     Ok(())
 }
 
-struct Shared<'r> {
-    packer: Mutex<Packer<'r>>,
+struct Shared {
+    /// Ids queued for the workers or in their open packs: within-run dedup, together
+    /// with `Repository::has_blob` for everything already registered.
+    pending: Mutex<HashSet<Id>>,
     error: Mutex<Option<ArchiveError>>,
     failed: AtomicBool,
     stored_bytes: AtomicU64,
@@ -120,7 +105,7 @@ struct Shared<'r> {
     new_chunks: AtomicU64,
 }
 
-impl Shared<'_> {
+impl Shared {
     fn fail(&self, e: ArchiveError) {
         let mut slot = self.error.lock().unwrap_or_else(|p| p.into_inner());
         if slot.is_none() {
@@ -132,42 +117,59 @@ impl Shared<'_> {
 
 type Work = (BlobKind, Id, Vec<u8>);
 
+/// One worker: compresses with its own zstd context and seals into its own pack, under a
+/// key only it holds; finishes the pack when full and at the end. A failure leaves the
+/// open pack unfinished (dropping the writer removes it).
 fn worker(
     repo: &Repository,
     rx: crossbeam_channel::Receiver<Work>,
-    shared: &Shared<'_>,
+    shared: &Shared,
     progress: &Progress,
 ) {
-    let sealer = repo.sealer().clone();
+    let mut pack: Option<PackWriter> = None;
+    let mut payload = Vec::new();
+    let mut compressor = match BlobCompressor::new(repo.sealer().level()) {
+        Ok(c) => Some(c),
+        Err(e) => {
+            shared.fail(RepoError::from(e).into());
+            None
+        }
+    };
     for (kind, id, data) in rx {
         if shared.failed.load(Ordering::Relaxed) {
             continue; // drain, so the sender never blocks on a dead pipeline
         }
+        let Some(compressor) = compressor.as_mut() else {
+            continue;
+        };
         let result = (|| {
-            let sealed = sealer.seal(&data)?;
-            let full = shared
-                .packer
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .add(kind, id, &sealed)?;
-            shared
-                .stored_bytes
-                .fetch_add(sealed.len() as u64, Ordering::Relaxed);
-            progress
-                .stored_bytes
-                .fetch_add(sealed.len() as u64, Ordering::Relaxed);
+            compressor.compress_into(&data, &mut payload)?;
+            if pack.is_none() {
+                let tmp = repo.tmp_dir().join(format!("{}.pack", random_hex()));
+                pack = Some(PackWriter::create(tmp, repo.sealer().new_pack_key()?)?);
+            }
+            let w = pack.as_mut().expect("just created");
+            let stored = w.add(kind, id, &payload)?;
+            shared.stored_bytes.fetch_add(stored, Ordering::Relaxed);
+            progress.stored_bytes.fetch_add(stored, Ordering::Relaxed);
             shared
                 .new_bytes
                 .fetch_add(data.len() as u64, Ordering::Relaxed);
             shared.new_chunks.fetch_add(1, Ordering::Relaxed);
-            if let Some(w) = full {
-                finish_pack(repo, w)?;
+            if w.is_full(repo.config().pack_size) {
+                finish_pack(repo, pack.take().expect("present"), shared)?;
             }
             Ok::<(), RepoError>(())
         })();
         if let Err(e) = result {
             shared.fail(e.into());
         }
+    }
+    if let Some(w) = pack.filter(|w| !w.is_empty())
+        && !shared.failed.load(Ordering::Relaxed)
+        && let Err(e) = finish_pack(repo, w, shared)
+    {
+        shared.fail(e.into());
     }
 }
 
@@ -195,10 +197,7 @@ pub fn archive(
         .map_or(2, |n| n.get())
         .clamp(1, 4);
     let shared = Shared {
-        packer: Mutex::new(Packer {
-            repo,
-            current: None,
-        }),
+        pending: Mutex::new(HashSet::new()),
         error: Mutex::new(None),
         failed: AtomicBool::new(false),
         stored_bytes: AtomicU64::new(0),
@@ -227,7 +226,7 @@ pub fn archive(
             hasher: &hasher,
             seed,
             tx,
-            seen: HashSet::new(),
+            seen: HashSet::new(), // B: refs
             shared: &shared,
             progress,
             cancel,
@@ -244,6 +243,11 @@ pub fn archive(
             seen,
             ..
         } = walk;
+        if result.is_err() {
+            // Cancelled or failed: the workers drop their open packs instead of making
+            // unreferenced data durable (the error returned stays the walk's own).
+            shared.failed.store(true, Ordering::Relaxed);
+        }
         drop(tx);
         for h in handles {
             if h.join().is_err() {
@@ -254,12 +258,6 @@ pub fn archive(
         }
         result.map(|()| (stats, failures, tree, seen))
     });
-    let last = shared
-        .packer
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .current
-        .take();
     if let Some(e) = shared
         .error
         .lock()
@@ -268,10 +266,8 @@ pub fn archive(
     {
         return Err(e);
     }
+    // Every worker finished its pack before it returned: all blobs are registered.
     let (mut stats, failures, tree, seen) = walked?;
-    if let Some(w) = last.filter(|w| !w.is_empty()) {
-        finish_pack(repo, w)?;
-    }
     if stats.entries == 0 && !failures.is_empty() {
         return Err(ArchiveError::NothingStored(failures));
     }
@@ -324,9 +320,9 @@ struct Walk<'a, 'r> {
     hasher: &'a IdHasher,
     seed: u64,
     tx: crossbeam_channel::Sender<Work>,
-    /// Chunks stored or reused in this run.
-    seen: HashSet<Id>,
-    shared: &'a Shared<'r>,
+    /// Chunks stored or reused in this run, for the refs list only (not dedup).
+    seen: HashSet<Id>, // B: refs
+    shared: &'a Shared,
     progress: &'a Progress,
     cancel: &'a AtomicBool,
     stats: SnapshotStats,
@@ -346,9 +342,32 @@ impl Walk<'_, '_> {
         Ok(())
     }
 
+    /// Whether this run queued `id` already or the repository has it. `pending` is
+    /// asked first: a worker registers a pack before its ids leave `pending`, so an id
+    /// is always in one or the other once queued.
+    fn known(&self, id: &Id) -> Result<bool, RepoError> {
+        if self
+            .shared
+            .pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(id)
+        {
+            return Ok(true);
+        }
+        self.repo.has_blob(id)
+    }
+
     /// Queues a blob unless the repository or this run already has it.
     fn store(&mut self, kind: BlobKind, id: Id, data: Vec<u8>) -> Result<(), ArchiveError> {
-        if self.seen.insert(id) && !self.repo.has_blob(&id)? {
+        self.seen.insert(id); // B: refs
+        if !self.known(&id)? {
+            // Only this thread inserts, so nothing slips in between the check and here.
+            self.shared
+                .pending
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(id);
             // A send fails only when every worker is gone, i.e. after a failure.
             if self.tx.send((kind, id, data)).is_err() {
                 return Err(ArchiveError::Cancelled);
@@ -399,11 +418,11 @@ impl Walk<'_, '_> {
                 Content::Reuse { chunks, fallback } => {
                     let mut gone = None;
                     for c in &chunks {
-                        if !self.seen.contains(c) && !self.repo.has_blob(c)? {
+                        if !self.known(c)? {
                             gone = Some(*c);
                             break;
                         }
-                        self.seen.insert(*c);
+                        self.seen.insert(*c); // B: refs
                     }
                     match (gone, fallback) {
                         (None, _) => {

@@ -1,11 +1,11 @@
 //! Verifying a repository: structure always, data on request.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fs::File;
 
 use serde::Serialize;
 
 use crate::repo::id::Id;
+use crate::repo::index::Location;
 use crate::repo::pack;
 use crate::repo::{RepoError, Repository};
 
@@ -193,28 +193,14 @@ pub fn execute(repo: &Repository, plan: &CheckPlan) -> Result<CheckReport, RepoE
         if !can_open {
             continue;
         }
-        let f = File::open(&path).map_err(|error| RepoError::Io {
-            path: path.clone(),
-            error,
-        })?;
-        let (hasher, _) = repo.write_keys()?;
         let mut damaged_here = Vec::new();
         for e in &entries {
             report.blobs_read += 1;
-            let result = pack::read_blob(&f, &path, e.offset, e.length)
-                .map_err(|e| e.to_string())
-                .and_then(|sealed| {
-                    repo.sealer()
-                        .open(&sealed, 64 << 20)
-                        .map_err(|e| e.to_string())
-                })
-                .and_then(|plain| {
-                    if hasher.id(&plain) == e.id {
-                        Ok(())
-                    } else {
-                        Err("content does not match its id".into())
-                    }
-                });
+            // The repository's own read path: the pack key, the AEAD and the id check.
+            let result = repo
+                .read_blob_at(&e.id, &Location::of(*p, e))
+                .map(|_| ())
+                .map_err(|e| e.to_string());
             match result {
                 Err(what) => {
                     damaged_here.push(e.id);

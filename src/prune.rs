@@ -352,6 +352,16 @@ impl Executor<'_> {
             }
             let path = pack::pack_path(&packs_dir, &r.pack);
             let f = File::open(&path).map_err(io(&path))?;
+            // Each kept blob goes with the wrapped key it was sealed under: no identity
+            // is needed, and nothing is sealed again.
+            let keys = match pack::read_full_header(&path) {
+                Ok(h) => h.keys,
+                Err(err) => {
+                    tracing::warn!(pack = %r.pack.short(), error = %err, "cannot repack; leaving the pack alone");
+                    self.report.packs_not_repacked += 1;
+                    continue;
+                }
+            };
             let mut copied = true;
             for e in &r.keep {
                 let sealed = match pack::read_blob(&f, &path, e.offset, e.length) {
@@ -364,15 +374,18 @@ impl Executor<'_> {
                         break;
                     }
                 };
+                let wrapped = keys.get(usize::from(e.key)).filter(|_| e.kind.sealed());
                 let result = (|| {
                     if writer.is_none() {
                         let tmp = self.repo.tmp_dir().join(format!("{}.pack", random_hex()));
-                        writer = Some(PackWriter::create(tmp)?);
+                        writer = Some(PackWriter::create(tmp, None)?);
                     }
-                    writer
-                        .as_mut()
-                        .expect("just created")
-                        .add(e.kind, e.id, &sealed)
+                    writer.as_mut().expect("just created").add_sealed(
+                        e.kind,
+                        e.id,
+                        &sealed,
+                        wrapped.map(|k| &k[..]),
+                    )
                 })();
                 match result {
                     Ok(()) => {}
@@ -384,7 +397,7 @@ impl Executor<'_> {
                 }
                 if writer
                     .as_ref()
-                    .is_some_and(|w| w.size() >= self.repo.config().pack_size)
+                    .is_some_and(|w| w.is_full(self.repo.config().pack_size))
                 {
                     let w = writer.take().expect("present");
                     match self.finish(w, &mut replaced) {

@@ -44,6 +44,7 @@ fn an_index_entry_without_its_pack_is_never_a_dedup_hit() {
             offset: 8,
             length: chunk.len() as u32,
             kind: BlobKind::Data,
+            key: 0,
         };
         repo.index().set_location(&hasher.id(&chunk), loc).unwrap();
         n += 1;

@@ -1,14 +1,19 @@
-//! Sealing blobs: zstd compression, then (optionally) age encryption.
+//! Sealing blobs: zstd compression, then (optionally) encryption.
 //!
-//! Every blob is sealed on its own so that one damaged blob never takes its neighbours
-//! with it, and so that writing needs only the recipients' public keys.
-
+//! Format 2: every pack of an encrypted repository has its own random data key, wrapped
+//! with age to the repository's recipients (one X25519 operation per pack, not per blob).
+//! Data and tree blobs are sealed one by one with ChaCha20-Poly1305 under that key, so one
+//! damaged blob never takes its neighbours with it, and writing still needs only the
+//! recipients' public keys: the writer forgets the data key when its pack is finished.
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::Arc;
 
+use chacha20poly1305::aead::{AeadInPlace, KeyInit};
+use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce, Tag};
 use serde::{Deserialize, Serialize};
+use zeroize::Zeroizing;
 
 /// The first byte of a blob's plaintext payload says how it was compressed. It lives
 /// inside the encryption so the disk does not reveal which data compressed well.
@@ -42,6 +47,10 @@ pub enum CryptoError {
     Decompress(String),
     #[error("blob is empty or has an unknown codec byte")]
     BadCodec,
+    #[error("authentication failed (damaged, altered, or moved from another pack)")]
+    BadTag,
+    #[error("a wrapped pack key holds {0} bytes, not 32")]
+    BadPackKey(usize),
 }
 
 /// A public key data is encrypted to, kept with its text form for the repository config.
@@ -120,6 +129,11 @@ impl Identities {
             });
         }
         Ok(Identities(Arc::new(ids)))
+    }
+
+    #[cfg(test)]
+    pub(crate) fn from_vec(ids: Vec<Box<dyn age::Identity + Send + Sync>>) -> Identities {
+        Identities(Arc::new(ids))
     }
 
     fn iter(&self) -> impl Iterator<Item = &dyn age::Identity> {
@@ -227,7 +241,8 @@ impl KeyMaterial {
     }
 }
 
-/// Compresses and encrypts blobs. Cheap to clone and shared by the worker threads.
+/// The repository's encryption settings: recipients to wrap pack keys and seal manifest
+/// details to, and the identities (when given) to unwrap them. Cheap to clone.
 #[derive(Clone)]
 pub struct Sealer {
     level: i32,
@@ -252,33 +267,33 @@ impl Sealer {
         !self.encrypted() || self.identities.is_some()
     }
 
-    pub fn seal(&self, raw: &[u8]) -> Result<Vec<u8>, CryptoError> {
-        // One compression context per worker thread: creating one per blob costs more
-        // than compressing a small blob.
-        thread_local! {
-            static COMPRESSOR: std::cell::RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> =
-                const { std::cell::RefCell::new(None) };
-        }
-        let compressed = COMPRESSOR
-            .with(|cell| {
-                let mut slot = cell.borrow_mut();
-                if slot.as_ref().is_none_or(|(level, _)| *level != self.level) {
-                    *slot = Some((self.level, zstd::bulk::Compressor::new(self.level)?));
-                }
-                slot.as_mut().expect("just set").1.compress(raw)
-            })
-            .map_err(|e| CryptoError::Encrypt(format!("zstd: {e}")))?;
-        // Keep incompressible data raw: decompressing it would only cost time.
-        let mut payload;
-        if compressed.len() + compressed.len() / 64 < raw.len() {
-            payload = Vec::with_capacity(compressed.len() + 1);
-            payload.push(CODEC_ZSTD);
-            payload.extend_from_slice(&compressed);
+    pub fn level(&self) -> i32 {
+        self.level
+    }
+
+    /// A fresh key for a new pack, or `None` for an unencrypted repository.
+    pub fn new_pack_key(&self) -> Result<Option<PackKey>, CryptoError> {
+        if self.encrypted() {
+            PackKey::generate(&self.recipients).map(Some)
         } else {
-            payload = Vec::with_capacity(raw.len() + 1);
-            payload.push(CODEC_RAW);
-            payload.extend_from_slice(raw);
+            Ok(None)
         }
+    }
+
+    /// Unwraps a pack's data key with the identities.
+    pub fn unwrap_pack_key(&self, wrapped: &[u8]) -> Result<DataKey, CryptoError> {
+        let ids = self
+            .identities
+            .as_ref()
+            .ok_or(CryptoError::IdentityRequired)?;
+        DataKey::unwrap(ids, wrapped)
+    }
+
+    /// Seals a small standalone payload (a manifest's details): compressed, then one age
+    /// file of its own when encrypted. Blobs in packs use [`PackKey`] instead.
+    pub fn seal(&self, raw: &[u8]) -> Result<Vec<u8>, CryptoError> {
+        let mut payload = Vec::new();
+        BlobCompressor::new(self.level)?.compress_into(raw, &mut payload)?;
         if self.encrypted() {
             age_encrypt(&self.recipients, &payload)
         } else {
@@ -286,26 +301,164 @@ impl Sealer {
         }
     }
 
-    /// The plaintext of a sealed blob. `max_len` bounds decompression so a corrupt or
-    /// hostile blob cannot exhaust memory.
+    /// The plaintext of what [`Sealer::seal`] made. `max_len` bounds decompression.
     pub fn open(&self, sealed: &[u8], max_len: usize) -> Result<Vec<u8>, CryptoError> {
-        let payload;
-        let payload_ref: &[u8] = if self.encrypted() {
+        if self.encrypted() {
             let ids = self
                 .identities
                 .as_ref()
                 .ok_or(CryptoError::IdentityRequired)?;
-            payload = age_decrypt(ids, sealed)?;
-            &payload
+            let payload = Zeroizing::new(age_decrypt(ids, sealed)?);
+            decode_payload(&payload, max_len)
         } else {
-            sealed
-        };
-        match payload_ref.split_first() {
-            Some((&CODEC_RAW, rest)) => Ok(rest.to_vec()),
-            Some((&CODEC_ZSTD, rest)) => zstd::bulk::decompress(rest, max_len)
-                .map_err(|e| CryptoError::Decompress(e.to_string())),
-            _ => Err(CryptoError::BadCodec),
+            decode_payload(sealed, max_len)
         }
+    }
+}
+
+/// Compresses blob payloads with one reused zstd context: creating a context per blob
+/// costs more than compressing a small blob. One per archiver worker.
+pub struct BlobCompressor {
+    zstd: zstd::bulk::Compressor<'static>,
+}
+
+impl BlobCompressor {
+    pub fn new(level: i32) -> Result<BlobCompressor, CryptoError> {
+        Ok(BlobCompressor {
+            zstd: zstd::bulk::Compressor::new(level)
+                .map_err(|e| CryptoError::Encrypt(format!("zstd: {e}")))?,
+        })
+    }
+
+    /// Writes `codec ‖ data` for `raw` into `out` (cleared first; its capacity is reused).
+    pub fn compress_into(&mut self, raw: &[u8], out: &mut Vec<u8>) -> Result<(), CryptoError> {
+        out.clear();
+        out.resize(1 + zstd::zstd_safe::compress_bound(raw.len()), 0);
+        out[0] = CODEC_ZSTD;
+        let n = self
+            .zstd
+            .compress_to_buffer(raw, &mut out[1..])
+            .map_err(|e| CryptoError::Encrypt(format!("zstd: {e}")))?;
+        // Keep incompressible data raw: decompressing it would only cost time.
+        if n + n / 64 < raw.len() {
+            out.truncate(1 + n);
+        } else {
+            out.clear();
+            out.push(CODEC_RAW);
+            out.extend_from_slice(raw);
+        }
+        Ok(())
+    }
+}
+
+/// The plaintext of a `codec ‖ data` payload. `max_len` bounds decompression so a corrupt
+/// or hostile blob cannot exhaust memory.
+pub fn decode_payload(payload: &[u8], max_len: usize) -> Result<Vec<u8>, CryptoError> {
+    match payload.split_first() {
+        Some((&CODEC_RAW, rest)) if rest.len() <= max_len => Ok(rest.to_vec()),
+        Some((&CODEC_RAW, rest)) => Err(CryptoError::Decompress(format!(
+            "{} bytes exceed the limit of {max_len}",
+            rest.len()
+        ))),
+        Some((&CODEC_ZSTD, rest)) => zstd::bulk::decompress(rest, max_len)
+            .map_err(|e| CryptoError::Decompress(e.to_string())),
+        _ => Err(CryptoError::BadCodec),
+    }
+}
+
+/// Bytes the AEAD adds to a sealed blob (the Poly1305 tag).
+pub const TAG_LEN: usize = 16;
+/// Domain separation for the AAD, so a blob sealed by anything else never opens as one.
+const AAD_PREFIX: &[u8] = b"backuphub-blob-v2";
+
+/// A pack's data key, unwrapped. Zeroized when dropped.
+pub struct DataKey(Zeroizing<[u8; 32]>);
+
+impl DataKey {
+    fn random() -> DataKey {
+        let mut k = Zeroizing::new([0u8; 32]);
+        getrandom::fill(k.as_mut()).expect("the OS random source is available");
+        DataKey(k)
+    }
+
+    /// Unwraps an age-wrapped data key.
+    pub fn unwrap(identities: &Identities, wrapped: &[u8]) -> Result<DataKey, CryptoError> {
+        let plain = Zeroizing::new(age_decrypt(identities, wrapped)?);
+        let bytes: [u8; 32] = plain[..]
+            .try_into()
+            .map_err(|_| CryptoError::BadPackKey(plain.len()))?;
+        Ok(DataKey(Zeroizing::new(bytes)))
+    }
+
+    fn cipher(&self) -> ChaCha20Poly1305 {
+        ChaCha20Poly1305::new(Key::from_slice(&self.0[..]))
+    }
+
+    /// Encrypts `buf` (a `codec ‖ data` payload) in place and appends the tag. The nonce
+    /// is the id's first 12 bytes: under one pack key the same id always means the same
+    /// plaintext (ids are keyed hashes of it), so a repeated nonce repeats only itself.
+    pub fn seal_in_place(
+        &self,
+        kind: u8,
+        id: &[u8; 32],
+        buf: &mut Vec<u8>,
+    ) -> Result<(), CryptoError> {
+        let tag = self
+            .cipher()
+            .encrypt_in_place_detached(Nonce::from_slice(&id[..12]), &aad(kind, id), buf)
+            .map_err(|_| CryptoError::Encrypt("blob too large for the AEAD".into()))?;
+        buf.extend_from_slice(&tag);
+        Ok(())
+    }
+
+    /// Checks and decrypts a sealed blob in place, leaving its `codec ‖ data` payload.
+    /// A changed byte, kind or id, or another pack's key all fail the tag.
+    pub fn open_in_place(
+        &self,
+        kind: u8,
+        id: &[u8; 32],
+        buf: &mut Vec<u8>,
+    ) -> Result<(), CryptoError> {
+        let Some(body_len) = buf.len().checked_sub(TAG_LEN) else {
+            return Err(CryptoError::BadTag);
+        };
+        let tag = Tag::clone_from_slice(&buf[body_len..]);
+        buf.truncate(body_len);
+        self.cipher()
+            .decrypt_in_place_detached(Nonce::from_slice(&id[..12]), &aad(kind, id), buf, &tag)
+            .map_err(|_| CryptoError::BadTag)
+    }
+}
+
+fn aad(kind: u8, id: &[u8; 32]) -> [u8; AAD_PREFIX.len() + 33] {
+    let mut out = [0u8; AAD_PREFIX.len() + 33];
+    out[..AAD_PREFIX.len()].copy_from_slice(AAD_PREFIX);
+    out[AAD_PREFIX.len()] = kind;
+    out[AAD_PREFIX.len() + 1..].copy_from_slice(id);
+    out
+}
+
+/// The key a pack is being written under: the data key (only in the writing worker, and
+/// zeroized when the pack is finished) and its age-wrapped form for the pack's header.
+pub struct PackKey {
+    key: DataKey,
+    wrapped: Vec<u8>,
+}
+
+impl PackKey {
+    /// A fresh random key, wrapped to `recipients` (one age file of 32 bytes).
+    pub fn generate(recipients: &[Recipient]) -> Result<PackKey, CryptoError> {
+        let key = DataKey::random();
+        let wrapped = age_encrypt(recipients, &key.0[..])?;
+        Ok(PackKey { key, wrapped })
+    }
+
+    pub fn key(&self) -> &DataKey {
+        &self.key
+    }
+
+    pub fn wrapped(&self) -> &[u8] {
+        &self.wrapped
     }
 }
 
@@ -359,6 +512,57 @@ mod tests {
         assert!(matches!(
             wrong.open(&sealed, 1024),
             Err(CryptoError::WrongIdentity)
+        ));
+    }
+
+    #[test]
+    fn pack_keys_unwrap_only_with_a_matching_identity() {
+        let (r, ids) = keypair();
+        let k = PackKey::generate(std::slice::from_ref(&r)).unwrap();
+        let mut buf = b"\0payload".to_vec();
+        k.key().seal_in_place(0, &[7; 32], &mut buf).unwrap();
+        assert_eq!(buf.len(), 8 + TAG_LEN);
+        let back = DataKey::unwrap(&ids, k.wrapped()).unwrap();
+        back.open_in_place(0, &[7; 32], &mut buf).unwrap();
+        assert_eq!(buf, b"\0payload");
+        let (_, other) = keypair();
+        assert!(matches!(
+            DataKey::unwrap(&other, k.wrapped()),
+            Err(CryptoError::WrongIdentity)
+        ));
+        // A wrapped secret of the wrong size is refused, not truncated or padded.
+        let short = age_encrypt(&[r], &[1u8; 31]).unwrap();
+        assert!(matches!(
+            DataKey::unwrap(&ids, &short),
+            Err(CryptoError::BadPackKey(31))
+        ));
+        // Too short to hold a tag: an error, not a panic.
+        let mut tiny = vec![1u8; 3];
+        assert!(matches!(
+            back.open_in_place(0, &[7; 32], &mut tiny),
+            Err(CryptoError::BadTag)
+        ));
+    }
+
+    #[test]
+    fn the_compressor_keeps_incompressible_data_raw_and_decodes_within_bounds() {
+        let mut c = BlobCompressor::new(3).unwrap();
+        let mut out = Vec::new();
+        let text = b"abcabcabc".repeat(1000);
+        c.compress_into(&text, &mut out).unwrap();
+        assert_eq!(out[0], CODEC_ZSTD);
+        assert_eq!(decode_payload(&out, text.len()).unwrap(), text);
+        assert!(decode_payload(&out, text.len() - 1).is_err());
+        let mut random = vec![0u8; 4096];
+        getrandom::fill(&mut random).unwrap();
+        c.compress_into(&random, &mut out).unwrap();
+        assert_eq!(out[0], CODEC_RAW);
+        assert_eq!(decode_payload(&out, 4096).unwrap(), random);
+        assert!(decode_payload(&out, 4095).is_err());
+        assert!(matches!(decode_payload(&[], 1), Err(CryptoError::BadCodec)));
+        assert!(matches!(
+            decode_payload(&[9, 1], 1),
+            Err(CryptoError::BadCodec)
         ));
     }
 

@@ -15,14 +15,16 @@ use super::id::Id;
 use super::pack::{BlobKind, PackEntry};
 
 const FORMAT_KEY: &[u8] = b"format";
+// 3: locations carry the pack key slot (repository format 2).
 const FORMAT: &[u8] = b"backuphub-index-3";
 /// First byte of a pack record: its blob locations are being written, or all written.
 const PACK_PENDING: u8 = 0;
 const PACK_COMPLETE: u8 = 1;
 /// sled's default page cache is 1 GiB; a Pi has far less memory to spare.
 const CACHE_BYTES: u64 = 32 << 20;
-/// Blob locations written per sled batch (45 bytes each plus sled's overhead).
-const BATCH_ENTRIES: usize = 4096;
+/// Bytes of keys and values per sled batch: one batch per pack held every blob of a
+/// 100k-blob pack in RAM, and a count alone says nothing of the bytes.
+const BATCH_BYTES: usize = 256 << 10;
 /// Temporary indexes live in `<state>/tmp-index/<pid>-<nonce>`, private to the user.
 const TEMP_DIR: &str = "tmp-index";
 
@@ -42,20 +44,35 @@ pub struct Location {
     pub offset: u64,
     pub length: u32,
     pub kind: BlobKind,
+    /// Slot of the pack's key table the blob was sealed under.
+    pub key: u16,
 }
 
+const LOCATION_LEN: usize = 47;
+
 impl Location {
-    fn encode(&self) -> [u8; 45] {
-        let mut out = [0u8; 45];
+    pub fn of(pack: Id, e: &PackEntry) -> Location {
+        Location {
+            pack,
+            offset: e.offset,
+            length: e.length,
+            kind: e.kind,
+            key: e.key,
+        }
+    }
+
+    fn encode(&self) -> [u8; LOCATION_LEN] {
+        let mut out = [0u8; LOCATION_LEN];
         out[..32].copy_from_slice(&self.pack.0);
         out[32..40].copy_from_slice(&self.offset.to_le_bytes());
         out[40..44].copy_from_slice(&self.length.to_le_bytes());
         out[44] = self.kind as u8;
+        out[45..47].copy_from_slice(&self.key.to_le_bytes());
         out
     }
 
     fn decode(raw: &[u8]) -> Option<Location> {
-        if raw.len() != 45 {
+        if raw.len() != LOCATION_LEN {
             return None;
         }
         Some(Location {
@@ -63,6 +80,7 @@ impl Location {
             offset: u64::from_le_bytes(raw[32..40].try_into().ok()?),
             length: u32::from_le_bytes(raw[40..44].try_into().ok()?),
             kind: BlobKind::from_u8(raw[44])?,
+            key: u16::from_le_bytes(raw[45..47].try_into().ok()?),
         })
     }
 }
@@ -276,18 +294,19 @@ impl Index {
         self.packs
             .insert(pack.0, record.as_slice())
             .map_err(|e| self.err(e))?;
-        // Bounded batches: one batch per pack held every blob of a 100k-blob pack in RAM.
-        for part in entries.chunks(BATCH_ENTRIES) {
-            let mut batch = sled::Batch::default();
-            for e in part {
-                let loc = Location {
-                    pack,
-                    offset: e.offset,
-                    length: e.length,
-                    kind: e.kind,
-                };
-                batch.insert(&e.id.0[..], &loc.encode()[..]);
+        let mut batch = sled::Batch::default();
+        let mut batch_bytes = 0;
+        for e in entries {
+            batch.insert(&e.id.0[..], &Location::of(pack, e).encode()[..]);
+            batch_bytes += 32 + LOCATION_LEN;
+            if batch_bytes >= BATCH_BYTES {
+                self.chunks
+                    .apply_batch(std::mem::take(&mut batch))
+                    .map_err(|e| self.err(e))?;
+                batch_bytes = 0;
             }
+        }
+        if batch_bytes > 0 {
             self.chunks.apply_batch(batch).map_err(|e| self.err(e))?;
         }
         record[0] = PACK_COMPLETE;
@@ -442,6 +461,7 @@ mod tests {
             id: Id::of(n),
             offset: off,
             length: 5,
+            key: 0,
         };
         idx.add_pack(p1, &[e(b"a", 8), e(b"b", 13)]).unwrap();
         idx.add_pack(p2, &[e(b"c", 8)]).unwrap();
@@ -454,6 +474,29 @@ mod tests {
     }
 
     #[test]
+    fn a_large_pack_is_indexed_whole_across_batches() {
+        let dir = tempfile::tempdir().unwrap();
+        let idx = Index::open(&dir.path().join("i")).unwrap();
+        // Several batches and a partial last one.
+        let n = 3 * BATCH_BYTES / (32 + LOCATION_LEN) + 7;
+        let entries: Vec<PackEntry> = (0..n as u64)
+            .map(|i| PackEntry {
+                kind: BlobKind::Data,
+                id: Id::of(&i.to_le_bytes()),
+                offset: 8 + i,
+                length: 1,
+                key: (i % 3) as u16,
+            })
+            .collect();
+        let p = Id::of(b"p");
+        idx.add_pack(p, &entries).unwrap();
+        assert_eq!(idx.chunk_count(), n);
+        for e in [entries[0], entries[n / 2], entries[n - 1]] {
+            assert_eq!(idx.get(&e.id).unwrap(), Some(Location::of(p, &e)));
+        }
+    }
+
+    #[test]
     fn an_interrupted_add_leaves_a_pending_pack_and_no_orphan_location() {
         let dir = tempfile::tempdir().unwrap();
         let idx = Index::open(&dir.path().join("i")).unwrap();
@@ -463,6 +506,7 @@ mod tests {
             id: Id::of(b"a"),
             offset: 8,
             length: 5,
+            key: 0,
         };
         idx.add_pack(p, &[e]).unwrap();
         assert_eq!(idx.indexed_packs().unwrap().get(&p), Some(&true));
@@ -579,6 +623,7 @@ mod tests {
                 id: a,
                 offset: 8,
                 length: 5,
+                key: 0,
             }],
         )
         .unwrap();

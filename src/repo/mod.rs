@@ -22,11 +22,11 @@ pub mod pack;
 pub mod snapshot;
 pub mod tree;
 
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -35,7 +35,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::chunker::ChunkerParams;
 use crate::error::ErrorKind;
-use crypto::{CryptoError, Identities, KeyMaterial, Recipient, Sealer};
+use crypto::{CryptoError, DataKey, Identities, KeyMaterial, Recipient, Sealer};
 use id::{Id, IdHasher};
 use index::{Index, IndexError};
 use lock::{LockError, LockGuard, LockKind};
@@ -43,7 +43,12 @@ use pack::PackError;
 use snapshot::{Details, Snapshot, SnapshotRef};
 use tree::Entry;
 
-pub const REPO_FORMAT: u32 = 1;
+/// 2: a data key per pack, blobs sealed with an AEAD under it (issue 8). Format 1 (one age
+/// file per blob) is refused: it had no users, so there is no migration.
+pub const REPO_FORMAT: u32 = 2;
+/// Unwrapped pack keys kept per open repository: a restore reads pack after pack, and one
+/// unwrap costs an X25519 operation.
+const PACK_KEY_CACHE: usize = 64;
 const CONFIG_FILE: &str = "backuphub.json";
 const KEY_FILE: &str = "keys/repo.age";
 /// A second copy of the key file: one flipped bit in the only copy would make every byte
@@ -71,7 +76,7 @@ pub enum RepoError {
     NotARepository(PathBuf),
     #[error("{0} is not empty; refusing to create a repository there")]
     NotEmpty(PathBuf),
-    #[error("repository format {0} is not supported by this version (supports {REPO_FORMAT})")]
+    #[error("{}", format_refusal(*.0))]
     UnsupportedFormat(u32),
     #[error("{path}: {error}")]
     Io {
@@ -139,6 +144,19 @@ impl RepoError {
             RepoError::Lock(_) => ErrorKind::Locked,
             RepoError::SnapshotNotFound(_) | RepoError::AmbiguousSnapshot(_) => ErrorKind::NotFound,
         }
+    }
+}
+
+/// Why a repository of `format` cannot be opened, and what to do.
+fn format_refusal(format: u32) -> String {
+    if format < REPO_FORMAT {
+        format!(
+            "repository format {format} (backuphub 0.1) is no longer supported: this version reads format {REPO_FORMAT} only, and there is no migration. Create a new repository with `backuphub init` and back up into it; restore from the old one with backuphub 0.1"
+        )
+    } else {
+        format!(
+            "repository format {format} is newer than this version supports (format {REPO_FORMAT}); upgrade backuphub"
+        )
     }
 }
 
@@ -240,6 +258,9 @@ struct CachedKey {
     material: KeyMaterial,
 }
 
+/// An unwrapped pack key: (pack, key slot) → key.
+type CachedPackKey = ((Id, u16), Arc<DataKey>);
+
 /// Readable snapshots (oldest first) and damaged manifests with the reason.
 pub type SnapshotListing = (Vec<SnapshotRef>, Vec<(Id, RepoError)>);
 
@@ -298,7 +319,9 @@ pub struct Repository {
     /// Damaged copies recorded by `check`: blob id → packs holding a bad copy.
     damage: std::sync::Arc<Mutex<std::collections::HashMap<Id, Vec<Id>>>>,
     state: PathBuf,
-    open_pack: Mutex<Option<(Id, File)>>,
+    open_pack: Mutex<Option<(Id, Arc<File>)>>,
+    /// Unwrapped pack keys, most recently used last: (pack, key slot) → key.
+    pack_keys: Mutex<VecDeque<CachedPackKey>>,
     /// Serializes index syncs with prune's sweep inside one process: a sync between a
     /// repack and the removal of the old pack would change which copy prune keeps.
     maintenance: Mutex<()>,
@@ -368,9 +391,6 @@ impl Repository {
     pub fn open(root: &Path, opts: &OpenOptions) -> Result<Repository, RepoError> {
         let cfg_path = root.join(CONFIG_FILE);
         let config = read_config(root)?;
-        if config.format != REPO_FORMAT {
-            return Err(RepoError::UnsupportedFormat(config.format));
-        }
         config
             .chunker
             .validate()
@@ -464,6 +484,7 @@ impl Repository {
             damage: Default::default(),
             state,
             open_pack: Mutex::new(None),
+            pack_keys: Mutex::new(VecDeque::new()),
             maintenance: Mutex::new(()),
         };
         repo.sync_index()?;
@@ -661,6 +682,7 @@ impl Repository {
         if let Some(loc) = first {
             match self.read_blob_at(id, &loc) {
                 Ok(plain) => return Ok(plain),
+                // No other copy opens without the identity or the keys either.
                 Err(e @ RepoError::Crypto(_)) | Err(e @ RepoError::NoWriteKey { .. }) => {
                     return Err(e);
                 }
@@ -674,12 +696,7 @@ impl Repository {
                 continue;
             };
             for e in entries.iter().filter(|e| e.id == *id) {
-                let loc = index::Location {
-                    pack: pack_id,
-                    offset: e.offset,
-                    length: e.length,
-                    kind: e.kind,
-                };
+                let loc = index::Location::of(pack_id, e);
                 if let Ok(plain) = self.read_blob_at(id, &loc) {
                     tracing::info!(blob = %id.short(), pack = %pack_id.short(), "read another copy of a blob");
                     self.index.set_location(id, loc)?;
@@ -690,7 +707,11 @@ impl Repository {
         Err(first_error.unwrap_or(RepoError::MissingBlob(*id)))
     }
 
-    fn read_blob_at(&self, id: &Id, loc: &index::Location) -> Result<Vec<u8>, RepoError> {
+    /// Reads, opens and verifies the copy of `id` at `loc`. Data and tree blobs of an
+    /// encrypted repository are opened with their pack's key (AEAD: a changed byte, kind
+    /// or id, or a blob moved from another pack fails); every blob is then checked
+    /// against its id.
+    pub fn read_blob_at(&self, id: &Id, loc: &index::Location) -> Result<Vec<u8>, RepoError> {
         if loc.length > pack::MAX_BLOB_LEN {
             return Err(RepoError::Corrupt(format!(
                 "chunk {id}: recorded length {} is impossible",
@@ -698,32 +719,85 @@ impl Repository {
             )));
         }
         let path = pack::pack_path(&self.packs_dir(), &loc.pack);
-        let sealed = {
+        let file = {
             let mut cached = self.open_pack.lock().unwrap_or_else(|p| p.into_inner());
-            if cached.as_ref().is_none_or(|(p, _)| *p != loc.pack) {
-                let f = File::open(&path).map_err(|error| match error.kind() {
-                    std::io::ErrorKind::NotFound => RepoError::MissingBlob(*id),
-                    _ => io_err(&path)(error),
-                })?;
-                *cached = Some((loc.pack, f));
+            match cached.as_ref() {
+                Some((p, f)) if *p == loc.pack => f.clone(),
+                _ => {
+                    let f = Arc::new(File::open(&path).map_err(|error| match error.kind() {
+                        std::io::ErrorKind::NotFound => RepoError::MissingBlob(*id),
+                        _ => io_err(&path)(error),
+                    })?);
+                    *cached = Some((loc.pack, f.clone()));
+                    f
+                }
             }
-            let (_, f) = cached.as_ref().expect("just filled");
-            pack::read_blob(f, &path, loc.offset, loc.length)?
         };
-        let plain = self
-            .sealer
-            .open(&sealed, MAX_PLAIN_BLOB)
-            .map_err(|e| match e {
-                CryptoError::IdentityRequired | CryptoError::WrongIdentity => RepoError::Crypto(e),
-                other => RepoError::Corrupt(format!("chunk {id}: {other}")),
-            })?;
-        let (hasher, _) = self.write_keys()?;
-        if hasher.id(&plain) != *id {
-            return Err(RepoError::Corrupt(format!(
-                "chunk {id}: content does not match its id"
-            )));
+        let mut sealed = pack::read_blob(&file, &path, loc.offset, loc.length)?;
+        let damaged = |what: String| {
+            RepoError::Corrupt(format!(
+                "blob {} in pack {}: {what}",
+                id.short(),
+                loc.pack.short()
+            ))
+        };
+        if self.encrypted() && loc.kind.sealed() {
+            let key = self.pack_key(&loc.pack, loc.key, &file, &path)?;
+            key.open_in_place(loc.kind as u8, &id.0, &mut sealed)
+                .map_err(|e| damaged(e.to_string()))?;
+        }
+        let plain =
+            crypto::decode_payload(&sealed, MAX_PLAIN_BLOB).map_err(|e| damaged(e.to_string()))?;
+        let matches = if loc.kind.sealed() {
+            let (hasher, _) = self.write_keys()?;
+            hasher.id(&plain) == *id
+        } else {
+            // Refs and root blobs are named by their plain hash, readable without keys.
+            Id::of(&plain) == *id
+        };
+        if !matches {
+            return Err(damaged("content does not match its id".into()));
         }
         Ok(plain)
+    }
+
+    /// The data key of slot `slot` of `pack`, from the cache or unwrapped with the
+    /// identity.
+    fn pack_key(
+        &self,
+        pack: &Id,
+        slot: u16,
+        file: &File,
+        path: &Path,
+    ) -> Result<Arc<DataKey>, RepoError> {
+        {
+            let mut cache = self.pack_keys.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(i) = cache.iter().position(|(k, _)| *k == (*pack, slot)) {
+                let hit = cache.remove(i).expect("position is in range");
+                let key = hit.1.clone();
+                cache.push_back(hit);
+                return Ok(key);
+            }
+        }
+        if !self.sealer.can_open() {
+            return Err(CryptoError::IdentityRequired.into());
+        }
+        let wrapped = pack::read_wrapped_key(file, path, slot)?;
+        // The identity opened the repository's key file, so a pack key it cannot open is
+        // damaged (or foreign): other copies of the blob may still read.
+        let key = Arc::new(self.sealer.unwrap_pack_key(&wrapped).map_err(|e| match e {
+            CryptoError::IdentityRequired => RepoError::Crypto(e),
+            other => RepoError::Corrupt(format!(
+                "pack {}: key {slot} cannot be unwrapped: {other}",
+                pack.short()
+            )),
+        })?);
+        let mut cache = self.pack_keys.lock().unwrap_or_else(|p| p.into_inner());
+        if cache.len() >= PACK_KEY_CACHE {
+            cache.pop_front();
+        }
+        cache.push_back(((*pack, slot), key.clone()));
+        Ok(key)
     }
 
     pub fn seal_details(&self, details: &Details) -> Result<String, RepoError> {
@@ -986,9 +1060,12 @@ impl Repository {
     pub fn root_status(&self) -> RootStatus {
         match read_config(&self.root) {
             Ok(c) if c.id == self.config.id => RootStatus::Same,
-            Ok(_) | Err(RepoError::NotARepository(_) | RepoError::Corrupt(_)) => {
-                RootStatus::Changed
-            }
+            Ok(_)
+            | Err(
+                RepoError::NotARepository(_)
+                | RepoError::Corrupt(_)
+                | RepoError::UnsupportedFormat(_),
+            ) => RootStatus::Changed,
             Err(_) => RootStatus::Unknown,
         }
     }
@@ -1121,6 +1198,17 @@ fn read_config(root: &Path) -> Result<RepoConfig, RepoError> {
         }
         Err(e) => return Err(e),
     };
+    // The format first, from a reading that ignores every other field: a repository of
+    // another format gets the refusal that says what to do, not a parse error.
+    #[derive(Deserialize)]
+    struct Probe {
+        format: u32,
+    }
+    if let Ok(Probe { format }) = serde_json::from_slice::<Probe>(&bytes)
+        && format != REPO_FORMAT
+    {
+        return Err(RepoError::UnsupportedFormat(format));
+    }
     serde_json::from_slice(&bytes)
         .map_err(|e| RepoError::Corrupt(format!("{}: {e}", path.display())))
 }
