@@ -2,11 +2,11 @@
 //!
 //! ```text
 //! source ─entries─▶ chunk (fastcdc) ─▶ hash ─▶ dedup ─new─▶ workers: compress+seal ─▶ packs
-//!                                                └─────────▶ tree blobs ─▶ manifest (last)
+//!                                                └──▶ tree blob + refs blob ─▶ root ─▶ manifest
 //! ```
 //! Memory is bounded by the channel (2 × workers chunks of at most the chunker's maximum)
-//! plus one tree blob; nothing grows with the size of the data, only the set of chunk ids
-//! seen in this run (32 bytes per MiB stored).
+//! plus one tree blob and its data ids; what grows with the run is the root (32 bytes per
+//! tree blob) and, until helper A's `pending` set, the set of chunk ids seen.
 
 use std::collections::HashSet;
 use std::sync::Mutex;
@@ -19,7 +19,8 @@ use crate::error::ErrorKind;
 use crate::repo::id::{Id, IdHasher};
 use crate::repo::pack::{BlobKind, PackWriter};
 use crate::repo::snapshot::{
-    Details, Failure, SNAPSHOT_FORMAT, Snapshot, SnapshotStats, SnapshotStatus,
+    Details, Failure, SNAPSHOT_FORMAT, Snapshot, SnapshotStats, SnapshotStatus, data_ids,
+    encode_refs, encode_root,
 };
 use crate::repo::tree::{EntryKind, OrderError, TreeCutter};
 use crate::repo::{RepoError, Repository, random_hex};
@@ -232,15 +233,18 @@ pub fn archive(
             cancel,
             stats: SnapshotStats::default(),
             failures: Vec::new(),
-            tree: Vec::new(),
+            blob_chunks: Vec::new(),
+            refs: Vec::new(),
         };
-        let result = walk.run(source, previous, &file_cache);
+        // The root goes through the same pipeline, so it is in a pack before the
+        // manifest names it.
+        let result = walk
+            .run(source, previous, &file_cache)
+            .and_then(|()| walk.store_root());
         let Walk {
             tx,
             stats,
             failures,
-            tree,
-            seen,
             ..
         } = walk;
         drop(tx);
@@ -251,7 +255,7 @@ pub fn archive(
                 shared.fail(ArchiveError::Internal("a worker thread panicked".into()));
             }
         }
-        result.map(|()| (stats, failures, tree, seen))
+        result.map(|root| (stats, failures, root))
     });
     let last = shared
         .packer
@@ -267,7 +271,7 @@ pub fn archive(
     {
         return Err(e);
     }
-    let (mut stats, failures, tree, seen) = walked?;
+    let (mut stats, failures, root) = walked?;
     if let Some(w) = last.filter(|w| !w.is_empty()) {
         finish_pack(repo, w)?;
     }
@@ -278,10 +282,6 @@ pub fn archive(
     stats.new_chunks = shared.new_chunks.load(Ordering::Relaxed);
     stats.new_bytes = shared.new_bytes.load(Ordering::Relaxed);
     stats.stored_bytes = shared.stored_bytes.load(Ordering::Relaxed);
-    // Every chunk met in this run (a superset of what the tree references: chunks of
-    // entries that failed half-way are kept too, which only delays their collection).
-    let mut refs: Vec<Id> = seen.into_iter().collect();
-    let refs = repo.save_refs(&mut refs)?;
     stats.duration_ms = started.elapsed().as_millis() as u64;
     let snapshot = Snapshot {
         format: SNAPSHOT_FORMAT,
@@ -294,8 +294,7 @@ pub fn archive(
             SnapshotStatus::Partial
         },
         stats,
-        tree,
-        refs,
+        root,
         details: repo.seal_details(&Details {
             source: description,
             failures,
@@ -326,7 +325,10 @@ struct Walk<'a, 'r> {
     cancel: &'a AtomicBool,
     stats: SnapshotStats,
     failures: Vec<Failure>,
-    tree: Vec<Id>,
+    /// Data ids used by the entries of the tree blob being filled (one blob's worth).
+    blob_chunks: Vec<Id>,
+    /// Refs blob ids in tree order: the root.
+    refs: Vec<Id>,
 }
 
 impl Walk<'_, '_> {
@@ -455,6 +457,7 @@ impl Walk<'_, '_> {
                 _ => {}
             }
             self.progress.entries.fetch_add(1, Ordering::Relaxed);
+            self.blob_chunks.extend_from_slice(&se.entry.chunks);
             if let Some(blob) = cutter.push(&se.entry)? {
                 self.store_tree(blob)?;
             }
@@ -466,9 +469,22 @@ impl Walk<'_, '_> {
         Ok(())
     }
 
+    /// Stores a tree blob and its refs blob (the tree id and the data ids its entries
+    /// use); an unchanged tree blob gives the same refs blob, which dedup stores once.
     fn store_tree(&mut self, blob: Vec<u8>) -> Result<(), ArchiveError> {
         let id = self.hasher.id(&blob);
-        self.tree.push(id);
-        self.store(BlobKind::Tree, id, blob)
+        self.store(BlobKind::Tree, id, blob)?;
+        let refs = encode_refs(&id, &data_ids(&std::mem::take(&mut self.blob_chunks)));
+        let refs_id = Id::of(&refs);
+        self.refs.push(refs_id);
+        self.store(BlobKind::Refs, refs_id, refs)
+    }
+
+    /// Stores the root blob: the refs blob ids in tree order. Returns its id.
+    fn store_root(&mut self) -> Result<Id, ArchiveError> {
+        let root = encode_root(&self.refs);
+        let id = Id::of(&root);
+        self.store(BlobKind::Root, id, root)?;
+        Ok(id)
     }
 }

@@ -291,7 +291,7 @@ fn a_missing_indexed_copy_is_found_elsewhere_without_a_rebuild() {
     std::fs::create_dir_all(&data).unwrap();
     std::fs::write(data.join("f"), noise(100 << 10, 5)).unwrap();
     let snap = archive_paths(&repo, "j", std::slice::from_ref(&data));
-    let tree = snap.tree[0];
+    let tree = tree_blobs(&repo, &snap)[0];
     let before = repo.index().chunk_count();
     // Point the tree blob at a pack that does not exist, as a stale cache would.
     let mut loc = repo.index().get(&tree).unwrap().unwrap();

@@ -32,6 +32,10 @@ const MAX_HEADER_LEN: u64 = 64 << 20;
 pub enum BlobKind {
     Data = 0,
     Tree = 1,
+    /// A tree blob's id and the data ids its entries use (format 2, plaintext).
+    Refs = 2,
+    /// A snapshot's refs blob ids in tree order (format 2, plaintext).
+    Root = 3,
 }
 
 impl BlobKind {
@@ -39,6 +43,8 @@ impl BlobKind {
         match v {
             0 => Some(BlobKind::Data),
             1 => Some(BlobKind::Tree),
+            2 => Some(BlobKind::Refs),
+            3 => Some(BlobKind::Root),
             _ => None,
         }
     }
