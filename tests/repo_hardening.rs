@@ -82,6 +82,10 @@ fn a_damaged_newest_manifest_is_an_error_not_an_older_restore() {
         .find(|p| !first.contains(p))
         .unwrap();
     std::fs::write(&newest, b"{ rot").unwrap();
+    // Seen by a reader that never cached the manifest (another machine, a new state
+    // directory). One that cached it keeps using the copy it verified; `check` reads the
+    // file and reports it (repo_snapshot_cache.rs).
+    std::fs::remove_dir_all(env.path("state")).unwrap();
     let target = env.path("out");
     for args in [
         vec!["restore", "latest", "--target", target.to_str().unwrap()],
