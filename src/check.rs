@@ -346,19 +346,26 @@ pub fn execute(repo: &Repository, plan: &CheckPlan) -> Result<CheckReport, RepoE
                 add(s.root, list);
                 continue;
             }
-            let Ok(blobs) = repo.snapshot_blobs(s, |_| false) else {
+            let Ok(refs) = repo.read_root(&s.root) else {
                 continue;
             };
-            for refs in blobs.flatten() {
-                if wrong(&refs.id) || wrong(&refs.tree) {
-                    add(if wrong(&refs.id) { refs.id } else { refs.tree }, list.clone());
+            for r in refs {
+                if wrong(&r) {
+                    add(r, list.clone());
                     continue;
                 }
-                if !refs.data.iter().any(wrong) {
+                let Ok((tree, data)) = repo.read_refs(&r) else {
+                    continue;
+                };
+                if wrong(&tree) {
+                    add(tree, list.clone());
+                    continue;
+                }
+                if !data.iter().any(wrong) {
                     continue;
                 }
                 // With the identity, the paths; without it, the snapshot at least.
-                match can_open.then(|| repo.read_tree(&refs.tree)) {
+                match can_open.then(|| repo.read_tree(&tree)) {
                     Some(Ok(entries)) => {
                         for e in entries {
                             for c in e.chunks.iter().filter(|c| wrong(c)) {
@@ -367,7 +374,7 @@ pub fn execute(repo: &Repository, plan: &CheckPlan) -> Result<CheckReport, RepoE
                         }
                     }
                     _ => {
-                        for c in refs.data.iter().filter(|c| wrong(c)) {
+                        for c in data.iter().filter(|c| wrong(c)) {
                             add(*c, label.clone());
                         }
                     }
