@@ -1,12 +1,12 @@
-//! Measures prune's mark set on synthetic ids: `cargo run --example mark_rss -- sled 1000000`
-//! (the disk-backed set) or `… vec 1000000` (the sorted vector it replaced). Marks `n`
+//! Measures prune's mark set on synthetic ids: `cargo run --example mark_rss -- runs 1000000`
+//! (sorted runs on disk) or `… vec 1000000` (the sorted vector it replaced). Marks `n`
 //! live ids in refs-blob-sized groups, then sweeps `2n` pack entries (each live id
 //! once plus `n` dead ones), and prints the time and the peak RSS (VmHWM).
 
 use std::time::Instant;
 
+use backuphub::prune::mark::LiveSetBuilder;
 use backuphub::repo::id::Id;
-use backuphub::repo::index::{Claim, Index};
 
 fn id(i: u64, salt: u8) -> Id {
     let mut b = [0u8; 9];
@@ -27,7 +27,10 @@ fn peak_rss_kib() -> u64 {
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let mode = args.get(1).map_or("sled", |s| s.as_str());
-    let n: u64 = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(1_000_000);
+    let n: u64 = args
+        .get(2)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1_000_000);
     let group = 400; // about one refs blob of a tree blob of small files
     let start = Instant::now();
     let kept = match mode {
@@ -54,24 +57,22 @@ fn main() {
         }
         _ => {
             let dir = tempfile::tempdir().unwrap();
-            let index = Index::open(&dir.path().join("index")).unwrap();
-            let live = index.mark_set().unwrap();
-            let mut buf = Vec::with_capacity(group);
+            let mut live = LiveSetBuilder::new(dir.path());
             for g in (0..n).step_by(group) {
-                buf.clear();
-                buf.extend((g..(g + group as u64).min(n)).map(|i| id(i, 0)));
-                live.insert_all(&buf).unwrap();
+                for i in g..(g + group as u64).min(n) {
+                    live.insert(id(i, 0)).unwrap();
+                }
             }
-            let mark = start.elapsed();
+            let mut live = live.finish().unwrap();
+            eprintln!("mark {:.1} s", start.elapsed().as_secs_f64());
             let mut kept = 0u64;
             for i in 0..n {
                 for e in [id(i, 0), id(i, 1)] {
-                    if live.claim(&e).unwrap() == Claim::Keep {
+                    if live.claim(&e).unwrap() {
                         kept += 1;
                     }
                 }
             }
-            eprintln!("mark {:.1} s", mark.as_secs_f64());
             kept
         }
     };

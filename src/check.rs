@@ -333,7 +333,8 @@ pub fn execute(repo: &Repository, plan: &CheckPlan) -> Result<CheckReport, RepoE
 
     if sealed_refs {
         report.notes.push(
-            "the snapshots' refs blobs are sealed: without --identity only their roots were found".into(),
+            "the snapshots' refs blobs are sealed: without --identity only their roots were found"
+                .into(),
         );
     }
 

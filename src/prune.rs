@@ -17,11 +17,13 @@ use chrono_tz::Tz;
 use serde::Serialize;
 
 use crate::repo::id::Id;
-use crate::repo::index::{Claim, MarkSet};
 use crate::repo::lock::{LockError, LockGuard, LockKind};
 use crate::repo::pack::{self, PackEntry, PackError, PackWriter};
 use crate::repo::{RepoError, Repository, random_hex, remove_file_if_present};
 use crate::retention::{Candidate, RetentionPolicy, plan as retention_plan};
+
+pub mod mark;
+use mark::{LiveSet, LiveSetBuilder};
 
 /// Repack a pack when at least this share of its bytes is garbage.
 const REPACK_THRESHOLD: f64 = 0.5;
@@ -115,9 +117,7 @@ pub struct PrunePlan {
 
 impl PrunePlan {
     pub fn is_empty(&self) -> bool {
-        self.delete.is_empty()
-            && self.repack.is_empty()
-            && self.tmp.is_empty()
+        self.delete.is_empty() && self.repack.is_empty() && self.tmp.is_empty()
     }
 
     /// What executing the plan is expected to free.
@@ -189,7 +189,7 @@ fn io(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> RepoError + '_ {
 
 fn plan_locked(repo: &Repository) -> Result<PrunePlan, RepoError> {
     let mut plan = PrunePlan::default();
-    let live = mark(repo)?;
+    let (mut live, mark_dir) = mark(repo)?;
 
     let packs_dir = repo.packs_dir();
     // Packs holding copies `check` found damaged come last, so that an intact copy
@@ -220,12 +220,12 @@ fn plan_locked(repo: &Repository) -> Result<PrunePlan, RepoError> {
         // repacking copies only the live blobs, so the damage leaves with it.
         let mut drop_damage = false;
         for e in &entries {
-            match live.claim(&e.id)? {
-                Claim::Keep => {
+            match live.claim(&e.id).map_err(io(&mark_dir))? {
+                true => {
                     keep.push(*e);
                     live_bytes += e.length as u64;
                 }
-                Claim::Drop => {
+                false => {
                     dead_bytes += e.length as u64;
                     drop_damage |= is_damaged(&e.id, &p);
                 }
@@ -278,31 +278,43 @@ fn plan_locked(repo: &Repository) -> Result<PrunePlan, RepoError> {
 }
 
 /// Marks every blob a snapshot names: its root, refs blobs, tree blobs and data chunks.
+/// Returns the live set and the directory its unnamed files are in.
 ///
-/// The set lives in a temporary sled tree of the index, not in RAM: at 10 M chunks a
-/// sorted vector alone would take 320 MiB. Snapshots share most refs blobs (an
-/// unchanged tree blob gives the same refs blob), and a refs blob is marked only after
-/// everything it names, so one already marked is not read again; a marked root means
-/// the whole snapshot is. Of several copies of a blob the sweep keeps the first met in a
-/// readable pack (the claimed flag); which copy the index points at does not matter:
-/// that pack may have become unreadable since.
-fn mark(repo: &Repository) -> Result<MarkSet<'_>, RepoError> {
-    let live = repo.index().mark_set()?;
+/// The set is kept on disk as sorted runs merged into one file (see [`mark`]), not in
+/// RAM: at 10 M chunks a sorted vector alone would take 320 MiB. Snapshots share most
+/// refs blobs (an unchanged tree blob gives the same refs blob); one whose contents are
+/// marked is not read again, and a marked root means the whole snapshot is. Of several
+/// copies of a blob the sweep keeps the first met in a readable pack (the claimed bit);
+/// which copy the index points at does not matter: that pack may have become unreadable
+/// since.
+fn mark(repo: &Repository) -> Result<(LiveSet, std::path::PathBuf), RepoError> {
+    // The writer's own disk, not the (maybe full) backup disk.
+    let dir = if repo.state_dir().is_dir() {
+        repo.state_dir().to_owned()
+    } else {
+        std::env::temp_dir()
+    };
+    let mut live = LiveSetBuilder::new(&dir);
     for s in repo.snapshots_strict()? {
         let root = s.snapshot.root;
-        if live.contains(&root)? {
+        if live.walked(&root) {
             continue;
         }
-        // A failed lookup only costs reading the refs blob again.
-        let marked = |r: &Id| live.contains(r).unwrap_or(false);
-        for refs in repo.snapshot_blobs(&s.snapshot, marked)? {
-            let refs = refs?;
-            live.insert_all(std::iter::once(&refs.tree).chain(&refs.data))?;
-            live.insert_all([&refs.id])?;
+        for r in repo.read_root(&root)? {
+            if live.walked(&r) {
+                continue;
+            }
+            let (tree, data) = repo.read_refs(&r)?;
+            for id in std::iter::once(tree).chain(data).chain([r]) {
+                live.insert(id).map_err(io(&dir))?;
+            }
+            live.set_walked(r);
         }
-        live.insert_all([&root])?;
+        live.insert(root).map_err(io(&dir))?;
+        live.set_walked(root);
     }
-    Ok(live)
+    let live = live.finish().map_err(io(&dir))?;
+    Ok((live, dir))
 }
 
 fn is_no_space(e: &PackError) -> bool {

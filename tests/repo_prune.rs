@@ -164,7 +164,14 @@ fn a_readable_copy_is_kept_when_the_indexed_copy_has_become_unreadable() {
     let (copy, entries) = w.finish(&packs_dir).unwrap();
     assert_ne!(copy, original);
     repo.index().add_pack(copy, &entries).unwrap();
-    assert_eq!(repo.index().get(&tree_blobs(&repo, &snap)[0]).unwrap().unwrap().pack, copy);
+    assert_eq!(
+        repo.index()
+            .get(&tree_blobs(&repo, &snap)[0])
+            .unwrap()
+            .unwrap()
+            .pack,
+        copy
+    );
     // … and whose header has since rotted.
     let copy_path = pack::pack_path(&packs_dir, &copy);
     let mut bytes = std::fs::read(&copy_path).unwrap();
@@ -290,7 +297,10 @@ fn prune_racing_concurrent_backups_loses_nothing() {
 #[derive(Clone, Debug)]
 enum Step {
     /// A backup of `job` whose changing files are made of the given pool blocks.
-    Backup { job: u8, files: Vec<Vec<u8>> },
+    Backup {
+        job: u8,
+        files: Vec<Vec<u8>>,
+    },
     /// Forget the remaining snapshot at this index (modulo their number).
     Forget(usize),
     Prune,
@@ -319,9 +329,10 @@ fn assert_all_readable(
             let e = e.unwrap_or_else(|err| panic!("snapshot {}: {err}", id.short()));
             let mut content = Vec::new();
             for c in &e.chunks {
-                content.extend(repo.read_blob(c).unwrap_or_else(|err| {
-                    panic!("snapshot {} {}: {err}", id.short(), e.path)
-                }));
+                content.extend(
+                    repo.read_blob(c)
+                        .unwrap_or_else(|err| panic!("snapshot {} {}: {err}", id.short(), e.path)),
+                );
             }
             if let Some((_, want)) = files.iter().find(|(p, _)| *p == e.path) {
                 assert_eq!(&content, want, "{}", e.path);

@@ -18,7 +18,11 @@ fn data(dir: &Path, name: &str, content: &str) -> std::path::PathBuf {
 }
 
 fn ids(repo: &Repository) -> Vec<Id> {
-    repo.snapshots().unwrap().into_iter().map(|s| s.id).collect()
+    repo.snapshots()
+        .unwrap()
+        .into_iter()
+        .map(|s| s.id)
+        .collect()
 }
 
 /// Another machine's view of the same repository: its own state directory and cache.
@@ -107,10 +111,9 @@ fn a_cached_manifest_that_rots_is_still_read_from_its_verified_copy_and_check_re
     // …and check reads the file itself.
     let report = check(&repo, ReadData::None).unwrap();
     assert!(
-        report
-            .problems
-            .iter()
-            .any(|p| matches!(p, Problem::DamagedSnapshot { snapshot, .. } if *snapshot == id.short())),
+        report.problems.iter().any(
+            |p| matches!(p, Problem::DamagedSnapshot { snapshot, .. } if *snapshot == id.short())
+        ),
         "{:?}",
         report.problems
     );

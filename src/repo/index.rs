@@ -10,7 +10,6 @@ use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 mod sets;
-pub use sets::{Claim, MarkSet};
 
 use super::id::Id;
 use super::pack::{BlobKind, PackEntry};
@@ -162,9 +161,6 @@ impl Index {
         let dropped = index.collect_uncommitted_file_caches()?;
         if dropped > 0 {
             tracing::info!(dropped, "collected file caches of interrupted runs");
-        }
-        if index.collect_mark_sets()? > 0 {
-            tracing::info!("collected the mark set of an interrupted prune");
         }
         if let Some(state) = dir.parent() {
             collect_stale_temporaries(&state.join(TEMP_DIR));

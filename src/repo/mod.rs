@@ -491,6 +491,11 @@ impl Repository {
         &self.config
     }
 
+    /// This repository's directory in the state directory (the writer's own disk).
+    pub fn state_dir(&self) -> &Path {
+        &self.state
+    }
+
     pub fn index(&self) -> &Index {
         &self.index
     }
@@ -1023,11 +1028,13 @@ impl Repository {
             .map(Err)
             .into_iter()
             .chain(refs.into_iter().flat_map(move |r| {
-                let decoded: Vec<Result<Entry, RepoError>> =
-                    match self.read_refs(&r).and_then(|(tree, _)| self.read_tree(&tree)) {
-                        Ok(entries) => entries.into_iter().map(Ok).collect(),
-                        Err(e) => vec![Err(e)],
-                    };
+                let decoded: Vec<Result<Entry, RepoError>> = match self
+                    .read_refs(&r)
+                    .and_then(|(tree, _)| self.read_tree(&tree))
+                {
+                    Ok(entries) => entries.into_iter().map(Ok).collect(),
+                    Err(e) => vec![Err(e)],
+                };
                 decoded
             }))
     }

@@ -159,7 +159,10 @@ mod tests {
         let blob = encode_refs(&tree, &data);
         assert_eq!(blob.len(), 96);
         assert_eq!(decode_refs(&blob).unwrap(), (tree, data.clone()));
-        assert_eq!(decode_refs(&encode_refs(&tree, &[])).unwrap(), (tree, vec![]));
+        assert_eq!(
+            decode_refs(&encode_refs(&tree, &[])).unwrap(),
+            (tree, vec![])
+        );
         let root = encode_root(&[tree, data[0]]);
         assert_eq!(decode_root(&root).unwrap(), vec![tree, data[0]]);
         assert_eq!(decode_root(&[]).unwrap(), vec![]);
