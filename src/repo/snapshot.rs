@@ -127,7 +127,7 @@ pub fn decode_root(blob: &[u8]) -> Result<Vec<Id>, RefsError> {
 }
 
 fn decode_ids(what: &'static str, blob: &[u8]) -> Result<Vec<Id>, RefsError> {
-    if blob.len() % 32 != 0 {
+    if !blob.len().is_multiple_of(32) {
         return Err(RefsError::Length {
             what,
             len: blob.len(),
