@@ -9,7 +9,7 @@ const SUMMARIES: &str = "snapshots";
 /// changes.
 const PACK_SIZES: &str = "pack_sizes";
 impl Index {
-    fn tree(&self, name: &str) -> Result<sled::Tree, IndexError> {
+    fn cache_tree(&self, name: &str) -> Result<sled::Tree, IndexError> {
         self.db.open_tree(name).map_err(|e| self.err(e))
     }
 
@@ -28,14 +28,14 @@ impl Index {
     /// Caches a manifest already verified against its name (and its MAC, if `mac`).
     pub fn cache_manifest(&self, id: &Id, mac: bool, json: &[u8]) -> Result<(), IndexError> {
         let value = [&[u8::from(mac)][..], json].concat();
-        self.tree(SUMMARIES)?
+        self.cache_tree(SUMMARIES)?
             .insert(id.0, value)
             .map_err(|e| self.err(e))?;
         Ok(())
     }
 
     pub fn uncache_manifest(&self, id: &Id) -> Result<(), IndexError> {
-        self.tree(SUMMARIES)?
+        self.cache_tree(SUMMARIES)?
             .remove(id.0)
             .map_err(|e| self.err(e))?;
         Ok(())
@@ -43,7 +43,7 @@ impl Index {
 
     /// Every manifest id in the cache (to drop those whose file is gone).
     pub fn cached_manifest_ids(&self) -> Result<Vec<Id>, IndexError> {
-        self.tree(SUMMARIES)?
+        self.cache_tree(SUMMARIES)?
             .iter()
             .keys()
             .map(|k| {
@@ -56,7 +56,7 @@ impl Index {
     /// Forgets cached manifests and pack sizes (`repair index`).
     pub fn clear_caches(&self) -> Result<(), IndexError> {
         for name in [SUMMARIES, PACK_SIZES] {
-            self.tree(name)?.clear().map_err(|e| self.err(e))?;
+            self.cache_tree(name)?.clear().map_err(|e| self.err(e))?;
         }
         Ok(())
     }
@@ -70,7 +70,7 @@ impl Index {
     }
 
     pub fn set_pack_size(&self, pack: &Id, size: u64) -> Result<(), IndexError> {
-        self.tree(PACK_SIZES)?
+        self.cache_tree(PACK_SIZES)?
             .insert(pack.0, &size.to_le_bytes())
             .map_err(|e| self.err(e))?;
         Ok(())
@@ -78,7 +78,7 @@ impl Index {
 
     /// Drops cached sizes of packs not in `keep`.
     pub fn retain_pack_sizes(&self, keep: &dyn Fn(&Id) -> bool) -> Result<(), IndexError> {
-        let t = self.tree(PACK_SIZES)?;
+        let t = self.cache_tree(PACK_SIZES)?;
         for k in t.iter().keys() {
             let k = k.map_err(|e| self.err(e))?;
             if Id::from_slice(&k).is_none_or(|id| !keep(&id)) {
