@@ -16,7 +16,7 @@ impl Index {
     /// A cached manifest: its JSON and whether its MAC was verified when cached.
     pub fn cached_manifest(&self, id: &Id) -> Result<Option<(bool, Vec<u8>)>, IndexError> {
         Ok(self
-            .tree(SUMMARIES)?
+            .cache_tree(SUMMARIES)?
             .get(id.0)
             .map_err(|e| self.err(e))?
             .and_then(|v| {
@@ -63,7 +63,7 @@ impl Index {
 
     pub fn pack_size(&self, pack: &Id) -> Result<Option<u64>, IndexError> {
         Ok(self
-            .tree(PACK_SIZES)?
+            .cache_tree(PACK_SIZES)?
             .get(pack.0)
             .map_err(|e| self.err(e))?
             .and_then(|v| Some(u64::from_le_bytes(v.as_ref().try_into().ok()?))))
