@@ -2,14 +2,13 @@
 //!
 //! ```text
 //! source ─entries─▶ chunk (fastcdc) ─▶ hash ─▶ dedup ─new─▶ workers: compress+seal ─▶ packs
-//!                                                └─────────▶ tree blobs ─▶ manifest (last)
+//!                                                └──▶ tree blob + refs blob ─▶ root ─▶ manifest
 //! ```
 //! Each worker owns its open pack and that pack's data key: no lock around packing, and
 //! the key never leaves the thread that seals with it. Memory is bounded by the channel
-//! (2 × workers chunks of at most the chunker's maximum), one tree blob, and the `pending`
-//! set of ids queued or in open packs (at most workers × MAX_PACK_BLOBS plus the channel).
-//! Within-run dedup needs nothing that grows with the data; only the refs list (`seen`)
-//! still does.
+//! (2 × workers chunks of at most the chunker's maximum), one tree blob and its data ids,
+//! and the `pending` set of ids queued or in open packs (at most workers × MAX_PACK_BLOBS
+//! plus the channel). What grows with the run is the root: 32 bytes per tree blob.
 
 use std::collections::HashSet;
 use std::sync::Mutex;
@@ -23,7 +22,8 @@ use crate::repo::crypto::BlobCompressor;
 use crate::repo::id::{Id, IdHasher};
 use crate::repo::pack::{BlobKind, PackWriter};
 use crate::repo::snapshot::{
-    Details, Failure, SNAPSHOT_FORMAT, Snapshot, SnapshotStats, SnapshotStatus,
+    Details, Failure, SNAPSHOT_FORMAT, Snapshot, SnapshotStats, SnapshotStatus, data_ids,
+    encode_refs, encode_root,
 };
 use crate::repo::tree::{Entry, EntryKind, OrderError, TreeCutter};
 use crate::repo::{RepoError, Repository, random_hex};
@@ -226,21 +226,23 @@ pub fn archive(
             hasher: &hasher,
             seed,
             tx,
-            seen: HashSet::new(), // B: refs
             shared: &shared,
             progress,
             cancel,
             stats: SnapshotStats::default(),
             failures: Vec::new(),
-            tree: Vec::new(),
+            blob_chunks: Vec::new(),
+            refs: Vec::new(),
         };
-        let result = walk.run(source, previous, &mut file_cache);
+        // The root goes through the same pipeline, so it is in a pack before the
+        // manifest names it.
+        let result = walk
+            .run(source, previous, &mut file_cache)
+            .and_then(|()| walk.store_root());
         let Walk {
             tx,
             stats,
             failures,
-            tree,
-            seen,
             ..
         } = walk;
         if result.is_err() {
@@ -256,7 +258,7 @@ pub fn archive(
                 shared.fail(ArchiveError::Internal("a worker thread panicked".into()));
             }
         }
-        result.map(|()| (stats, failures, tree, seen))
+        result.map(|root| (stats, failures, root))
     });
     if let Some(e) = shared
         .error
@@ -267,7 +269,7 @@ pub fn archive(
         return Err(e);
     }
     // Every worker finished its pack before it returned: all blobs are registered.
-    let (mut stats, failures, tree, seen) = walked?;
+    let (mut stats, failures, root) = walked?;
     if stats.entries == 0 && !failures.is_empty() {
         return Err(ArchiveError::NothingStored(failures));
     }
@@ -275,10 +277,6 @@ pub fn archive(
     stats.new_chunks = shared.new_chunks.load(Ordering::Relaxed);
     stats.new_bytes = shared.new_bytes.load(Ordering::Relaxed);
     stats.stored_bytes = shared.stored_bytes.load(Ordering::Relaxed);
-    // Every chunk met in this run (a superset of what the tree references: chunks of
-    // entries that failed half-way are kept too, which only delays their collection).
-    let mut refs: Vec<Id> = seen.into_iter().collect();
-    let refs = repo.save_refs(&mut refs)?;
     stats.duration_ms = started.elapsed().as_millis() as u64;
     let snapshot = Snapshot {
         format: SNAPSHOT_FORMAT,
@@ -291,8 +289,7 @@ pub fn archive(
             SnapshotStatus::Partial
         },
         stats,
-        tree,
-        refs,
+        root,
         details: repo.seal_details(&Details {
             source: description,
             failures,
@@ -321,13 +318,15 @@ struct Walk<'a, 'r> {
     seed: u64,
     tx: crossbeam_channel::Sender<Work>,
     /// Chunks stored or reused in this run, for the refs list only (not dedup).
-    seen: HashSet<Id>, // B: refs
     shared: &'a Shared,
     progress: &'a Progress,
     cancel: &'a AtomicBool,
     stats: SnapshotStats,
     failures: Vec<Failure>,
-    tree: Vec<Id>,
+    /// Data ids used by the entries of the tree blob being filled (one blob's worth).
+    blob_chunks: Vec<Id>,
+    /// Refs blob ids in tree order: the root.
+    refs: Vec<Id>,
 }
 
 impl Walk<'_, '_> {
@@ -360,7 +359,6 @@ impl Walk<'_, '_> {
 
     /// Queues a blob unless the repository or this run already has it.
     fn store(&mut self, kind: BlobKind, id: Id, data: Vec<u8>) -> Result<(), ArchiveError> {
-        self.seen.insert(id); // B: refs
         if !self.known(&id)? {
             // Only this thread inserts, so nothing slips in between the check and here.
             self.shared
@@ -422,7 +420,6 @@ impl Walk<'_, '_> {
                             gone = Some(*c);
                             break;
                         }
-                        self.seen.insert(*c); // B: refs
                     }
                     match (gone, fallback) {
                         (None, _) => {
@@ -466,6 +463,7 @@ impl Walk<'_, '_> {
                 _ => {}
             }
             self.progress.entries.fetch_add(1, Ordering::Relaxed);
+            self.blob_chunks.extend_from_slice(&se.entry.chunks);
             if let Some(blob) = cutter.push(&se.entry)? {
                 self.store_tree(blob)?;
             }
@@ -583,10 +581,23 @@ impl Walk<'_, '_> {
         }
     }
 
+    /// Stores a tree blob and its refs blob (the tree id and the data ids its entries
+    /// use); an unchanged tree blob gives the same refs blob, which dedup stores once.
     fn store_tree(&mut self, blob: Vec<u8>) -> Result<(), ArchiveError> {
         let id = self.hasher.id(&blob);
-        self.tree.push(id);
-        self.store(BlobKind::Tree, id, blob)
+        self.store(BlobKind::Tree, id, blob)?;
+        let refs = encode_refs(&id, &data_ids(&std::mem::take(&mut self.blob_chunks)));
+        let refs_id = Id::of(&refs);
+        self.refs.push(refs_id);
+        self.store(BlobKind::Refs, refs_id, refs)
+    }
+
+    /// Stores the root blob: the refs blob ids in tree order. Returns its id.
+    fn store_root(&mut self) -> Result<Id, ArchiveError> {
+        let root = encode_root(&self.refs);
+        let id = Id::of(&root);
+        self.store(BlobKind::Root, id, root)?;
+        Ok(id)
     }
 }
 

@@ -7,6 +7,7 @@ use serde::Serialize;
 use crate::repo::id::Id;
 use crate::repo::index::Location;
 use crate::repo::pack;
+use crate::repo::snapshot::data_ids;
 use crate::repo::{RepoError, Repository};
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -220,8 +221,10 @@ pub fn execute(repo: &Repository, plan: &CheckPlan) -> Result<CheckReport, RepoE
         }
     }
 
-    // Snapshots: every manifest sound, every tree blob and chunk present.
-    let mut missing: BTreeSet<Id> = BTreeSet::new();
+    // Snapshots: every manifest sound (read from its file, never from the summary
+    // cache), every root, refs, tree and data id it names present. Refs and root blobs
+    // are plaintext, so this needs no identity; with it, each refs blob must list
+    // exactly the chunks its tree blob's entries use.
     let ids = repo.snapshot_ids()?;
     report.snapshots = ids.len() as u64;
     let mut snaps = Vec::new();
@@ -236,57 +239,96 @@ pub fn execute(repo: &Repository, plan: &CheckPlan) -> Result<CheckReport, RepoE
     }
     on_disk.sort_unstable();
     on_disk.dedup();
-    let present = |c: &Id| -> Result<bool, RepoError> { Ok(on_disk.binary_search(c).is_ok()) };
+    let present = |c: &Id| on_disk.binary_search(c).is_ok();
+    // One flag per blob on disk: a refs blob shared by many snapshots is checked once,
+    // without a second set of ids.
+    let mut visited = vec![false; on_disk.len()];
+    let mut missing: BTreeSet<Id> = BTreeSet::new();
+    let mut sealed_refs = false;
     for (id, s) in &snaps {
-        // The reference list covers every blob, and needs no identity to check.
-        match repo.load_refs(&s.refs) {
-            Ok(refs) => {
-                for r in &refs {
-                    if !present(r)? {
-                        missing.insert(*r);
-                    }
-                }
-            }
-            Err(e) => report.problems.push(Problem::DamagedSnapshot {
-                snapshot: id.short(),
-                what: e.to_string(),
-            }),
-        }
-        for t in &s.tree {
-            if !present(t)? {
-                missing.insert(*t);
-            }
-        }
-        if !can_open
-            || s.tree
-                .iter()
-                .any(|t| missing.contains(t) || bad.contains_key(t))
-        {
+        let damaged = |what: String| Problem::DamagedSnapshot {
+            snapshot: id.short(),
+            what,
+        };
+        if !present(&s.root) {
+            missing.insert(s.root);
             continue;
         }
-        for e in repo.entries(s) {
-            match e {
-                Ok(e) => {
-                    for c in &e.chunks {
-                        if !present(c)? {
-                            missing.insert(*c);
-                        }
+        if bad.contains_key(&s.root) {
+            continue; // named below as a damaged chunk
+        }
+        let refs = match repo.read_root(&s.root) {
+            Ok(r) => r,
+            // Only while refs and root blobs are still sealed (before the plaintext
+            // pack format): without the identity they cannot be walked.
+            Err(RepoError::Crypto(_)) if !can_open => {
+                sealed_refs = true;
+                continue;
+            }
+            Err(e) => {
+                report.problems.push(damaged(e.to_string()));
+                continue;
+            }
+        };
+        for r in refs {
+            let Ok(i) = on_disk.binary_search(&r) else {
+                missing.insert(r);
+                continue;
+            };
+            if std::mem::replace(&mut visited[i], true) || bad.contains_key(&r) {
+                continue;
+            }
+            let (tree, data) = match repo.read_refs(&r) {
+                Ok(x) => x,
+                Err(e) => {
+                    report.problems.push(damaged(e.to_string()));
+                    continue;
+                }
+            };
+            for c in std::iter::once(&tree).chain(&data) {
+                if !present(c) {
+                    missing.insert(*c);
+                }
+            }
+            if !can_open || missing.contains(&tree) || bad.contains_key(&tree) {
+                continue;
+            }
+            match repo.read_tree(&tree) {
+                Ok(entries) => {
+                    let used = data_ids(entries.iter().flat_map(|e| &e.chunks));
+                    if used != data {
+                        report.problems.push(damaged(format!(
+                            "refs blob {} does not list exactly the chunks of tree blob {} (prune could delete data it uses)",
+                            r.short(),
+                            tree.short()
+                        )));
+                        missing.extend(used.iter().filter(|c| !present(c)));
                     }
                 }
-                Err(err) => {
-                    report.problems.push(Problem::DamagedSnapshot {
-                        snapshot: id.short(),
-                        what: format!("tree unreadable: {err}"),
-                    });
-                    break;
-                }
+                Err(e) => report
+                    .problems
+                    .push(damaged(format!("tree unreadable: {e}"))),
             }
         }
     }
 
-    // Name who is affected: walk the trees once more, only when something is wrong.
+    if sealed_refs {
+        report.notes.push(
+            "the snapshots' refs blobs are sealed: without --identity only their roots were found"
+                .into(),
+        );
+    }
+
+    // Name who is affected: walk the snapshots once more, only when something is wrong.
     if !bad.is_empty() || !missing.is_empty() {
+        let wrong = |c: &Id| bad.contains_key(c) || missing.contains(c);
         let mut users: BTreeMap<Id, Vec<String>> = BTreeMap::new();
+        let mut add = |c: Id, u: String| {
+            let v = users.entry(c).or_default();
+            if !v.contains(&u) {
+                v.push(u);
+            }
+        };
         for (id, s) in &snaps {
             let label = format!(
                 "{} ({} {})",
@@ -294,28 +336,41 @@ pub fn execute(repo: &Repository, plan: &CheckPlan) -> Result<CheckReport, RepoE
                 s.job,
                 s.time.format("%Y-%m-%d %H:%M")
             );
-            for t in &s.tree {
-                if bad.contains_key(t) || missing.contains(t) {
-                    users
-                        .entry(*t)
-                        .or_default()
-                        .push(format!("{label}: its file list"));
-                }
-            }
-            if !can_open
-                || s.tree
-                    .iter()
-                    .any(|t| bad.contains_key(t) || missing.contains(t))
-            {
+            let list = format!("{label}: its file list");
+            if wrong(&s.root) {
+                add(s.root, list);
                 continue;
             }
-            for e in repo.entries(s).flatten() {
-                for c in &e.chunks {
-                    if bad.contains_key(c) || missing.contains(c) {
-                        let v = users.entry(*c).or_default();
-                        let u = format!("{label}: {}", e.path);
-                        if !v.contains(&u) {
-                            v.push(u);
+            let Ok(refs) = repo.read_root(&s.root) else {
+                continue;
+            };
+            for r in refs {
+                if wrong(&r) {
+                    add(r, list.clone());
+                    continue;
+                }
+                let Ok((tree, data)) = repo.read_refs(&r) else {
+                    continue;
+                };
+                if wrong(&tree) {
+                    add(tree, list.clone());
+                    continue;
+                }
+                if !data.iter().any(wrong) {
+                    continue;
+                }
+                // With the identity, the paths; without it, the snapshot at least.
+                match can_open.then(|| repo.read_tree(&tree)) {
+                    Some(Ok(entries)) => {
+                        for e in entries {
+                            for c in e.chunks.iter().filter(|c| wrong(c)) {
+                                add(*c, format!("{label}: {}", e.path));
+                            }
+                        }
+                    }
+                    _ => {
+                        for c in data.iter().filter(|c| wrong(c)) {
+                            add(*c, label.clone());
                         }
                     }
                 }

@@ -1,7 +1,8 @@
 //! Retention and garbage collection.
 //!
 //! `forget` applies a job's retention plan by removing manifests. `prune` then marks every
-//! blob named by a remaining snapshot's reference list and sweeps the rest, in two steps:
+//! blob a remaining snapshot names (root → refs blobs → tree and data ids, all readable
+//! without the identity) in a disk-backed set, and sweeps the rest, in two steps:
 //! [`plan`] reads the pack headers and decides, [`execute`] carries the plan out (and
 //! `prune --dry-run` shows it). Packs with nothing live are deleted first, so a nearly full
 //! disk gains room before anything is written; packs mostly dead are then repacked
@@ -20,6 +21,9 @@ use crate::repo::lock::{LockError, LockGuard, LockKind};
 use crate::repo::pack::{self, PackEntry, PackError, PackWriter};
 use crate::repo::{RepoError, Repository, random_hex, remove_file_if_present};
 use crate::retention::{Candidate, RetentionPolicy, plan as retention_plan};
+
+pub mod mark;
+use mark::{LiveSet, LiveSetBuilder};
 
 /// Repack a pack when at least this share of its bytes is garbage.
 const REPACK_THRESHOLD: f64 = 0.5;
@@ -99,8 +103,6 @@ pub struct PrunePlan {
     pub delete: Vec<DeletePack>,
     pub repack: Vec<RepackPack>,
     pub unreadable: Vec<UnreadablePack>,
-    /// Reference lists no snapshot names.
-    pub refs: Vec<Id>,
     /// Leftovers of interrupted writes, by name under `tmp/`.
     pub tmp: Vec<String>,
     pub blobs_removed: u64,
@@ -115,10 +117,7 @@ pub struct PrunePlan {
 
 impl PrunePlan {
     pub fn is_empty(&self) -> bool {
-        self.delete.is_empty()
-            && self.repack.is_empty()
-            && self.refs.is_empty()
-            && self.tmp.is_empty()
+        self.delete.is_empty() && self.repack.is_empty() && self.tmp.is_empty()
     }
 
     /// What executing the plan is expected to free.
@@ -135,7 +134,6 @@ pub struct PruneReport {
     /// blob in them could not be read.
     pub packs_not_repacked: u64,
     pub blobs_removed: u64,
-    pub refs_removed: u64,
     pub tmp_removed: u64,
     pub bytes_removed: u64,
     pub bytes_written: u64,
@@ -155,7 +153,6 @@ pub fn prune(repo: &Repository, lock: &LockGuard, dry_run: bool) -> Result<Prune
                 packs_deleted: plan.delete.len() as u64,
                 packs_repacked: plan.repack.len() as u64,
                 blobs_removed: plan.blobs_removed,
-                refs_removed: plan.refs.len() as u64,
                 tmp_removed: plan.tmp.len() as u64,
                 bytes_removed: plan.bytes_removed,
                 bytes_written: plan.bytes_written,
@@ -192,21 +189,7 @@ fn io(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> RepoError + '_ {
 
 fn plan_locked(repo: &Repository) -> Result<PrunePlan, RepoError> {
     let mut plan = PrunePlan::default();
-    // Mark: a sorted vector of ids, 32 bytes per live blob and no more, so a Pi can
-    // hold the mark set of a full 1 TB disk (about a million chunks) in 32 MiB.
-    let mut live_refs = std::collections::HashSet::new();
-    let mut live: Vec<Id> = Vec::new();
-    for s in repo.snapshots_strict()? {
-        live_refs.insert(s.snapshot.refs);
-        live.extend(repo.load_refs(&s.snapshot.refs)?);
-        live.extend(&s.snapshot.tree);
-        live.sort_unstable();
-        live.dedup();
-    }
-    // Of several copies of a blob, the first met in a readable pack is kept. Which copy
-    // the index points at does not matter: that pack may have become unreadable since,
-    // and keeping it would delete the copies that can still be read.
-    let mut claimed = vec![false; live.len()];
+    let (mut live, mark_dir) = mark(repo)?;
 
     let packs_dir = repo.packs_dir();
     // Packs holding copies `check` found damaged come last, so that an intact copy
@@ -237,13 +220,12 @@ fn plan_locked(repo: &Repository) -> Result<PrunePlan, RepoError> {
         // repacking copies only the live blobs, so the damage leaves with it.
         let mut drop_damage = false;
         for e in &entries {
-            match live.binary_search(&e.id) {
-                Ok(i) if !claimed[i] => {
-                    claimed[i] = true;
+            match live.claim(&e.id).map_err(io(&mark_dir))? {
+                true => {
                     keep.push(*e);
                     live_bytes += e.length as u64;
                 }
-                _ => {
+                false => {
                     dead_bytes += e.length as u64;
                     drop_damage |= is_damaged(&e.id, &p);
                 }
@@ -285,16 +267,7 @@ fn plan_locked(repo: &Repository) -> Result<PrunePlan, RepoError> {
         }
     }
 
-    // Reference lists no snapshot names, and leftovers of interrupted writes.
-    let refs_dir = repo.refs_dir();
-    for f in std::fs::read_dir(&refs_dir).map_err(io(&refs_dir))? {
-        let f = f.map_err(io(&refs_dir))?;
-        let id = f.file_name().to_str().and_then(|n| n.parse::<Id>().ok());
-        if let Some(id) = id.filter(|id| !live_refs.contains(id)) {
-            plan.refs.push(id);
-        }
-    }
-    plan.refs.sort();
+    // Leftovers of interrupted writes.
     let tmp_dir = repo.tmp_dir();
     for f in std::fs::read_dir(&tmp_dir).map_err(io(&tmp_dir))? {
         let f = f.map_err(io(&tmp_dir))?;
@@ -302,6 +275,46 @@ fn plan_locked(repo: &Repository) -> Result<PrunePlan, RepoError> {
     }
     plan.tmp.sort();
     Ok(plan)
+}
+
+/// Marks every blob a snapshot names: its root, refs blobs, tree blobs and data chunks.
+/// Returns the live set and the directory its unnamed files are in.
+///
+/// The set is kept on disk as sorted runs merged into one file (see [`mark`]), not in
+/// RAM: at 10 M chunks a sorted vector alone would take 320 MiB. Snapshots share most
+/// refs blobs (an unchanged tree blob gives the same refs blob); one whose contents are
+/// marked is not read again, and a marked root means the whole snapshot is. Of several
+/// copies of a blob the sweep keeps the first met in a readable pack (the claimed bit);
+/// which copy the index points at does not matter: that pack may have become unreadable
+/// since.
+fn mark(repo: &Repository) -> Result<(LiveSet, std::path::PathBuf), RepoError> {
+    // The writer's own disk, not the (maybe full) backup disk.
+    let dir = if repo.state_dir().is_dir() {
+        repo.state_dir().to_owned()
+    } else {
+        std::env::temp_dir()
+    };
+    let mut live = LiveSetBuilder::new(&dir);
+    for s in repo.snapshots_strict()? {
+        let root = s.snapshot.root;
+        if live.walked(&root) {
+            continue;
+        }
+        for r in repo.read_root(&root)? {
+            if live.walked(&r) {
+                continue;
+            }
+            let (tree, data) = repo.read_refs(&r)?;
+            for id in std::iter::once(tree).chain(data).chain([r]) {
+                live.insert(id).map_err(io(&dir))?;
+            }
+            live.set_walked(r);
+        }
+        live.insert(root).map_err(io(&dir))?;
+        live.set_walked(root);
+    }
+    let live = live.finish().map_err(io(&dir))?;
+    Ok((live, dir))
 }
 
 fn is_no_space(e: &PackError) -> bool {
@@ -472,11 +485,6 @@ fn execute_locked(
             // The index is a cache: a miss later forces a resync.
             Err(e) => tracing::warn!(pack = %p.short(), error = %e, "cannot re-index pack"),
         }
-    }
-    let refs_dir = repo.refs_dir();
-    for r in &plan.refs {
-        lock.ensure_held()?;
-        x.report.refs_removed += remove_file_if_present(&refs_dir.join(r.to_hex()))? as u64;
     }
     let tmp_dir = repo.tmp_dir();
     for t in &plan.tmp {

@@ -3,6 +3,7 @@
 mod common;
 
 use backuphub::check::{Problem, ReadData, check};
+use backuphub::repo::id::Id;
 use common::{archive_paths, noise, test_repo};
 
 #[test]
@@ -39,4 +40,81 @@ fn a_stale_index_never_makes_check_pass() {
             report.problems
         );
     }
+}
+
+/// Stores refs/root blobs (plaintext in every repository) in a new pack, as the archiver
+/// would.
+fn store(repo: &backuphub::repo::Repository, blobs: &[(backuphub::repo::pack::BlobKind, Vec<u8>)]) {
+    use backuphub::repo::crypto::BlobCompressor;
+    use backuphub::repo::pack::PackWriter;
+    let mut w = PackWriter::create(repo.tmp_dir().join("t.pack"), None).unwrap();
+    let mut z = BlobCompressor::new(3).unwrap();
+    let mut payload = Vec::new();
+    for (kind, plain) in blobs {
+        z.compress_into(plain, &mut payload).unwrap();
+        w.add(*kind, backuphub::repo::id::Id::of(plain), &payload)
+            .unwrap();
+    }
+    let (id, entries) = w.finish(&repo.packs_dir()).unwrap();
+    repo.register_pack(id, &entries).unwrap();
+}
+
+#[test]
+fn a_refs_blob_that_does_not_match_its_tree_is_a_problem() {
+    use backuphub::repo::pack::BlobKind;
+    use backuphub::repo::snapshot::{encode_refs, encode_root};
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = test_repo(tmp.path(), 16 << 10, 1 << 20);
+    let data = tmp.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(data.join("f"), noise(200 << 10, 3)).unwrap();
+    let mut snap = archive_paths(&repo, "j", std::slice::from_ref(&data));
+    let blobs: Vec<_> = repo
+        .snapshot_blobs(&snap, |_| false)
+        .unwrap()
+        .map(|r| r.unwrap())
+        .collect();
+    assert_eq!(blobs.len(), 1);
+    assert!(blobs[0].data.len() > 2);
+    // A refs blob that leaves out a chunk the tree uses: prune would delete it.
+    let refs = encode_refs(&blobs[0].tree, &blobs[0].data[1..]);
+    let root = encode_root(&[backuphub::repo::id::Id::of(&refs)]);
+    snap.root = backuphub::repo::id::Id::of(&root);
+    store(&repo, &[(BlobKind::Refs, refs), (BlobKind::Root, root)]);
+    let forged = repo.save_snapshot(&snap).unwrap();
+    let report = check(&repo, ReadData::None).unwrap();
+    assert!(
+        report.problems.iter().any(|p| matches!(p,
+            Problem::DamagedSnapshot { snapshot, what }
+                if *snapshot == forged.short() && what.contains("does not list exactly"))),
+        "{:?}",
+        report.problems
+    );
+    assert_eq!(report.problems.len(), 1, "{:?}", report.problems);
+}
+
+#[test]
+fn a_missing_refs_blob_is_named_with_the_snapshot_using_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = test_repo(tmp.path(), 16 << 10, 1 << 20);
+    let data = tmp.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(data.join("f"), noise(50 << 10, 4)).unwrap();
+    let snap = archive_paths(&repo, "j", std::slice::from_ref(&data));
+    let refs = repo.read_root(&snap.root).unwrap()[0];
+    // A root naming a refs blob that is nowhere.
+    let mut bogus = snap.clone();
+    let root = backuphub::repo::snapshot::encode_root(&[refs, Id::of(b"nowhere")]);
+    bogus.root = Id::of(&root);
+    store(&repo, &[(backuphub::repo::pack::BlobKind::Root, root)]);
+    repo.save_snapshot(&bogus).unwrap();
+    let report = check(&repo, ReadData::All).unwrap();
+    let missing = Id::of(b"nowhere").to_hex();
+    assert!(
+        report.problems.iter().any(|p| matches!(p,
+            Problem::MissingChunk { chunk, used_by }
+                if *chunk == missing && used_by.len() == 1 && used_by[0].contains("its file list"))),
+        "{:?}",
+        report.problems
+    );
 }

@@ -16,7 +16,7 @@ use backuphub::repo::pack::{self, PackWriter};
 use backuphub::restore::cat;
 use backuphub::retention::RetentionPolicy;
 use backuphub::source::local::LocalSource;
-use common::{archive_paths, archive_source, du, noise, test_repo};
+use common::{archive_paths, archive_source, du, noise, test_repo, tree_blobs};
 
 fn open(dir: &Path) -> Repository {
     test_repo(dir, 32768, 512 << 10)
@@ -147,7 +147,12 @@ fn a_readable_copy_is_kept_when_the_indexed_copy_has_become_unreadable() {
     std::fs::write(data.join("f"), noise(200 << 10, 7)).unwrap();
     let snap = backup(&repo, "j", &data);
     // The pack holding the tree blob (each archiver worker writes its own pack).
-    let original = repo.index().get(&snap.tree[0]).unwrap().unwrap().pack;
+    let original = repo
+        .index()
+        .get(&tree_blobs(&repo, &snap)[0])
+        .unwrap()
+        .unwrap()
+        .pack;
 
     // A second copy of every blob (as a crashed repack or two writers leave), which the
     // index then points at…
@@ -165,7 +170,14 @@ fn a_readable_copy_is_kept_when_the_indexed_copy_has_become_unreadable() {
     let (copy, entries) = w.finish(&packs_dir).unwrap();
     assert_ne!(copy, original);
     repo.index().add_pack(copy, &entries).unwrap();
-    assert_eq!(repo.index().get(&snap.tree[0]).unwrap().unwrap().pack, copy);
+    assert_eq!(
+        repo.index()
+            .get(&tree_blobs(&repo, &snap)[0])
+            .unwrap()
+            .unwrap()
+            .pack,
+        copy
+    );
     // … and whose header has since rotted.
     let copy_path = pack::pack_path(&packs_dir, &copy);
     let mut bytes = std::fs::read(&copy_path).unwrap();
@@ -230,7 +242,7 @@ fn prune_racing_concurrent_backups_loses_nothing() {
     let stop = AtomicBool::new(false);
     let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
     let mut rounds = 0;
-    let mut refs_removed = 0;
+    let mut blobs_removed = 0;
     std::thread::scope(|s| {
         // Two jobs back up again and again, each with new data every round.
         for job in ["a", "b"] {
@@ -268,11 +280,11 @@ fn prune_racing_concurrent_backups_loses_nothing() {
                 rounds += 1;
             }
             let x = exclusive(&repo);
-            refs_removed += prune(&repo, &x, false).unwrap().refs_removed;
+            blobs_removed += prune(&repo, &x, false).unwrap().blobs_removed;
         }
         stop.store(true, Ordering::Relaxed);
     });
-    assert!(refs_removed > 0, "prune collected nothing");
+    assert!(blobs_removed > 0, "prune collected nothing");
     assert!(rounds >= 19, "backups did run");
     let report = check(&repo, ReadData::All).unwrap();
     assert!(report.ok(), "{:?}", report.problems);
@@ -284,5 +296,121 @@ fn prune_racing_concurrent_backups_loses_nothing() {
                 repo.read_blob(c).unwrap();
             }
         }
+    }
+}
+
+/// One step of a random history.
+#[derive(Clone, Debug)]
+enum Step {
+    /// A backup of `job` whose changing files are made of the given pool blocks.
+    Backup {
+        job: u8,
+        files: Vec<Vec<u8>>,
+    },
+    /// Forget the remaining snapshot at this index (modulo their number).
+    Forget(usize),
+    Prune,
+}
+
+fn step() -> impl proptest::strategy::Strategy<Value = Step> {
+    use proptest::prelude::*;
+    prop_oneof![
+        3 => (0u8..2, proptest::collection::vec(proptest::collection::vec(0u8..6, 1..4), 1..4))
+            .prop_map(|(job, files)| Step::Backup { job, files }),
+        2 => (0usize..8).prop_map(Step::Forget),
+        1 => Just(Step::Prune),
+    ]
+}
+
+/// Reads every entry of every remaining snapshot back and compares the files written
+/// for it: nothing a remaining snapshot uses may be gone.
+fn assert_all_readable(
+    repo: &Repository,
+    expected: &std::collections::BTreeMap<Id, Vec<(backuphub::repo::tree::EntryPath, Vec<u8>)>>,
+) {
+    for (id, files) in expected {
+        let snap = repo.load_snapshot(id).unwrap();
+        let mut found = 0;
+        for e in repo.entries(&snap) {
+            let e = e.unwrap_or_else(|err| panic!("snapshot {}: {err}", id.short()));
+            let mut content = Vec::new();
+            for c in &e.chunks {
+                content.extend(
+                    repo.read_blob(c)
+                        .unwrap_or_else(|err| panic!("snapshot {} {}: {err}", id.short(), e.path)),
+                );
+            }
+            if let Some((_, want)) = files.iter().find(|(p, _)| *p == e.path) {
+                assert_eq!(&content, want, "{}", e.path);
+                found += 1;
+            }
+        }
+        assert_eq!(found, files.len(), "snapshot {}", id.short());
+    }
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig { cases: 16, .. Default::default() })]
+
+    /// Over random histories (backups sharing chunks, forgets, prunes in between),
+    /// prune never deletes a blob a remaining snapshot uses.
+    #[test]
+    fn prune_never_deletes_what_a_remaining_snapshot_uses(
+        steps in proptest::collection::vec(step(), 1..8)
+    ) {
+        let tmp = tempfile::tempdir().unwrap();
+        // Small chunks and packs: blobs share packs, so prune deletes and repacks.
+        let repo = test_repo(tmp.path(), 1024, 16 << 10);
+        let pool: Vec<Vec<u8>> = (0..6).map(|i| noise(3000, i + 1)).collect();
+        // Files every snapshot has: their tree blobs and refs blobs are shared.
+        let stable = tmp.path().join("stable");
+        std::fs::create_dir_all(&stable).unwrap();
+        for i in 0..300 {
+            std::fs::write(stable.join(format!("{i:04}-{}", "s".repeat(120))), i.to_string()).unwrap();
+        }
+        let mut expected = std::collections::BTreeMap::new();
+        let mut backups = 0;
+        for s in steps.iter().chain([&Step::Backup { job: 0, files: vec![vec![0]] }, &Step::Prune]) {
+            match s {
+                Step::Backup { job, files } => {
+                    let dir = tmp.path().join(format!("job{job}"));
+                    let _ = std::fs::remove_dir_all(&dir);
+                    std::fs::create_dir_all(&dir).unwrap();
+                    let mut written = Vec::new();
+                    for (n, blocks) in files.iter().enumerate() {
+                        let content: Vec<u8> = blocks.iter().flat_map(|b| pool[*b as usize].clone()).collect();
+                        let path = dir.join(format!("f{n}-{backups}"));
+                        std::fs::write(&path, &content).unwrap();
+                        written.push((path.to_str().unwrap().into(), content));
+                    }
+                    let job = format!("j{job}");
+                    let _lock = repo.lock(LockKind::Shared, Some(&job), Duration::from_secs(60)).unwrap();
+                    let mut src = LocalSource::new(&[stable.clone(), dir], &[]).unwrap();
+                    let (id, _) = backuphub::archiver::archive(
+                        &repo, &job, &mut src, &Default::default(),
+                        &AtomicBool::new(false), &|| Ok(()),
+                    ).unwrap();
+                    expected.insert(id, written);
+                    backups += 1;
+                }
+                Step::Forget(i) => {
+                    if !expected.is_empty() {
+                        let id = *expected.keys().nth(i % expected.len()).unwrap();
+                        repo.forget_snapshot(&id).unwrap();
+                        expected.remove(&id);
+                    }
+                }
+                Step::Prune => {
+                    let x = exclusive(&repo);
+                    prune(&repo, &x, false).unwrap();
+                    assert_all_readable(&repo, &expected);
+                }
+            }
+        }
+        let report = check(&repo, ReadData::All).unwrap();
+        proptest::prop_assert!(report.ok(), "{:?}", report.problems);
+        // A second prune finds nothing more: the first removed all garbage it could.
+        let again = prune(&repo, &exclusive(&repo), true).unwrap();
+        proptest::prop_assert_eq!(again.blobs_removed, 0);
     }
 }

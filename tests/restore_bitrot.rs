@@ -139,7 +139,8 @@ fn wide_tree(root: &Path) -> (PathBuf, Repository, Snapshot) {
         std::fs::write(data.join(format!("{i:05}-{pad}")), i.to_string()).unwrap();
     }
     let (repo, snap) = backup(root, &data);
-    assert!(snap.tree.len() >= 3, "{} tree blobs", snap.tree.len());
+    let n = tree_blobs(&repo, &snap).len();
+    assert!(n >= 3, "{n} tree blobs");
     (data, repo, snap)
 }
 
@@ -147,15 +148,16 @@ fn wide_tree(root: &Path) -> (PathBuf, Repository, Snapshot) {
 fn a_damaged_tree_blob_is_listed_and_the_entries_of_the_others_restore() {
     let tmp = tempfile::tempdir().unwrap();
     let (data, repo, snap) = wide_tree(tmp.path());
-    let lost: Vec<EntryPath> = decode_blob(&repo.read_blob(&snap.tree[1]).unwrap())
+    let tree = tree_blobs(&repo, &snap);
+    let lost: Vec<EntryPath> = decode_blob(&repo.read_blob(&tree[1]).unwrap())
         .unwrap()
         .into_iter()
         .map(|e| e.path)
         .collect();
-    let next = decode_blob(&repo.read_blob(&snap.tree[2]).unwrap()).unwrap()[0]
+    let next = decode_blob(&repo.read_blob(&tree[2]).unwrap()).unwrap()[0]
         .path
         .clone();
-    damage_blob(&tmp.path().join("repo"), &snap.tree[1]);
+    damage_blob(&tmp.path().join("repo"), &tree[1]);
 
     let target = tmp.path().join("out");
     let stats = incomplete(restore(&repo, &snap, &target, &RestoreOptions::default()));
@@ -187,13 +189,14 @@ fn a_damaged_tree_blob_is_listed_and_the_entries_of_the_others_restore() {
 fn a_damaged_tree_blob_outside_the_selected_path_does_not_matter() {
     let tmp = tempfile::tempdir().unwrap();
     let (_data, repo, snap) = wide_tree(tmp.path());
+    let tree = tree_blobs(&repo, &snap);
     let first_of = |i: usize| {
-        decode_blob(&repo.read_blob(&snap.tree[i]).unwrap()).unwrap()[0]
+        decode_blob(&repo.read_blob(&tree[i]).unwrap()).unwrap()[0]
             .path
             .clone()
     };
     let (in_damaged, after_damaged) = (first_of(1), first_of(2));
-    damage_blob(&tmp.path().join("repo"), &snap.tree[1]);
+    damage_blob(&tmp.path().join("repo"), &tree[1]);
 
     let only = |p: &EntryPath| RestoreOptions {
         only: Some(p.clone()),

@@ -343,18 +343,14 @@ fn print_plan(plan: &crate::prune::PrunePlan) {
     for u in &plan.unreadable {
         println!("leave unreadable pack {}: {}", u.pack.to_hex(), u.error);
     }
-    for id in &plan.refs {
-        println!("remove reference list {}", id.to_hex());
-    }
     for t in &plan.tmp {
         println!("remove tmp/{t}");
     }
     eprintln!(
-        "dry run: {} packs to delete, {} to repack, {} blobs, {} reference lists, {} temporary files to remove; {} to remove, {} to write, about {} to free",
+        "dry run: {} packs to delete, {} to repack, {} blobs, {} temporary files to remove; {} to remove, {} to write, about {} to free",
         plan.delete.len(),
         plan.repack.len(),
         plan.blobs_removed,
-        plan.refs.len(),
         plan.tmp.len(),
         size(plan.bytes_removed),
         size(plan.bytes_written),

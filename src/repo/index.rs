@@ -11,6 +11,8 @@ use std::path::{Path, PathBuf};
 
 use super::filecache::FileCacheError;
 pub use super::filecache::{FileCacheWriter, Previous};
+mod sets;
+
 use super::id::Id;
 use super::pack::{BlobKind, PackEntry};
 

@@ -5,8 +5,8 @@
 //! <repo>/backuphub.json        format, id, chunker, compression, recipients
 //! <repo>/keys/repo.age         key material, age-encrypted to the recipients
 //! <repo>/packs/xx/<id>         immutable packs, named by BLAKE3 of their bytes
-//! <repo>/snapshots/<id>        manifests, named by BLAKE3 of their bytes
-//! <repo>/refs/<id>             per-snapshot lists of referenced blob ids (plaintext)
+//! <repo>/snapshots/<id>        manifests (format 2: job, time, stats, root blob id),
+//!                              named by BLAKE3 of their bytes
 //! <repo>/locks/<nonce>.json    lock holders
 //! <repo>/tmp/                  writes in progress (garbage after a crash)
 //! <state>/<repo-id>/index/     sled index (a cache)
@@ -40,7 +40,7 @@ use id::{Id, IdHasher};
 use index::{Index, IndexError};
 use lock::{LockError, LockGuard, LockKind};
 use pack::PackError;
-use snapshot::{Details, Snapshot, SnapshotRef};
+use snapshot::{Details, SNAPSHOT_FORMAT, Snapshot, SnapshotRef};
 use tree::Entry;
 
 /// 2: a data key per pack, blobs sealed with an AEAD under it (issue 8). Format 1 (one age
@@ -62,7 +62,6 @@ const DAMAGE_DIR: &str = "damaged";
 const MAX_CONFIG_FILE: u64 = 1 << 20;
 const MAX_KEY_FILE: u64 = 64 << 10;
 const MAX_MANIFEST: u64 = 64 << 20;
-const MAX_REFS_FILE: u64 = 1 << 30;
 const MAX_DAMAGE_RECORD: u64 = 64 << 10;
 /// Upper bound for any blob's plaintext: the largest chunk, or a tree blob with one huge
 /// entry. Protects against decompression bombs in damaged packs.
@@ -260,6 +259,21 @@ struct CachedKey {
 
 /// An unwrapped pack key: (pack, key slot) → key.
 type CachedPackKey = ((Id, u16), Arc<DataKey>);
+
+/// The `format` field alone, to refuse a manifest of another format by name.
+#[derive(Deserialize)]
+struct FormatOnly {
+    format: u32,
+}
+
+/// One refs blob of a snapshot: its id, the tree blob it describes, that tree blob's
+/// data ids (sorted, unique).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RefsBlob {
+    pub id: Id,
+    pub tree: Id,
+    pub data: Vec<Id>,
+}
 
 /// Readable snapshots (oldest first) and damaged manifests with the reason.
 pub type SnapshotListing = (Vec<SnapshotRef>, Vec<(Id, RepoError)>);
@@ -499,6 +513,11 @@ impl Repository {
         &self.config
     }
 
+    /// This repository's directory in the state directory (the writer's own disk).
+    pub fn state_dir(&self) -> &Path {
+        &self.state
+    }
+
     pub fn index(&self) -> &Index {
         &self.index
     }
@@ -607,6 +626,7 @@ impl Repository {
     pub fn rebuild_index(&self) -> Result<(), RepoError> {
         let _serial = self.maintenance.lock().unwrap_or_else(|p| p.into_inner());
         self.index.clear()?;
+        self.index.clear_caches()?;
         self.sync_index_locked()?;
         self.index.flush()?;
         Ok(())
@@ -814,41 +834,6 @@ impl Repository {
             .map_err(|e| RepoError::Corrupt(format!("snapshot details: {e}")))
     }
 
-    pub fn refs_dir(&self) -> PathBuf {
-        self.root.join("refs")
-    }
-
-    /// Writes a snapshot's reference list (sorted ids, 32 bytes each), named by its hash.
-    pub fn save_refs(&self, ids: &mut [Id]) -> Result<Id, RepoError> {
-        ids.sort_unstable();
-        let mut bytes = Vec::with_capacity(ids.len() * 32);
-        for id in ids.iter() {
-            bytes.extend_from_slice(&id.0);
-        }
-        let id = Id::of(&bytes);
-        let dest = self.refs_dir().join(id.to_hex());
-        if !dest.exists() {
-            write_atomic(&self.tmp_dir(), &dest, &bytes)?;
-        }
-        Ok(id)
-    }
-
-    /// Reads a reference list, verifying it against its name.
-    pub fn load_refs(&self, id: &Id) -> Result<Vec<Id>, RepoError> {
-        let path = self.refs_dir().join(id.to_hex());
-        let bytes = read_limited(&path, MAX_REFS_FILE)?;
-        if Id::of(&bytes) != *id || bytes.len() % 32 != 0 {
-            return Err(RepoError::Corrupt(format!(
-                "reference list {} does not match its name",
-                id.short()
-            )));
-        }
-        Ok(bytes
-            .chunks_exact(32)
-            .map(|c| Id::from_slice(c).expect("32 bytes"))
-            .collect())
-    }
-
     /// The MAC of a manifest: keyed BLAKE3 of its JSON without the `mac` field (the
     /// caller has taken it out).
     fn manifest_mac(key: &[u8; 32], unsigned: &Snapshot) -> String {
@@ -877,6 +862,8 @@ impl Repository {
             &self.snapshots_dir().join(id.to_hex()),
             &bytes,
         )?;
+        // Written by us: as verified as a manifest gets.
+        self.cache_snapshot(&id, &snap, true);
         Ok(id)
     }
 
@@ -891,6 +878,14 @@ impl Repository {
         };
         if Id::of(&bytes) != *id {
             return Err(damaged("its content does not match its name".into()));
+        }
+        let format = serde_json::from_slice::<FormatOnly>(&bytes).map(|f| f.format);
+        if let Ok(f) = format
+            && f != SNAPSHOT_FORMAT
+        {
+            return Err(damaged(format!(
+                "manifest format {f} is not supported (this version reads {SNAPSHOT_FORMAT})"
+            )));
         }
         let mut snap: Snapshot =
             serde_json::from_slice(&bytes).map_err(|e| damaged(format!("unreadable: {e}")))?;
@@ -907,16 +902,66 @@ impl Repository {
         Ok(snap)
     }
 
+    /// A manifest from the summary cache, if it is there and was verified as fully as
+    /// this opener can verify (an entry cached by a reader without the MAC key is read
+    /// again by one that has it). The caller knows the file still exists.
+    fn cached_snapshot(&self, id: &Id) -> Option<Snapshot> {
+        let (mac_verified, json) = match self.index.cached_manifest(id) {
+            Ok(found) => found?,
+            Err(e) => {
+                tracing::debug!(error = %e, "snapshot cache unreadable");
+                return None;
+            }
+        };
+        if !mac_verified && self.mac_key.is_some() {
+            return None;
+        }
+        serde_json::from_slice(&json).ok()
+    }
+
+    /// Caches a verified manifest; the cache is best effort.
+    fn cache_snapshot(&self, id: &Id, snap: &Snapshot, mac_verified: bool) {
+        let json = serde_json::to_vec(snap).expect("snapshot serializes");
+        if let Err(e) = self.index.cache_manifest(id, mac_verified, &json) {
+            tracing::debug!(error = %e, "snapshot not cached");
+        }
+    }
+
     /// Every snapshot, readable or not: the readable ones oldest first, and the ids of
     /// damaged manifests with why. Listings show both; nothing is skipped in silence.
+    ///
+    /// Which snapshots exist is read from `snapshots/` every time; what they say comes
+    /// from the summary cache when it holds them (a manifest is immutable and named by
+    /// its hash, and was verified when cached), else from the file, verified, then
+    /// cached. Failures are never cached, and entries whose file is gone are dropped.
     pub fn snapshots_and_damaged(&self) -> Result<SnapshotListing, RepoError> {
         let mut ok = Vec::new();
         let mut bad = Vec::new();
-        for id in self.snapshot_ids()? {
-            match self.load_snapshot(&id) {
-                Ok(snapshot) => ok.push(SnapshotRef { id, snapshot }),
-                Err(e) => bad.push((id, e)),
+        let ids = self.snapshot_ids()?;
+        for &id in &ids {
+            if let Some(snapshot) = self.cached_snapshot(&id) {
+                ok.push(SnapshotRef { id, snapshot });
+                continue;
             }
+            match self.load_snapshot(&id) {
+                Ok(snapshot) => {
+                    self.cache_snapshot(&id, &snapshot, self.mac_key.is_some());
+                    ok.push(SnapshotRef { id, snapshot })
+                }
+                Err(e) => {
+                    let _ = self.index.uncache_manifest(&id);
+                    bad.push((id, e))
+                }
+            }
+        }
+        let on_disk: HashSet<Id> = ids.into_iter().collect();
+        match self.index.cached_manifest_ids() {
+            Ok(cached) => {
+                for gone in cached.iter().filter(|c| !on_disk.contains(c)) {
+                    let _ = self.index.uncache_manifest(gone);
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "snapshot cache unreadable"),
         }
         ok.sort_by(|a, b| a.snapshot.time.cmp(&b.snapshot.time).then(a.id.cmp(&b.id)));
         Ok((ok, bad))
@@ -958,6 +1003,8 @@ impl Repository {
     pub fn forget_snapshot(&self, id: &Id) -> Result<(), RepoError> {
         let path = self.snapshots_dir().join(id.to_hex());
         std::fs::remove_file(&path).map_err(io_err(&path))?;
+        // Listings would drop it anyway (existence comes from the directory).
+        let _ = self.index.uncache_manifest(id);
         fsync_dir(&self.snapshots_dir()).map_err(io_err(&path))
     }
 
@@ -1013,33 +1060,88 @@ impl Repository {
         }
     }
 
-    /// Streams a snapshot's entries in path order, one tree blob in memory at a time.
-    pub fn entries<'a>(
-        &'a self,
-        snap: &'a Snapshot,
-    ) -> impl Iterator<Item = Result<Entry, RepoError>> + 'a {
-        snap.tree.iter().flat_map(move |blob_id| {
-            let decoded: Vec<Result<Entry, RepoError>> = match self.read_blob(blob_id) {
-                Ok(blob) => match tree::decode_blob(&blob) {
-                    Ok(entries) => entries.into_iter().map(Ok).collect(),
-                    Err(e) => vec![Err(RepoError::Corrupt(format!(
-                        "tree blob {}: {e}",
-                        blob_id.short()
-                    )))],
-                },
-                Err(e) => vec![Err(e)],
-            };
-            decoded
-        })
+    /// Reads a snapshot's root blob: its refs blob ids in tree order.
+    pub fn read_root(&self, root: &Id) -> Result<Vec<Id>, RepoError> {
+        snapshot::decode_root(&self.read_blob(root)?)
+            .map_err(|e| RepoError::Corrupt(format!("root blob {}: {e}", root.short())))
     }
 
-    /// Total bytes of pack files (for status).
+    /// Reads a refs blob: the tree blob it describes and that tree blob's data ids.
+    pub fn read_refs(&self, refs: &Id) -> Result<(Id, Vec<Id>), RepoError> {
+        snapshot::decode_refs(&self.read_blob(refs)?)
+            .map_err(|e| RepoError::Corrupt(format!("refs blob {}: {e}", refs.short())))
+    }
+
+    /// Reads and decodes one tree blob.
+    pub fn read_tree(&self, tree: &Id) -> Result<Vec<Entry>, RepoError> {
+        tree::decode_blob(&self.read_blob(tree)?)
+            .map_err(|e| RepoError::Corrupt(format!("tree blob {}: {e}", tree.short())))
+    }
+
+    /// Streams the blobs a snapshot names, one refs blob at a time, without the identity
+    /// (refs and root blobs are plaintext): for check and prune. Refs blobs for which
+    /// `skip` says true are not read (prune's mark has them already). An unreadable
+    /// root is the error returned; an unreadable refs blob is an error item.
+    pub fn snapshot_blobs<'a, F: FnMut(&Id) -> bool + 'a>(
+        &'a self,
+        snap: &Snapshot,
+        mut skip: F,
+    ) -> Result<impl Iterator<Item = Result<RefsBlob, RepoError>> + use<'a, F>, RepoError> {
+        let refs = self.read_root(&snap.root)?;
+        Ok(refs.into_iter().filter(move |r| !skip(r)).map(move |id| {
+            let (tree, data) = self.read_refs(&id)?;
+            Ok(RefsBlob { id, tree, data })
+        }))
+    }
+
+    /// Streams a snapshot's entries in path order: root → refs blob → tree blob →
+    /// entries, one tree blob in memory at a time. A part that cannot be read is one
+    /// error item, and the stream goes on with the next tree blob.
+    pub fn entries<'a>(
+        &'a self,
+        snap: &Snapshot,
+    ) -> impl Iterator<Item = Result<Entry, RepoError>> + use<'a> {
+        let (refs, root_error) = match self.read_root(&snap.root) {
+            Ok(refs) => (refs, None),
+            Err(e) => (Vec::new(), Some(e)),
+        };
+        root_error
+            .map(Err)
+            .into_iter()
+            .chain(refs.into_iter().flat_map(move |r| {
+                let decoded: Vec<Result<Entry, RepoError>> = match self
+                    .read_refs(&r)
+                    .and_then(|(tree, _)| self.read_tree(&tree))
+                {
+                    Ok(entries) => entries.into_iter().map(Ok).collect(),
+                    Err(e) => vec![Err(e)],
+                };
+                decoded
+            }))
+    }
+
+    /// Total bytes of pack files (for status), from the packs seen at the last sync.
+    /// Sizes are cached in the index (a pack's name is its hash: its size never
+    /// changes), so only packs new since the last call are stat'ed.
     pub fn packs_size(&self) -> Result<u64, RepoError> {
+        let packs = self
+            .packs_on_disk
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         let mut total = 0;
-        for id in self.list_packs()? {
-            let p = pack::pack_path(&self.packs_dir(), &id);
-            total += std::fs::metadata(&p).map_err(io_err(&p))?.len();
+        for id in &packs {
+            total += match self.index.pack_size(id)? {
+                Some(size) => size,
+                None => {
+                    let p = pack::pack_path(&self.packs_dir(), id);
+                    let size = std::fs::metadata(&p).map_err(io_err(&p))?.len();
+                    self.index.set_pack_size(id, size)?;
+                    size
+                }
+            };
         }
+        self.index.retain_pack_sizes(&|id| packs.contains(id))?;
         Ok(total)
     }
 
@@ -1154,16 +1256,7 @@ impl Repository {
 }
 
 /// The directories of a repository; `init` makes them before it writes the config.
-const SKELETON: [&str; 8] = [
-    "",
-    "keys",
-    "packs",
-    "snapshots",
-    "refs",
-    "locks",
-    "tmp",
-    DAMAGE_DIR,
-];
+const SKELETON: [&str; 7] = ["", "keys", "packs", "snapshots", "locks", "tmp", DAMAGE_DIR];
 
 /// Whether `root` is empty, or holds only what an interrupted `init` leaves: the skeleton
 /// directories, key files and temporary files, no config and no data. Anything else

@@ -49,9 +49,9 @@ pub const MAX_PACK_BLOBS: usize = 10_000;
 pub enum BlobKind {
     Data = 0,
     Tree = 1,
-    /// A tree blob's references (plaintext, id = plain BLAKE3 of the content).
+    /// A tree blob's id and the data ids its entries use (format 2, plaintext).
     Refs = 2,
-    /// A snapshot's list of refs blobs (plaintext, id = plain BLAKE3 of the content).
+    /// A snapshot's refs blob ids in tree order (format 2, plaintext).
     Root = 3,
 }
 

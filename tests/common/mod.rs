@@ -308,3 +308,14 @@ pub fn damage_oldest_pack(env: &Env) {
     }
     std::fs::write(&packs[0], &bytes).unwrap();
 }
+
+/// A snapshot's tree blob ids in order (format 2: root → refs blobs → tree ids).
+pub fn tree_blobs(
+    repo: &backuphub::repo::Repository,
+    snap: &backuphub::repo::snapshot::Snapshot,
+) -> Vec<backuphub::repo::id::Id> {
+    repo.snapshot_blobs(snap, |_| false)
+        .unwrap()
+        .map(|r| r.unwrap().tree)
+        .collect()
+}
