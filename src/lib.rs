@@ -19,7 +19,7 @@
 //! - [`retention`], [`schedule`]: pure planning of what to keep and when to run.
 //! - [`redact`]: keeping secrets out of errors and logs; [`error`]: the one table of
 //!   error kinds (metric labels, status API).
-//! - [`cli`], [`logging`]: the binary's edge.
+//! - [`cli`], [`logging`], [`memory`]: the binary's edge (allocator settings for a Pi).
 
 pub mod archiver;
 pub mod check;
@@ -30,6 +30,7 @@ pub mod daemon;
 pub mod error;
 pub mod http;
 pub mod logging;
+pub mod memory;
 pub mod metrics;
 pub mod prune;
 pub mod redact;

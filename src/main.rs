@@ -3,6 +3,7 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
+    backuphub::memory::tune_allocator();
     let cli = backuphub::cli::Cli::parse();
     match backuphub::cli::run(cli) {
         Ok(code) => ExitCode::from(code),
