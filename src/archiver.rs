@@ -118,11 +118,12 @@ impl Shared {
 type Work = (BlobKind, Id, Vec<u8>);
 
 /// One worker: compresses with its own zstd context and seals into its own pack, under a
-/// key only it holds; finishes the pack when full and at the end. A failure leaves the
-/// open pack unfinished (dropping the writer removes it).
+/// key only it holds; hands the pack to the finisher when full and at the end. A failure
+/// leaves the open pack unfinished (dropping the writer removes it).
 fn worker(
     repo: &Repository,
     rx: crossbeam_channel::Receiver<Work>,
+    finish: crossbeam_channel::Sender<PackWriter>,
     shared: &Shared,
     progress: &Progress,
 ) {
@@ -149,15 +150,18 @@ fn worker(
                 pack = Some(PackWriter::create(tmp, repo.sealer().new_pack_key()?)?);
             }
             let w = pack.as_mut().expect("just created");
-            let stored = w.add(kind, id, &payload)?;
+            let stored = w.add_in_place(kind, id, &mut payload)?;
             shared.stored_bytes.fetch_add(stored, Ordering::Relaxed);
             progress.stored_bytes.fetch_add(stored, Ordering::Relaxed);
             shared
                 .new_bytes
                 .fetch_add(data.len() as u64, Ordering::Relaxed);
             shared.new_chunks.fetch_add(1, Ordering::Relaxed);
-            if w.is_full(repo.config().pack_size) {
-                finish_pack(repo, pack.take().expect("present"), shared)?;
+            if w.is_full(repo.config().pack_size)
+                && finish.send(pack.take().expect("present")).is_err()
+            {
+                // The finisher is gone only after a failure, which is reported already.
+                shared.failed.store(true, Ordering::Relaxed);
             }
             Ok::<(), RepoError>(())
         })();
@@ -167,9 +171,23 @@ fn worker(
     }
     if let Some(w) = pack.filter(|w| !w.is_empty())
         && !shared.failed.load(Ordering::Relaxed)
-        && let Err(e) = finish_pack(repo, w, shared)
     {
-        shared.fail(e.into());
+        let _ = finish.send(w);
+    }
+}
+
+/// Makes full packs durable and registers them (fsync, rename, index), apart from the
+/// workers: an fsync of a 32 MiB pack waits for the disk, and a worker waiting for it
+/// would leave a core idle (measured on 700 MB of large files: about a tenth of the wall
+/// time). After a failure the packs are dropped unfinished, which removes them.
+fn finisher(repo: &Repository, rx: crossbeam_channel::Receiver<PackWriter>, shared: &Shared) {
+    for w in rx {
+        if shared.failed.load(Ordering::Relaxed) {
+            continue;
+        }
+        if let Err(e) = finish_pack(repo, w, shared) {
+            shared.fail(e.into());
+        }
     }
 }
 
@@ -213,14 +231,21 @@ pub fn archive(
 
     let walked = std::thread::scope(|s| {
         let (tx, rx) = crossbeam_channel::bounded::<Work>(workers * 2);
+        let (finish_tx, finish_rx) = crossbeam_channel::bounded::<PackWriter>(workers);
         let handles: Vec<_> = (0..workers)
             .map(|_| {
                 let rx = rx.clone();
+                let finish = finish_tx.clone();
                 let shared = &shared;
-                s.spawn(move || worker(repo, rx, shared, progress))
+                s.spawn(move || worker(repo, rx, finish, shared, progress))
             })
             .collect();
         drop(rx);
+        drop(finish_tx);
+        let finishing = {
+            let shared = &shared;
+            s.spawn(move || finisher(repo, finish_rx, shared))
+        };
         let mut walk = Walk {
             repo,
             hasher: &hasher,
@@ -251,7 +276,8 @@ pub fn archive(
             shared.failed.store(true, Ordering::Relaxed);
         }
         drop(tx);
-        for h in handles {
+        // The workers hand over their last packs as they end; the finisher ends after.
+        for h in handles.into_iter().chain([finishing]) {
             if h.join().is_err() {
                 // A bug, not damage: reporting it as `corrupt` would send the operator
                 // looking at the disk.

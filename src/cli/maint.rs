@@ -29,7 +29,7 @@ pub(super) struct InitArgs {
     #[arg(long, default_value_t = 3)]
     compression_level: i32,
     /// Average chunk size (min is half, max eight times); fixed for the repository's life.
-    #[arg(long, default_value = "1MiB")]
+    #[arg(long, default_value = "512KiB")]
     chunk_size: bytesize::ByteSize,
     /// Target size of pack files.
     #[arg(long, default_value = "32MiB")]

@@ -133,7 +133,9 @@ impl PackWriter {
         })?;
         let mut w = PackWriter {
             tmp_path,
-            out: BufWriter::with_capacity(1 << 20, file),
+            // Small: blobs of a chunk's size bypass it (BufWriter writes large buffers
+            // straight through), so only small blobs and the header are copied into it.
+            out: BufWriter::with_capacity(64 << 10, file),
             hasher: blake3::Hasher::new(),
             key: None,
             keys: Vec::new(),
@@ -212,27 +214,33 @@ impl PackWriter {
     /// when it has one and the kind is sealed. Returns the bytes it takes in the pack.
     pub fn add(&mut self, kind: BlobKind, id: Id, payload: &[u8]) -> Result<u64, PackError> {
         let mut buf = std::mem::take(&mut self.buf);
-        let result = (|| {
-            let (bytes, key) = match &self.key {
-                Some(k) if kind.sealed() => {
-                    buf.clear();
-                    buf.extend_from_slice(payload);
-                    k.key()
-                        .seal_in_place(kind as u8, &id.0, &mut buf)
-                        .map_err(|error| PackError::Crypto {
-                            path: self.tmp_path.clone(),
-                            error,
-                        })?;
-                    (&buf[..], 0)
-                }
-                _ => (payload, 0),
-            };
-            self.push_entry(kind, id, bytes.len(), key)?;
-            self.write(bytes)?;
-            Ok(bytes.len() as u64)
-        })();
+        buf.clear();
+        buf.extend_from_slice(payload);
+        let result = self.add_in_place(kind, id, &mut buf);
         self.buf = buf;
         result
+    }
+
+    /// [`add`](Self::add) for a payload the caller no longer needs: it is sealed where it
+    /// lies (no copy of every byte the archiver stores); `payload` then holds the sealed
+    /// blob.
+    pub fn add_in_place(
+        &mut self,
+        kind: BlobKind,
+        id: Id,
+        payload: &mut Vec<u8>,
+    ) -> Result<u64, PackError> {
+        if let Some(k) = self.key.as_ref().filter(|_| kind.sealed()) {
+            k.key()
+                .seal_in_place(kind as u8, &id.0, payload)
+                .map_err(|error| PackError::Crypto {
+                    path: self.tmp_path.clone(),
+                    error,
+                })?;
+        }
+        self.push_entry(kind, id, payload.len(), 0)?;
+        self.write(payload)?;
+        Ok(payload.len() as u64)
     }
 
     /// Copies a blob sealed elsewhere as it is, with the wrapped key it was sealed under
