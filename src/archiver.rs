@@ -115,13 +115,27 @@ impl Shared {
     }
 }
 
-type Work = (BlobKind, Id, Vec<u8>);
+/// What the workers get: a blob whose id the walker computed (trees, refs, root, small
+/// chunks), or a large chunk to hash first. Hashing large chunks in the workers keeps the
+/// walker to reading and cutting: on two cores, a walker that also hashed every byte was
+/// the pipeline's bottleneck whenever most chunks were dedup hits.
+enum Work {
+    Blob(BlobKind, Id, Vec<u8>),
+    /// The worker sends the id back first, then stores the chunk unless this run or the
+    /// repository has it already.
+    Chunk(Vec<u8>, crossbeam_channel::Sender<Id>),
+}
+
+/// Chunks at least this large are hashed by a worker; smaller ones (a small file is one
+/// chunk) by the walker, where a round trip to a worker would cost more than the hash.
+const HASH_IN_WORKER_MIN: usize = 64 << 10;
 
 /// One worker: compresses with its own zstd context and seals into its own pack, under a
 /// key only it holds; hands the pack to the finisher when full and at the end. A failure
 /// leaves the open pack unfinished (dropping the writer removes it).
 fn worker(
     repo: &Repository,
+    hasher: &IdHasher,
     rx: crossbeam_channel::Receiver<Work>,
     finish: crossbeam_channel::Sender<PackWriter>,
     shared: &Shared,
@@ -136,12 +150,29 @@ fn worker(
             None
         }
     };
-    for (kind, id, data) in rx {
+    for work in rx {
         if shared.failed.load(Ordering::Relaxed) {
-            continue; // drain, so the sender never blocks on a dead pipeline
+            // Drain, so the sender never blocks on a dead pipeline (a dropped reply
+            // tells the walker to stop).
+            continue;
         }
         let Some(compressor) = compressor.as_mut() else {
             continue;
+        };
+        let (kind, id, data) = match work {
+            Work::Blob(kind, id, data) => (kind, id, data),
+            Work::Chunk(data, reply) => {
+                let id = hasher.id(&data);
+                let _ = reply.send(id);
+                match claim(repo, shared, id) {
+                    Ok(true) => (BlobKind::Data, id, data),
+                    Ok(false) => continue,
+                    Err(e) => {
+                        shared.fail(e.into());
+                        continue;
+                    }
+                }
+            }
         };
         let result = (|| {
             compressor.compress_into(&data, &mut payload)?;
@@ -174,6 +205,21 @@ fn worker(
     {
         let _ = finish.send(w);
     }
+}
+
+/// Claims `id` for storing: false when the repository has it or this run queued it
+/// already. An id stays in `pending` until its pack is registered, so it is always in one
+/// or the other once claimed; a pack registered between the two checks only costs a
+/// duplicate copy, which prune removes.
+fn claim(repo: &Repository, shared: &Shared, id: Id) -> Result<bool, RepoError> {
+    if repo.has_blob(&id)? {
+        return Ok(false);
+    }
+    Ok(shared
+        .pending
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(id))
 }
 
 /// Makes full packs durable and registers them (fsync, rename, index), apart from the
@@ -237,7 +283,8 @@ pub fn archive(
                 let rx = rx.clone();
                 let finish = finish_tx.clone();
                 let shared = &shared;
-                s.spawn(move || worker(repo, rx, finish, shared, progress))
+                let hasher = &hasher;
+                s.spawn(move || worker(repo, hasher, rx, finish, shared, progress))
             })
             .collect();
         drop(rx);
@@ -385,17 +432,9 @@ impl Walk<'_, '_> {
 
     /// Queues a blob unless the repository or this run already has it.
     fn store(&mut self, kind: BlobKind, id: Id, data: Vec<u8>) -> Result<(), ArchiveError> {
-        if !self.known(&id)? {
-            // Only this thread inserts, so nothing slips in between the check and here.
-            self.shared
-                .pending
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(id);
-            // A send fails only when every worker is gone, i.e. after a failure.
-            if self.tx.send((kind, id, data)).is_err() {
-                return Err(ArchiveError::Cancelled);
-            }
+        // A send fails only when every worker is gone, i.e. after a failure.
+        if claim(self.repo, self.shared, id)? && self.tx.send(Work::Blob(kind, id, data)).is_err() {
+            return Err(ArchiveError::Cancelled);
         }
         Ok(())
     }
@@ -538,6 +577,8 @@ impl Walk<'_, '_> {
             };
             let mut size = 0u64;
             let mut error = None;
+            // Large chunks hashed by workers: (index in `entry.chunks`, the id to come).
+            let mut inflight = std::collections::VecDeque::new();
             for chunk in params.chunks(reader, self.seed) {
                 self.check()?;
                 let data = match chunk {
@@ -549,15 +590,29 @@ impl Walk<'_, '_> {
                         break;
                     }
                 };
-                let id = self.hasher.id(&data);
                 size += data.len() as u64;
                 self.stats.read_bytes += data.len() as u64;
                 self.progress
                     .read_bytes
                     .fetch_add(data.len() as u64, Ordering::Relaxed);
-                entry.chunks.push(id);
-                self.store(BlobKind::Data, id, data)?;
+                if data.len() >= HASH_IN_WORKER_MIN {
+                    let (reply, id) = crossbeam_channel::bounded(1);
+                    inflight.push_back((entry.chunks.len(), id));
+                    entry.chunks.push(Id([0; 32]));
+                    if self.tx.send(Work::Chunk(data, reply)).is_err() {
+                        return Err(ArchiveError::Cancelled);
+                    }
+                    // A few ids outstanding at most: the channel bounds the data anyway.
+                    if inflight.len() > MAX_INFLIGHT_IDS {
+                        resolve(&mut inflight, &mut entry.chunks, 1)?;
+                    }
+                } else {
+                    let id = self.hasher.id(&data);
+                    entry.chunks.push(id);
+                    self.store(BlobKind::Data, id, data)?;
+                }
             }
+            resolve(&mut inflight, &mut entry.chunks, usize::MAX)?;
             if let Some(e) = error {
                 if last {
                     tracing::warn!(path = %entry.path, error = %e, "read failed");
@@ -625,6 +680,25 @@ impl Walk<'_, '_> {
         self.store(BlobKind::Root, id, root)?;
         Ok(id)
     }
+}
+
+/// Ids a reading entry may have outstanding with the workers.
+const MAX_INFLIGHT_IDS: usize = 16;
+
+/// Fills in up to `n` of the ids workers are computing, oldest first. A worker that
+/// dropped the reply (the pipeline failed) ends the run; the caller collects the error.
+fn resolve(
+    inflight: &mut std::collections::VecDeque<(usize, crossbeam_channel::Receiver<Id>)>,
+    chunks: &mut [Id],
+    n: usize,
+) -> Result<(), ArchiveError> {
+    for _ in 0..n {
+        let Some((at, rx)) = inflight.pop_front() else {
+            break;
+        };
+        chunks[at] = rx.recv().map_err(|_| ArchiveError::Cancelled)?;
+    }
+    Ok(())
 }
 
 /// A content reader that stops at the next `read` once the run is cancelled or has

@@ -358,7 +358,8 @@ impl BlobCompressor {
         let stride = raw.len() / PROBE_SLICES;
         for i in 0..PROBE_SLICES {
             let at = i * stride;
-            self.sample.extend_from_slice(&raw[at..at + PROBE_SLICE.min(stride)]);
+            self.sample
+                .extend_from_slice(&raw[at..at + PROBE_SLICE.min(stride)]);
         }
         match self.probe.compress(&self.sample) {
             Ok(c) => c.len() * 100 >= self.sample.len() * 97,
