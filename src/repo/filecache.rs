@@ -156,7 +156,7 @@ impl Previous {
     pub fn open(dir: &Path, job: &str, usable: Box<dyn Fn(&Id) -> bool + Send>) -> Previous {
         let path = cache_path(dir, job);
         let reader = File::open(&path)
-            .and_then(|f| zstd::Decoder::new(f))
+            .and_then(zstd::Decoder::new)
             .map_err(|e| {
                 if e.kind() != std::io::ErrorKind::NotFound {
                     tracing::warn!(path = %path.display(), error = %e, "file cache unreadable; reading everything afresh");
