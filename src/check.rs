@@ -244,7 +244,6 @@ pub fn execute(repo: &Repository, plan: &CheckPlan) -> Result<CheckReport, RepoE
     // without a second set of ids.
     let mut visited = vec![false; on_disk.len()];
     let mut missing: BTreeSet<Id> = BTreeSet::new();
-    let mut sealed_refs = false;
     for (id, s) in &snaps {
         let damaged = |what: String| Problem::DamagedSnapshot {
             snapshot: id.short(),
@@ -259,12 +258,8 @@ pub fn execute(repo: &Repository, plan: &CheckPlan) -> Result<CheckReport, RepoE
         }
         let refs = match repo.read_root(&s.root) {
             Ok(r) => r,
-            // Only while refs and root blobs are still sealed (before the plaintext
-            // pack format): without the identity they cannot be walked.
-            Err(RepoError::Crypto(_)) if !can_open => {
-                sealed_refs = true;
-                continue;
-            }
+            // Roots and refs are plaintext in every repository: one that needs a key is
+            // not what the manifest says it is.
             Err(e) => {
                 report.problems.push(damaged(e.to_string()));
                 continue;
@@ -310,13 +305,6 @@ pub fn execute(repo: &Repository, plan: &CheckPlan) -> Result<CheckReport, RepoE
                     .push(damaged(format!("tree unreadable: {e}"))),
             }
         }
-    }
-
-    if sealed_refs {
-        report.notes.push(
-            "the snapshots' refs blobs are sealed: without --identity only their roots were found"
-                .into(),
-        );
     }
 
     // Name who is affected: walk the snapshots once more, only when something is wrong.

@@ -206,6 +206,38 @@ fn a_readable_copy_is_kept_when_the_indexed_copy_has_become_unreadable() {
 }
 
 #[test]
+fn a_lost_pack_holding_a_snapshots_root_fails_prune_instead_of_hanging() {
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = open(tmp.path());
+    let data = tmp.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(data.join("f"), noise(300 << 10, 1)).unwrap();
+    let snap = backup(&repo, "j", &data);
+    // The pack holding the root goes (a lost file); the next sync forgets it.
+    let holder = repo.index().get(&snap.root).unwrap().unwrap().pack;
+    std::fs::remove_file(pack::pack_path(&repo.packs_dir(), &holder)).unwrap();
+    repo.sync_index().unwrap();
+    let before = packs(&repo);
+    let lock = exclusive(&repo);
+    // Prune marks through the read path that, on a miss, syncs the index: inside prune's
+    // own maintenance section that must not wait for itself.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let _ = tx.send(prune(&repo, &lock, false).map(|_| ()));
+        });
+        let Ok(result) = rx.recv_timeout(Duration::from_secs(60)) else {
+            // The hung thread cannot be joined: fail the whole test binary instead.
+            eprintln!("prune hung on a missing root");
+            std::process::exit(101);
+        };
+        let err = result.expect_err("a snapshot's root is missing: prune must not go on");
+        assert!(err.to_string().contains("missing"), "{err}");
+    });
+    assert_eq!(packs(&repo), before, "nothing was deleted");
+}
+
+#[test]
 fn prune_deletes_nothing_once_its_lock_was_broken() {
     let tmp = tempfile::tempdir().unwrap();
     let repo = open(tmp.path());

@@ -693,8 +693,18 @@ impl Repository {
         let first = match self.index.get(id)? {
             Some(l) => Some(l),
             None => {
-                // Another process may have written the pack since the last sync.
-                self.sync_index()?;
+                // Another process may have written the pack since the last sync. Not when
+                // this process holds the maintenance lock: prune marks through here right
+                // after its own sync, and locking again would deadlock it (with its
+                // exclusive lock held, every backup would queue behind it for good).
+                let guard = match self.maintenance.try_lock() {
+                    Ok(g) => Some(g),
+                    Err(std::sync::TryLockError::Poisoned(p)) => Some(p.into_inner()),
+                    Err(std::sync::TryLockError::WouldBlock) => None,
+                };
+                if let Some(_serial) = guard {
+                    self.sync_index_locked()?;
+                }
                 self.index.get(id)?
             }
         };
