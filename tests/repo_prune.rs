@@ -97,11 +97,16 @@ fn the_plan_is_what_prune_does_and_freed_bytes_are_net_of_repacking() {
     let repo = open(tmp.path());
     let data = tmp.path().join("data");
     std::fs::create_dir_all(&data).unwrap();
-    // One pack holds a big file that goes and a small one that stays: it is repacked.
-    std::fs::write(data.join("a"), noise(400 << 10, 1)).unwrap();
-    std::fs::write(data.join("b"), noise(60 << 10, 2)).unwrap();
+    // Packs holding files that go and files that stay get repacked. Each archiver worker
+    // fills its own pack, so many small files of both kinds make sure packs are mixed.
+    for i in 0..30u64 {
+        std::fs::write(data.join(format!("f{i:02}-keep")), noise(8 << 10, 100 + i)).unwrap();
+        std::fs::write(data.join(format!("f{i:02}-drop")), noise(40 << 10, 200 + i)).unwrap();
+    }
     backup(&repo, "j", &data);
-    std::fs::write(data.join("a"), noise(400 << 10, 3)).unwrap();
+    for i in 0..30u64 {
+        std::fs::write(data.join(format!("f{i:02}-drop")), noise(40 << 10, 300 + i)).unwrap();
+    }
     backup(&repo, "j", &data);
     forget(&repo, "j", &keep_last(1), chrono_tz::UTC, false).unwrap();
 
