@@ -163,7 +163,7 @@ impl<R: Read> Iterator for Chunks<R> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     fn small() -> ChunkerParams {
@@ -174,7 +174,7 @@ mod tests {
         }
     }
 
-    fn pseudo_random(n: usize, mut x: u64) -> Vec<u8> {
+    pub(crate) fn pseudo_random(n: usize, mut x: u64) -> Vec<u8> {
         (0..n)
             .map(|_| {
                 x ^= x << 13;

@@ -106,6 +106,24 @@ pub struct PackHeader {
     pub entries: Vec<PackEntry>,
 }
 
+impl PackError {
+    /// A constructor of `Damaged` errors naming `path`, for a reader's checks.
+    fn damaged_at(path: &Path) -> impl Fn(String) -> PackError + Copy + '_ {
+        move |what| PackError::Damaged {
+            path: path.to_owned(),
+            what,
+        }
+    }
+
+    /// A constructor of `Io` errors naming `path`.
+    fn io_at(path: &Path) -> impl Fn(std::io::Error) -> PackError + Copy + '_ {
+        move |error| PackError::Io {
+            path: path.to_owned(),
+            error,
+        }
+    }
+}
+
 /// Writes one pack under a temporary name; `finish` makes it durable and visible.
 pub struct PackWriter {
     tmp_path: PathBuf,
@@ -353,14 +371,8 @@ fn encode_header(keys: &[Vec<u8>], entries: &[PackEntry]) -> Vec<u8> {
 
 /// Where a pack's header lies, from its trailer: (header start, header length, digest).
 fn locate_header(f: &mut File, path: &Path) -> Result<(u64, u64, [u8; 32]), PackError> {
-    let damaged = |what: String| PackError::Damaged {
-        path: path.to_owned(),
-        what,
-    };
-    let io = |error| PackError::Io {
-        path: path.to_owned(),
-        error,
-    };
+    let damaged = PackError::damaged_at(path);
+    let io = PackError::io_at(path);
     let len = f.metadata().map_err(io)?.len();
     if len < (MAGIC.len() + TRAILER_LEN) as u64 {
         return Err(damaged(format!("only {len} bytes long")));
@@ -402,14 +414,8 @@ fn parse_keys(
     limit: u16,
     path: &Path,
 ) -> Result<(u16, Vec<Vec<u8>>, u64), PackError> {
-    let damaged = |what: String| PackError::Damaged {
-        path: path.to_owned(),
-        what,
-    };
-    let io = |error| PackError::Io {
-        path: path.to_owned(),
-        error,
-    };
+    let damaged = PackError::damaged_at(path);
+    let io = PackError::io_at(path);
     let mut two = [0u8; 2];
     r.read_exact(&mut two).map_err(io)?;
     let count = u16::from_le_bytes(two);
@@ -443,14 +449,8 @@ pub fn read_header(path: &Path) -> Result<Vec<PackEntry>, PackError> {
 
 /// Reads and validates a pack's header, with its key table.
 pub fn read_full_header(path: &Path) -> Result<PackHeader, PackError> {
-    let damaged = |what: String| PackError::Damaged {
-        path: path.to_owned(),
-        what,
-    };
-    let io = |error| PackError::Io {
-        path: path.to_owned(),
-        error,
-    };
+    let damaged = PackError::damaged_at(path);
+    let io = PackError::io_at(path);
     let mut f = File::open(path).map_err(io)?;
     let (header_start, header_len, digest) = locate_header(&mut f, path)?;
     let mut header = vec![0u8; header_len as usize];
@@ -508,14 +508,8 @@ pub fn read_full_header(path: &Path) -> Result<PackHeader, PackError> {
 /// header's checksum is not verified here (that needs the whole header): a damaged key
 /// fails to unwrap, or opens no blob.
 pub fn read_wrapped_key(file: &File, path: &Path, slot: u16) -> Result<Vec<u8>, PackError> {
-    let damaged = |what: String| PackError::Damaged {
-        path: path.to_owned(),
-        what,
-    };
-    let io = |error| PackError::Io {
-        path: path.to_owned(),
-        error,
-    };
+    let damaged = PackError::damaged_at(path);
+    let io = PackError::io_at(path);
     let mut f = file.try_clone().map_err(io)?;
     let (header_start, header_len, _) = locate_header(&mut f, path)?;
     f.seek(SeekFrom::Start(header_start)).map_err(io)?;
