@@ -223,6 +223,7 @@ fn default_tz() -> chrono_tz::Tz {
 pub enum JobKind {
     Path(PathJob),
     Command(CommandJob),
+    Postgres(crate::kinds::postgres::PostgresJob),
 }
 
 impl JobKind {
@@ -230,6 +231,7 @@ impl JobKind {
         match self {
             JobKind::Path(_) => "path",
             JobKind::Command(_) => "command",
+            JobKind::Postgres(_) => "postgres",
         }
     }
 }
@@ -348,6 +350,27 @@ impl Config {
             {
                 return empty(job_key(name, "paths").at(i));
             }
+            if let JobKind::Postgres(p) = &job.kind {
+                if p.password_file
+                    .as_ref()
+                    .is_some_and(|p| p.as_os_str().is_empty())
+                {
+                    return empty(job_key(name, "password_file"));
+                }
+                if let Some(i) = p.bin_dirs.iter().position(|p| p.as_os_str().is_empty()) {
+                    return empty(job_key(name, "bin_dirs").at(i));
+                }
+                if let Some(d) = &p.drill {
+                    for (k, v) in [
+                        ("server_bin_dir", &d.server_bin_dir),
+                        ("work_dir", &d.work_dir),
+                    ] {
+                        if v.as_ref().is_some_and(|p| p.as_os_str().is_empty()) {
+                            return empty(job_key(name, "drill").and(k));
+                        }
+                    }
+                }
+            }
         }
         Ok(())
     }
@@ -379,8 +402,19 @@ impl Config {
             .for_each(fix);
         self.http.token_file.iter_mut().for_each(fix);
         for job in self.jobs.values_mut() {
-            if let JobKind::Path(p) = &mut job.kind {
-                p.paths.iter_mut().for_each(fix);
+            match &mut job.kind {
+                JobKind::Path(p) => p.paths.iter_mut().for_each(fix),
+                JobKind::Command(_) => {}
+                JobKind::Postgres(p) => {
+                    p.password_file.iter_mut().for_each(fix);
+                    p.bin_dirs.iter_mut().for_each(fix);
+                    if let Some(d) = &mut p.drill {
+                        d.server_bin_dir
+                            .iter_mut()
+                            .chain(d.work_dir.iter_mut())
+                            .for_each(fix);
+                    }
+                }
             }
         }
     }
@@ -431,6 +465,14 @@ impl Config {
                     for (i, g) in p.exclude.iter().enumerate() {
                         globset::Glob::new(g).map_err(|e| (key("exclude").at(i), e.to_string()))?;
                     }
+                }
+                JobKind::Postgres(p) => {
+                    crate::kinds::postgres::validate(p).map_err(|(k, m)| {
+                        let path = k
+                            .split('.')
+                            .fold(KeyPath::key("jobs").and(name.as_str()), KeyPath::and);
+                        (path, m)
+                    })?;
                 }
                 JobKind::Command(c) => {
                     if c.command.first().is_none_or(|p| p.is_empty()) {
@@ -484,6 +526,13 @@ impl Config {
                         .iter()
                         .enumerate()
                         .map(|(i, path)| (job_key(name, "paths").at(i), path)),
+                );
+            }
+            if let JobKind::Postgres(p) = &job.kind {
+                found.extend(
+                    p.password_file
+                        .iter()
+                        .map(|path| (job_key(name, "password_file"), path)),
                 );
             }
         }
@@ -681,6 +730,9 @@ fn job_settings_error(
     match kind.as_str() {
         "path" => serde_path_to_error::deserialize::<_, PathJob>(de).err(),
         "command" => serde_path_to_error::deserialize::<_, CommandJob>(de).err(),
+        "postgres" => {
+            serde_path_to_error::deserialize::<_, crate::kinds::postgres::PostgresJob>(de).err()
+        }
         _ => None,
     }
 }

@@ -146,6 +146,27 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
             .await
             .map_err(|e| DaemonError::Scheduler(e.to_string()))?;
     }
+    ctx.export_drills();
+    for (name, job) in &ctx.config.jobs {
+        let crate::config::JobKind::Postgres(pg) = &job.kind else {
+            continue;
+        };
+        let Some(drill) = &pg.drill else { continue };
+        let (c, n) = (ctx.clone(), name.to_string());
+        let j = Job::new_async_tz(drill.schedule.as_cron(), job.timezone, move |_, _| {
+            let (c, n) = (c.clone(), n.clone());
+            Box::pin(async move {
+                if !c.cancel.is_cancelled() {
+                    c.trigger_drill(&n);
+                }
+            })
+        })
+        .map_err(|e| DaemonError::Scheduler(format!("drill of {name}: {e}")))?;
+        sched
+            .add(j)
+            .await
+            .map_err(|e| DaemonError::Scheduler(e.to_string()))?;
+    }
     {
         let c = ctx.clone();
         let j = Job::new_async(ctx.config.prune.schedule.as_cron(), move |_, _| {

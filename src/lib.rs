@@ -11,6 +11,8 @@
 //! - [`config`]: the daemon's TOML, parsed into types (unknown keys rejected).
 //! - [`source`]: where entries come from: [`source::local`] paths, [`source::stream`]
 //!   stdin and command output. One module per kind behind [`source::Source`].
+//! - [`kinds`]: job kinds that talk to a service, each in one module with its config,
+//!   source, restore command and drill ([`kinds::postgres`]).
 //! - [`chunker`]: content-defined chunking (pure).
 //! - [`archiver`]: chunk, hash, dedup, compress, seal, pack; writes the snapshot last.
 //! - [`repo`]: the on-disk repository: packs, snapshots, keys, locks, and the sled index
@@ -29,6 +31,7 @@ pub mod config;
 pub mod daemon;
 pub mod error;
 pub mod http;
+pub mod kinds;
 pub mod logging;
 pub mod memory;
 pub mod metrics;

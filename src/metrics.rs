@@ -26,6 +26,9 @@ pub const DISK_SIZE: &str = "backuphub_disk_size_bytes";
 pub const PRUNE_LAST_SUCCESS: &str = "backuphub_prune_last_success_timestamp_seconds";
 pub const PRUNE_FREED: &str = "backuphub_prune_freed_bytes_total";
 pub const BUILD_INFO: &str = "backuphub_build_info";
+pub const DRILL_LAST_SUCCESS: &str = "backuphub_drill_last_success_timestamp_seconds";
+pub const DRILL_LAST_STATUS: &str = "backuphub_drill_last_status";
+pub const DRILL_DURATION: &str = "backuphub_drill_duration_seconds";
 
 /// Installs the global recorder once per process and returns its handle.
 pub fn install() -> PrometheusHandle {
@@ -111,6 +114,20 @@ fn describe() {
         "Unix time of the last successful prune."
     );
     describe_counter!(PRUNE_FREED, Unit::Bytes, "Bytes freed by prune.");
+    describe_gauge!(
+        DRILL_LAST_SUCCESS,
+        Unit::Seconds,
+        "Unix time of the job's last successful restore drill."
+    );
+    describe_gauge!(
+        DRILL_LAST_STATUS,
+        "Outcome of the job's last restore drill: 1 ok, 0 failed."
+    );
+    describe_gauge!(
+        DRILL_DURATION,
+        Unit::Seconds,
+        "Duration of the job's last restore drill."
+    );
     describe_gauge!(
         BUILD_INFO,
         "Always 1; the version label tells the running version."

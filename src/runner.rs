@@ -138,9 +138,14 @@ pub struct Context {
 /// text from outside is shown (logs, status, manifests, `run --json`).
 pub fn secret_files(config: &Config) -> Vec<std::path::PathBuf> {
     let r = &config.repository;
+    let jobs = config.jobs.values().filter_map(|j| match &j.kind {
+        crate::config::JobKind::Postgres(p) => p.password_file.as_ref(),
+        _ => None,
+    });
     r.identity_file
         .iter()
         .chain(config.http.token_file.iter())
+        .chain(jobs)
         .cloned()
         .collect()
 }
@@ -202,7 +207,11 @@ impl Context {
                         last_run: None,
                         last_success: None,
                         snapshots: 0,
-                        drill: None,
+                        drill: crate::kinds::postgres::drill::load_result(
+                            &config.state_dir(),
+                            name.as_str(),
+                        ),
+                        drill_running: false,
                     },
                 )
             })
@@ -666,6 +675,169 @@ impl Context {
             }
         }
         result
+    }
+}
+
+impl Context {
+    /// Publishes a drill result: job state, metrics, and the state directory (so it
+    /// survives a restart).
+    pub fn record_drill(&self, job: &str, r: &crate::state::DrillResult) {
+        metrics::gauge!(m::DRILL_LAST_STATUS, "job" => job.to_string()).set(if r.ok {
+            1.0
+        } else {
+            0.0
+        });
+        metrics::gauge!(m::DRILL_DURATION, "job" => job.to_string()).set(r.duration_seconds);
+        if r.ok {
+            metrics::gauge!(m::DRILL_LAST_SUCCESS, "job" => job.to_string())
+                .set(r.time.timestamp() as f64);
+        }
+        self.state.update_job(job, |j| {
+            j.drill = Some(r.clone());
+            j.drill_running = false;
+        });
+        if let Err(e) = crate::kinds::postgres::drill::save_result(&self.config.state_dir(), job, r)
+        {
+            tracing::warn!(error = %e, "drill result not saved to the state directory");
+        }
+    }
+
+    /// Exports the saved drill results as metrics (at start).
+    pub fn export_drills(&self) {
+        let saved: Vec<(String, crate::state::DrillResult)> = self.state.read(|s| {
+            s.jobs
+                .values()
+                .filter_map(|j| j.drill.clone().map(|d| (j.name.clone(), d)))
+                .collect()
+        });
+        for (job, r) in saved {
+            metrics::gauge!(m::DRILL_LAST_STATUS, "job" => job.clone()).set(if r.ok {
+                1.0
+            } else {
+                0.0
+            });
+            metrics::gauge!(m::DRILL_DURATION, "job" => job.clone()).set(r.duration_seconds);
+        }
+    }
+
+    /// Runs the restore drill of `name` (a postgres job with `[drill]`), records and
+    /// returns its result. One drill per job at a time.
+    pub async fn drill(
+        self: &Arc<Self>,
+        name: &JobName,
+    ) -> Result<crate::state::DrillResult, RunError> {
+        let job = name.to_string();
+        let crate::config::JobKind::Postgres(pg) = &self.config.jobs[name].kind else {
+            return Err(RunError::Source(SourceError::Fatal(format!(
+                "job {job} is not a postgres job: it has no drill"
+            ))));
+        };
+        if pg.drill.is_none() {
+            return Err(RunError::Source(SourceError::Fatal(format!(
+                "job {job} has no [jobs.{job}.drill] section"
+            ))));
+        }
+        let started = self.state.write(|s| {
+            let j = s
+                .jobs
+                .get_mut(&job)
+                .expect("state has every configured job");
+            !std::mem::replace(&mut j.drill_running, true)
+        });
+        if !started {
+            return Err(RunError::Source(SourceError::Fatal(format!(
+                "a drill of {job} is already running"
+            ))));
+        }
+        let cancel = Arc::new(AtomicBool::new(false));
+        let flag = cancel.clone();
+        let token = self.cancel.clone();
+        let watcher = tokio::spawn(async move {
+            token.cancelled().await;
+            flag.store(true, Ordering::Relaxed);
+        });
+        let ctx = self.clone();
+        let name2 = name.clone();
+        let result = tokio::task::spawn_blocking(move || {
+            let crate::config::JobKind::Postgres(pg) = &ctx.config.jobs[&name2].kind else {
+                unreachable!("checked above")
+            };
+            let drill = pg.drill.as_ref().expect("checked above");
+            let repo = ctx.repository_for_reading()?;
+            let _lock = repo.lock_for_reading(None, Duration::from_secs(3600))?;
+            Ok::<_, RunError>(crate::kinds::postgres::drill::run(
+                &repo,
+                name2.as_str(),
+                pg,
+                drill,
+                &ctx.redactor,
+                &cancel,
+            ))
+        })
+        .await
+        .unwrap_or_else(|e| Err(RunError::Internal(e.to_string())));
+        watcher.abort();
+        let result = result.unwrap_or_else(|e| crate::state::DrillResult {
+            time: Utc::now(),
+            ok: false,
+            duration_seconds: 0.0,
+            snapshot: None,
+            restored_bytes: 0,
+            databases: Vec::new(),
+            checks: Vec::new(),
+            error: Some(self.redactor.redact(&e.to_string())),
+        });
+        if result.ok {
+            tracing::info!(
+                job,
+                duration = result.duration_seconds,
+                "restore drill passed"
+            );
+        } else {
+            tracing::error!(
+                job,
+                error = result.error.as_deref().unwrap_or_default(),
+                "restore drill FAILED"
+            );
+        }
+        self.record_drill(&job, &result);
+        Ok(result)
+    }
+
+    /// A repository handle that can read contents: the daemon's own when the repository
+    /// is not encrypted; with an encrypted one, a second handle opened with
+    /// `repository.identity_file` (the daemon's own never holds the identity).
+    fn repository_for_reading(&self) -> Result<Arc<Repository>, RunError> {
+        let repo = self.repository()?;
+        if repo.config().recipients.is_empty() {
+            return Ok(repo);
+        }
+        let identity = self.config.repository.identity_file.clone().ok_or_else(|| {
+            RunError::Unavailable(
+                "the repository is encrypted and this machine holds no identity: a restore drill must read the snapshot, so set repository.identity_file (or drill on a machine that has it)".into(),
+            )
+        })?;
+        let opts = OpenOptions {
+            identity: Some(identity),
+            state_dir: self.config.state_dir(),
+        };
+        Ok(Arc::new(
+            Repository::open(&self.config.repository.path, &opts)
+                .map_err(|e| RunError::Unavailable(e.to_string()))?,
+        ))
+    }
+
+    /// Starts a drill in the background (the daemon's schedule).
+    pub fn trigger_drill(self: &Arc<Self>, job: &str) {
+        let Some(name) = self.config.jobs.keys().find(|n| n.as_str() == job).cloned() else {
+            return;
+        };
+        let ctx = self.clone();
+        self.tasks.spawn(async move {
+            if let Err(e) = ctx.drill(&name).await {
+                tracing::warn!(job = %name, error = %e, "drill not started");
+            }
+        });
     }
 }
 

@@ -51,13 +51,8 @@ pub struct RunResult {
     pub error_kind: Option<crate::error::ErrorKind>,
 }
 
-/// A restore drill's result; drills arrive with the Postgres job kind.
-#[derive(Clone, Debug, Serialize)]
-pub struct DrillResult {
-    pub time: DateTime<Utc>,
-    pub ok: bool,
-    pub detail: String,
-}
+/// A restore drill's result (postgres jobs with a `[drill]`).
+pub use crate::kinds::postgres::drill::DrillResult;
 
 #[derive(Clone, Debug, Serialize)]
 pub struct JobState {
@@ -72,7 +67,9 @@ pub struct JobState {
     pub last_run: Option<RunResult>,
     pub last_success: Option<DateTime<Utc>>,
     pub snapshots: u64,
+    /// The last restore drill, if the job has drills (kept across restarts).
     pub drill: Option<DrillResult>,
+    pub drill_running: bool,
 }
 
 #[derive(Clone, Debug, Default, Serialize)]

@@ -8,6 +8,7 @@
 mod backup;
 mod daemon;
 mod maint;
+mod postgres;
 mod read;
 
 use std::path::PathBuf;
@@ -126,6 +127,11 @@ enum Command {
     Prune(maint::PruneArgs),
     /// Show a running daemon's status.
     Status(daemon::StatusArgs),
+    /// Restore a postgres job's databases into a PostgreSQL server.
+    RestorePostgres(postgres::RestorePostgresArgs),
+    /// Run a postgres job's restore drill now: throwaway server, latest complete
+    /// snapshot, checks.
+    Drill(postgres::DrillArgs),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<u8> {
@@ -150,6 +156,8 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Forget(a) => maint::forget(a),
         Command::Prune(a) => maint::prune(a),
         Command::Status(a) => daemon::status(a),
+        Command::RestorePostgres(a) => postgres::restore_postgres(a),
+        Command::Drill(a) => postgres::drill(a),
     }
 }
 

@@ -144,6 +144,9 @@ pub fn from_config(
             },
             redactor,
         )?),
+        JobKind::Postgres(p) => Box::new(crate::kinds::postgres::source::PostgresSource::new(
+            p, redactor,
+        )),
     })
 }
 

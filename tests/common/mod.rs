@@ -319,3 +319,4 @@ pub fn tree_blobs(
         .map(|r| r.unwrap().tree)
         .collect()
 }
+pub mod pg;

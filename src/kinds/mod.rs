@@ -1,0 +1,8 @@
+//! Job kinds that talk to a service: each lives in one module with its config type, its
+//! [`Source`](crate::source::Source), its restore command and any drill. The archiver and
+//! the repository know nothing about them.
+//!
+//! - [`postgres`]: per-database dumps (custom, plain or row-ordered), `restore-postgres`,
+//!   weekly restore drills into a throwaway server.
+
+pub mod postgres;
