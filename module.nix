@@ -5,6 +5,7 @@
 # nix/module.md (meta.doc).
 {
   config,
+  options,
   lib,
   pkgs,
   ...
@@ -81,6 +82,7 @@ let
   jobs = cfg.settings.jobs;
   pathJobs = lib.filterAttrs (_: j: j.kind == "path") jobs;
   commandJobs = lib.filterAttrs (_: j: j.kind == "command") jobs;
+  postgresJobs = lib.filterAttrs (_: j: j.kind == "postgres") jobs;
   jobPaths = lib.concatLists (
     lib.mapAttrsToList (_: j: lib.filter lib.isString (lib.toList (j.paths or [ ]))) pathJobs
   );
@@ -93,10 +95,88 @@ let
   ];
   backsUpHomes = lib.any (p: lib.any (h: p == h || lib.hasPrefix "${h}/" p) homePaths) jobPaths;
 
+  # ---------------------------------------------------------------- postgres jobs
+  # A drill.work_dir set by hand outside what the unit may write anyway (the repository, the
+  # state and cache directories, its private /tmp and /var/tmp): made writable, its mount
+  # required, and created before the sandbox is set up when missing (ReadWritePaths= of a
+  # missing directory fails the unit). An existing one, maybe a shared scratch directory, keeps
+  # its owner and mode: it must let the service user create directories in it.
+  writableDirs = lib.filter lib.isString [
+    repoPath
+    stateDir
+    defaultStateDir
+    homeDir
+    "/tmp"
+    "/var/tmp"
+  ];
+  isBelow = root: p: p == root || lib.hasPrefix "${lib.removeSuffix "/" root}/" p;
+  extraDrillWorkDirs = lib.unique (
+    lib.filter (d: isAbsolute d && !inStore d && !lib.any (r: isBelow r d) writableDirs) (
+      lib.mapAttrsToList (
+        _: j:
+        let
+          drill = j.drill or null;
+        in
+        if lib.isAttrs drill then drill.work_dir or null else null
+      ) postgresJobs
+    )
+  );
+  createDrillWorkDirs = pkgs.writeShellScript "backuphub-drill-work-dirs" ''
+    set -eu
+    for d in ${lib.escapeShellArgs extraDrillWorkDirs}; do
+      if [ ! -d "$d" ]; then
+        ${pkgs.coreutils}/bin/install -d -m 0700 -o ${cfg.user} -g ${cfg.group} "$d"
+      fi
+    done
+  '';
+
+  # The drill's throwaway server (initdb, postgres) runs inside the unit's sandbox, where
+  # MemoryDenyWriteExecute= breaks LLVM's JIT (as it would in NixOS's postgresql.service): the
+  # module hands the daemon the same PostgreSQL without JIT, which a throwaway server does not
+  # need. A package without `withoutJIT` (not from nixpkgs' postgresql) is used as it is.
+  withoutJIT = p: p.withoutJIT or p;
+  # bin_dirs of a postgres job that sets none: every major version the module offers; the
+  # daemon picks, per server, the oldest client at least as new as the server.
+  postgresqlBinDirs = map (p: "${withoutJIT p}/bin") (
+    lib.optional (cfg.postgresqlPackage != null) cfg.postgresqlPackage ++ cfg.postgresqlClientPackages
+  );
+  # Where drills build their throwaway cluster unless the job says otherwise: in the state
+  # directory, which the unit may write (StateDirectory= or ReadWritePaths=), rather than in /tmp
+  # (the daemon's default), which is private to the unit and a small tmpfs on many systems.
+  # (Drill results go to <state_dir>/drills.)
+  drillWorkDir = "${stateDir}/drill";
+
+  # What the module fills in for a postgres job, where the job does not set it itself
+  # (`null` there keeps the daemon's own default: PATH, the system's temporary directory).
+  withPostgresDefaults =
+    job:
+    let
+      drill = job.drill or null;
+      ownBinDirs = job ? bin_dirs;
+    in
+    lib.optionalAttrs (postgresqlBinDirs != [ ]) { bin_dirs = postgresqlBinDirs; }
+    // job
+    // lib.optionalAttrs (lib.isAttrs drill) {
+      drill =
+        { work_dir = drillWorkDir; }
+        # With one version the drill's server is postgresqlPackage's. With several (extra client
+        # packages, or the job's own bin_dirs) the daemon picks, per snapshot, the oldest server
+        # among bin_dirs and PATH that is at least as new as the dumped one.
+        // lib.optionalAttrs (
+          !ownBinDirs && cfg.postgresqlPackage != null && cfg.postgresqlClientPackages == [ ]
+        ) { server_bin_dir = "${withoutJIT cfg.postgresqlPackage}/bin"; }
+        // drill;
+    };
+
   # ---------------------------------------------------------------- the configuration file
   # TOML has no null: drop unset optional values (repository.path stays unset only in a
   # configuration that fails its assertions anyway).
-  finalSettings = lib.filterAttrsRecursive (_: v: v != null) cfg.settings;
+  finalSettings = lib.filterAttrsRecursive (_: v: v != null) (
+    cfg.settings
+    // {
+      jobs = lib.mapAttrs (_: j: if j.kind == "postgres" then withPostgresDefaults j else j) jobs;
+    }
+  );
 
   configFile = settingsFormat.generate "backuphub.toml" finalSettings;
 
@@ -124,7 +204,8 @@ let
   jobKinds = [
     "path"
     "command"
-    # later: "postgres" "kubernetes" "s3"
+    "postgres"
+    # later: "kubernetes" "s3"
   ];
 
   jobModule =
@@ -139,7 +220,10 @@ let
             `exclude`). `command`: the standard output of a command (`command`, a list of
             arguments, and `name`, the file name of the stream in the snapshot); the command runs
             inside the service's sandbox (see `services.backuphub.extraPackages` and the
-            module's documentation).
+            module's documentation). `postgres`: the databases of a PostgreSQL server (`host`,
+            `user`, optional `password_file`, `databases`, `format`, … and an optional restore
+            `drill`); the module fills in `bin_dirs` and the drill's `server_bin_dir` and
+            `work_dir` (see `services.backuphub.postgresqlPackage`).
           '';
           example = "path";
         };
@@ -219,6 +303,35 @@ let
     check: key: value:
     lib.optionals (value != null) (check key value);
 
+  # A directory setting (bin_dirs, drill.server_bin_dir, drill.work_dir): absolute, for the
+  # same reason as above.
+  dirSettingAssertion = key: value: {
+    assertion = isAbsolute value;
+    message = "services.backuphub.settings.${key} must be an absolute path, not ${
+      if lib.isString value then "\"${value}\"" else "a ${builtins.typeOf value}"
+    } (a relative path would be read relative to the configuration file in the Nix store).";
+  };
+
+  # The credential that a path below credentialsDirectory belongs to: "pg" for ".../pg" and
+  # for ".../pg/password" (LoadCredential= of a directory loads the files in it).
+  credentialOf =
+    p:
+    if lib.isString p && lib.hasPrefix "${credentialsDirectory}/" p then
+      lib.head (lib.splitString "/" (lib.removePrefix "${credentialsDirectory}/" p))
+    else
+      null;
+  # What the unit gets as credentials: services.backuphub.credentials, and LoadCredential= or
+  # LoadCredentialEncrypted= set on the unit directly (e.g. for systemd-creds).
+  unitCredentialNames =
+    let
+      sc = config.systemd.services.backuphub.serviceConfig;
+      entries = lib.toList (sc.LoadCredential or [ ]) ++ lib.toList (sc.LoadCredentialEncrypted or [ ]);
+    in
+    lib.attrNames cfg.credentials
+    ++ map (e: lib.head (lib.splitString ":" e)) (lib.filter lib.isString entries);
+
+  nonEmptyString = v: lib.isString v && lib.trim v != "";
+
   repoSettings = cfg.settings.repository;
 
   jobAssertions = lib.flatten (
@@ -268,11 +381,120 @@ let
           message = "${prefix}: a job of kind \"command\" needs `name`, the file name of its output in the snapshot (e.g. \"all.sql\"): relative, without empty, \".\" or \"..\" components.";
         }
       ]
+      ++ lib.optionals (job.kind == "postgres") (postgresJobAssertions name job)
     ) jobs
   );
 
-  # Tools of command jobs, on the service's PATH (and the admin command's).
-  servicePath = cfg.extraPackages ++ lib.optional (cfg.postgresqlPackage != null) cfg.postgresqlPackage;
+  postgresJobAssertions =
+    name: job:
+    let
+      prefix = "services.backuphub.settings.jobs.${name}";
+      host = job.host or null;
+      format = job.format or "custom";
+      sslmode = job.sslmode or "prefer";
+      password = job.password_file or null;
+      credential = credentialOf password;
+      binDirs = job.bin_dirs or null;
+      drill = job.drill or null;
+      drillDir =
+        key:
+        lib.optional (lib.isAttrs drill && (drill.${key} or null) != null) (
+          dirSettingAssertion "jobs.${name}.drill.${key}" drill.${key}
+        );
+    in
+    [
+      {
+        assertion = nonEmptyString host && (lib.hasInfix "/" host -> isAbsolute host);
+        message = "${prefix}: a job of kind \"postgres\" needs `host`: a host name, an IP address or the absolute path of the server's socket directory (e.g. \"db.lan\", \"10.0.0.21\", \"/run/postgresql\").";
+      }
+      {
+        assertion = nonEmptyString (job.user or null);
+        message = "${prefix}: a job of kind \"postgres\" needs `user`, the role it connects as (e.g. \"backup\").";
+      }
+      {
+        assertion = lib.elem format [
+          "custom"
+          "plain"
+          "ordered"
+        ];
+        message = "${prefix}.format = ${lib.generators.toPretty { } format}: one of \"custom\" (pg_dump -Fc, the default), \"plain\" (SQL) or \"ordered\" (SQL with rows in primary-key order, which deduplicates best).";
+      }
+      {
+        assertion = lib.elem sslmode [
+          "disable"
+          "prefer"
+          "require"
+        ];
+        message = "${prefix}.sslmode = ${lib.generators.toPretty { } sslmode}: one of \"disable\", \"prefer\" (the default) or \"require\".";
+      }
+      {
+        assertion = credential == null || lib.elem credential unitCredentialNames;
+        message = "${prefix}.password_file = \"${toString password}\" is the credential \"${toString credential}\", which the unit does not get: set services.backuphub.credentials.\"${toString credential}\" = \"/path/to/the/password-file\" (outside the Nix store).";
+      }
+      {
+        assertion = drill == null || lib.isAttrs drill;
+        message = "${prefix}.drill must be an attribute set (the [jobs.${name}.drill] table: schedule, checks, …), not a ${builtins.typeOf drill}.";
+      }
+    ]
+    ++ optionalFileAssertions secretSettingAssertions "jobs.${name}.password_file" password
+    ++ lib.imap0 (i: d: dirSettingAssertion "jobs.${name}.bin_dirs (item ${toString i})" d) (
+      if lib.isList binDirs then binDirs else [ ]
+    )
+    ++ lib.optionals (lib.isAttrs drill) (
+      [
+        {
+          assertion = lib.isString (drill.schedule or null) && scheduleShapeOk drill.schedule;
+          message = "${prefix}.drill needs `schedule`, when the restore drill runs: a cron expression with 6 fields (sec min hour day month weekday) or 5, or an alias such as \"@weekly\" (e.g. \"0 0 5 * * Sun\"), not ${lib.generators.toPretty { } (drill.schedule or null)}.";
+        }
+        {
+          assertion = !inStore (drill.work_dir or null);
+          message = "${prefix}.drill.work_dir = \"${toString (drill.work_dir or "")}\" is in the read-only Nix store: the drill builds a PostgreSQL cluster there.";
+        }
+      ]
+      ++ drillDir "server_bin_dir"
+      ++ drillDir "work_dir"
+    );
+
+  # The socket of a drill's throwaway server is
+  # <work_dir>/backuphub-drill-<job>-<pid>-<8 hex digits>/socket/.s.PGSQL.5432, and a Unix
+  # socket path has at most 107 bytes. The pid has up to 7 digits (pid_max is 4194304).
+  drillSocketPathLength = name: workDir: lib.stringLength workDir + lib.stringLength name + 55;
+
+  # The daemon's own handle on an encrypted repository never holds the identity; a drill reads
+  # snapshots with repository.identity_file. (Whether the repository is encrypted is its own
+  # setting, from when it was created: recipients in settings are the likely sign.)
+  settingsEncrypt =
+    (repoSettings.recipients or [ ]) != [ ] || (repoSettings.recipients_file or null) != null;
+  settingsIdentity = (repoSettings.identity_file or null) != null;
+
+  postgresJobWarnings =
+    name: job:
+    let
+      prefix = "services.backuphub.settings.jobs.${name}";
+      password = job.password_file or null;
+      drill = (withPostgresDefaults job).drill or null;
+      workDir = if lib.isAttrs drill then drill.work_dir or null else null;
+    in
+    lib.optional (isAbsolute password && credentialOf password == null && !inStore password)
+      "${prefix}.password_file = \"${password}\" is not a credential: the service user must be able to read it, and so can every command job. Pass it with services.backuphub.credentials.<name> = \"${password}\" and set password_file = \"${credentialsDirectory}/<name>\"; systemd then reads it as root and shows it to this service only."
+    ++ lib.optional (lib.isString workDir && drillSocketPathLength name workDir > 107)
+      "${prefix}.drill: the throwaway server's socket, ${workDir}/backuphub-drill-${name}-<pid>-<random>/socket/.s.PGSQL.5432, can be ${toString (drillSocketPathLength name workDir)} bytes long, more than the 107 a Unix socket path may have, and the server would not start: use a shorter drill.work_dir or job name."
+    ++ lib.optional (lib.isAttrs drill && settingsEncrypt && !settingsIdentity)
+      "${prefix}.drill: the repository is encrypted (repository.recipients), and a drill must read the latest snapshot, but repository.identity_file is not set: the drill will fail. Pass the age identity with services.backuphub.credentials.identity and set repository.identity_file = \"${credentialsDirectory}/identity\", or run drills on a machine that holds the identity."
+    ++ lib.optional (lib.isAttrs drill && cfg.user == "root")
+      "${prefix}.drill: services.backuphub.user is root, but initdb refuses root and the unit has no capabilities to switch to drill.run_as: the drill will fail. Run the service as an unprivileged user (the default, \"backuphub\").";
+
+  # Tools of command jobs, on the service's PATH (and the admin command's). postgresqlPackage
+  # is there for postgres jobs, and for command jobs (pg_dumpall) only when set explicitly, as
+  # when its default was null: now that it has a default, a system without PostgreSQL must not
+  # get it in its closure.
+  postgresqlPackageSet =
+    options.services.backuphub.postgresqlPackage.highestPrio < (lib.mkOptionDefault null).priority;
+  servicePath =
+    cfg.extraPackages
+    ++ lib.optional (
+      cfg.postgresqlPackage != null && (postgresJobs != { } || postgresqlPackageSet)
+    ) cfg.postgresqlPackage;
   # A transient unit gets no NixOS service PATH (a service gets coreutils, findutils, grep, sed
   # and systemd after its `path`): `backuphub-admin run JOB` finds the job's tools first, then
   # the system's.
@@ -484,6 +706,18 @@ in
                   command = [ "pg_dumpall" "-h" "/run/postgresql" ];
                   name = "all.sql";
                 };
+                shop = {
+                  kind = "postgres";
+                  schedule = "0 30 2 * * *";
+                  host = "db.lan";
+                  user = "backup";
+                  password_file = "/run/credentials/backuphub.service/shop-db"; # services.backuphub.credentials.shop-db
+                  databases = [ "shop" ];
+                  drill = {
+                    schedule = "0 0 5 * * Sun";
+                    checks = [ { database = "shop"; query = "SELECT count(*) FROM orders"; expect = ">= 1000"; } ];
+                  };
+                };
               }
             '';
           };
@@ -625,12 +859,43 @@ in
 
     postgresqlPackage = mkOption {
       type = types.nullOr types.package;
-      default = null;
-      description = ''
-        A PostgreSQL package whose binaries (`pg_dump`, `pg_dumpall`, `psql`, …) are put on the
-        service's PATH, for command jobs. Use the server's version or newer.
+      default =
+        if config.services.postgresql.enable or false then
+          config.services.postgresql.package
+        else
+          pkgs.postgresql;
+      defaultText = literalExpression ''
+        if config.services.postgresql.enable then config.services.postgresql.package else pkgs.postgresql
       '';
-      example = literalExpression "config.services.postgresql.package";
+      description = ''
+        PostgreSQL for postgres jobs and their restore drills, and for command jobs.
+
+        - Postgres jobs that set no `bin_dirs` get its `bin/` (then that of each of
+          `postgresqlClientPackages`) as `bin_dirs`: its `pg_dump` must be at least as new as the
+          servers it dumps.
+        - A drill gets its `bin/` as `server_bin_dir` (the throwaway server: `initdb`, `postgres`,
+          `psql`, `pg_restore`) when the job's `bin_dirs` are this single version. A package
+          with JIT is given to jobs as its `withoutJIT` variant: the sandbox forbids
+          writable-and-executable memory.
+        - It is on the service's PATH (and `backuphub-admin`'s) when a postgres job exists, or,
+          for command jobs such as `pg_dumpall`, when set explicitly.
+
+        `null`: none of this (the daemon then looks on PATH).
+      '';
+      example = literalExpression "pkgs.postgresql_17";
+    };
+
+    postgresqlClientPackages = mkOption {
+      type = types.listOf types.package;
+      default = [ ];
+      description = ''
+        More PostgreSQL versions for postgres jobs, after `postgresqlPackage` in their default
+        `bin_dirs` (not on PATH). For each server the daemon takes the oldest `pg_dump` at
+        least as new as the server, so that a dump restores into a server of its own version;
+        a drill then takes the oldest server at least as new as the dumped one from the same
+        directories.
+      '';
+      example = literalExpression "[ pkgs.postgresql_15 pkgs.postgresql_16 ]";
     };
 
     prometheusScrapeConfig = mkOption {
@@ -707,6 +972,8 @@ in
     )
     ++ jobAssertions;
 
+    warnings = lib.concatLists (lib.mapAttrsToList postgresJobWarnings postgresJobs);
+
     users.users = mkIf (cfg.user == "backuphub") {
       backuphub = {
         isSystemUser = true;
@@ -749,7 +1016,7 @@ in
       unitConfig = {
         # An unmounted external disk must stop the service, not fill the SD card: this pulls in
         # and orders after the mount units of these paths, and fails when they fail.
-        RequiresMountsFor = [ repoPath ] ++ lib.optional customStateDir stateDir;
+        RequiresMountsFor = [ repoPath ] ++ lib.optional customStateDir stateDir ++ extraDrillWorkDirs;
       };
 
       serviceConfig = {
@@ -761,7 +1028,8 @@ in
         # after the mounts of RequiresMountsFor above, so on the external disk.
         ExecStartPre =
           lib.optional cfg.settings.repository.create "+${pkgs.coreutils}/bin/install -d -m 0700 -o ${cfg.user} -g ${cfg.group} ${lib.escapeShellArg repoPath}"
-          ++ lib.optional customStateDir "+${pkgs.coreutils}/bin/install -d -m 0700 -o ${cfg.user} -g ${cfg.group} ${lib.escapeShellArg stateDir}";
+          ++ lib.optional customStateDir "+${pkgs.coreutils}/bin/install -d -m 0700 -o ${cfg.user} -g ${cfg.group} ${lib.escapeShellArg stateDir}"
+          ++ lib.optional (extraDrillWorkDirs != [ ]) "+${createDrillWorkDirs}";
 
         # READY=1 comes after the first look at the repository; on a large repository behind a
         # spun-down USB disk that can take long, and the daemon extends the start timeout
@@ -796,10 +1064,20 @@ in
         EnvironmentFile = lib.optional (cfg.environmentFile != null) cfg.environmentFile;
 
         # Hardening. The whole file system stays readable (path jobs read it); only the repository,
-        # the state and cache directories are writable. Command jobs run in the same sandbox:
-        # nix/module.md says what that means for them and how to relax each part.
+        # the state and cache directories (and a drill.work_dir elsewhere) are writable. Command
+        # jobs run in the same sandbox: nix/module.md says what that means for them and how to
+        # relax each part.
+        #
+        # So does a postgres job's restore drill: initdb and a throwaway postgres, as the service
+        # user, in drill.work_dir (by default <state_dir>/drill), listening on a Unix socket
+        # only. Nothing below stops it; it is the sandbox of NixOS's own postgresql.service
+        # (@system-service minus @privileged and @resources, MemoryDenyWriteExecute= without
+        # JIT, which is why drills get a PostgreSQL without JIT; see withoutJIT). Its shared
+        # memory is anonymous mmap, POSIX (/dev/shm, which PrivateDevices= keeps) and one small
+        # System V segment (@ipc is part of @system-service); RemoveIPC= clears what a killed
+        # drill leaves. PrivateTmp= does not matter to it: its socket is in its work directory.
         ProtectSystem = "strict";
-        ReadWritePaths = [ repoPath ] ++ lib.optional customStateDir stateDir;
+        ReadWritePaths = [ repoPath ] ++ lib.optional customStateDir stateDir ++ extraDrillWorkDirs;
         # /home, /root and /run/user are hidden, or read-only when a path job backs up below them.
         ProtectHome = if backsUpHomes then "read-only" else true;
         PrivateTmp = true;
@@ -808,8 +1086,10 @@ in
         # No capabilities: the daemon reads what its user/groups may read, unless readAllFiles.
         CapabilityBoundingSet = if cfg.readAllFiles then [ "CAP_DAC_READ_SEARCH" ] else "";
         AmbientCapabilities = if cfg.readAllFiles then [ "CAP_DAC_READ_SEARCH" ] else "";
-        # AF_UNIX: journald, sd_notify, PostgreSQL's socket; AF_INET/AF_INET6: HTTP endpoint and
-        # the sources jobs pull from. No AF_NETLINK/AF_PACKET.
+        # AF_UNIX: journald, sd_notify, PostgreSQL's socket (a postgres job's host may be a socket
+        # directory, and the drill's server listens on one only); AF_INET/AF_INET6: the HTTP
+        # endpoint and the sources jobs pull from (pg_dump over TCP). No AF_NETLINK (the drill's
+        # server has no samehost/samenet rule that would enumerate interfaces), no AF_PACKET.
         RestrictAddressFamilies = [
           "AF_UNIX"
           "AF_INET"

@@ -223,7 +223,7 @@ fn default_tz() -> chrono_tz::Tz {
 pub enum JobKind {
     Path(PathJob),
     Command(CommandJob),
-    Postgres(crate::kinds::postgres::PostgresJob),
+    Postgres(Box<crate::kinds::postgres::PostgresJob>),
 }
 
 impl JobKind {
@@ -1145,5 +1145,49 @@ name = "all.sql"
     fn dotted_job_names_still_find_their_line() {
         let e = err(&with("[jobs.etc]", "[jobs.\"etc.d\"]").replace("\"/etc\"", "\"etc\""));
         assert!(e.starts_with("test.toml:12: jobs.etc.d.paths[0]: "), "{e}");
+    }
+
+    const PG: &str = "[repository]\npath = \"/r\"\n[jobs.pg]\nkind = \"postgres\"\nschedule = \"@daily\"\nhost = \"10.0.0.20\"\nuser = \"backup\"\n";
+
+    #[test]
+    fn a_postgres_job_parses_with_its_drill() {
+        let c = parse(&format!(
+            "{PG}password_file = \"pw\"\nformat = \"ordered\"\n[jobs.pg.drill]\nschedule = \"0 0 5 * * 0\"\nchecks = [ {{ database = \"shop\", query = \"SELECT 1\", expect = \">= 1\" }} ]\n"
+        ))
+        .unwrap();
+        let JobKind::Postgres(p) = &c.jobs.values().next().unwrap().kind else {
+            panic!("not a postgres job")
+        };
+        assert_eq!(p.port, 5432);
+        assert_eq!(p.format, crate::kinds::postgres::DumpFormat::Ordered);
+        assert_eq!(p.sslmode, crate::kinds::postgres::SslMode::Prefer);
+        // (Relative paths are resolved only for a config file given by absolute path.)
+        assert_eq!(p.password_file.as_deref(), Some(Path::new("pw")));
+        let d = p.drill.as_ref().unwrap();
+        assert_eq!(d.allow_empty_databases, vec!["postgres".to_string()]);
+        assert_eq!(d.checks[0].expect.to_string(), ">= 1");
+    }
+
+    #[test]
+    fn postgres_mistakes_name_their_key_and_line() {
+        let e = err(&format!("{PG}format = \"tar\"\n"));
+        assert!(e.contains(":8:") && e.contains("format"), "{e}");
+        let e = err(&format!("{PG}pasword_file = \"x\"\n"));
+        assert!(e.contains("pasword_file"), "{e}");
+        let e = err(&format!(
+            "{PG}[jobs.pg.drill]\nschedule = \"@weekly\"\nchecks = [ {{ database = \"a\", query = \"SELECT 1\", expect = \"lots\" }} ]\n"
+        ));
+        assert!(e.contains("must start with one of"), "{e}");
+        let e = err(&format!(
+            "{PG}databases = [\"a\"]\n[jobs.pg.drill]\nschedule = \"@weekly\"\nchecks = [ {{ database = \"b\", query = \"SELECT 1\", expect = \"= 1\" }} ]\n"
+        ));
+        assert!(
+            e.contains("jobs.pg.drill.checks") && e.contains("does not dump"),
+            "{e}"
+        );
+        let e = err(&format!("{PG}password_file = \"\"\n"));
+        assert!(e.contains("password_file") && e.contains("empty"), "{e}");
+        let e = err(&PG.replace("user = \"backup\"", "user = \"\""));
+        assert!(e.contains("jobs.pg.user"), "{e}");
     }
 }

@@ -1028,4 +1028,38 @@ mod tests {
                 .contains("not a backuphub repository")
         );
     }
+
+    #[tokio::test]
+    async fn drill_results_survive_a_restart_and_show_in_the_state() {
+        let dir = tempfile::tempdir().unwrap();
+        let job = "[jobs.pg]\nkind = \"postgres\"\nschedule = \"@daily\"\nhost = \"/run/postgresql\"\nuser = \"backup\"\n[jobs.pg.drill]\nschedule = \"@weekly\"\n";
+        let ctx = Context::new(config(dir.path(), job));
+        assert!(ctx.state.read(|s| s.jobs["pg"].drill.is_none()));
+        let r = crate::state::DrillResult {
+            time: Utc::now(),
+            ok: false,
+            duration_seconds: 2.0,
+            snapshot: None,
+            restored_bytes: 0,
+            databases: Vec::new(),
+            checks: Vec::new(),
+            error: Some("check on \"shop\" failed".into()),
+        };
+        ctx.record_drill("pg", &r);
+        assert_eq!(
+            ctx.state.read(|s| s.jobs["pg"].drill.clone()),
+            Some(r.clone())
+        );
+        let status = serde_json::to_value(ctx.state.read(|s| s.jobs["pg"].clone())).unwrap();
+        assert_eq!(status["drill"]["ok"], false);
+        assert_eq!(status["drill"]["error"], "check on \"shop\" failed");
+        // A new daemon on the same state directory starts with it.
+        let again = Context::new(config(dir.path(), job));
+        assert_eq!(again.state.read(|s| s.jobs["pg"].drill.clone()), Some(r));
+        // A drill with nothing to restore fails, and says why, in the same place.
+        let r = again.drill(&JobName::parse("pg").unwrap()).await.unwrap();
+        assert!(!r.ok);
+        assert!(r.error.unwrap().contains("no complete snapshot"));
+        assert!(!again.state.read(|s| s.jobs["pg"].drill_running));
+    }
 }

@@ -9,6 +9,8 @@ need_apt=()
 command -v setpriv >/dev/null || need_apt+=(util-linux)
 command -v nix-instantiate >/dev/null || need_apt+=(nix-bin)
 command -v promtool >/dev/null || need_apt+=(prometheus) # promtool lints /metrics
+# Real PostgreSQL servers for the postgres job's tests (initdb, postgres, pg_dump, psql).
+compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || need_apt+=(postgresql postgresql-client)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "installing: ${need_apt[*]}" >&2
   export DEBIAN_FRONTEND=noninteractive

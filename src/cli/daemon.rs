@@ -152,13 +152,13 @@ fn print_status(v: &serde_json::Value) -> anyhow::Result<()> {
         "{:<16} {:<8} {:<9} {:<20} {:<20} {:<9} {:>9}  ERROR",
         "JOB", "KIND", "RUNNING", "LAST RUN", "NEXT RUN", "STATUS", "STORED"
     )?;
+    let time = |t: &serde_json::Value| {
+        t.as_str()
+            .map(|t| t.chars().take(19).collect::<String>().replace('T', " "))
+            .unwrap_or_else(|| "-".into())
+    };
     for j in v["jobs"].as_array().into_iter().flatten() {
         let last = &j["last_run"];
-        let time = |t: &serde_json::Value| {
-            t.as_str()
-                .map(|t| t.chars().take(19).collect::<String>().replace('T', " "))
-                .unwrap_or_else(|| "-".into())
-        };
         writeln!(
             out,
             "{:<16} {:<8} {:<9} {:<20} {:<20} {:<9} {:>9}  {}",
@@ -174,6 +174,30 @@ fn print_status(v: &serde_json::Value) -> anyhow::Result<()> {
             s(&last["status"]),
             bytes(&last["stats"]["stored_bytes"]),
             last["error"].as_str().unwrap_or("")
+        )?;
+    }
+    // Restore drills, where jobs have them: a backup that "succeeds" but no longer
+    // restores must show here too.
+    for j in v["jobs"].as_array().into_iter().flatten() {
+        let d = &j["drill"];
+        if d.is_null() {
+            continue;
+        }
+        writeln!(
+            out,
+            "drill of {:<12} {}  {:<6} {:.0}s{}",
+            s(&j["name"]),
+            time(&d["time"]),
+            if d["ok"].as_bool() == Some(true) {
+                "ok"
+            } else {
+                "FAILED"
+            },
+            d["duration_seconds"].as_f64().unwrap_or(0.0),
+            d["error"]
+                .as_str()
+                .map(|e| format!("  {e}"))
+                .unwrap_or_default()
         )?;
     }
     Ok(())

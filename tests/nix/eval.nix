@@ -2,12 +2,15 @@
 # ./stub-nixpkgs, stub declarations of the NixOS options used):
 #  - module.nix under lib.evalModules: the generated unit (ExecStart, Type, hardening,
 #    RequiresMountsFor, LoadCredential), settings, users, firewall ports, assertion messages;
-#  - flake.nix's outputs, nix/package.nix's arguments, the machine of nix/tests/vm.nix and the
-#    Pi example of README.md;
+#  - flake.nix's outputs, nix/package.nix's arguments, the machine of nix/tests/vm.nix, the
+#    Pi example of README.md and the postgres example of nix/module.md;
 #  - flake.lock against the pin in ../shared/nixpkgs-pin.md.
 #
 #   nix-instantiate --eval --strict --json tests/nix/eval.nix --arg shared /path/to/shared \
 #     --arg piExample /tmp/pi.nix   # the README's example; tests/nix/run.sh does all this
+#
+# `--arg modulePath /tmp/mutant.nix` evaluates another copy of the module (next to a copy of
+# nix/module.md), to see that an expectation catches a deliberate mistake in it.
 #
 # Prints {"passed": N, ...} when every expectation holds; otherwise fails (non-zero exit) with the
 # list of failed expectations. `case` selects a single configuration to force instead (run.sh
@@ -22,6 +25,10 @@
   print ? null,
   # README.md's pi.nix example, extracted to a file by run.sh
   piExample ? null,
+  # nix/module.md's example of a postgres job with a drill, extracted by run.sh
+  postgresExample ? null,
+  # the module under test (see above)
+  modulePath ? ../../module.nix,
 }:
 
 let
@@ -246,7 +253,7 @@ let
     (lib.evalModules {
       modules = [
         nixosStubs
-        ../../module.nix
+        modulePath
         { _module.args.pkgs = pkgs; }
         cfgModule
       ];
@@ -498,7 +505,7 @@ let
     (lib.evalModules {
       modules = [
         nixosStubs
-        ../../module.nix
+        modulePath
         { _module.args.pkgs = crossPkgs buildHasBackuphub; }
         (withSettings { })
       ];
@@ -516,6 +523,229 @@ let
   );
 
   disabled = eval { services.backuphub.settings.repository.path = repo; };
+
+  # ---- postgres jobs
+  # services.postgresql as NixOS declares it (only what the module reads)
+  postgresqlStubs = {
+    options.services.postgresql = {
+      enable = mkOption {
+        type = types.bool;
+        default = false;
+      };
+      package = mkOption {
+        type = types.package;
+        default = pkgs.postgresql;
+      };
+    };
+  };
+  pgJob = {
+    kind = "postgres";
+    schedule = "0 30 2 * * *";
+    host = "db.lan";
+    user = "backup";
+    password_file = "${creds}/shop-db";
+    databases = [ "shop" ];
+    format = "ordered";
+    drill = {
+      schedule = "0 0 5 * * Sun";
+      checks = [
+        {
+          database = "shop";
+          query = "SELECT count(*) FROM orders";
+          expect = ">= 1000";
+        }
+      ];
+    };
+  };
+  pgCredentials = {
+    identity = "/var/lib/secrets/backuphub/age-identity.txt";
+    api-token = "/var/lib/secrets/backuphub/api-token";
+    shop-db = "/var/lib/secrets/backuphub/shop-db";
+  };
+  # baseSettings plus the postgres job `shop` (pgJob changed by `job`, or `replaceJob`), the
+  # password a credential, and more of services.backuphub (`svc`); checkConfig off, so that the
+  # generated value is at hand
+  pgWith =
+    {
+      name ? "shop",
+      job ? { },
+      replaceJob ? lib.recursiveUpdate pgJob job,
+      settings ? { },
+      svc ? { },
+      modules ? [ ],
+      evalWith ? eval,
+    }:
+    evalWith {
+      imports = [ postgresqlStubs ] ++ modules;
+      networking.hostName = "pi";
+      services.backuphub = {
+        enable = true;
+        checkConfig = false;
+        credentials = pgCredentials;
+        settings = lib.recursiveUpdate (lib.recursiveUpdate baseSettings settings) {
+          jobs.${name} = replaceJob;
+        };
+      }
+      // svc;
+    };
+  pgValue = c: c.services.backuphub.configFile.value;
+  pgUnit = c: c.systemd.services.backuphub;
+  pgStore = name: "/nix/store/00000000000000000000000000000000-${name}";
+  pgAdminText = c: (lib.head (lib.filter (p: p.name == "backuphub-admin") c.environment.systemPackages)).text;
+
+  pg = pgWith { };
+  # the local server's package, when services.postgresql is on (and only then)
+  pgLocalServer = pgWith {
+    modules = [
+      {
+        services.postgresql = {
+          enable = true;
+          package = pkgs.postgresql_16;
+        };
+      }
+    ];
+  };
+  pgLocalServerOff = pgWith {
+    modules = [ { services.postgresql.package = pkgs.postgresql_16; } ];
+  };
+  pgSeveral = pgWith {
+    svc.postgresqlClientPackages = [
+      pkgs.postgresql_16
+      pkgs.postgresql_18
+    ];
+  };
+  pgJit = pgWith { svc.postgresqlPackage = pkgs.postgresql_17_jit; };
+  pgNoPackage = pgWith { svc.postgresqlPackage = null; };
+  pgOwnDirs = pgWith { job.bin_dirs = [ "/opt/pg16/bin" ]; };
+  # null: the daemon's own defaults (PATH, the system's temporary directory)
+  pgDaemonDefaults = pgWith {
+    job = {
+      bin_dirs = [ ];
+      drill.server_bin_dir = null;
+      drill.work_dir = null;
+    };
+  };
+  pgNoDrill = pgWith { job.drill = null; };
+  pgStateDir = pgWith { settings.repository.state_dir = "/srv/backuphub-state"; };
+  # a work directory elsewhere; writeShellScript shows its text in the store path, to read it
+  pgScratch = pgWith {
+    job.drill.work_dir = "/srv/scratch";
+    evalWith =
+      cfgModule:
+      (lib.evalModules {
+        modules = [
+          nixosStubs
+          modulePath
+          {
+            _module.args.pkgs = pkgs // {
+              writeShellScript = name: text: fakeDrv name // { outPath = "${(fakeDrv name).outPath}\n${text}"; };
+            };
+          }
+          cfgModule
+        ];
+      }).config;
+  };
+  pgScratchPre = (pgUnit pgScratch).serviceConfig.ExecStartPre;
+  pgTmpWork = pgWith { job.drill.work_dir = "/var/tmp/drills"; };
+  # credentials set on the unit directly (systemd-creds) count too
+  pgEncryptedCredential = pgWith {
+    job.password_file = "${creds}/shop-db-enc";
+    modules = [
+      {
+        systemd.services.backuphub.serviceConfig.LoadCredentialEncrypted = [
+          "shop-db-enc:/etc/credstore.encrypted/shop-db"
+        ];
+      }
+    ];
+  };
+  pgCredentialDir = pgWith { job.password_file = "${creds}/shop-db/password"; };
+
+  # warnings, not errors
+  pgPlainPassword = pgWith { job.password_file = "/var/lib/secrets/backuphub/shop-db"; };
+  pgLongName = pgWith { name = "the-shop-database-on-the-rack-server"; };
+  pgRoot = pgWith { svc.user = "root"; };
+  pgEncryptedNoIdentity = pgWith {
+    settings.repository = {
+      recipients = [ "age1nejytmrmjc4wf9w6zj8cyjlz54cu6exl5kz9vx3c2k0qqt4cwpdsy65tua" ];
+      identity_file = null;
+    };
+  };
+  pgEncrypted = pgWith {
+    settings.repository.recipients = [ "age1nejytmrmjc4wf9w6zj8cyjlz54cu6exl5kz9vx3c2k0qqt4cwpdsy65tua" ];
+  };
+
+  # each must fail with its message
+  invalidPostgres = {
+    pg-no-host = {
+      config = pgWith { job.host = " "; };
+      message = "jobs.shop: a job of kind \"postgres\" needs `host`";
+    };
+    pg-relative-socket-dir = {
+      config = pgWith { job.host = "run/postgresql"; };
+      message = "jobs.shop: a job of kind \"postgres\" needs `host`: a host name, an IP address or the absolute path";
+    };
+    pg-no-user = {
+      config = pgWith { replaceJob = removeAttrs pgJob [ "user" ]; };
+      message = "jobs.shop: a job of kind \"postgres\" needs `user`";
+    };
+    pg-format = {
+      config = pgWith { job.format = "directory"; };
+      message = "jobs.shop.format = \"directory\": one of \"custom\"";
+    };
+    pg-sslmode = {
+      config = pgWith { job.sslmode = "verify-full"; };
+      message = "jobs.shop.sslmode = \"verify-full\": one of \"disable\"";
+    };
+    pg-store-password = {
+      config = pgWith { job.password_file = "/nix/store/00000000000000000000000000000000-pw"; };
+      message = "settings.jobs.shop.password_file = \"/nix/store/00000000000000000000000000000000-pw\" is in the world-readable Nix store";
+    };
+    pg-nix-path-password = {
+      config = pgWith { job.password_file = ./eval.nix; };
+      message = "settings.jobs.shop.password_file is a Nix path";
+    };
+    pg-relative-password = {
+      config = pgWith { job.password_file = "shop-db"; };
+      message = "settings.jobs.shop.password_file must be an absolute path, not \"shop-db\"";
+    };
+    pg-unknown-credential = {
+      config = pgWith { job.password_file = "${creds}/shop"; };
+      message = "jobs.shop.password_file = \"${creds}/shop\" is the credential \"shop\", which the unit does not get";
+    };
+    pg-drill-no-schedule = {
+      config = pgWith { replaceJob = pgJob // { drill = removeAttrs pgJob.drill [ "schedule" ]; }; };
+      message = "jobs.shop.drill needs `schedule`";
+    };
+    pg-drill-bad-schedule = {
+      config = pgWith { job.drill.schedule = "weekly"; };
+      message = "jobs.shop.drill needs `schedule`, when the restore drill runs";
+    };
+    pg-drill-not-a-table = {
+      config = pgWith { job.drill = "0 0 5 * * Sun"; };
+      message = "jobs.shop.drill must be an attribute set";
+    };
+    pg-relative-work-dir = {
+      config = pgWith { job.drill.work_dir = "drill"; };
+      message = "settings.jobs.shop.drill.work_dir must be an absolute path, not \"drill\"";
+    };
+    pg-store-work-dir = {
+      config = pgWith { job.drill.work_dir = "/nix/store/00000000000000000000000000000000-drill"; };
+      message = "jobs.shop.drill.work_dir = \"/nix/store/00000000000000000000000000000000-drill\" is in the read-only Nix store";
+    };
+    pg-relative-server-bin-dir = {
+      config = pgWith { job.drill.server_bin_dir = "bin"; };
+      message = "settings.jobs.shop.drill.server_bin_dir must be an absolute path, not \"bin\"";
+    };
+    pg-relative-bin-dir = {
+      config = pgWith {
+        job.bin_dirs = [
+          "/usr/lib/postgresql/17/bin"
+          "pg/bin"
+        ];
+      };
+      message = "settings.jobs.shop.bin_dirs (item 1) must be an absolute path, not \"pg/bin\"";
+    };
+  };
 
   # configurations that must not evaluate (type errors)
   badCases = {
@@ -596,12 +826,28 @@ let
       modules = [
         nixosStubs
         readmeStubs
-        ../../module.nix
+        modulePath
         { _module.args.pkgs = pkgs; }
         (if piExample != null then piExample else { })
       ];
     }).config;
   piUnit = pi.systemd.services.backuphub;
+
+  # nix/module.md's postgres example (extracted by run.sh like the README's)
+  pgDoc =
+    (lib.evalModules {
+      modules = [
+        nixosStubs
+        postgresqlStubs
+        modulePath
+        { _module.args.pkgs = pkgs; }
+        # to read the generated settings (the stub's formats.toml keeps them)
+        { services.backuphub.checkConfig = false; }
+        (if postgresExample != null then postgresExample else { })
+      ];
+    }).config;
+  pgDocUnit = pgDoc.systemd.services.backuphub;
+  pgDocJob = pgDoc.services.backuphub.configFile.value.jobs.shop or { };
 
   # ---------------------------------------------------------------- expectations
   show = lib.generators.toPretty { };
@@ -624,6 +870,14 @@ let
       inherit name;
       ok = lib.any (lib.hasInfix fragment) msgs;
       detail = "no failed assertion mentions ${show fragment}; failed assertions: ${show msgs}";
+    };
+
+  expectWarning =
+    name: config: fragment:
+    {
+      inherit name;
+      ok = lib.any (lib.hasInfix fragment) config.warnings;
+      detail = "no warning mentions ${show fragment}; warnings: ${show config.warnings}";
     };
 
   pkgBin = "/nix/store/00000000000000000000000000000000-backuphub-0.1.0/bin/backuphub";
@@ -664,6 +918,142 @@ let
     StateDirectory = "backuphub";
     StateDirectoryMode = "0700";
   };
+
+  # postgres jobs (see pgWith)
+  pgChecks =
+    let
+      # a missing key fails the expectation instead of the evaluation
+      shop = c: (pgValue c).jobs.shop;
+      get = c: key: (shop c).${key} or "<unset>";
+      drill = c: key: (shop c).drill.${key} or "<unset>";
+      bin = name: "${pgStore name}/bin";
+      sc' = c: (pgUnit c).serviceConfig;
+      names = map (p: p.name);
+    in
+    [
+      (expect "postgres: no failed assertions, no warnings" [ (failedAssertions pg) pg.warnings ] [ [ ] [ ] ])
+      (expect "postgres: the generated job, with bin_dirs and the drill's server_bin_dir and work_dir filled in" (shop pg) (
+        pgJob
+        // {
+          timezone = "UTC";
+          bin_dirs = [ (bin "postgresql-17.6") ];
+          drill = pgJob.drill // {
+            server_bin_dir = bin "postgresql-17.6";
+            work_dir = "/var/lib/backuphub/drill";
+          };
+        }
+      ))
+      (expect "postgres: path and command jobs get none of it" [ (pgValue pg).jobs.cephfs (pgValue pg).jobs.pgdump ] [
+        (baseSettings.jobs.cephfs // { timezone = "UTC"; })
+        baseSettings.jobs.pgdump
+      ])
+      (expect "postgres: PostgreSQL on the unit's PATH, without setting postgresqlPackage" (names (pgUnit pg).path) [
+        "postgresql-17.6"
+      ])
+      (expect "no postgres job and postgresqlPackage not set: PostgreSQL not on PATH (nor in the closure)"
+        unchecked.systemd.services.backuphub.path
+        [ ]
+      )
+      (expectTrue "postgres: PostgreSQL on backuphub-admin's PATH too" (
+        lib.hasInfix "-E PATH=${bin "postgresql-17.6"}:/run/current-system/sw/bin " (pgAdminText pg)
+      ))
+      (expect "postgres: the password is a credential of the unit, and the setting points at it" [
+        (lib.elem "shop-db:/var/lib/secrets/backuphub/shop-db" (sc' pg).LoadCredential)
+        (get pg "password_file")
+      ] [ true "/run/credentials/backuphub.service/shop-db" ])
+      (expect "postgres: the default work_dir is in the StateDirectory: no more writable paths, mounts or ExecStartPre" [
+        (sc' pg).StateDirectory
+        (sc' pg).ReadWritePaths
+        (pgUnit pg).unitConfig.RequiresMountsFor
+        ((sc' pg).ExecStartPre or [ ])
+      ] [ "backuphub" [ repo ] [ repo ] [ ] ])
+      (expect "postgres: postgresqlPackage is services.postgresql.package when services.postgresql is on" [
+        (get pgLocalServer "bin_dirs")
+        (drill pgLocalServer "server_bin_dir")
+        (names (pgUnit pgLocalServer).path)
+      ] [ [ (bin "postgresql-16.10") ] (bin "postgresql-16.10") [ "postgresql-16.10" ] ])
+      (expect "postgres: ... and pkgs.postgresql when it is off" (names [
+        pgLocalServerOff.services.backuphub.postgresqlPackage
+      ]) [ "postgresql-17.6" ])
+      (expect "postgres: several versions: all in bin_dirs, the drill's server left to the daemon, one on PATH" [
+        (get pgSeveral "bin_dirs")
+        ((shop pgSeveral).drill ? server_bin_dir)
+        (names (pgUnit pgSeveral).path)
+      ] [ [ (bin "postgresql-17.6") (bin "postgresql-16.10") (bin "postgresql-18.1") ] false [ "postgresql-17.6" ] ])
+      (expect "postgres: a PostgreSQL with JIT is given to jobs without it, so MemoryDenyWriteExecute stays" [
+        (get pgJit "bin_dirs")
+        (drill pgJit "server_bin_dir")
+        (names (pgUnit pgJit).path)
+        (sc' pgJit).MemoryDenyWriteExecute
+      ] [ [ (bin "postgresql-17.6") ] (bin "postgresql-17.6") [ "postgresql-17.6-jit" ] true ])
+      (expect "postgres: postgresqlPackage = null: no bin_dirs, no server_bin_dir, nothing on PATH" [
+        ((shop pgNoPackage) ? bin_dirs)
+        ((shop pgNoPackage).drill ? server_bin_dir)
+        (drill pgNoPackage "work_dir")
+        (pgUnit pgNoPackage).path
+      ] [ false false "/var/lib/backuphub/drill" [ ] ])
+      (expect "postgres: the job's own bin_dirs are kept, and the daemon picks the drill's server" [
+        (get pgOwnDirs "bin_dirs")
+        ((shop pgOwnDirs).drill ? server_bin_dir)
+      ] [ [ "/opt/pg16/bin" ] false ])
+      (expect "postgres: null and [ ] keep the daemon's defaults (PATH, its temporary directory)" [
+        (get pgDaemonDefaults "bin_dirs")
+        (get pgDaemonDefaults "drill")
+      ] [ [ ] pgJob.drill ])
+      (expect "postgres: a job without a drill gets no drill" [ ((shop pgNoDrill) ? drill) (get pgNoDrill "bin_dirs") ] [
+        false
+        [ (bin "postgresql-17.6") ]
+      ])
+      (expect "postgres: work_dir follows a custom state_dir" [
+        (drill pgStateDir "work_dir")
+        (sc' pgStateDir).ReadWritePaths
+      ] [ "/srv/backuphub-state/drill" [ repo "/srv/backuphub-state" ] ])
+      (expect "postgres: a work_dir elsewhere is writable and mounted first" [
+        (sc' pgScratch).ReadWritePaths
+        (pgUnit pgScratch).unitConfig.RequiresMountsFor
+        (lib.length pgScratchPre)
+      ] [ [ repo "/srv/scratch" ] [ repo "/srv/scratch" ] 1 ])
+      (expectTrue "postgres: ... and created when missing, for the service user, an existing one left alone" (
+        let
+          pre = lib.concatStrings pgScratchPre;
+        in
+        lib.all (x: lib.hasInfix x pre) [
+          "for d in /srv/scratch; do"
+          "if [ ! -d \"$d\" ]; then"
+          "${pgStore "coreutils-9.7"}/bin/install -d -m 0700 -o backuphub -g backuphub \"$d\""
+        ]
+        && lib.hasPrefix "+${pgStore "backuphub-drill-work-dirs"}\n" pre
+      ))
+      (expect "postgres: a work_dir below the private /var/tmp needs nothing" [
+        (sc' pgTmpWork).ReadWritePaths
+        ((sc' pgTmpWork).ExecStartPre or [ ])
+      ] [ [ repo ] [ ] ])
+      (expect "postgres: LoadCredentialEncrypted= of the unit counts, a directory credential too" [
+        (failedAssertions pgEncryptedCredential)
+        (failedAssertions pgCredentialDir)
+      ] [ [ ] [ ] ])
+      (expectWarning "postgres: warning for a password_file that is no credential" pgPlainPassword
+        "jobs.shop.password_file = \"/var/lib/secrets/backuphub/shop-db\" is not a credential"
+      )
+      (expectWarning "postgres: warning for a drill socket path too long" pgLongName
+        "/var/lib/backuphub/drill/backuphub-drill-the-shop-database-on-the-rack-server-<pid>-<random>/socket/.s.PGSQL.5432, can be 115 bytes long"
+      )
+      (expectWarning "postgres: warning for a drill as root" pgRoot "services.backuphub.user is root, but initdb refuses root")
+      (expectWarning "postgres: warning for a drill of an encrypted repository without the identity"
+        pgEncryptedNoIdentity
+        "jobs.shop.drill: the repository is encrypted (repository.recipients), and a drill must read the latest snapshot"
+      )
+      (expect "postgres: ... none with repository.identity_file" pgEncrypted.warnings [ ])
+      (expect "postgres: those are warnings, not errors" (
+        lib.concatMap failedAssertions [
+          pgPlainPassword
+          pgLongName
+          pgRoot
+          pgEncryptedNoIdentity
+        ]
+      ) [ ])
+    ]
+    ++ lib.mapAttrsToList (k: v: expect "postgres: hardening ${k}" ((sc' pg).${k} or "<unset>") v) hardening;
 
   checks = [
     # the unit
@@ -922,6 +1312,8 @@ let
     ] [ { } { } [ ] [ ] ])
   ]
   ++ lib.mapAttrsToList (n: c: expectAssertion "assertion: ${n}" c.config c.message) invalid
+  ++ lib.mapAttrsToList (n: c: expectAssertion "assertion: ${n}" c.config c.message) invalidPostgres
+  ++ pgChecks
   ++ lib.mapAttrsToList (n: c: expectTrue "does not evaluate: ${n}" (fails c)) badCases
   ++ [
     # flake.lock
@@ -1077,6 +1469,39 @@ let
       !(pi.services.backuphub.settings.repository ? identity_file)
       && pi.services.backuphub.settings.http.token_file == "${creds}/api-token"
     ))
+  ]
+  ++ [
+    # nix/module.md: the postgres example
+    (expectTrue "module.md: postgres example given (--arg postgresExample FILE)" (postgresExample != null))
+    (expect "module.md: no failed assertions, no warnings" [ (failedAssertions pgDoc) pgDoc.warnings ] [ [ ] [ ] ])
+    (expect "module.md: the job as generated"
+      [
+        (pgDocJob.bin_dirs or null)
+        (pgDocJob.drill.server_bin_dir or null)
+        (pgDocJob.drill.work_dir or null)
+        (pgDocJob.password_file or null)
+        (pgDoc.services.backuphub.settings.repository.identity_file or null)
+      ]
+      [
+        [ "${pgStore "postgresql-17.6"}/bin" ]
+        "${pgStore "postgresql-17.6"}/bin"
+        "/mnt/backup/drill"
+        "${creds}/shop-db"
+        "${creds}/identity"
+      ]
+    )
+    (expect "module.md: credentials, PATH, the work directory writable"
+      [
+        (map (lib.head) (map (lib.splitString ":") pgDocUnit.serviceConfig.LoadCredential))
+        (map (p: p.name) pgDocUnit.path)
+        pgDocUnit.serviceConfig.ReadWritePaths
+      ]
+      [
+        [ "identity" "shop-db" ]
+        [ "postgresql-17.6" ]
+        [ "/mnt/backup/backuphub" "/mnt/backup/drill" ]
+      ]
+    )
   ]
   ++ lib.optional selfTest (expectTrue "self-test: this expectation must fail" false);
 

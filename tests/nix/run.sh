@@ -2,7 +2,8 @@
 # Nix checks that run without nixpkgs (Debian's Nix 2.8 plus ../shared/nixpkgs-lib):
 #  - every .nix file of the repository parses;
 #  - tests/nix/eval.nix: module.nix under lib.evalModules with stubs (unit, hardening, firewall,
-#    credentials, assertion messages) and flake.lock against ../shared/nixpkgs-pin.md;
+#    credentials, postgres jobs, assertion messages), the examples of README.md and
+#    nix/module.md, and flake.lock against ../shared/nixpkgs-pin.md;
 #  - configurations that must not evaluate fail with the expected message (and, in eval.nix,
 #    every assertion of the module with a configuration that fails it);
 #  - backuphub-admin, as the module writes it, linted and run against a stand-in systemd-run;
@@ -52,9 +53,15 @@ awk '/^```nix$/ { inb = 1; buf = ""; next }
      inb && /^```$/ { if (buf ~ /^# pi\.nix\n/) printf "%s", buf; inb = 0; next }
      inb { buf = buf $0 "\n" }' README.md >"$tmp/pi.nix"
 [ -s "$tmp/pi.nix" ] || fail "no \`\`\`nix block starting with '# pi.nix' in README.md"
+# and nix/module.md's example of a postgres job with a drill
+awk '/^```nix$/ { inb = 1; buf = ""; next }
+     inb && /^```$/ { if (buf ~ /kind = "postgres"/ && buf ~ /drill = /) printf "%s", buf; inb = 0; next }
+     inb { buf = buf $0 "\n" }' nix/module.md >"$tmp/postgres.nix"
+[ -s "$tmp/postgres.nix" ] || fail "no \`\`\`nix block with a postgres job and a drill in nix/module.md"
 
 evalnix() {
-  nix-instantiate --eval --strict --json tests/nix/eval.nix --arg shared "$shared" --arg piExample "$tmp/pi.nix" "$@"
+  nix-instantiate --eval --strict --json tests/nix/eval.nix --arg shared "$shared" \
+    --arg piExample "$tmp/pi.nix" --arg postgresExample "$tmp/postgres.nix" "$@"
 }
 
 # 2. the expectations of eval.nix (each counted)
@@ -82,7 +89,7 @@ expect_error() { # case, message fragment
     cat "$log" >&2
   fi
 }
-expect_error bad-kind 'jobs.k8s.kind'"'"' is not of type `one of "path", "command"'
+expect_error bad-kind 'jobs.k8s.kind'"'"' is not of type `one of "path", "command", "postgres"'"'"'.'
 expect_error store-credential 'absolute path not in the Nix store'
 expect_error relative-credential 'absolute path not in the Nix store'
 

@@ -388,6 +388,15 @@ impl Server {
             std::process::id(),
             &crate::repo::random_hex()[..8]
         ));
+        // A Unix socket path has at most 107 bytes; the server would fail to start with a
+        // less helpful message.
+        let socket_len = dir.join("socket/.s.PGSQL.5432").as_os_str().len();
+        if socket_len > 107 {
+            return Err(PgError::Tools(format!(
+                "the throwaway server's socket path in {} would be {socket_len} bytes, more than the 107 a Unix socket allows: set a shorter drill.work_dir (or a shorter job name)",
+                base.display()
+            )));
+        }
         std::fs::create_dir(&dir).map_err(PgError::io(format!("creating {}", dir.display())))?;
         {
             use std::os::unix::fs::PermissionsExt;

@@ -127,6 +127,13 @@ let
     util-linux = fakeDrv "util-linux-2.41.2";
     etcd = fakeDrv "etcd-3.5.21";
     postgresql = fakeDrv "postgresql-17.6";
+    postgresql_16 = fakeDrv "postgresql-16.10";
+    postgresql_17 = final.postgresql;
+    postgresql_18 = fakeDrv "postgresql-18.1";
+    # as nixpkgs' postgresql.withJIT: LLVM's JIT built in; `withoutJIT` leads back
+    postgresql_17_jit = fakeDrv "postgresql-17.6-jit" // {
+      withoutJIT = final.postgresql;
+    };
     curl = fakeDrv "curl-8.14.1";
     jq = fakeDrv "jq-1.8.1";
     nixfmt = fakeDrv "nixfmt-1.1.0";

@@ -98,6 +98,19 @@ impl Setup {
         (out, v)
     }
 
+    /// `backuphub drill --json`: the output and, when it printed one, the result.
+    fn drill(&self) -> (std::process::Output, serde_json::Value) {
+        let out = self.env.run(&[
+            "drill",
+            "--config",
+            self.config.to_str().unwrap(),
+            "pg",
+            "--json",
+        ]);
+        let v = serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
+        (out, v)
+    }
+
     fn snapshots(&self) -> Vec<serde_json::Value> {
         let out = self.env.ok(&["snapshots", "--json"]);
         serde_json::from_slice(&out.stdout).unwrap()
@@ -377,9 +390,7 @@ fn failures_are_failed_or_partial_never_complete() {
     let bin = wrapper_bin(
         &env,
         &a,
-        &format!(
-            "if [ \"$PGDATABASE\" = shop ]; then $REAL/pg_dump \"$@\" | head -c 20000; kill -9 $$; fi\nif [ \"$PGDATABASE\" = wiki ]; then PGDATABASE=postgres $REAL/psql -X -q -c 'DROP DATABASE wiki' >&2; fi"
-        ),
+        "if [ \"$PGDATABASE\" = shop ]; then $REAL/pg_dump \"$@\" | head -c 20000; kill -9 $$; fi\nif [ \"$PGDATABASE\" = wiki ]; then PGDATABASE=postgres $REAL/psql -X -q -c 'DROP DATABASE wiki' >&2; fi",
     );
     a.sql("postgres", "CREATE DATABASE third");
     a.sql(
@@ -476,13 +487,7 @@ fn drills_pass_fail_on_a_failed_check_and_fail_on_an_empty_database() {
     let checks = "checks = [\n  { database = \"shop\", query = \"SELECT count(*) FROM customers\", expect = \">= 2000\" },\n  { database = \"wiki\", query = \"SELECT title FROM pages WHERE id = 1\", expect = \"= 'Home'\" },\n]";
     let s = setup(Env::new(), &a, "custom", &drill_section(checks));
     // Nothing to drill yet: a clear failure.
-    let out = s.env.run(&[
-        "drill",
-        "--config",
-        s.config.to_str().unwrap(),
-        "pg",
-        "--json",
-    ]);
+    let (out, _) = s.drill();
     assert_eq!(out.status.code(), Some(1));
     assert!(
         text(&out).contains("no complete snapshot"),
@@ -491,15 +496,7 @@ fn drills_pass_fail_on_a_failed_check_and_fail_on_an_empty_database() {
     );
 
     assert_eq!(s.run().1["status"], "complete");
-    let out = s.env.run(&[
-        "drill",
-        "--config",
-        s.config.to_str().unwrap(),
-        "pg",
-        "--json",
-    ]);
-    let v: serde_json::Value =
-        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&out)));
+    let (out, v) = s.drill();
     assert!(out.status.success(), "{v}: {}", text(&out));
     assert_eq!(v["ok"], true);
     assert_eq!(v["checks"].as_array().unwrap().len(), 2);
@@ -540,15 +537,8 @@ fn drills_pass_fail_on_a_failed_check_and_fail_on_an_empty_database() {
         "custom",
         &drill_section(bad),
     );
-    let out = s2.env.run(&[
-        "drill",
-        "--config",
-        s2.config.to_str().unwrap(),
-        "pg",
-        "--json",
-    ]);
+    let (out, v) = s2.drill();
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["ok"], false);
     assert!(v["error"].as_str().unwrap().contains("'Nope'"), "{v}");
 
@@ -563,14 +553,33 @@ fn drills_pass_fail_on_a_failed_check_and_fail_on_an_empty_database() {
         &format!("databases = [\"hollow\"]\n{}", drill_section("")),
     );
     assert_eq!(s3.run().1["status"], "complete");
-    let out = s3.env.run(&[
-        "drill",
-        "--config",
-        s3.config.to_str().unwrap(),
-        "pg",
-        "--json",
-    ]);
+    let (out, v) = s3.drill();
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(v["error"].as_str().unwrap().contains("no rows"), "{v}");
+
+    // Started by root, the server runs as `nobody`: a work_dir that user cannot enter is
+    // refused with what to do.
+    if rustix::process::geteuid().is_root() {
+        let private = s3.env.path("private");
+        std::fs::create_dir(&private).unwrap();
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o700)).unwrap();
+        }
+        let private = private.join("drills");
+        let cfg = std::fs::read_to_string(&s3.config).unwrap().replace(
+            &WORK.path().display().to_string(),
+            &private.display().to_string(),
+        );
+        std::fs::write(&s3.config, cfg).unwrap();
+        let out = s3
+            .env
+            .run(&["drill", "--config", s3.config.to_str().unwrap(), "pg"]);
+        assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+        assert!(
+            text(&out).contains("cannot reach") && text(&out).contains("set drill.work_dir"),
+            "{}",
+            text(&out)
+        );
+    }
 }
