@@ -224,6 +224,7 @@ pub enum JobKind {
     Path(PathJob),
     Command(CommandJob),
     Postgres(Box<crate::kinds::postgres::PostgresJob>),
+    Kubernetes(Box<crate::kinds::kubernetes::KubernetesJob>),
 }
 
 impl JobKind {
@@ -232,6 +233,7 @@ impl JobKind {
             JobKind::Path(_) => "path",
             JobKind::Command(_) => "command",
             JobKind::Postgres(_) => "postgres",
+            JobKind::Kubernetes(_) => "kubernetes",
         }
     }
 }
@@ -405,6 +407,13 @@ impl Config {
             match &mut job.kind {
                 JobKind::Path(p) => p.paths.iter_mut().for_each(fix),
                 JobKind::Command(_) => {}
+                JobKind::Kubernetes(k) => {
+                    k.kubeconfig
+                        .iter_mut()
+                        .chain(k.token_file.iter_mut())
+                        .chain(k.ca_file.iter_mut())
+                        .for_each(fix);
+                }
                 JobKind::Postgres(p) => {
                     p.password_file.iter_mut().for_each(fix);
                     p.bin_dirs.iter_mut().for_each(fix);
@@ -465,6 +474,12 @@ impl Config {
                     for (i, g) in p.exclude.iter().enumerate() {
                         globset::Glob::new(g).map_err(|e| (key("exclude").at(i), e.to_string()))?;
                     }
+                }
+                JobKind::Kubernetes(k) => {
+                    let encrypted = !self.repository.recipients.is_empty()
+                        || self.repository.recipients_file.is_some();
+                    crate::kinds::kubernetes::validate(k, encrypted)
+                        .map_err(|(key, m)| (job_key(name, key), m))?;
                 }
                 JobKind::Postgres(p) => {
                     crate::kinds::postgres::validate(p).map_err(|(k, m)| {
@@ -533,6 +548,18 @@ impl Config {
                     p.password_file
                         .iter()
                         .map(|path| (job_key(name, "password_file"), path)),
+                );
+            }
+            if let JobKind::Kubernetes(k) = &job.kind {
+                found.extend(
+                    k.kubeconfig
+                        .iter()
+                        .map(|p| (job_key(name, "kubeconfig"), p))
+                        .chain(
+                            k.token_file
+                                .iter()
+                                .map(|p| (job_key(name, "token_file"), p)),
+                        ),
                 );
             }
         }

@@ -138,9 +138,12 @@ pub struct Context {
 /// text from outside is shown (logs, status, manifests, `run --json`).
 pub fn secret_files(config: &Config) -> Vec<std::path::PathBuf> {
     let r = &config.repository;
-    let jobs = config.jobs.values().filter_map(|j| match &j.kind {
-        crate::config::JobKind::Postgres(p) => p.password_file.as_ref(),
-        _ => None,
+    let jobs = config.jobs.values().flat_map(|j| match &j.kind {
+        crate::config::JobKind::Postgres(p) => p.password_file.iter().collect::<Vec<_>>(),
+        crate::config::JobKind::Kubernetes(k) => {
+            k.kubeconfig.iter().chain(k.token_file.iter()).collect()
+        }
+        _ => Vec::new(),
     });
     r.identity_file
         .iter()
@@ -588,7 +591,9 @@ impl Context {
                 });
             }
             let job = &ctx.config.jobs[&name];
-            let mut source = crate::source::from_config(&job.kind, ctx.redactor.clone())?;
+            let encrypted = !repo.config().recipients.is_empty();
+            let mut source =
+                crate::source::from_config(&job.kind, ctx.redactor.clone(), encrypted)?;
             let policy = job.retention_policy();
             JobRun {
                 repo: &repo,

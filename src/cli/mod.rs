@@ -7,6 +7,7 @@
 
 mod backup;
 mod daemon;
+mod kubernetes;
 mod maint;
 mod postgres;
 mod read;
@@ -132,6 +133,8 @@ enum Command {
     /// Run a postgres job's restore drill now: throwaway server, latest complete
     /// snapshot, checks.
     Drill(postgres::DrillArgs),
+    /// Write a kubernetes job's objects as apply-ready YAML, numbered in a safe order.
+    RestoreKubernetes(kubernetes::RestoreKubernetesArgs),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<u8> {
@@ -158,6 +161,7 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Status(a) => daemon::status(a),
         Command::RestorePostgres(a) => postgres::restore_postgres(a),
         Command::Drill(a) => postgres::drill(a),
+        Command::RestoreKubernetes(a) => kubernetes::restore_kubernetes(a),
     }
 }
 

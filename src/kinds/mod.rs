@@ -2,7 +2,10 @@
 //! [`Source`](crate::source::Source), its restore command and any drill. The archiver and
 //! the repository know nothing about them.
 //!
+//! - [`kubernetes`]: every API object (CRDs and custom resources too, Secrets only when
+//!   named), `restore-kubernetes` to apply-ready YAML in a safe order.
 //! - [`postgres`]: per-database dumps (custom, plain or row-ordered), `restore-postgres`,
 //!   weekly restore drills into a throwaway server.
 
+pub mod kubernetes;
 pub mod postgres;

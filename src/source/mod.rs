@@ -128,6 +128,7 @@ pub trait Source: Send {
 pub fn from_config(
     kind: &crate::config::JobKind,
     redactor: crate::redact::Redactor,
+    encrypted: bool,
 ) -> Result<Box<dyn Source>, SourceError> {
     use crate::config::JobKind;
     Ok(match kind {
@@ -147,6 +148,9 @@ pub fn from_config(
         JobKind::Postgres(p) => Box::new(crate::kinds::postgres::source::PostgresSource::new(
             p, redactor,
         )),
+        JobKind::Kubernetes(k) => Box::new(
+            crate::kinds::kubernetes::source::KubernetesSource::new(k, redactor, encrypted),
+        ),
     })
 }
 

@@ -319,4 +319,5 @@ pub fn tree_blobs(
         .map(|r| r.unwrap().tree)
         .collect()
 }
+pub mod kube;
 pub mod pg;

@@ -1,0 +1,59 @@
+//! The fake Kubernetes API server (tests/fake_kube/server.py) as a separate process.
+
+use std::io::BufRead;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+pub const TOKEN: &str = "kube-token-0123456789abcdef";
+
+pub struct FakeKube {
+    child: Child,
+    pub port: u16,
+    pub log: PathBuf,
+}
+
+impl FakeKube {
+    pub fn start(dir: &Path, args: &[&str]) -> FakeKube {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fake_kube/server.py");
+        let log = dir.join("kube-requests.log");
+        let mut child = Command::new("python3")
+            .arg(script)
+            .args(["--token", TOKEN, "--log"])
+            .arg(&log)
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("python3 runs the fake API server");
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let port = line.trim().parse().expect("the fake prints its port");
+        FakeKube { child, port, log }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// The request log: `GET path status` per line.
+    pub fn requests(&self) -> Vec<String> {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for FakeKube {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
