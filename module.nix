@@ -83,6 +83,7 @@ let
   pathJobs = lib.filterAttrs (_: j: j.kind == "path") jobs;
   commandJobs = lib.filterAttrs (_: j: j.kind == "command") jobs;
   postgresJobs = lib.filterAttrs (_: j: j.kind == "postgres") jobs;
+  kubernetesJobs = lib.filterAttrs (_: j: j.kind == "kubernetes") jobs;
   jobPaths = lib.concatLists (
     lib.mapAttrsToList (_: j: lib.filter lib.isString (lib.toList (j.paths or [ ]))) pathJobs
   );
@@ -205,7 +206,8 @@ let
     "path"
     "command"
     "postgres"
-    # later: "kubernetes" "s3"
+    "kubernetes"
+    # later: "s3"
   ];
 
   jobModule =
@@ -223,7 +225,11 @@ let
             module's documentation). `postgres`: the databases of a PostgreSQL server (`host`,
             `user`, optional `password_file`, `databases`, `format`, … and an optional restore
             `drill`); the module fills in `bin_dirs` and the drill's `server_bin_dir` and
-            `work_dir` (see `services.backuphub.postgresqlPackage`).
+            `work_dir` (see `services.backuphub.postgresqlPackage`). `kubernetes`: the objects
+            of a cluster's API, as YAML (`kubeconfig`, or `server`, `token_file` and optional
+            `ca_file`; `include_namespaces`, `exclude_namespaces`, `include_resources`,
+            `exclude_resources`, `label_selector`, `cluster_scoped`, …); the kubeconfig or the
+            token is a secret: pass it with `services.backuphub.credentials`.
           '';
           example = "path";
         };
@@ -330,6 +336,24 @@ let
     lib.attrNames cfg.credentials
     ++ map (e: lib.head (lib.splitString ":" e)) (lib.filter lib.isString entries);
 
+  # A file setting below credentialsDirectory must name a credential the unit gets.
+  credentialAssertion =
+    key: value: example:
+    let
+      credential = credentialOf value;
+    in
+    {
+      assertion = credential == null || lib.elem credential unitCredentialNames;
+      message = "services.backuphub.settings.${key} = \"${toString value}\" is the credential \"${toString credential}\", which the unit does not get: set services.backuphub.credentials.\"${toString credential}\" = \"${example}\" (outside the Nix store).";
+    };
+
+  # A secret file setting that is not a credential: readable by the service user, so by every
+  # command job too.
+  notCredentialWarning =
+    key: value:
+    lib.optional (isAbsolute value && credentialOf value == null && !inStore value)
+      "services.backuphub.settings.${key} = \"${value}\" is not a credential: the service user must be able to read it, and so can every command job. Pass it with services.backuphub.credentials.<name> = \"${value}\" and set ${lib.last (lib.splitString "." key)} = \"${credentialsDirectory}/<name>\"; systemd then reads it as root and shows it to this service only.";
+
   nonEmptyString = v: lib.isString v && lib.trim v != "";
 
   repoSettings = cfg.settings.repository;
@@ -382,6 +406,7 @@ let
         }
       ]
       ++ lib.optionals (job.kind == "postgres") (postgresJobAssertions name job)
+      ++ lib.optionals (job.kind == "kubernetes") (kubernetesJobAssertions name job)
     ) jobs
   );
 
@@ -393,7 +418,6 @@ let
       format = job.format or "custom";
       sslmode = job.sslmode or "prefer";
       password = job.password_file or null;
-      credential = credentialOf password;
       binDirs = job.bin_dirs or null;
       drill = job.drill or null;
       drillDir =
@@ -427,10 +451,7 @@ let
         ];
         message = "${prefix}.sslmode = ${lib.generators.toPretty { } sslmode}: one of \"disable\", \"prefer\" (the default) or \"require\".";
       }
-      {
-        assertion = credential == null || lib.elem credential unitCredentialNames;
-        message = "${prefix}.password_file = \"${toString password}\" is the credential \"${toString credential}\", which the unit does not get: set services.backuphub.credentials.\"${toString credential}\" = \"/path/to/the/password-file\" (outside the Nix store).";
-      }
+      (credentialAssertion "jobs.${name}.password_file" password "/path/to/the/password-file")
       {
         assertion = drill == null || lib.isAttrs drill;
         message = "${prefix}.drill must be an attribute set (the [jobs.${name}.drill] table: schedule, checks, …), not a ${builtins.typeOf drill}.";
@@ -455,6 +476,82 @@ let
       ++ drillDir "work_dir"
     );
 
+  kubernetesJobAssertions =
+    name: job:
+    let
+      prefix = "services.backuphub.settings.jobs.${name}";
+      kubeconfig = job.kubeconfig or null;
+      server = job.server or null;
+      token = job.token_file or null;
+      ca = job.ca_file or null;
+      hasKubeconfig = kubeconfig != null;
+      hasServer = server != null;
+      hasToken = token != null;
+      includeResources = job.include_resources or [ "*" ];
+      # request_timeout_secs and page_size: null or unset is the daemon's default
+      intIn =
+        key: min: max: default:
+        let
+          v = job.${key} or null;
+        in
+        {
+          assertion = v == null || (lib.isInt v && v >= min && v <= max);
+          message = "${prefix}.${key} = ${lib.generators.toPretty { } v}: an integer from ${toString min} to ${toString max} (default ${toString default}).";
+        };
+    in
+    [
+      {
+        assertion = hasKubeconfig || (hasServer && hasToken);
+        message = "${prefix}: a job of kind \"kubernetes\" needs `kubeconfig` (a kubeconfig file, passed as a credential: \"${credentialsDirectory}/kubeconfig\"), or `server` (the API server's URL) and `token_file` (a bearer token, passed as a credential)${
+          if hasServer then
+            "; `token_file` is missing"
+          else if hasToken then
+            "; `server` is missing"
+          else
+            ""
+        }.";
+      }
+      {
+        assertion = !(hasKubeconfig && (hasServer || hasToken));
+        message = "${prefix}: give either `kubeconfig` or `server` and `token_file`, not both (the kubeconfig names its own server and credentials).";
+      }
+      {
+        assertion =
+          !hasServer
+          || (lib.isString server && (lib.hasPrefix "https://" server || lib.hasPrefix "http://" server));
+        message = "${prefix}.server = ${lib.generators.toPretty { } server}: the API server's URL, starting with https:// (or http://), e.g. \"https://10.0.0.10:6443\".";
+      }
+      {
+        assertion = (job.context or null) == null || hasKubeconfig;
+        message = "${prefix}.context is set, but only a kubeconfig has contexts: use it with `kubeconfig`, not with `server` and `token_file`.";
+      }
+      {
+        assertion =
+          lib.isList includeResources
+          && includeResources != [ ]
+          && lib.all lib.isString includeResources;
+        message = "${prefix}.include_resources must be a non-empty list of globs over \"resource.group\" names (default [ \"*\" ]), not ${lib.generators.toPretty { } includeResources}.";
+      }
+      {
+        assertion =
+          !(lib.isList includeResources && lib.elem "secrets" includeResources) || settingsEncrypt;
+        message = "${prefix}.include_resources names \"secrets\", but the repository is not encrypted (neither settings.repository.recipients nor settings.repository.recipients_file is set): Kubernetes Secrets go only into an encrypted repository, and the daemon refuses this configuration. Set repository.recipients, or leave \"secrets\" out (\"*\" never includes Secrets).";
+      }
+      (intIn "request_timeout_secs" 1 600 30)
+      (intIn "page_size" 1 10000 500)
+      (credentialAssertion "jobs.${name}.kubeconfig" kubeconfig "/path/to/the/kubeconfig")
+      (credentialAssertion "jobs.${name}.token_file" token "/path/to/the/token")
+      (credentialAssertion "jobs.${name}.ca_file" ca "/path/to/the/ca.pem")
+      # The CA certificate is public: a Nix path (./cluster-ca.pem) is copied into the store,
+      # which does no harm, and is read from there.
+      {
+        assertion = ca == null || builtins.isPath ca || isAbsolute ca;
+        message = "services.backuphub.settings.jobs.${name}.ca_file must be an absolute path (or a Nix path: the CA certificate is public), not ${lib.generators.toPretty { } ca} (a relative path would be read relative to the configuration file in the Nix store).";
+      }
+    ]
+    ++ optionalFileAssertions secretSettingAssertions "jobs.${name}.kubeconfig" kubeconfig
+    ++ optionalFileAssertions secretSettingAssertions "jobs.${name}.token_file" token;
+
   # The socket of a drill's throwaway server is
   # <work_dir>/backuphub-drill-<job>-<pid>-<8 hex digits>/socket/.s.PGSQL.5432, and a Unix
   # socket path has at most 107 bytes. The pid has up to 7 digits (pid_max is 4194304).
@@ -475,14 +572,24 @@ let
       drill = (withPostgresDefaults job).drill or null;
       workDir = if lib.isAttrs drill then drill.work_dir or null else null;
     in
-    lib.optional (isAbsolute password && credentialOf password == null && !inStore password)
-      "${prefix}.password_file = \"${password}\" is not a credential: the service user must be able to read it, and so can every command job. Pass it with services.backuphub.credentials.<name> = \"${password}\" and set password_file = \"${credentialsDirectory}/<name>\"; systemd then reads it as root and shows it to this service only."
+    notCredentialWarning "jobs.${name}.password_file" password
     ++ lib.optional (lib.isString workDir && drillSocketPathLength name workDir > 107)
       "${prefix}.drill: the throwaway server's socket, ${workDir}/backuphub-drill-${name}-<pid>-<random>/socket/.s.PGSQL.5432, can be ${toString (drillSocketPathLength name workDir)} bytes long, more than the 107 a Unix socket path may have, and the server would not start: use a shorter drill.work_dir or job name."
     ++ lib.optional (lib.isAttrs drill && settingsEncrypt && !settingsIdentity)
       "${prefix}.drill: the repository is encrypted (repository.recipients), and a drill must read the latest snapshot, but repository.identity_file is not set: the drill will fail. Pass the age identity with services.backuphub.credentials.identity and set repository.identity_file = \"${credentialsDirectory}/identity\", or run drills on a machine that holds the identity."
     ++ lib.optional (lib.isAttrs drill && cfg.user == "root")
       "${prefix}.drill: services.backuphub.user is root, but initdb refuses root and the unit has no capabilities to switch to drill.run_as: the drill will fail. Run the service as an unprivileged user (the default, \"backuphub\").";
+
+  kubernetesJobWarnings =
+    name: job:
+    let
+      prefix = "services.backuphub.settings.jobs.${name}";
+    in
+    notCredentialWarning "jobs.${name}.kubeconfig" (job.kubeconfig or null)
+    ++ notCredentialWarning "jobs.${name}.token_file" (job.token_file or null)
+    # The daemon reads ca_file only with `server`; a kubeconfig brings its own CA.
+    ++ lib.optional ((job.kubeconfig or null) != null && (job.ca_file or null) != null)
+      "${prefix}.ca_file is ignored with `kubeconfig`: the daemon trusts the kubeconfig's certificate-authority(-data). Put the CA into the kubeconfig, or drop ca_file.";
 
   # Tools of command jobs, on the service's PATH (and the admin command's). postgresqlPackage
   # is there for postgres jobs, and for command jobs (pg_dumpall) only when set explicitly, as
@@ -717,6 +824,12 @@ in
                     schedule = "0 0 5 * * Sun";
                     checks = [ { database = "shop"; query = "SELECT count(*) FROM orders"; expect = ">= 1000"; } ];
                   };
+                };
+                cluster = {
+                  kind = "kubernetes";
+                  schedule = "0 0 1 * * *";
+                  kubeconfig = "/run/credentials/backuphub.service/kubeconfig"; # services.backuphub.credentials.kubeconfig
+                  exclude_namespaces = [ "kube-system" ];
                 };
               }
             '';
@@ -972,7 +1085,9 @@ in
     )
     ++ jobAssertions;
 
-    warnings = lib.concatLists (lib.mapAttrsToList postgresJobWarnings postgresJobs);
+    warnings =
+      lib.concatLists (lib.mapAttrsToList postgresJobWarnings postgresJobs)
+      ++ lib.concatLists (lib.mapAttrsToList kubernetesJobWarnings kubernetesJobs);
 
     users.users = mkIf (cfg.user == "backuphub") {
       backuphub = {
@@ -1087,8 +1202,10 @@ in
         CapabilityBoundingSet = if cfg.readAllFiles then [ "CAP_DAC_READ_SEARCH" ] else "";
         AmbientCapabilities = if cfg.readAllFiles then [ "CAP_DAC_READ_SEARCH" ] else "";
         # AF_UNIX: journald, sd_notify, PostgreSQL's socket (a postgres job's host may be a socket
-        # directory, and the drill's server listens on one only); AF_INET/AF_INET6: the HTTP
-        # endpoint and the sources jobs pull from (pg_dump over TCP). No AF_NETLINK (the drill's
+        # directory, and the drill's server listens on one only), nscd for host names;
+        # AF_INET/AF_INET6: the HTTP endpoint and the sources jobs pull from (pg_dump over TCP,
+        # the Kubernetes API over HTTPS, which the daemon speaks itself, with the CA of the
+        # kubeconfig or ca_file, else the system's in /etc/ssl/certs). No AF_NETLINK (the drill's
         # server has no samehost/samenet rule that would enumerate interfaces), no AF_PACKET.
         RestrictAddressFamilies = [
           "AF_UNIX"

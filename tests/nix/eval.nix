@@ -3,7 +3,7 @@
 #  - module.nix under lib.evalModules: the generated unit (ExecStart, Type, hardening,
 #    RequiresMountsFor, LoadCredential), settings, users, firewall ports, assertion messages;
 #  - flake.nix's outputs, nix/package.nix's arguments, the machine of nix/tests/vm.nix, the
-#    Pi example of README.md and the postgres example of nix/module.md;
+#    Pi example of README.md and the postgres and kubernetes examples of nix/module.md;
 #  - flake.lock against the pin in ../shared/nixpkgs-pin.md.
 #
 #   nix-instantiate --eval --strict --json tests/nix/eval.nix --arg shared /path/to/shared \
@@ -27,6 +27,8 @@
   piExample ? null,
   # nix/module.md's example of a postgres job with a drill, extracted by run.sh
   postgresExample ? null,
+  # nix/module.md's example of a kubernetes job with a kubeconfig credential, extracted by run.sh
+  kubernetesExample ? null,
   # the module under test (see above)
   modulePath ? ../../module.nix,
 }:
@@ -747,6 +749,256 @@ let
     };
   };
 
+  # ---- kubernetes jobs
+  # with a kubeconfig (every key the daemon knows, none of them at its default)
+  k8sJob = {
+    kind = "kubernetes";
+    schedule = "0 0 1 * * *";
+    kubeconfig = "${creds}/kubeconfig";
+    context = "homelab";
+    include_namespaces = [ "prod-*" "media" ];
+    exclude_namespaces = [ "prod-scratch" ];
+    include_resources = [ "*.apps" "configmaps" ];
+    exclude_resources = [ "replicasets.apps" ];
+    label_selector = "backup!=skip";
+    cluster_scoped = false;
+    request_timeout_secs = 60;
+    page_size = 250;
+  };
+  # with the API server's URL and a token instead
+  k8sServerJob = {
+    kind = "kubernetes";
+    schedule = "0 0 1 * * *";
+    server = "https://10.0.0.10:6443";
+    token_file = "${creds}/k8s-token";
+    ca_file = "/etc/kubernetes/homelab-ca.pem";
+  };
+  k8sCredentials = {
+    identity = "/var/lib/secrets/backuphub/age-identity.txt";
+    api-token = "/var/lib/secrets/backuphub/api-token";
+    kubeconfig = "/etc/secrets/backuphub-kubeconfig";
+    k8s-token = "/etc/secrets/backuphub-k8s-token";
+  };
+  # baseSettings plus the kubernetes job `cluster` (k8sJob with `job` over it, or `replaceJob`),
+  # its secrets credentials; checkConfig off, so that the generated value is at hand
+  k8sWith =
+    {
+      job ? { },
+      replaceJob ? k8sJob // job,
+      settings ? { },
+      svc ? { },
+      modules ? [ ],
+    }:
+    eval {
+      imports = modules;
+      networking.hostName = "pi";
+      services.backuphub = {
+        enable = true;
+        checkConfig = false;
+        credentials = k8sCredentials;
+        settings = lib.recursiveUpdate (lib.recursiveUpdate baseSettings settings) {
+          jobs.cluster = replaceJob;
+        };
+      }
+      // svc;
+    };
+  k8sServerWith = job: k8sWith { replaceJob = k8sServerJob // job; };
+  ageRecipient = "age1nejytmrmjc4wf9w6zj8cyjlz54cu6exl5kz9vx3c2k0qqt4cwpdsy65tua";
+
+  k8s = k8sWith { };
+  k8sServer = k8sWith { replaceJob = k8sServerJob; };
+  k8sMinimal = k8sWith {
+    replaceJob = {
+      kind = "kubernetes";
+      schedule = "@daily";
+      kubeconfig = "${creds}/kubeconfig";
+    };
+  };
+  # accepted as well
+  k8sAccepted = {
+    "server over http:// (kubectl proxy)" = k8sServerWith {
+      server = "http://127.0.0.1:8001";
+      ca_file = null;
+    };
+    "ca_file as a Nix path (it is public)" = k8sServerWith { ca_file = ./eval.nix; };
+    "ca_file in the store" = k8sServerWith { ca_file = "/nix/store/00000000000000000000000000000000-homelab-ca.pem"; };
+    "ca_file a credential" = k8sWith {
+      replaceJob = k8sServerJob // {
+        ca_file = "${creds}/k8s-ca";
+      };
+      svc.credentials = k8sCredentials // {
+        k8s-ca = "/etc/secrets/k8s-ca.pem";
+      };
+    };
+    "Secrets into a repository with recipients" = k8sWith {
+      job.include_resources = [ "*" "secrets" ];
+      settings.repository.recipients = [ ageRecipient ];
+    };
+    "Secrets into a repository with recipients_file" = k8sWith {
+      job.include_resources = [ "secrets" ];
+      settings.repository.recipients_file = "/etc/backuphub/recipients.txt";
+    };
+    "a glob that matches secrets needs no encryption (the daemon excludes them unless named)" = k8sWith {
+      job.include_resources = [ "secret*" ];
+    };
+    "the bounds of request_timeout_secs and page_size" = k8sWith {
+      job = {
+        request_timeout_secs = 600;
+        page_size = 10000;
+      };
+    };
+    "... and their lower bounds" = k8sWith {
+      job = {
+        request_timeout_secs = 1;
+        page_size = 1;
+      };
+    };
+    "LoadCredentialEncrypted= of the unit counts" = k8sWith {
+      job.kubeconfig = "${creds}/kubeconfig-enc";
+      modules = [
+        {
+          systemd.services.backuphub.serviceConfig.LoadCredentialEncrypted = [
+            "kubeconfig-enc:/etc/credstore.encrypted/kubeconfig"
+          ];
+        }
+      ];
+    };
+  };
+
+  # warnings, not errors
+  k8sPlainKubeconfig = k8sWith { job.kubeconfig = "/etc/secrets/backuphub-kubeconfig"; };
+  k8sPlainToken = k8sServerWith { token_file = "/var/lib/secrets/k8s-token"; };
+  k8sCaWithKubeconfig = k8sWith { job.ca_file = "/etc/kubernetes/homelab-ca.pem"; };
+
+  # each must fail with its message
+  invalidKubernetes = {
+    k8s-no-connection = {
+      config = k8sWith {
+        replaceJob = removeAttrs k8sJob [
+          "kubeconfig"
+          "context"
+        ];
+      };
+      message = "jobs.cluster: a job of kind \"kubernetes\" needs `kubeconfig` (a kubeconfig file, passed as a credential: \"${creds}/kubeconfig\"), or `server` (the API server's URL) and `token_file` (a bearer token, passed as a credential).";
+    };
+    k8s-server-without-token = {
+      config = k8sWith { replaceJob = removeAttrs k8sServerJob [ "token_file" ]; };
+      message = "jobs.cluster: a job of kind \"kubernetes\" needs `kubeconfig`";
+    };
+    k8s-server-without-token-says-so = {
+      config = k8sWith { replaceJob = removeAttrs k8sServerJob [ "token_file" ]; };
+      message = "; `token_file` is missing.";
+    };
+    k8s-token-without-server = {
+      config = k8sWith { replaceJob = removeAttrs k8sServerJob [ "server" ]; };
+      message = "; `server` is missing.";
+    };
+    k8s-kubeconfig-and-server = {
+      config = k8sWith {
+        job = {
+          inherit (k8sServerJob) server token_file;
+        };
+      };
+      message = "jobs.cluster: give either `kubeconfig` or `server` and `token_file`, not both";
+    };
+    k8s-kubeconfig-and-token = {
+      config = k8sWith { job.token_file = k8sServerJob.token_file; };
+      message = "jobs.cluster: give either `kubeconfig` or `server` and `token_file`, not both";
+    };
+    k8s-server-scheme = {
+      config = k8sServerWith { server = "10.0.0.10:6443"; };
+      message = "jobs.cluster.server = \"10.0.0.10:6443\": the API server's URL, starting with https:// (or http://)";
+    };
+    k8s-server-scheme-case = {
+      config = k8sServerWith { server = "HTTPS://10.0.0.10:6443"; };
+      message = "jobs.cluster.server = \"HTTPS://10.0.0.10:6443\": the API server's URL";
+    };
+    k8s-context-without-kubeconfig = {
+      config = k8sServerWith { context = "homelab"; };
+      message = "jobs.cluster.context is set, but only a kubeconfig has contexts";
+    };
+    k8s-store-kubeconfig = {
+      config = k8sWith { job.kubeconfig = "/nix/store/00000000000000000000000000000000-kubeconfig"; };
+      message = "settings.jobs.cluster.kubeconfig = \"/nix/store/00000000000000000000000000000000-kubeconfig\" is in the world-readable Nix store";
+    };
+    k8s-nix-path-kubeconfig = {
+      config = k8sWith { job.kubeconfig = ./eval.nix; };
+      message = "settings.jobs.cluster.kubeconfig is a Nix path";
+    };
+    k8s-relative-kubeconfig = {
+      config = k8sWith { job.kubeconfig = "kubeconfig"; };
+      message = "settings.jobs.cluster.kubeconfig must be an absolute path, not \"kubeconfig\"";
+    };
+    k8s-unknown-credential-kubeconfig = {
+      config = k8sWith { job.kubeconfig = "${creds}/kube"; };
+      message = "jobs.cluster.kubeconfig = \"${creds}/kube\" is the credential \"kube\", which the unit does not get";
+    };
+    k8s-store-token = {
+      config = k8sServerWith { token_file = "/nix/store/00000000000000000000000000000000-token"; };
+      message = "settings.jobs.cluster.token_file = \"/nix/store/00000000000000000000000000000000-token\" is in the world-readable Nix store";
+    };
+    k8s-nix-path-token = {
+      config = k8sServerWith { token_file = ./eval.nix; };
+      message = "settings.jobs.cluster.token_file is a Nix path";
+    };
+    k8s-relative-token = {
+      config = k8sServerWith { token_file = "token"; };
+      message = "settings.jobs.cluster.token_file must be an absolute path, not \"token\"";
+    };
+    k8s-unknown-credential-token = {
+      config = k8sServerWith { token_file = "${creds}/token"; };
+      message = "jobs.cluster.token_file = \"${creds}/token\" is the credential \"token\", which the unit does not get";
+    };
+    k8s-relative-ca = {
+      config = k8sServerWith { ca_file = "ca.pem"; };
+      message = "settings.jobs.cluster.ca_file must be an absolute path (or a Nix path: the CA certificate is public), not \"ca.pem\"";
+    };
+    k8s-unknown-credential-ca = {
+      config = k8sServerWith { ca_file = "${creds}/k8s-ca"; };
+      message = "jobs.cluster.ca_file = \"${creds}/k8s-ca\" is the credential \"k8s-ca\", which the unit does not get";
+    };
+    k8s-secrets-unencrypted = {
+      config = k8sWith {
+        job.include_resources = [
+          "*"
+          "secrets"
+        ];
+      };
+      message = "jobs.cluster.include_resources names \"secrets\", but the repository is not encrypted (neither settings.repository.recipients nor settings.repository.recipients_file is set): Kubernetes Secrets go only into an encrypted repository";
+    };
+    k8s-secrets-no-recipients = {
+      config = k8sWith {
+        job.include_resources = [ "secrets" ];
+        settings.repository.recipients = [ ];
+      };
+      message = "jobs.cluster.include_resources names \"secrets\", but the repository is not encrypted";
+    };
+    k8s-empty-include-resources = {
+      config = k8sWith { job.include_resources = [ ]; };
+      message = "jobs.cluster.include_resources must be a non-empty list of globs";
+    };
+    k8s-request-timeout-zero = {
+      config = k8sWith { job.request_timeout_secs = 0; };
+      message = "jobs.cluster.request_timeout_secs = 0: an integer from 1 to 600 (default 30).";
+    };
+    k8s-request-timeout-big = {
+      config = k8sWith { job.request_timeout_secs = 601; };
+      message = "jobs.cluster.request_timeout_secs = 601: an integer from 1 to 600";
+    };
+    k8s-page-size-big = {
+      config = k8sWith { job.page_size = 10001; };
+      message = "jobs.cluster.page_size = 10001: an integer from 1 to 10000 (default 500).";
+    };
+    k8s-page-size-zero = {
+      config = k8sWith { job.page_size = 0; };
+      message = "jobs.cluster.page_size = 0: an integer from 1 to 10000";
+    };
+    k8s-page-size-string = {
+      config = k8sWith { job.page_size = "500"; };
+      message = "jobs.cluster.page_size = \"500\": an integer";
+    };
+  };
+
   # configurations that must not evaluate (type errors)
   badCases = {
     bad-kind = eval (
@@ -848,6 +1100,20 @@ let
     }).config;
   pgDocUnit = pgDoc.systemd.services.backuphub;
   pgDocJob = pgDoc.services.backuphub.configFile.value.jobs.shop or { };
+
+  # nix/module.md's kubernetes example (extracted by run.sh like the others)
+  k8sDoc =
+    (lib.evalModules {
+      modules = [
+        nixosStubs
+        modulePath
+        { _module.args.pkgs = pkgs; }
+        { services.backuphub.checkConfig = false; }
+        (if kubernetesExample != null then kubernetesExample else { })
+      ];
+    }).config;
+  k8sDocUnit = k8sDoc.systemd.services.backuphub or { };
+  k8sDocJob = k8sDoc.services.backuphub.configFile.value.jobs.cluster or { };
 
   # ---------------------------------------------------------------- expectations
   show = lib.generators.toPretty { };
@@ -1054,6 +1320,81 @@ let
       ) [ ])
     ]
     ++ lib.mapAttrsToList (k: v: expect "postgres: hardening ${k}" ((sc' pg).${k} or "<unset>") v) hardening;
+
+  # kubernetes jobs (see k8sWith)
+  k8sChecks =
+    let
+      cluster = c: (pgValue c).jobs.cluster or "<unset>";
+      sc' = c: (pgUnit c).serviceConfig;
+      baseUnit = (pgUnit unchecked) // {
+        # what depends on the settings and credentials, not on the job kinds
+        serviceConfig = removeAttrs (pgUnit unchecked).serviceConfig [ "LoadCredential" "ExecStart" ];
+      };
+      unitWithout = c: (pgUnit c) // { serviceConfig = removeAttrs (sc' c) [ "LoadCredential" "ExecStart" ]; };
+    in
+    [
+      (expect "kubernetes: a kubeconfig job: no failed assertions, no warnings" [ (failedAssertions k8s) k8s.warnings ] [ [ ] [ ] ])
+      (expect "kubernetes: the kubeconfig job is generated as written (timezone added)" (cluster k8s) (
+        k8sJob // { timezone = "UTC"; }
+      ))
+      (expect "kubernetes: the kubeconfig is a credential of the unit, and the setting points at it" [
+        (lib.elem "kubeconfig:/etc/secrets/backuphub-kubeconfig" (sc' k8s).LoadCredential)
+        (cluster k8s).kubeconfig
+      ] [ true "/run/credentials/backuphub.service/kubeconfig" ])
+      (expect "kubernetes: a server+token+CA job: no failed assertions, no warnings" [
+        (failedAssertions k8sServer)
+        k8sServer.warnings
+      ] [ [ ] [ ] ])
+      (expect "kubernetes: the server job is generated as written" (cluster k8sServer) (
+        k8sServerJob // { timezone = "UTC"; }
+      ))
+      (expect "kubernetes: the token is a credential of the unit" (
+        lib.elem "k8s-token:/etc/secrets/backuphub-k8s-token" (sc' k8sServer).LoadCredential
+      ) true)
+      (expect "kubernetes: a minimal job: nothing filled in (the daemon has the defaults)" [
+        (failedAssertions k8sMinimal)
+        (cluster k8sMinimal)
+      ] [ [ ] { kind = "kubernetes"; schedule = "@daily"; timezone = "UTC"; kubeconfig = "${creds}/kubeconfig"; } ])
+      # the daemon speaks HTTPS itself: no packages, no more writable paths or mounts, and the
+      # same sandbox, which allows outbound TCP
+      (expect "kubernetes: the unit is the one without the job (but for its credentials and config file)" [
+        (unitWithout k8s)
+        (unitWithout k8sServer)
+      ] [ baseUnit baseUnit ])
+      (expect "kubernetes: nothing on PATH, no more writable paths" [
+        (pgUnit k8s).path
+        (sc' k8s).ReadWritePaths
+        ((sc' k8s).ExecStartPre or [ ])
+      ] [ [ ] [ repo ] [ ] ])
+      (expectTrue "kubernetes: outbound TCP allowed (AF_INET, AF_INET6; no PrivateNetwork, no IP address filter), after network-online.target" (
+        lib.all (f: lib.elem f (sc' k8s).RestrictAddressFamilies) [ "AF_INET" "AF_INET6" ]
+        && !((sc' k8s) ? PrivateNetwork || (sc' k8s) ? IPAddressDeny || (sc' k8s) ? IPAddressAllow)
+        && lib.elem "network-online.target" (pgUnit k8s).wants
+        && lib.elem "network-online.target" (pgUnit k8s).after
+      ))
+      (expectWarning "kubernetes: warning for a kubeconfig that is no credential" k8sPlainKubeconfig
+        "services.backuphub.settings.jobs.cluster.kubeconfig = \"/etc/secrets/backuphub-kubeconfig\" is not a credential: the service user must be able to read it, and so can every command job. Pass it with services.backuphub.credentials.<name> = \"/etc/secrets/backuphub-kubeconfig\" and set kubeconfig = \"${creds}/<name>\""
+      )
+      (expectWarning "kubernetes: warning for a token_file that is no credential" k8sPlainToken
+        "services.backuphub.settings.jobs.cluster.token_file = \"/var/lib/secrets/k8s-token\" is not a credential: the service user must be able to read it, and so can every command job. Pass it with services.backuphub.credentials.<name> = \"/var/lib/secrets/k8s-token\" and set token_file = \"${creds}/<name>\""
+      )
+      (expectWarning "kubernetes: warning for a ca_file beside a kubeconfig (the daemon ignores it)" k8sCaWithKubeconfig
+        "services.backuphub.settings.jobs.cluster.ca_file is ignored with `kubeconfig`"
+      )
+      (expect "kubernetes: one warning each, and they are warnings, not errors" [
+        (lib.length k8sPlainKubeconfig.warnings)
+        (lib.length k8sPlainToken.warnings)
+        (lib.length k8sCaWithKubeconfig.warnings)
+        (lib.concatMap failedAssertions [
+          k8sPlainKubeconfig
+          k8sPlainToken
+          k8sCaWithKubeconfig
+        ])
+      ] [ 1 1 1 [ ] ])
+    ]
+    ++ lib.mapAttrsToList (
+      n: c: expect "kubernetes: accepted: ${n}" [ (failedAssertions c) c.warnings ] [ [ ] [ ] ]
+    ) k8sAccepted;
 
   checks = [
     # the unit
@@ -1314,6 +1655,8 @@ let
   ++ lib.mapAttrsToList (n: c: expectAssertion "assertion: ${n}" c.config c.message) invalid
   ++ lib.mapAttrsToList (n: c: expectAssertion "assertion: ${n}" c.config c.message) invalidPostgres
   ++ pgChecks
+  ++ lib.mapAttrsToList (n: c: expectAssertion "assertion: ${n}" c.config c.message) invalidKubernetes
+  ++ k8sChecks
   ++ lib.mapAttrsToList (n: c: expectTrue "does not evaluate: ${n}" (fails c)) badCases
   ++ [
     # flake.lock
@@ -1399,8 +1742,8 @@ let
       && lib.hasInfix "Version 2.0, January 2004" text
       && lib.hasInfix "END OF TERMS AND CONDITIONS" text
     ))
-    (expectTrue "description names only what the release does (no Kubernetes, S3 jobs yet)" (
-      !(lib.hasInfix "Kubernetes" pkgArgs.meta.description) && !(lib.hasInfix "S3" pkgArgs.meta.description)
+    (expectTrue "description names only what the release does (no S3 jobs yet)" (
+      !(lib.hasInfix "S3" pkgArgs.meta.description)
     ))
 
     # nix/tests/vm.nix
@@ -1502,6 +1845,33 @@ let
         [ "/mnt/backup/backuphub" "/mnt/backup/drill" ]
       ]
     )
+  ]
+  ++ [
+    # nix/module.md: the kubernetes example
+    (expectTrue "module.md: kubernetes example given (--arg kubernetesExample FILE)" (kubernetesExample != null))
+    (expect "module.md: kubernetes: no failed assertions, no warnings" [ (failedAssertions k8sDoc) k8sDoc.warnings ] [
+      [ ]
+      [ ]
+    ])
+    (expect "module.md: kubernetes: the kubeconfig from services.backuphub.credentials, nothing on PATH"
+      [
+        (k8sDocJob.kind or null)
+        (k8sDocJob.kubeconfig or null)
+        (k8sDocUnit.serviceConfig.LoadCredential or null)
+        (k8sDocUnit.path or null)
+      ]
+      [
+        "kubernetes"
+        "${creds}/kubeconfig"
+        [ "kubeconfig:/etc/secrets/backuphub-kubeconfig" ]
+        [ ]
+      ]
+    )
+    (expectTrue "module.md: names deploy/kubernetes/, which has rbac.yaml and make-kubeconfig.sh" (
+      lib.hasInfix "`deploy/kubernetes/`" (builtins.readFile base.meta.doc)
+      && builtins.pathExists ../../deploy/kubernetes/rbac.yaml
+      && builtins.pathExists ../../deploy/kubernetes/make-kubeconfig.sh
+    ))
   ]
   ++ lib.optional selfTest (expectTrue "self-test: this expectation must fail" false);
 

@@ -2,12 +2,13 @@
 # Nix checks that run without nixpkgs (Debian's Nix 2.8 plus ../shared/nixpkgs-lib):
 #  - every .nix file of the repository parses;
 #  - tests/nix/eval.nix: module.nix under lib.evalModules with stubs (unit, hardening, firewall,
-#    credentials, postgres jobs, assertion messages), the examples of README.md and
-#    nix/module.md, and flake.lock against ../shared/nixpkgs-pin.md;
+#    credentials, postgres and kubernetes jobs, assertion messages), the examples of README.md
+#    and nix/module.md, and flake.lock against ../shared/nixpkgs-pin.md;
 #  - configurations that must not evaluate fail with the expected message (and, in eval.nix,
 #    every assertion of the module with a configuration that fails it);
 #  - backuphub-admin, as the module writes it, linted and run against a stand-in systemd-run;
 #  - the VM test's Python script compiles (the VM itself needs KVM and real nixpkgs);
+#  - the expectations catch deliberate mistakes in the module (tests/nix/mutants.py);
 #  - the harness itself can fail (a deliberately false expectation).
 # Usage: bash tests/nix/run.sh   (from anywhere; installs nix-bin and shellcheck with apt-get
 # when missing)
@@ -58,10 +59,16 @@ awk '/^```nix$/ { inb = 1; buf = ""; next }
      inb && /^```$/ { if (buf ~ /kind = "postgres"/ && buf ~ /drill = /) printf "%s", buf; inb = 0; next }
      inb { buf = buf $0 "\n" }' nix/module.md >"$tmp/postgres.nix"
 [ -s "$tmp/postgres.nix" ] || fail "no \`\`\`nix block with a postgres job and a drill in nix/module.md"
+# and its example of a kubernetes job with a kubeconfig credential
+awk '/^```nix$/ { inb = 1; buf = ""; next }
+     inb && /^```$/ { if (buf ~ /kind = "kubernetes"/ && buf ~ /kubeconfig = /) printf "%s", buf; inb = 0; next }
+     inb { buf = buf $0 "\n" }' nix/module.md >"$tmp/kubernetes.nix"
+[ -s "$tmp/kubernetes.nix" ] || fail "no \`\`\`nix block with a kubernetes job and a kubeconfig in nix/module.md"
 
 evalnix() {
   nix-instantiate --eval --strict --json tests/nix/eval.nix --arg shared "$shared" \
-    --arg piExample "$tmp/pi.nix" --arg postgresExample "$tmp/postgres.nix" "$@"
+    --arg piExample "$tmp/pi.nix" --arg postgresExample "$tmp/postgres.nix" \
+    --arg kubernetesExample "$tmp/kubernetes.nix" "$@"
 }
 
 # 2. the expectations of eval.nix (each counted)
@@ -89,7 +96,7 @@ expect_error() { # case, message fragment
     cat "$log" >&2
   fi
 }
-expect_error bad-kind 'jobs.k8s.kind'"'"' is not of type `one of "path", "command", "postgres"'"'"'.'
+expect_error bad-kind 'jobs.k8s.kind'"'"' is not of type `one of "path", "command", "postgres", "kubernetes"'"'"'.'
 expect_error store-credential 'absolute path not in the Nix store'
 expect_error relative-credential 'absolute path not in the Nix store'
 
@@ -202,7 +209,35 @@ else
   cat "$log" >&2
 fi
 
-# 6. the harness can fail
+# 6. the expectations can fail: each mutant of tests/nix/mutants.py (a copy of module.nix, or of
+#    nix/module.md, with one deliberate mistake) fails the expectations it names
+mkdir "$tmp/mutants"
+if python3 tests/nix/mutants.py "$root" "$tmp/mutants" 2>"$log"; then
+  for d in "$tmp/mutants"/*/; do
+    d=${d%/}
+    first=$(head -n 1 "$d/expect")
+    if evalnix --arg modulePath "$d/module.nix" >/dev/null 2>"$log"; then
+      fail "mutant $(basename "$d") ($first): eval.nix passed"
+      continue
+    fi
+    missed=
+    while IFS= read -r name; do
+      grep -qF -- "FAIL $name:" "$log" || missed+="  $name"$'\n'
+    done <"$d/expect"
+    if [ -z "$missed" ]; then
+      pass
+    else
+      fail "mutant $(basename "$d") ($first): these expectations did not fail:"
+      printf '%s' "$missed" >&2
+      sed -n '1,40p' "$log" >&2
+    fi
+  done
+else
+  fail "tests/nix/mutants.py:"
+  cat "$log" >&2
+fi
+
+# 7. the harness can fail
 if evalnix --arg selfTest true >/dev/null 2>"$log"; then
   fail "eval.nix passed with a deliberately false expectation"
 elif grep -qF 'FAIL self-test: this expectation must fail' "$log"; then

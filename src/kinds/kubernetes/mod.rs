@@ -250,6 +250,12 @@ pub fn validate(job: &KubernetesJob, encrypted: bool) -> Result<(), (&'static st
     if job.context.is_some() && job.kubeconfig.is_none() {
         return Err(("context", "needs `kubeconfig`".into()));
     }
+    if job.ca_file.is_some() && job.kubeconfig.is_some() {
+        return Err((
+            "ca_file",
+            "goes with `server`; a kubeconfig carries its own certificate-authority".into(),
+        ));
+    }
     for (key, list) in [
         ("include_namespaces", &job.include_namespaces),
         ("exclude_namespaces", &job.exclude_namespaces),

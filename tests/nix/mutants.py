@@ -1,0 +1,395 @@
+"""Deliberate mistakes in module.nix (or nix/module.md) that tests/nix/eval.nix must catch.
+
+Each mutant is a copy of module.nix next to a copy of nix/module.md (the module's meta.doc),
+with one text replaced; eval.nix evaluated with `--arg modulePath DIR/module.nix` must fail,
+naming each of the mutant's expectations as failed. run.sh does that for every mutant: an
+expectation that no mutant fails has not been shown to be able to fail.
+
+    python3 tests/nix/mutants.py ROOT OUTDIR
+
+writes OUTDIR/<n>/module.nix, OUTDIR/<n>/nix/module.md and OUTDIR/<n>/expect (the names of the
+expectations that must fail, one a line). Exits non-zero when a text does not occur exactly
+once in its file (the module changed: update the mutant).
+"""
+
+import os
+import sys
+
+MODULE = "module.nix"
+DOC = "nix/module.md"
+
+# (expectations of eval.nix that must fail, file, text, replacement)
+MUTANTS = [
+    # ---- kubernetes jobs: assertions
+    (
+        ["assertion: k8s-no-connection"],
+        MODULE,
+        "assertion = hasKubeconfig || (hasServer && hasToken);",
+        "assertion = true;",
+    ),
+    (
+        ["assertion: k8s-server-without-token", "assertion: k8s-server-without-token-says-so"],
+        MODULE,
+        "assertion = hasKubeconfig || (hasServer && hasToken);",
+        "assertion = hasKubeconfig || hasServer;",
+    ),
+    (
+        ["assertion: k8s-token-without-server"],
+        MODULE,
+        "assertion = hasKubeconfig || (hasServer && hasToken);",
+        "assertion = hasKubeconfig || hasToken;",
+    ),
+    (
+        ["assertion: k8s-server-without-token-says-so"],
+        MODULE,
+        'if hasServer then\n            "; `token_file` is missing"',
+        'if hasServer then\n            ""',
+    ),
+    (
+        ["assertion: k8s-token-without-server"],
+        MODULE,
+        'else if hasToken then\n            "; `server` is missing"',
+        'else if hasToken then\n            ""',
+    ),
+    (
+        ["assertion: k8s-kubeconfig-and-token", "assertion: k8s-kubeconfig-and-server"],
+        MODULE,
+        "assertion = !(hasKubeconfig && (hasServer || hasToken));",
+        "assertion = true;",
+    ),
+    (
+        ["assertion: k8s-kubeconfig-and-token"],
+        MODULE,
+        "assertion = !(hasKubeconfig && (hasServer || hasToken));",
+        "assertion = !(hasKubeconfig && hasServer);",
+    ),
+    (
+        ["assertion: k8s-server-scheme"],
+        MODULE,
+        '|| (lib.isString server && (lib.hasPrefix "https://" server || lib.hasPrefix "http://" server));',
+        "|| lib.isString server;",
+    ),
+    (
+        ["assertion: k8s-server-scheme-case"],
+        MODULE,
+        '(lib.hasPrefix "https://" server || lib.hasPrefix "http://" server)',
+        '(lib.hasPrefix "https://" (lib.toLower server) || lib.hasPrefix "http://" (lib.toLower server))',
+    ),
+    (
+        ["kubernetes: accepted: server over http:// (kubectl proxy)"],
+        MODULE,
+        '(lib.hasPrefix "https://" server || lib.hasPrefix "http://" server)',
+        '(lib.hasPrefix "https://" server)',
+    ),
+    (
+        ["assertion: k8s-context-without-kubeconfig"],
+        MODULE,
+        "assertion = (job.context or null) == null || hasKubeconfig;",
+        "assertion = true;",
+    ),
+    (
+        ["assertion: k8s-secrets-unencrypted", "assertion: k8s-secrets-no-recipients"],
+        MODULE,
+        'lib.elem "secrets" includeResources) || settingsEncrypt;',
+        'lib.elem "secrets" includeResources) || true;',
+    ),
+    (
+        [
+            "kubernetes: accepted: Secrets into a repository with recipients",
+            "kubernetes: accepted: Secrets into a repository with recipients_file",
+        ],
+        MODULE,
+        'lib.elem "secrets" includeResources) || settingsEncrypt;',
+        'lib.elem "secrets" includeResources) || false;',
+    ),
+    (
+        ["kubernetes: accepted: Secrets into a repository with recipients_file"],
+        MODULE,
+        "(repoSettings.recipients or [ ]) != [ ] || (repoSettings.recipients_file or null) != null;",
+        "(repoSettings.recipients or [ ]) != [ ];",
+    ),
+    (
+        ["assertion: k8s-secrets-no-recipients"],
+        MODULE,
+        "(repoSettings.recipients or [ ]) != [ ] || (repoSettings.recipients_file or null) != null;",
+        "repoSettings ? recipients || (repoSettings.recipients_file or null) != null;",
+    ),
+    (
+        ["kubernetes: accepted: a glob that matches secrets needs no encryption (the daemon excludes them unless named)"],
+        MODULE,
+        'lib.elem "secrets" includeResources',
+        'lib.any (lib.hasPrefix "secret") includeResources',
+    ),
+    (
+        ["assertion: k8s-empty-include-resources"],
+        MODULE,
+        "lib.isList includeResources\n          && includeResources != [ ]\n",
+        "lib.isList includeResources\n",
+    ),
+    (
+        ["assertion: k8s-request-timeout-zero"],
+        MODULE,
+        '(intIn "request_timeout_secs" 1 600 30)',
+        '(intIn "request_timeout_secs" 0 600 30)',
+    ),
+    (
+        ["assertion: k8s-request-timeout-big"],
+        MODULE,
+        '(intIn "request_timeout_secs" 1 600 30)',
+        '(intIn "request_timeout_secs" 1 601 30)',
+    ),
+    (
+        ["assertion: k8s-page-size-zero"],
+        MODULE,
+        '(intIn "page_size" 1 10000 500)',
+        '(intIn "page_size" 0 10000 500)',
+    ),
+    (
+        ["assertion: k8s-page-size-big"],
+        MODULE,
+        '(intIn "page_size" 1 10000 500)',
+        '(intIn "page_size" 1 100000 500)',
+    ),
+    (
+        ["assertion: k8s-page-size-string"],
+        MODULE,
+        "(lib.isInt v && v >= min && v <= max)",
+        "(lib.isString v || lib.isInt v && v >= min && v <= max)",
+    ),
+    (
+        ["kubernetes: accepted: the bounds of request_timeout_secs and page_size"],
+        MODULE,
+        "(lib.isInt v && v >= min && v <= max)",
+        "(lib.isInt v && v >= min && v < max)",
+    ),
+    (
+        ["kubernetes: accepted: ... and their lower bounds"],
+        MODULE,
+        "(lib.isInt v && v >= min && v <= max)",
+        "(lib.isInt v && v > min && v <= max)",
+    ),
+    # secret files: outside the store, absolute, credentials the unit gets
+    (
+        ["assertion: k8s-store-kubeconfig"],
+        MODULE,
+        '++ optionalFileAssertions secretSettingAssertions "jobs.${name}.kubeconfig" kubeconfig',
+        '++ optionalFileAssertions fileSettingAssertions "jobs.${name}.kubeconfig" kubeconfig',
+    ),
+    (
+        ["assertion: k8s-relative-kubeconfig", "assertion: k8s-nix-path-kubeconfig"],
+        MODULE,
+        '++ optionalFileAssertions secretSettingAssertions "jobs.${name}.kubeconfig" kubeconfig',
+        "",
+    ),
+    (
+        ["assertion: k8s-store-token"],
+        MODULE,
+        '++ optionalFileAssertions secretSettingAssertions "jobs.${name}.token_file" token;',
+        '++ optionalFileAssertions fileSettingAssertions "jobs.${name}.token_file" token;',
+    ),
+    (
+        ["assertion: k8s-relative-token", "assertion: k8s-nix-path-token"],
+        MODULE,
+        '++ optionalFileAssertions secretSettingAssertions "jobs.${name}.token_file" token;',
+        ";",
+    ),
+    (
+        ["assertion: k8s-unknown-credential-kubeconfig"],
+        MODULE,
+        '(credentialAssertion "jobs.${name}.kubeconfig" kubeconfig "/path/to/the/kubeconfig")',
+        "",
+    ),
+    (
+        ["assertion: k8s-unknown-credential-token"],
+        MODULE,
+        '(credentialAssertion "jobs.${name}.token_file" token "/path/to/the/token")',
+        "",
+    ),
+    (
+        ["assertion: k8s-unknown-credential-ca"],
+        MODULE,
+        '(credentialAssertion "jobs.${name}.ca_file" ca "/path/to/the/ca.pem")',
+        "",
+    ),
+    (
+        ["assertion: k8s-relative-ca"],
+        MODULE,
+        "assertion = ca == null || builtins.isPath ca || isAbsolute ca;",
+        "assertion = true;",
+    ),
+    (
+        ["kubernetes: accepted: ca_file as a Nix path (it is public)"],
+        MODULE,
+        "assertion = ca == null || builtins.isPath ca || isAbsolute ca;",
+        "assertion = ca == null || isAbsolute ca;",
+    ),
+    # the CA treated as a secret
+    (
+        [
+            "kubernetes: accepted: ca_file as a Nix path (it is public)",
+            "kubernetes: accepted: ca_file in the store",
+        ],
+        MODULE,
+        '++ optionalFileAssertions secretSettingAssertions "jobs.${name}.token_file" token;',
+        '++ optionalFileAssertions secretSettingAssertions "jobs.${name}.token_file" token\n'
+        '    ++ optionalFileAssertions secretSettingAssertions "jobs.${name}.ca_file" ca;',
+    ),
+    # credentials the unit gets: services.backuphub.credentials, LoadCredentialEncrypted=
+    (
+        [
+            "kubernetes: accepted: ca_file a credential",
+            "kubernetes: a kubeconfig job: no failed assertions, no warnings",
+            "kubernetes: a server+token+CA job: no failed assertions, no warnings",
+            "module.md: kubernetes: no failed assertions, no warnings",
+        ],
+        MODULE,
+        "assertion = credential == null || lib.elem credential unitCredentialNames;",
+        "assertion = credential == null;",
+    ),
+    (
+        ["kubernetes: accepted: LoadCredentialEncrypted= of the unit counts"],
+        MODULE,
+        " ++ lib.toList (sc.LoadCredentialEncrypted or [ ]);",
+        ";",
+    ),
+    # ---- kubernetes jobs: warnings
+    (
+        ["kubernetes: warning for a kubeconfig that is no credential"],
+        MODULE,
+        'notCredentialWarning "jobs.${name}.kubeconfig" (job.kubeconfig or null)\n    ++ ',
+        "",
+    ),
+    (
+        ["kubernetes: warning for a token_file that is no credential"],
+        MODULE,
+        '++ notCredentialWarning "jobs.${name}.token_file" (job.token_file or null)',
+        "",
+    ),
+    (
+        ["kubernetes: warning for a ca_file beside a kubeconfig (the daemon ignores it)"],
+        MODULE,
+        "lib.optional ((job.kubeconfig or null) != null && (job.ca_file or null) != null)",
+        "lib.optional false",
+    ),
+    (
+        [
+            "kubernetes: warning for a kubeconfig that is no credential",
+            "kubernetes: warning for a token_file that is no credential",
+            "kubernetes: warning for a ca_file beside a kubeconfig (the daemon ignores it)",
+        ],
+        MODULE,
+        "++ lib.concatLists (lib.mapAttrsToList kubernetesJobWarnings kubernetesJobs);",
+        ";",
+    ),
+    (
+        ["kubernetes: one warning each, and they are warnings, not errors"],
+        MODULE,
+        "++ lib.concatLists (lib.mapAttrsToList kubernetesJobWarnings kubernetesJobs);",
+        "++ lib.concatLists (lib.mapAttrsToList kubernetesJobWarnings kubernetesJobs)\n"
+        "      ++ lib.concatLists (lib.mapAttrsToList kubernetesJobWarnings kubernetesJobs);",
+    ),
+    # a credential taken for a plain file
+    (
+        [
+            "kubernetes: a kubeconfig job: no failed assertions, no warnings",
+            "kubernetes: a server+token+CA job: no failed assertions, no warnings",
+            "module.md: kubernetes: no failed assertions, no warnings",
+        ],
+        MODULE,
+        "lib.optional (isAbsolute value && credentialOf value == null && !inStore value)",
+        "lib.optional (isAbsolute value && !inStore value)",
+    ),
+    # ---- kubernetes jobs: the generated configuration and the unit
+    (
+        ["kubernetes: the kubeconfig job is generated as written (timezone added)"],
+        MODULE,
+        'if j.kind == "postgres" then withPostgresDefaults j else j',
+        'if j.kind == "postgres" then withPostgresDefaults j else removeAttrs j [ "context" ]',
+    ),
+    (
+        ["kubernetes: the server job is generated as written"],
+        MODULE,
+        'if j.kind == "postgres" then withPostgresDefaults j else j',
+        'if j.kind == "postgres" then withPostgresDefaults j else removeAttrs j [ "ca_file" ]',
+    ),
+    (
+        ["kubernetes: a minimal job: nothing filled in (the daemon has the defaults)"],
+        MODULE,
+        'if j.kind == "postgres" then withPostgresDefaults j else j',
+        'if j.kind == "postgres" then withPostgresDefaults j else { page_size = 500; } // j',
+    ),
+    (
+        [
+            "kubernetes: the kubeconfig is a credential of the unit, and the setting points at it",
+            "kubernetes: the token is a credential of the unit",
+            "module.md: kubernetes: the kubeconfig from services.backuphub.credentials, nothing on PATH",
+        ],
+        MODULE,
+        'LoadCredential = lib.mapAttrsToList (name: path: "${name}:${path}") cfg.credentials;',
+        "LoadCredential = [ ];",
+    ),
+    (
+        [
+            "kubernetes: the unit is the one without the job (but for its credentials and config file)",
+            "kubernetes: nothing on PATH, no more writable paths",
+            "module.md: kubernetes: the kubeconfig from services.backuphub.credentials, nothing on PATH",
+        ],
+        MODULE,
+        "    cfg.extraPackages\n    ++ lib.optional (",
+        "    cfg.extraPackages\n    ++ lib.optional (kubernetesJobs != { }) pkgs.coreutils\n    ++ lib.optional (",
+    ),
+    (
+        [
+            "kubernetes: the unit is the one without the job (but for its credentials and config file)",
+            "kubernetes: nothing on PATH, no more writable paths",
+        ],
+        MODULE,
+        "ReadWritePaths = [ repoPath ] ++",
+        'ReadWritePaths = [ repoPath ] ++ lib.optional (kubernetesJobs != { }) "/var/lib/kube" ++',
+    ),
+    (
+        ["kubernetes: outbound TCP allowed (AF_INET, AF_INET6; no PrivateNetwork, no IP address filter), after network-online.target"],
+        MODULE,
+        '"AF_INET"\n          "AF_INET6"\n        ];',
+        '"AF_INET"\n        ];',
+    ),
+    (
+        ["kubernetes: outbound TCP allowed (AF_INET, AF_INET6; no PrivateNetwork, no IP address filter), after network-online.target"],
+        MODULE,
+        "        LockPersonality = true;\n",
+        '        LockPersonality = true;\n        IPAddressDeny = "any";\n',
+    ),
+    # ---- the manual
+    (
+        ["module.md: names deploy/kubernetes/, which has rbac.yaml and make-kubeconfig.sh"],
+        DOC,
+        "`deploy/kubernetes/` in backuphub's repository",
+        "`deploy/` in backuphub's repository",
+    ),
+]
+
+
+def main():
+    root, out = sys.argv[1], sys.argv[2]
+    sources = {f: open(os.path.join(root, f)).read() for f in (MODULE, DOC)}
+    bad = 0
+    for i, (expected, target, text, replacement) in enumerate(MUTANTS):
+        n = sources[target].count(text)
+        if n != 1:
+            print(f"mutant {i} ({expected[0]}): its text occurs {n} times in {target}", file=sys.stderr)
+            bad += 1
+            continue
+        d = os.path.join(out, str(i))
+        os.makedirs(os.path.join(d, "nix"))
+        for f, content in sources.items():
+            if f == target:
+                content = content.replace(text, replacement)
+            with open(os.path.join(d, f), "w") as fh:
+                fh.write(content)
+        with open(os.path.join(d, "expect"), "w") as fh:
+            fh.write("".join(e + "\n" for e in expected))
+    sys.exit(1 if bad else 0)
+
+
+if __name__ == "__main__":
+    main()
