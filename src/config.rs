@@ -225,6 +225,7 @@ pub enum JobKind {
     Command(CommandJob),
     Postgres(Box<crate::kinds::postgres::PostgresJob>),
     Kubernetes(Box<crate::kinds::kubernetes::KubernetesJob>),
+    S3(Box<crate::kinds::s3::S3Job>),
 }
 
 impl JobKind {
@@ -234,6 +235,7 @@ impl JobKind {
             JobKind::Command(_) => "command",
             JobKind::Postgres(_) => "postgres",
             JobKind::Kubernetes(_) => "kubernetes",
+            JobKind::S3(_) => "s3",
         }
     }
 }
@@ -407,6 +409,10 @@ impl Config {
             match &mut job.kind {
                 JobKind::Path(p) => p.paths.iter_mut().for_each(fix),
                 JobKind::Command(_) => {}
+                JobKind::S3(j) => {
+                    fix(&mut j.access_key_file);
+                    fix(&mut j.secret_key_file);
+                }
                 JobKind::Kubernetes(k) => {
                     k.kubeconfig
                         .iter_mut()
@@ -474,6 +480,9 @@ impl Config {
                     for (i, g) in p.exclude.iter().enumerate() {
                         globset::Glob::new(g).map_err(|e| (key("exclude").at(i), e.to_string()))?;
                     }
+                }
+                JobKind::S3(j) => {
+                    crate::kinds::s3::validate(j).map_err(|(key, m)| (job_key(name, key), m))?;
                 }
                 JobKind::Kubernetes(k) => {
                     let encrypted = !self.repository.recipients.is_empty()
@@ -549,6 +558,10 @@ impl Config {
                         .iter()
                         .map(|path| (job_key(name, "password_file"), path)),
                 );
+            }
+            if let JobKind::S3(j) = &job.kind {
+                found.push((job_key(name, "access_key_file"), &j.access_key_file));
+                found.push((job_key(name, "secret_key_file"), &j.secret_key_file));
             }
             if let JobKind::Kubernetes(k) = &job.kind {
                 found.extend(

@@ -143,6 +143,7 @@ pub fn secret_files(config: &Config) -> Vec<std::path::PathBuf> {
         crate::config::JobKind::Kubernetes(k) => {
             k.kubeconfig.iter().chain(k.token_file.iter()).collect()
         }
+        crate::config::JobKind::S3(j) => vec![&j.access_key_file, &j.secret_key_file],
         _ => Vec::new(),
     });
     r.identity_file

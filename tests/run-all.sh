@@ -18,6 +18,13 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
 fi
 
+# A real S3 server for the s3 job's tests: moto in server mode, from PyPI.
+if ! python3 -c 'import moto.server, flask' >/dev/null 2>&1; then
+  echo "installing: moto[server] (pip)" >&2
+  python3 -m pip install --quiet 'moto[server]' 2>/dev/null ||
+    python3 -m pip install --quiet --break-system-packages 'moto[server]'
+fi
+
 # Rust: unit, property and integration tests (real binary, real processes).
 cargo test --locked --all-targets
 

@@ -11,6 +11,7 @@ mod kubernetes;
 mod maint;
 mod postgres;
 mod read;
+mod s3;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -135,6 +136,8 @@ enum Command {
     Drill(postgres::DrillArgs),
     /// Write a kubernetes job's objects as apply-ready YAML, numbered in a safe order.
     RestoreKubernetes(kubernetes::RestoreKubernetesArgs),
+    /// Upload an s3 job's objects back into a bucket of any S3 server.
+    RestoreS3(s3::RestoreS3Args),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<u8> {
@@ -162,6 +165,7 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::RestorePostgres(a) => postgres::restore_postgres(a),
         Command::Drill(a) => postgres::drill(a),
         Command::RestoreKubernetes(a) => kubernetes::restore_kubernetes(a),
+        Command::RestoreS3(a) => s3::restore_s3(a),
     }
 }
 

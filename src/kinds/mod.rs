@@ -4,8 +4,11 @@
 //!
 //! - [`kubernetes`]: every API object (CRDs and custom resources too, Secrets only when
 //!   named), `restore-kubernetes` to apply-ready YAML in a safe order.
+//! - [`s3`]: buckets pulled incrementally (unchanged objects cost no request),
+//!   `restore-s3` into any S3 server.
 //! - [`postgres`]: per-database dumps (custom, plain or row-ordered), `restore-postgres`,
 //!   weekly restore drills into a throwaway server.
 
 pub mod kubernetes;
 pub mod postgres;
+pub mod s3;

@@ -148,6 +148,7 @@ pub fn from_config(
         JobKind::Postgres(p) => Box::new(crate::kinds::postgres::source::PostgresSource::new(
             p, redactor,
         )),
+        JobKind::S3(j) => Box::new(crate::kinds::s3::source::S3Source::new(j, redactor)),
         JobKind::Kubernetes(k) => Box::new(
             crate::kinds::kubernetes::source::KubernetesSource::new(k, redactor, encrypted),
         ),

@@ -321,3 +321,4 @@ pub fn tree_blobs(
 }
 pub mod kube;
 pub mod pg;
+pub mod s3;
