@@ -84,6 +84,7 @@ let
   commandJobs = lib.filterAttrs (_: j: j.kind == "command") jobs;
   postgresJobs = lib.filterAttrs (_: j: j.kind == "postgres") jobs;
   kubernetesJobs = lib.filterAttrs (_: j: j.kind == "kubernetes") jobs;
+  s3Jobs = lib.filterAttrs (_: j: j.kind == "s3") jobs;
   jobPaths = lib.concatLists (
     lib.mapAttrsToList (_: j: lib.filter lib.isString (lib.toList (j.paths or [ ]))) pathJobs
   );
@@ -207,7 +208,7 @@ let
     "command"
     "postgres"
     "kubernetes"
-    # later: "s3"
+    "s3"
   ];
 
   jobModule =
@@ -229,7 +230,11 @@ let
             of a cluster's API, as YAML (`kubeconfig`, or `server`, `token_file` and optional
             `ca_file`; `include_namespaces`, `exclude_namespaces`, `include_resources`,
             `exclude_resources`, `label_selector`, `cluster_scoped`, …); the kubeconfig or the
-            token is a secret: pass it with `services.backuphub.credentials`.
+            token is a secret: pass it with `services.backuphub.credentials`. `s3`: the objects
+            of an S3 server's buckets, such as Ceph RGW or MinIO (`endpoint`, `access_key_file`,
+            `secret_key_file`; `region`, `path_style`, `buckets`, `include`, `exclude`,
+            `concurrency`, `attempts`, `request_timeout_secs`); both keys are secrets: pass them
+            with `services.backuphub.credentials`.
           '';
           example = "path";
         };
@@ -356,6 +361,20 @@ let
 
   nonEmptyString = v: lib.isString v && lib.trim v != "";
 
+  # An integer setting of a job in [min, max] (max = null: no upper bound); null or unset is the
+  # daemon's default.
+  intSettingAssertion =
+    prefix: job: key: min: max: default:
+    let
+      v = job.${key} or null;
+    in
+    {
+      assertion = v == null || (lib.isInt v && v >= min && (max == null || v <= max));
+      message = "${prefix}.${key} = ${lib.generators.toPretty { } v}: an integer ${
+        if max == null then "of at least ${toString min}" else "from ${toString min} to ${toString max}"
+      } (default ${toString default}).";
+    };
+
   repoSettings = cfg.settings.repository;
 
   jobAssertions = lib.flatten (
@@ -407,6 +426,7 @@ let
       ]
       ++ lib.optionals (job.kind == "postgres") (postgresJobAssertions name job)
       ++ lib.optionals (job.kind == "kubernetes") (kubernetesJobAssertions name job)
+      ++ lib.optionals (job.kind == "s3") (s3JobAssertions name job)
     ) jobs
   );
 
@@ -488,16 +508,7 @@ let
       hasServer = server != null;
       hasToken = token != null;
       includeResources = job.include_resources or [ "*" ];
-      # request_timeout_secs and page_size: null or unset is the daemon's default
-      intIn =
-        key: min: max: default:
-        let
-          v = job.${key} or null;
-        in
-        {
-          assertion = v == null || (lib.isInt v && v >= min && v <= max);
-          message = "${prefix}.${key} = ${lib.generators.toPretty { } v}: an integer from ${toString min} to ${toString max} (default ${toString default}).";
-        };
+      intIn = intSettingAssertion prefix job;
     in
     [
       {
@@ -552,6 +563,59 @@ let
     ++ optionalFileAssertions secretSettingAssertions "jobs.${name}.kubeconfig" kubeconfig
     ++ optionalFileAssertions secretSettingAssertions "jobs.${name}.token_file" token;
 
+  s3JobAssertions =
+    name: job:
+    let
+      prefix = "services.backuphub.settings.jobs.${name}";
+      endpoint = job.endpoint or null;
+      accessKey = job.access_key_file or null;
+      secretKey = job.secret_key_file or null;
+      buckets = job.buckets or [ ];
+      intIn = intSettingAssertion prefix job;
+      # the access key and the secret key: required, and secrets
+      keyFile =
+        key: value:
+        [
+          {
+            assertion = value != null;
+            message = "${prefix}: a job of kind \"s3\" needs `${key}`, the file with the ${
+              if key == "access_key_file" then "access key" else "secret key"
+            } on its first line, passed as a credential (e.g. \"${credentialsDirectory}/rgw-${
+              if key == "access_key_file" then "access-key" else "secret-key"
+            }\").";
+          }
+          (credentialAssertion "jobs.${name}.${key}" value "/path/to/the/${
+            lib.replaceStrings [ "_file" "_" ] [ "" "-" ] key
+          }")
+        ]
+        ++ optionalFileAssertions secretSettingAssertions "jobs.${name}.${key}" value;
+    in
+    [
+      {
+        assertion = nonEmptyString endpoint;
+        message = "${prefix}: a job of kind \"s3\" needs `endpoint`, the S3 server's URL (e.g. \"http://10.0.0.30:7480\" for Ceph RGW).";
+      }
+      {
+        assertion =
+          endpoint == null
+          || (lib.isString endpoint && (lib.hasPrefix "https://" endpoint || lib.hasPrefix "http://" endpoint));
+        message = "${prefix}.endpoint = ${lib.generators.toPretty { } endpoint}: the S3 server's URL, starting with http:// or https://, e.g. \"http://10.0.0.30:7480\".";
+      }
+      {
+        assertion = lib.isList buckets;
+        message = "${prefix}.buckets must be a list of bucket names (default [ ]: every bucket the keys can list), not ${lib.generators.toPretty { } buckets}.";
+      }
+      (intIn "concurrency" 1 64 4)
+      (intIn "attempts" 1 20 4)
+      (intIn "request_timeout_secs" 1 null 60)
+    ]
+    ++ keyFile "access_key_file" accessKey
+    ++ keyFile "secret_key_file" secretKey
+    ++ lib.imap0 (i: b: {
+      assertion = lib.isString b && b != "" && !lib.hasInfix "/" b;
+      message = "${prefix}.buckets: ${lib.generators.toPretty { } b} (item ${toString i}) is not a bucket name: a non-empty name without \"/\" (for keys below a prefix, use include = [ \"prefix/*\" ]).";
+    }) (if lib.isList buckets then buckets else [ ]);
+
   # The socket of a drill's throwaway server is
   # <work_dir>/backuphub-drill-<job>-<pid>-<8 hex digits>/socket/.s.PGSQL.5432, and a Unix
   # socket path has at most 107 bytes. The pid has up to 7 digits (pid_max is 4194304).
@@ -590,6 +654,11 @@ let
     # The daemon reads ca_file only with `server`; a kubeconfig brings its own CA.
     ++ lib.optional ((job.kubeconfig or null) != null && (job.ca_file or null) != null)
       "${prefix}.ca_file is ignored with `kubeconfig`: the daemon trusts the kubeconfig's certificate-authority(-data). Put the CA into the kubeconfig, or drop ca_file.";
+
+  s3JobWarnings =
+    name: job:
+    notCredentialWarning "jobs.${name}.access_key_file" (job.access_key_file or null)
+    ++ notCredentialWarning "jobs.${name}.secret_key_file" (job.secret_key_file or null);
 
   # Tools of command jobs, on the service's PATH (and the admin command's). postgresqlPackage
   # is there for postgres jobs, and for command jobs (pg_dumpall) only when set explicitly, as
@@ -830,6 +899,14 @@ in
                   schedule = "0 0 1 * * *";
                   kubeconfig = "/run/credentials/backuphub.service/kubeconfig"; # services.backuphub.credentials.kubeconfig
                   exclude_namespaces = [ "kube-system" ];
+                };
+                rgw = {
+                  kind = "s3";
+                  schedule = "0 0 4 * * *";
+                  endpoint = "http://10.0.0.30:7480";
+                  access_key_file = "/run/credentials/backuphub.service/rgw-access-key"; # services.backuphub.credentials.rgw-access-key
+                  secret_key_file = "/run/credentials/backuphub.service/rgw-secret-key";
+                  buckets = [ "photos" "docs" ];
                 };
               }
             '';
@@ -1087,7 +1164,8 @@ in
 
     warnings =
       lib.concatLists (lib.mapAttrsToList postgresJobWarnings postgresJobs)
-      ++ lib.concatLists (lib.mapAttrsToList kubernetesJobWarnings kubernetesJobs);
+      ++ lib.concatLists (lib.mapAttrsToList kubernetesJobWarnings kubernetesJobs)
+      ++ lib.concatLists (lib.mapAttrsToList s3JobWarnings s3Jobs);
 
     users.users = mkIf (cfg.user == "backuphub") {
       backuphub = {
@@ -1205,7 +1283,8 @@ in
         # directory, and the drill's server listens on one only), nscd for host names;
         # AF_INET/AF_INET6: the HTTP endpoint and the sources jobs pull from (pg_dump over TCP,
         # the Kubernetes API over HTTPS, which the daemon speaks itself, with the CA of the
-        # kubeconfig or ca_file, else the system's in /etc/ssl/certs). No AF_NETLINK (the drill's
+        # kubeconfig or ca_file, else the system's in /etc/ssl/certs; S3 over HTTP(S), also the
+        # daemon's own). No AF_NETLINK (the drill's
         # server has no samehost/samenet rule that would enumerate interfaces), no AF_PACKET.
         RestrictAddressFamilies = [
           "AF_UNIX"

@@ -439,6 +439,23 @@ fn server_errors_and_cut_bodies_are_retried_then_named_never_complete() {
     }
     assert!(!t.join("bkt/broken").exists());
 
+    // The server goes away mid-run (after two objects): never complete.
+    let fresh = Env::new();
+    let dying = Proxy::start(moto.port, fresh.dir.path(), &["--die-after", "2"]);
+    let c = config(&fresh, &dying.url(), "buckets = [\"bkt\"]\nattempts = 2\nconcurrency = 1");
+    let (out, v) = run(&fresh, &c);
+    assert_ne!(v["status"], "complete", "{v}: {}", text(&out));
+    assert!(dying.requests().iter().any(|l| l == "DIED"));
+    if v["status"] == "partial" {
+        assert!(v["stats"]["failures"].as_u64().unwrap() >= 1, "{v}");
+    } else {
+        let snaps = fresh.run(&["snapshots", "--json"]);
+        assert!(
+            !String::from_utf8_lossy(&snaps.stdout).contains("\"job\""),
+            "a failed run writes no snapshot"
+        );
+    }
+
     // A missing bucket and a stopped server fail the run, naming the bucket.
     let c = config(&env, &moto.url(), "buckets = [\"nope\"]");
     let (_, v) = run(&env, &c);

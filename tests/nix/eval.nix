@@ -3,7 +3,7 @@
 #  - module.nix under lib.evalModules: the generated unit (ExecStart, Type, hardening,
 #    RequiresMountsFor, LoadCredential), settings, users, firewall ports, assertion messages;
 #  - flake.nix's outputs, nix/package.nix's arguments, the machine of nix/tests/vm.nix, the
-#    Pi example of README.md and the postgres and kubernetes examples of nix/module.md;
+#    Pi example of README.md and the postgres, kubernetes and s3 examples of nix/module.md;
 #  - flake.lock against the pin in ../shared/nixpkgs-pin.md.
 #
 #   nix-instantiate --eval --strict --json tests/nix/eval.nix --arg shared /path/to/shared \
@@ -29,6 +29,8 @@
   postgresExample ? null,
   # nix/module.md's example of a kubernetes job with a kubeconfig credential, extracted by run.sh
   kubernetesExample ? null,
+  # nix/module.md's example of an s3 job with its keys as credentials, extracted by run.sh
+  s3Example ? null,
   # the module under test (see above)
   modulePath ? ../../module.nix,
 }:
@@ -999,6 +1001,195 @@ let
     };
   };
 
+  # ---- s3 jobs
+  # every key the daemon knows, none of them at its default
+  s3Job = {
+    kind = "s3";
+    schedule = "0 0 4 * * *";
+    endpoint = "http://10.0.0.30:7480";
+    region = "homelab";
+    path_style = false;
+    access_key_file = "${creds}/rgw-access-key";
+    secret_key_file = "${creds}/rgw-secret-key";
+    buckets = [ "photos" "docs" ];
+    include = [ "2026/*" "shared/*" ];
+    exclude = [ "*.tmp" ];
+    concurrency = 8;
+    attempts = 6;
+    request_timeout_secs = 120;
+  };
+  s3Credentials = {
+    identity = "/var/lib/secrets/backuphub/age-identity.txt";
+    api-token = "/var/lib/secrets/backuphub/api-token";
+    rgw-access-key = "/etc/secrets/rgw-access-key";
+    rgw-secret-key = "/etc/secrets/rgw-secret-key";
+  };
+  # baseSettings plus the s3 job `rgw` (s3Job with `job` over it, or `replaceJob`) and its
+  # credentials; checkConfig off, so that the generated value is at hand
+  s3With =
+    {
+      job ? { },
+      replaceJob ? s3Job // job,
+      svc ? { },
+      modules ? [ ],
+    }:
+    eval {
+      imports = modules;
+      networking.hostName = "pi";
+      services.backuphub = {
+        enable = true;
+        checkConfig = false;
+        credentials = s3Credentials;
+        settings = lib.recursiveUpdate baseSettings { jobs.rgw = replaceJob; };
+      }
+      // svc;
+    };
+  s3Job' = job: s3With { inherit job; };
+
+  s3 = s3With { };
+  s3Minimal = s3With {
+    replaceJob = {
+      kind = "s3";
+      schedule = "@daily";
+      endpoint = "https://s3.lan";
+      access_key_file = "${creds}/rgw-access-key";
+      secret_key_file = "${creds}/rgw-secret-key";
+    };
+  };
+  s3Accepted = {
+    "https:// endpoint" = s3Job' { endpoint = "https://rgw.lan"; };
+    "the bounds of concurrency and attempts, a long request timeout" = s3Job' {
+      concurrency = 64;
+      attempts = 20;
+      request_timeout_secs = 86400;
+    };
+    "... and their lower bounds" = s3Job' {
+      concurrency = 1;
+      attempts = 1;
+      request_timeout_secs = 1;
+    };
+    "no buckets (every bucket the keys can list)" = s3Job' { buckets = [ ]; };
+    "keys in one credential directory" = s3With {
+      job = {
+        access_key_file = "${creds}/rgw/access";
+        secret_key_file = "${creds}/rgw/secret";
+      };
+      svc.credentials = s3Credentials // {
+        rgw = "/etc/secrets/rgw";
+      };
+    };
+    "LoadCredentialEncrypted= of the unit counts" = s3With {
+      job.secret_key_file = "${creds}/rgw-secret-key-enc";
+      modules = [
+        {
+          systemd.services.backuphub.serviceConfig.LoadCredentialEncrypted = [
+            "rgw-secret-key-enc:/etc/credstore.encrypted/rgw-secret-key"
+          ];
+        }
+      ];
+    };
+  };
+
+  # warnings, not errors
+  s3PlainAccessKey = s3Job' { access_key_file = "/etc/secrets/rgw-access-key"; };
+  s3PlainSecretKey = s3Job' { secret_key_file = "/var/lib/secrets/rgw-secret-key"; };
+
+  # each must fail with its message
+  invalidS3 = {
+    s3-no-endpoint = {
+      config = s3With { replaceJob = removeAttrs s3Job [ "endpoint" ]; };
+      message = "jobs.rgw: a job of kind \"s3\" needs `endpoint`, the S3 server's URL";
+    };
+    s3-empty-endpoint = {
+      config = s3Job' { endpoint = " "; };
+      message = "jobs.rgw: a job of kind \"s3\" needs `endpoint`";
+    };
+    s3-endpoint-scheme = {
+      config = s3Job' { endpoint = "10.0.0.30:7480"; };
+      message = "jobs.rgw.endpoint = \"10.0.0.30:7480\": the S3 server's URL, starting with http:// or https://";
+    };
+    s3-endpoint-scheme-other = {
+      config = s3Job' { endpoint = "s3://10.0.0.30:7480"; };
+      message = "jobs.rgw.endpoint = \"s3://10.0.0.30:7480\": the S3 server's URL";
+    };
+    s3-no-access-key = {
+      config = s3With { replaceJob = removeAttrs s3Job [ "access_key_file" ]; };
+      message = "jobs.rgw: a job of kind \"s3\" needs `access_key_file`, the file with the access key on its first line, passed as a credential (e.g. \"${creds}/rgw-access-key\").";
+    };
+    s3-no-secret-key = {
+      config = s3With { replaceJob = removeAttrs s3Job [ "secret_key_file" ]; };
+      message = "jobs.rgw: a job of kind \"s3\" needs `secret_key_file`, the file with the secret key on its first line";
+    };
+    s3-store-access-key = {
+      config = s3Job' { access_key_file = "/nix/store/00000000000000000000000000000000-ak"; };
+      message = "settings.jobs.rgw.access_key_file = \"/nix/store/00000000000000000000000000000000-ak\" is in the world-readable Nix store";
+    };
+    s3-store-secret-key = {
+      config = s3Job' { secret_key_file = "/nix/store/00000000000000000000000000000000-sk"; };
+      message = "settings.jobs.rgw.secret_key_file = \"/nix/store/00000000000000000000000000000000-sk\" is in the world-readable Nix store";
+    };
+    s3-nix-path-access-key = {
+      config = s3Job' { access_key_file = ./eval.nix; };
+      message = "settings.jobs.rgw.access_key_file is a Nix path";
+    };
+    s3-nix-path-secret-key = {
+      config = s3Job' { secret_key_file = ./eval.nix; };
+      message = "settings.jobs.rgw.secret_key_file is a Nix path";
+    };
+    s3-relative-access-key = {
+      config = s3Job' { access_key_file = "rgw-access-key"; };
+      message = "settings.jobs.rgw.access_key_file must be an absolute path, not \"rgw-access-key\"";
+    };
+    s3-relative-secret-key = {
+      config = s3Job' { secret_key_file = "rgw-secret-key"; };
+      message = "settings.jobs.rgw.secret_key_file must be an absolute path, not \"rgw-secret-key\"";
+    };
+    s3-unknown-credential-access-key = {
+      config = s3Job' { access_key_file = "${creds}/ak"; };
+      message = "jobs.rgw.access_key_file = \"${creds}/ak\" is the credential \"ak\", which the unit does not get: set services.backuphub.credentials.\"ak\" = \"/path/to/the/access-key\"";
+    };
+    s3-unknown-credential-secret-key = {
+      config = s3Job' { secret_key_file = "${creds}/sk/secret"; };
+      message = "jobs.rgw.secret_key_file = \"${creds}/sk/secret\" is the credential \"sk\", which the unit does not get: set services.backuphub.credentials.\"sk\" = \"/path/to/the/secret-key\"";
+    };
+    s3-concurrency-zero = {
+      config = s3Job' { concurrency = 0; };
+      message = "jobs.rgw.concurrency = 0: an integer from 1 to 64 (default 4).";
+    };
+    s3-concurrency-big = {
+      config = s3Job' { concurrency = 65; };
+      message = "jobs.rgw.concurrency = 65: an integer from 1 to 64";
+    };
+    s3-attempts-zero = {
+      config = s3Job' { attempts = 0; };
+      message = "jobs.rgw.attempts = 0: an integer from 1 to 20 (default 4).";
+    };
+    s3-attempts-big = {
+      config = s3Job' { attempts = 21; };
+      message = "jobs.rgw.attempts = 21: an integer from 1 to 20";
+    };
+    s3-request-timeout-zero = {
+      config = s3Job' { request_timeout_secs = 0; };
+      message = "jobs.rgw.request_timeout_secs = 0: an integer of at least 1 (default 60).";
+    };
+    s3-request-timeout-string = {
+      config = s3Job' { request_timeout_secs = "60"; };
+      message = "jobs.rgw.request_timeout_secs = \"60\": an integer of at least 1";
+    };
+    s3-bucket-slash = {
+      config = s3Job' { buckets = [ "photos" "docs/2026" ]; };
+      message = "jobs.rgw.buckets: \"docs/2026\" (item 1) is not a bucket name: a non-empty name without \"/\"";
+    };
+    s3-bucket-empty = {
+      config = s3Job' { buckets = [ "" ]; };
+      message = "jobs.rgw.buckets: \"\" (item 0) is not a bucket name";
+    };
+    s3-buckets-string = {
+      config = s3Job' { buckets = "photos"; };
+      message = "jobs.rgw.buckets must be a list of bucket names";
+    };
+  };
+
   # configurations that must not evaluate (type errors)
   badCases = {
     bad-kind = eval (
@@ -1114,6 +1305,20 @@ let
     }).config;
   k8sDocUnit = k8sDoc.systemd.services.backuphub or { };
   k8sDocJob = k8sDoc.services.backuphub.configFile.value.jobs.cluster or { };
+
+  # nix/module.md's s3 example (extracted by run.sh like the others)
+  s3Doc =
+    (lib.evalModules {
+      modules = [
+        nixosStubs
+        modulePath
+        { _module.args.pkgs = pkgs; }
+        { services.backuphub.checkConfig = false; }
+        (if s3Example != null then s3Example else { })
+      ];
+    }).config;
+  s3DocUnit = s3Doc.systemd.services.backuphub or { };
+  s3DocJob = s3Doc.services.backuphub.configFile.value.jobs.rgw or { };
 
   # ---------------------------------------------------------------- expectations
   show = lib.generators.toPretty { };
@@ -1396,6 +1601,65 @@ let
       n: c: expect "kubernetes: accepted: ${n}" [ (failedAssertions c) c.warnings ] [ [ ] [ ] ]
     ) k8sAccepted;
 
+  # s3 jobs (see s3With)
+  s3Checks =
+    let
+      rgw = c: (pgValue c).jobs.rgw or "<unset>";
+      sc' = c: (pgUnit c).serviceConfig;
+      baseUnit = (pgUnit unchecked) // {
+        serviceConfig = removeAttrs (pgUnit unchecked).serviceConfig [ "LoadCredential" "ExecStart" ];
+      };
+      unitWithout = c: (pgUnit c) // { serviceConfig = removeAttrs (sc' c) [ "LoadCredential" "ExecStart" ]; };
+    in
+    [
+      (expect "s3: a job with both keys as credentials: no failed assertions, no warnings" [
+        (failedAssertions s3)
+        s3.warnings
+      ] [ [ ] [ ] ])
+      (expect "s3: the job is generated as written (timezone added)" (rgw s3) (s3Job // { timezone = "UTC"; }))
+      (expect "s3: both keys are credentials of the unit, and the settings point at them" [
+        (lib.elem "rgw-access-key:/etc/secrets/rgw-access-key" (sc' s3).LoadCredential)
+        (lib.elem "rgw-secret-key:/etc/secrets/rgw-secret-key" (sc' s3).LoadCredential)
+        (rgw s3).access_key_file
+        (rgw s3).secret_key_file
+      ] [ true true "${creds}/rgw-access-key" "${creds}/rgw-secret-key" ])
+      (expect "s3: a minimal job: nothing filled in (the daemon has the defaults)" [
+        (failedAssertions s3Minimal)
+        (rgw s3Minimal)
+      ] [
+        [ ]
+        {
+          kind = "s3";
+          schedule = "@daily";
+          timezone = "UTC";
+          endpoint = "https://s3.lan";
+          access_key_file = "${creds}/rgw-access-key";
+          secret_key_file = "${creds}/rgw-secret-key";
+        }
+      ])
+      # the daemon speaks S3 itself: no packages, no more writable paths or mounts
+      (expect "s3: the unit is the one without the job (but for its credentials and config file)" (
+        unitWithout s3
+      ) baseUnit)
+      (expectWarning "s3: warning for an access_key_file that is no credential" s3PlainAccessKey
+        "services.backuphub.settings.jobs.rgw.access_key_file = \"/etc/secrets/rgw-access-key\" is not a credential: the service user must be able to read it, and so can every command job. Pass it with services.backuphub.credentials.<name> = \"/etc/secrets/rgw-access-key\" and set access_key_file = \"${creds}/<name>\""
+      )
+      (expectWarning "s3: warning for a secret_key_file that is no credential" s3PlainSecretKey
+        "services.backuphub.settings.jobs.rgw.secret_key_file = \"/var/lib/secrets/rgw-secret-key\" is not a credential: the service user must be able to read it, and so can every command job. Pass it with services.backuphub.credentials.<name> = \"/var/lib/secrets/rgw-secret-key\" and set secret_key_file = \"${creds}/<name>\""
+      )
+      (expect "s3: one warning each, and they are warnings, not errors" [
+        (lib.length s3PlainAccessKey.warnings)
+        (lib.length s3PlainSecretKey.warnings)
+        (lib.concatMap failedAssertions [
+          s3PlainAccessKey
+          s3PlainSecretKey
+        ])
+      ] [ 1 1 [ ] ])
+    ]
+    ++ lib.mapAttrsToList (
+      n: c: expect "s3: accepted: ${n}" [ (failedAssertions c) c.warnings ] [ [ ] [ ] ]
+    ) s3Accepted;
+
   checks = [
     # the unit
     (expect "no failed assertions (base)" (failedAssertions base) [ ])
@@ -1657,6 +1921,8 @@ let
   ++ pgChecks
   ++ lib.mapAttrsToList (n: c: expectAssertion "assertion: ${n}" c.config c.message) invalidKubernetes
   ++ k8sChecks
+  ++ lib.mapAttrsToList (n: c: expectAssertion "assertion: ${n}" c.config c.message) invalidS3
+  ++ s3Checks
   ++ lib.mapAttrsToList (n: c: expectTrue "does not evaluate: ${n}" (fails c)) badCases
   ++ [
     # flake.lock
@@ -1871,6 +2137,38 @@ let
       lib.hasInfix "`deploy/kubernetes/`" (builtins.readFile base.meta.doc)
       && builtins.pathExists ../../deploy/kubernetes/rbac.yaml
       && builtins.pathExists ../../deploy/kubernetes/make-kubeconfig.sh
+    ))
+  ]
+  ++ [
+    # nix/module.md: the s3 example
+    (expectTrue "module.md: s3 example given (--arg s3Example FILE)" (s3Example != null))
+    (expect "module.md: s3: no failed assertions, no warnings" [ (failedAssertions s3Doc) s3Doc.warnings ] [
+      [ ]
+      [ ]
+    ])
+    (expect "module.md: s3: the RGW's keys from services.backuphub.credentials, nothing on PATH"
+      [
+        (s3DocJob.kind or null)
+        (s3DocJob.endpoint or null)
+        (s3DocJob.access_key_file or null)
+        (s3DocJob.secret_key_file or null)
+        (s3DocUnit.serviceConfig.LoadCredential or null)
+        (s3DocUnit.path or null)
+      ]
+      [
+        "s3"
+        "http://10.0.0.30:7480"
+        "${creds}/rgw-access-key"
+        "${creds}/rgw-secret-key"
+        [
+          "rgw-access-key:/etc/secrets/rgw-access-key"
+          "rgw-secret-key:/etc/secrets/rgw-secret-key"
+        ]
+        [ ]
+      ]
+    )
+    (expectTrue "module.md: restoring into the Pi's MinIO: backuphub-admin restore-s3" (
+      lib.hasInfix "backuphub-admin restore-s3 " (builtins.readFile base.meta.doc)
     ))
   ]
   ++ lib.optional selfTest (expectTrue "self-test: this expectation must fail" false);

@@ -153,20 +153,20 @@ MUTANTS = [
     (
         ["assertion: k8s-page-size-string"],
         MODULE,
-        "(lib.isInt v && v >= min && v <= max)",
-        "(lib.isString v || lib.isInt v && v >= min && v <= max)",
+        "(lib.isInt v && v >= min && (max == null || v <= max))",
+        "(lib.isString v || lib.isInt v && v >= min && (max == null || v <= max))",
     ),
     (
         ["kubernetes: accepted: the bounds of request_timeout_secs and page_size"],
         MODULE,
-        "(lib.isInt v && v >= min && v <= max)",
-        "(lib.isInt v && v >= min && v < max)",
+        "(lib.isInt v && v >= min && (max == null || v <= max))",
+        "(lib.isInt v && v >= min && (max == null || v < max))",
     ),
     (
         ["kubernetes: accepted: ... and their lower bounds"],
         MODULE,
-        "(lib.isInt v && v >= min && v <= max)",
-        "(lib.isInt v && v > min && v <= max)",
+        "(lib.isInt v && v >= min && (max == null || v <= max))",
+        "(lib.isInt v && v > min && (max == null || v <= max))",
     ),
     # secret files: outside the store, absolute, credentials the unit gets
     (
@@ -278,15 +278,15 @@ MUTANTS = [
             "kubernetes: warning for a ca_file beside a kubeconfig (the daemon ignores it)",
         ],
         MODULE,
-        "++ lib.concatLists (lib.mapAttrsToList kubernetesJobWarnings kubernetesJobs);",
-        ";",
+        "++ lib.concatLists (lib.mapAttrsToList kubernetesJobWarnings kubernetesJobs)\n",
+        "\n",
     ),
     (
         ["kubernetes: one warning each, and they are warnings, not errors"],
         MODULE,
-        "++ lib.concatLists (lib.mapAttrsToList kubernetesJobWarnings kubernetesJobs);",
+        "++ lib.concatLists (lib.mapAttrsToList kubernetesJobWarnings kubernetesJobs)\n",
         "++ lib.concatLists (lib.mapAttrsToList kubernetesJobWarnings kubernetesJobs)\n"
-        "      ++ lib.concatLists (lib.mapAttrsToList kubernetesJobWarnings kubernetesJobs);",
+        "      ++ lib.concatLists (lib.mapAttrsToList kubernetesJobWarnings kubernetesJobs)\n",
     ),
     # a credential taken for a plain file
     (
@@ -359,12 +359,176 @@ MUTANTS = [
         "        LockPersonality = true;\n",
         '        LockPersonality = true;\n        IPAddressDeny = "any";\n',
     ),
+    # ---- s3 jobs: assertions
+    (
+        ["assertion: s3-no-endpoint", "assertion: s3-empty-endpoint"],
+        MODULE,
+        "assertion = nonEmptyString endpoint;",
+        "assertion = true;",
+    ),
+    (
+        ["assertion: s3-endpoint-scheme", "assertion: s3-endpoint-scheme-other"],
+        MODULE,
+        '|| (lib.isString endpoint && (lib.hasPrefix "https://" endpoint || lib.hasPrefix "http://" endpoint));',
+        "|| lib.isString endpoint;",
+    ),
+    (
+        ["module.md: s3: no failed assertions, no warnings", "s3: accepted: ... and their lower bounds"],
+        MODULE,
+        '(lib.hasPrefix "https://" endpoint || lib.hasPrefix "http://" endpoint)',
+        '(lib.hasPrefix "https://" endpoint)',
+    ),
+    (
+        ["assertion: s3-no-access-key", "assertion: s3-no-secret-key"],
+        MODULE,
+        "assertion = value != null;",
+        "assertion = true;",
+    ),
+    (
+        ["assertion: s3-no-secret-key"],
+        MODULE,
+        '++ keyFile "secret_key_file" secretKey',
+        '++ keyFile "secret_key_file" (if secretKey == null then "/dev/null" else secretKey)',
+    ),
+    (
+        [
+            "assertion: s3-store-access-key",
+            "assertion: s3-store-secret-key",
+            "assertion: s3-relative-access-key",
+            "assertion: s3-nix-path-secret-key",
+        ],
+        MODULE,
+        '++ optionalFileAssertions secretSettingAssertions "jobs.${name}.${key}" value;',
+        ";",
+    ),
+    (
+        ["assertion: s3-store-access-key", "assertion: s3-store-secret-key"],
+        MODULE,
+        '++ optionalFileAssertions secretSettingAssertions "jobs.${name}.${key}" value;',
+        '++ optionalFileAssertions fileSettingAssertions "jobs.${name}.${key}" value;',
+    ),
+    (
+        ["assertion: s3-unknown-credential-access-key", "assertion: s3-unknown-credential-secret-key"],
+        MODULE,
+        '(credentialAssertion "jobs.${name}.${key}" value "/path/to/the/${',
+        '(lib.const { assertion = true; } "/path/to/the/${',
+    ),
+    (
+        ["assertion: s3-concurrency-zero"],
+        MODULE,
+        '(intIn "concurrency" 1 64 4)',
+        '(intIn "concurrency" 0 64 4)',
+    ),
+    (
+        ["assertion: s3-concurrency-big", "assertion: s3-attempts-big"],
+        MODULE,
+        '(intIn "concurrency" 1 64 4)\n      (intIn "attempts" 1 20 4)',
+        '(intIn "concurrency" 1 null 4)\n      (intIn "attempts" 1 null 4)',
+    ),
+    (
+        ["assertion: s3-attempts-zero"],
+        MODULE,
+        '(intIn "attempts" 1 20 4)',
+        '(intIn "attempts" 0 20 4)',
+    ),
+    (
+        ["assertion: s3-request-timeout-zero", "assertion: s3-request-timeout-string"],
+        MODULE,
+        '(intIn "request_timeout_secs" 1 null 60)',
+        "",
+    ),
+    (
+        ["s3: accepted: the bounds of concurrency and attempts, a long request timeout"],
+        MODULE,
+        '(intIn "request_timeout_secs" 1 null 60)',
+        '(intIn "request_timeout_secs" 1 600 60)',
+    ),
+    (
+        ["assertion: s3-bucket-slash"],
+        MODULE,
+        'assertion = lib.isString b && b != "" && !lib.hasInfix "/" b;',
+        'assertion = lib.isString b && b != "";',
+    ),
+    (
+        ["assertion: s3-bucket-empty"],
+        MODULE,
+        'assertion = lib.isString b && b != "" && !lib.hasInfix "/" b;',
+        'assertion = lib.isString b && !lib.hasInfix "/" b;',
+    ),
+    (
+        ["assertion: s3-buckets-string"],
+        MODULE,
+        "assertion = lib.isList buckets;",
+        "assertion = true;",
+    ),
+    (
+        ["does not evaluate: bad-kind"],
+        MODULE,
+        '    "kubernetes"\n    "s3"\n  ];',
+        '    "kubernetes"\n    "s3"\n    "tape"\n  ];',
+    ),
+    # ---- s3 jobs: warnings
+    (
+        ["s3: warning for an access_key_file that is no credential"],
+        MODULE,
+        'notCredentialWarning "jobs.${name}.access_key_file" (job.access_key_file or null)\n    ++ ',
+        "",
+    ),
+    (
+        ["s3: warning for a secret_key_file that is no credential"],
+        MODULE,
+        '++ notCredentialWarning "jobs.${name}.secret_key_file" (job.secret_key_file or null)',
+        "",
+    ),
+    (
+        [
+            "s3: warning for an access_key_file that is no credential",
+            "s3: warning for a secret_key_file that is no credential",
+        ],
+        MODULE,
+        "      ++ lib.concatLists (lib.mapAttrsToList s3JobWarnings s3Jobs);",
+        ";",
+    ),
+    # ---- s3 jobs: the generated configuration and the unit
+    (
+        ["s3: the job is generated as written (timezone added)"],
+        MODULE,
+        'if j.kind == "postgres" then withPostgresDefaults j else j',
+        'if j.kind == "postgres" then withPostgresDefaults j else removeAttrs j [ "path_style" ]',
+    ),
+    (
+        ["s3: a minimal job: nothing filled in (the daemon has the defaults)"],
+        MODULE,
+        'if j.kind == "postgres" then withPostgresDefaults j else j',
+        'if j.kind == "postgres" then withPostgresDefaults j else if j.kind == "s3" then { region = "us-east-1"; } // j else j',
+    ),
+    (
+        [
+            "s3: both keys are credentials of the unit, and the settings point at them",
+            "module.md: s3: the RGW's keys from services.backuphub.credentials, nothing on PATH",
+        ],
+        MODULE,
+        'LoadCredential = lib.mapAttrsToList (name: path: "${name}:${path}") cfg.credentials;',
+        'LoadCredential = lib.mapAttrsToList (name: path: "${name}:${path}") (removeAttrs cfg.credentials [ "rgw-secret-key" ]);',
+    ),
+    (
+        ["s3: the unit is the one without the job (but for its credentials and config file)"],
+        MODULE,
+        "ReadWritePaths = [ repoPath ] ++",
+        'ReadWritePaths = [ repoPath ] ++ lib.optional (s3Jobs != { }) "/var/cache/s3" ++',
+    ),
     # ---- the manual
     (
         ["module.md: names deploy/kubernetes/, which has rbac.yaml and make-kubeconfig.sh"],
         DOC,
         "`deploy/kubernetes/` in backuphub's repository",
         "`deploy/` in backuphub's repository",
+    ),
+    (
+        ["module.md: restoring into the Pi's MinIO: backuphub-admin restore-s3"],
+        DOC,
+        "`backuphub-admin restore-s3 latest:rgw",
+        "`backuphub restore-s3 latest:rgw",
     ),
 ]
 

@@ -2,7 +2,7 @@
 # Nix checks that run without nixpkgs (Debian's Nix 2.8 plus ../shared/nixpkgs-lib):
 #  - every .nix file of the repository parses;
 #  - tests/nix/eval.nix: module.nix under lib.evalModules with stubs (unit, hardening, firewall,
-#    credentials, postgres and kubernetes jobs, assertion messages), the examples of README.md
+#    credentials, postgres, kubernetes and s3 jobs, assertion messages), the examples of README.md
 #    and nix/module.md, and flake.lock against ../shared/nixpkgs-pin.md;
 #  - configurations that must not evaluate fail with the expected message (and, in eval.nix,
 #    every assertion of the module with a configuration that fails it);
@@ -64,11 +64,16 @@ awk '/^```nix$/ { inb = 1; buf = ""; next }
      inb && /^```$/ { if (buf ~ /kind = "kubernetes"/ && buf ~ /kubeconfig = /) printf "%s", buf; inb = 0; next }
      inb { buf = buf $0 "\n" }' nix/module.md >"$tmp/kubernetes.nix"
 [ -s "$tmp/kubernetes.nix" ] || fail "no \`\`\`nix block with a kubernetes job and a kubeconfig in nix/module.md"
+# and its example of an s3 job with its keys as credentials
+awk '/^```nix$/ { inb = 1; buf = ""; next }
+     inb && /^```$/ { if (buf ~ /kind = "s3"/ && buf ~ /access_key_file = /) printf "%s", buf; inb = 0; next }
+     inb { buf = buf $0 "\n" }' nix/module.md >"$tmp/s3.nix"
+[ -s "$tmp/s3.nix" ] || fail "no \`\`\`nix block with an s3 job and its access_key_file in nix/module.md"
 
 evalnix() {
   nix-instantiate --eval --strict --json tests/nix/eval.nix --arg shared "$shared" \
     --arg piExample "$tmp/pi.nix" --arg postgresExample "$tmp/postgres.nix" \
-    --arg kubernetesExample "$tmp/kubernetes.nix" "$@"
+    --arg kubernetesExample "$tmp/kubernetes.nix" --arg s3Example "$tmp/s3.nix" "$@"
 }
 
 # 2. the expectations of eval.nix (each counted)
@@ -96,7 +101,7 @@ expect_error() { # case, message fragment
     cat "$log" >&2
   fi
 }
-expect_error bad-kind 'jobs.k8s.kind'"'"' is not of type `one of "path", "command", "postgres", "kubernetes"'"'"'.'
+expect_error bad-kind 'jobs.k8s.kind'"'"' is not of type `one of "path", "command", "postgres", "kubernetes", "s3"'"'"'.'
 expect_error store-credential 'absolute path not in the Nix store'
 expect_error relative-credential 'absolute path not in the Nix store'
 

@@ -7,6 +7,8 @@ Every request is forwarded as it came (method, path, headers, body) and logged a
   --fail PATH:N      the first N GETs of PATH answer 500 InternalError (S3's XML body)
   --truncate PATH:N  the first N GETs of PATH send half the body, then close the
                      connection (Content-Length still says the whole)
+  --die-after N      after N object GETs the proxy exits at once, as a server that
+                     stops mid-run
 Prints its port (127.0.0.1) as its first line.
 """
 import argparse, http.client, sys, threading
@@ -22,6 +24,7 @@ def main():
     p.add_argument("--log", required=True)
     p.add_argument("--fail", action="append", default=[])
     p.add_argument("--truncate", action="append", default=[])
+    p.add_argument("--die-after", type=int, default=0)
     args = p.parse_args()
     lock = threading.Lock()
     faults = {}
@@ -30,6 +33,7 @@ def main():
             path, _, n = spec.rpartition(":")
             faults[(kind, path)] = int(n)
     log = open(args.log, "a", buffering=1)
+    served = [0]
 
     def take(kind, path):
         with lock:
@@ -49,6 +53,13 @@ def main():
             length = int(self.headers.get("Content-Length") or 0)
             body = self.rfile.read(length) if length else None
             path = unquote(urlsplit(self.path).path)
+            if args.die_after and self.command == "GET" and "x-id=GetObject" in self.path:
+                with lock:
+                    served[0] += 1
+                    if served[0] > args.die_after:
+                        log.write("DIED\n")
+                        import os
+                        os._exit(0)
             if self.command == "GET" and take("fail", path):
                 data = b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>InternalError</Code><Message>injected</Message></Error>'
                 self.send_response(500)
