@@ -1091,13 +1091,18 @@ in
     prometheusScrapeConfig = mkOption {
       type = types.attrs;
       readOnly = true;
+      # honor_labels: the daemon's metrics carry a `job` label (the backup job); without it
+      # Prometheus would rename it to `exported_job` in favour of the scrape job's name, and
+      # the shipped dashboard and alerts select by `job`.
       default = {
         job_name = "backuphub";
+        honor_labels = true;
         static_configs = [ { targets = [ "${config.networking.hostName}:${listenPortString}" ]; } ];
       };
       defaultText = literalExpression ''
         {
           job_name = "backuphub";
+          honor_labels = true;
           static_configs = [ { targets = [ "''${config.networking.hostName}:<port of settings.http.listen>" ]; } ];
         }
       '';

@@ -28,5 +28,8 @@ fi
 # Rust: unit, property and integration tests (real binary, real processes).
 cargo test --locked --all-targets
 
+# Monitoring: alert rules checked and unit-tested with promtool; dashboard queries parse.
+bash tests/monitoring/check.sh
+
 # Nix: module evaluation, flake.lock pin, parse checks.
 bash tests/nix/run.sh

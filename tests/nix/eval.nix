@@ -1699,6 +1699,7 @@ let
     (expect "firewall closed by default" base.networking.firewall.allowedTCPPorts [ ])
     (expect "prometheusScrapeConfig" base.services.backuphub.prometheusScrapeConfig {
       job_name = "backuphub";
+      honor_labels = true;
       static_configs = [ { targets = [ "pi:9750" ]; } ];
     })
     (expect "credentialsDirectory" base.services.backuphub.credentialsDirectory creds)
