@@ -583,6 +583,11 @@ impl Config {
             .collect()
     }
 
+    /// The configured job of this name, if any.
+    pub fn job_name(&self, name: &str) -> Option<JobName> {
+        self.jobs.keys().find(|n| n.as_str() == name).cloned()
+    }
+
     pub fn state_dir(&self) -> PathBuf {
         self.repository
             .state_dir

@@ -58,10 +58,7 @@ pub(super) fn daemon(a: DaemonArgs) -> anyhow::Result<u8> {
 pub(super) fn run_job(a: RunArgs) -> anyhow::Result<u8> {
     let config = Config::load(&a.config)?;
     let name = config
-        .jobs
-        .keys()
-        .find(|n| n.as_str() == a.job)
-        .cloned()
+        .job_name(&a.job)
         .with_context(|| format!("no job {:?} in the configuration", a.job))?;
     let rt = tokio::runtime::Runtime::new()?;
     let result = rt.block_on(async move {

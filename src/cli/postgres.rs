@@ -116,10 +116,7 @@ pub(super) struct DrillArgs {
 pub(super) fn drill(a: DrillArgs) -> anyhow::Result<u8> {
     let config = Config::load(&a.config)?;
     let name = config
-        .jobs
-        .keys()
-        .find(|n| n.as_str() == a.job)
-        .cloned()
+        .job_name(&a.job)
         .with_context(|| format!("no job {:?} in the configuration", a.job))?;
     let rt = tokio::runtime::Runtime::new()?;
     let result = rt.block_on(async move {

@@ -12,3 +12,18 @@
 pub mod kubernetes;
 pub mod postgres;
 pub mod s3;
+
+/// A glob set over names (`*` matches `/` too: S3 keys and `resource.group` names are
+/// not paths), with the pattern named in an error.
+pub fn globs(patterns: &[String]) -> Result<globset::GlobSet, String> {
+    let mut b = globset::GlobSetBuilder::new();
+    for p in patterns {
+        b.add(
+            globset::GlobBuilder::new(p)
+                .literal_separator(false)
+                .build()
+                .map_err(|e| format!("{p:?}: {e}"))?,
+        );
+    }
+    b.build().map_err(|e| e.to_string())
+}

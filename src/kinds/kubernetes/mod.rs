@@ -20,6 +20,8 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
+use super::globs;
+
 /// The job's settings (`kind = "kubernetes"`).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -100,19 +102,6 @@ pub struct Filter {
     /// Resources named literally in `include_resources` (they beat the default
     /// exclusions).
     named: Vec<String>,
-}
-
-fn globs(patterns: &[String]) -> Result<globset::GlobSet, String> {
-    let mut b = globset::GlobSetBuilder::new();
-    for p in patterns {
-        b.add(
-            globset::GlobBuilder::new(p)
-                .literal_separator(false)
-                .build()
-                .map_err(|e| format!("{p:?}: {e}"))?,
-        );
-    }
-    b.build().map_err(|e| e.to_string())
 }
 
 impl Filter {

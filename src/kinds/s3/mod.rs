@@ -18,6 +18,8 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
+use super::globs;
+
 /// The job's settings (`kind = "s3"`).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -82,19 +84,6 @@ pub mod meta {
     pub const CACHE_CONTROL: &str = "cache_control";
     pub const CONTENT_DISPOSITION: &str = "content_disposition";
     pub const USER_PREFIX: &str = "x-amz-meta-";
-}
-
-pub fn globs(patterns: &[String]) -> Result<globset::GlobSet, String> {
-    let mut b = globset::GlobSetBuilder::new();
-    for p in patterns {
-        b.add(
-            globset::GlobBuilder::new(p)
-                .literal_separator(false)
-                .build()
-                .map_err(|e| format!("{p:?}: {e}"))?,
-        );
-    }
-    b.build().map_err(|e| e.to_string())
 }
 
 /// Whether an ETag is the MD5 of the body: a single-part upload's is 32 hex digits; a

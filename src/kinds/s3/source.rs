@@ -10,7 +10,8 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 
 use super::client::{Download, Listed, S3};
-use super::{S3Job, globs, meta};
+use super::{S3Job, meta};
+use crate::kinds::globs;
 use crate::redact::Redactor;
 use crate::repo::index::Previous;
 use crate::repo::tree::{Entry, EntryKind, EntryPath};
