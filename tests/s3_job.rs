@@ -442,11 +442,7 @@ fn server_errors_and_cut_bodies_are_retried_then_named_never_complete() {
     // The server goes away mid-run (after two objects): never complete.
     let fresh = Env::new();
     let dying = Proxy::start(moto.port, fresh.dir.path(), &["--die-after", "2"]);
-    let c = config(
-        &fresh,
-        &dying.url(),
-        "buckets = [\"bkt\"]\nattempts = 2\nconcurrency = 1",
-    );
+    let c = config(&fresh, &dying.url(), "buckets = [\"bkt\"]\nattempts = 2");
     let (out, v) = run(&fresh, &c);
     assert_ne!(v["status"], "complete", "{v}: {}", text(&out));
     assert!(dying.requests().iter().any(|l| l == "DIED"));
