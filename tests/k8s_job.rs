@@ -311,3 +311,47 @@ fn unreachable_or_rejected_fails_the_run() {
     assert_eq!(v["status"], "failed", "{v}");
     assert!(v["error"].as_str().unwrap().contains("cannot reach"), "{v}");
 }
+
+#[test]
+fn the_shipped_role_is_read_only_and_never_reaches_secrets() {
+    use serde::Deserialize;
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/kubernetes/rbac.yaml");
+    let text = std::fs::read_to_string(path).unwrap();
+    let mut kinds = Vec::new();
+    for doc in serde_yaml_ng::Deserializer::from_str(&text) {
+        let v = serde_json::Value::deserialize(doc).unwrap();
+        kinds.push(v["kind"].as_str().unwrap_or_default().to_string());
+        if v["kind"] != "ClusterRole" {
+            continue;
+        }
+        for rule in v["rules"].as_array().unwrap() {
+            let list = |k: &str| -> Vec<String> {
+                rule[k]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|x| x.as_str().unwrap().to_string())
+                    .collect()
+            };
+            for verb in list("verbs") {
+                assert!(["get", "list", "watch"].contains(&verb.as_str()), "{verb}");
+            }
+            let groups = list("apiGroups");
+            // A wildcard group would include the core group, and with it Secrets.
+            assert!(!groups.iter().any(|g| g == "*"), "{rule}");
+            if groups.iter().any(|g| g.is_empty()) {
+                let res = list("resources");
+                assert!(!res.iter().any(|r| r == "secrets" || r == "*"), "{rule}");
+                assert!(res.iter().any(|r| r == "configmaps"));
+            }
+        }
+    }
+    for k in [
+        "ServiceAccount",
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "Secret",
+    ] {
+        assert!(kinds.iter().any(|x| x == k), "{k} missing: {kinds:?}");
+    }
+}
