@@ -12,14 +12,6 @@ use std::time::{Duration, Instant};
 /// Only turns a hang into a failure; the daemon's own bounds are far shorter.
 const GUARD: Duration = Duration::from_secs(60);
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn healthy(addr: &str) -> bool {
     let Ok(mut s) = TcpStream::connect(addr) else {
         return false;

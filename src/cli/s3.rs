@@ -3,11 +3,10 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::Context as _;
 use clap::Args;
 
 use super::{IdentityArg, RepoArgs, exit};
-use crate::kinds::s3::client::S3;
+use crate::kinds::s3::client::{S3, read_secret};
 use crate::kinds::s3::restore::{RestoreOptions, restore};
 
 #[derive(Args)]
@@ -49,11 +48,6 @@ pub(super) struct RestoreS3Args {
     json: bool,
 }
 
-fn first_line(p: &std::path::Path) -> anyhow::Result<String> {
-    let s = std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
-    Ok(s.lines().next().unwrap_or_default().trim().to_string())
-}
-
 pub(super) fn restore_s3(a: RestoreS3Args) -> anyhow::Result<u8> {
     let (r, _lock) = a.repo.open_for_reading(&a.identity)?;
     let s = r.resolve_snapshot(&a.snapshot)?;
@@ -61,8 +55,8 @@ pub(super) fn restore_s3(a: RestoreS3Args) -> anyhow::Result<u8> {
         &a.endpoint,
         &a.region,
         !a.virtual_hosted,
-        &first_line(&a.access_key_file)?,
-        &first_line(&a.secret_key_file)?,
+        &read_secret(&a.access_key_file)?,
+        &read_secret(&a.secret_key_file)?,
         Duration::from_secs(60),
         4,
     )?;

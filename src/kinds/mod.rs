@@ -27,3 +27,11 @@ pub fn globs(patterns: &[String]) -> Result<globset::GlobSet, String> {
     }
     b.build().map_err(|e| e.to_string())
 }
+
+/// The first line of a secret file (a password, an access key), without its line end,
+/// wiped from memory on drop; `None` when that line is empty.
+pub fn secret_line(path: &std::path::Path) -> std::io::Result<Option<zeroize::Zeroizing<String>>> {
+    let text = zeroize::Zeroizing::new(std::fs::read_to_string(path)?);
+    let first = text.lines().next().unwrap_or_default();
+    Ok((!first.is_empty()).then(|| zeroize::Zeroizing::new(first.to_string())))
+}

@@ -1,6 +1,5 @@
 //! The fake Kubernetes API server (tests/fake_kube/server.py) as a separate process.
 
-use std::io::BufRead;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
@@ -25,11 +24,7 @@ impl FakeKube {
             .stderr(Stdio::inherit())
             .spawn()
             .expect("python3 runs the fake API server");
-        let mut line = String::new();
-        std::io::BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let port = line.trim().parse().expect("the fake prints its port");
+        let port = super::printed_port(&mut child);
         FakeKube { child, port, log }
     }
 

@@ -3,6 +3,7 @@
 //! run as root (initdb refuses root). The binaries come from Debian's postgresql
 //! package, which `tests/run-all.sh` installs when missing.
 
+use super::free_port;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -36,14 +37,6 @@ pub struct PgServer {
     pub bin: PathBuf,
     child: Option<Child>,
     run_as: Option<(u32, u32)>,
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 impl PgServer {

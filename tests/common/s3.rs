@@ -2,7 +2,7 @@
 //! installs it), on a free loopback port, and the counting, fault-injecting proxy
 //! (tests/s3/proxy.py) in front of it. Each is a separate process.
 
-use std::io::BufRead;
+use super::free_port;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -13,14 +13,6 @@ pub const SECRET_KEY: &str = "testing-secret-key-0123456789";
 pub struct Moto {
     child: Child,
     pub port: u16,
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 impl Moto {
@@ -80,15 +72,8 @@ impl Proxy {
             .stdout(Stdio::piped())
             .spawn()
             .unwrap();
-        let mut line = String::new();
-        std::io::BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        Proxy {
-            child,
-            port: line.trim().parse().unwrap(),
-            log,
-        }
+        let port = super::printed_port(&mut child);
+        Proxy { child, port, log }
     }
 
     pub fn url(&self) -> String {

@@ -38,18 +38,9 @@ impl std::fmt::Debug for ConnParams {
 
 /// Reads a password file: its first line, without the line end.
 pub fn read_password_file(path: &Path) -> Result<Zeroizing<String>, PgError> {
-    let text = Zeroizing::new(
-        std::fs::read_to_string(path)
-            .map_err(PgError::io(format!("password file {}", path.display())))?,
-    );
-    let first = text.lines().next().unwrap_or_default();
-    if first.is_empty() {
-        return Err(PgError::Connect(format!(
-            "password file {} is empty",
-            path.display()
-        )));
-    }
-    Ok(Zeroizing::new(first.to_string()))
+    crate::kinds::secret_line(path)
+        .map_err(PgError::io(format!("password file {}", path.display())))?
+        .ok_or_else(|| PgError::Connect(format!("password file {} is empty", path.display())))
 }
 
 impl ConnParams {

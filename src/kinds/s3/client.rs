@@ -51,14 +51,14 @@ pub struct S3 {
     pub attempts: u32,
 }
 
-fn read_secret(path: &std::path::Path) -> Result<String, S3Error> {
-    let s = std::fs::read_to_string(path)
+/// An access or secret key from its file: the first line, trimmed.
+pub fn read_secret(path: &std::path::Path) -> Result<String, S3Error> {
+    let line = crate::kinds::secret_line(path)
         .map_err(|e| S3Error::Settings(format!("{}: {e}", path.display())))?;
-    let s = s.lines().next().unwrap_or_default().trim().to_string();
-    if s.is_empty() {
-        return Err(S3Error::Settings(format!("{} is empty", path.display())));
+    match line.as_deref().map(|l| l.trim()) {
+        Some(s) if !s.is_empty() => Ok(s.to_string()),
+        _ => Err(S3Error::Settings(format!("{} is empty", path.display()))),
     }
-    Ok(s)
 }
 
 impl S3 {
