@@ -226,6 +226,7 @@ pub enum JobKind {
     Postgres(Box<crate::kinds::postgres::PostgresJob>),
     Kubernetes(Box<crate::kinds::kubernetes::KubernetesJob>),
     S3(Box<crate::kinds::s3::S3Job>),
+    Volume(Box<crate::kinds::volume::VolumeJob>),
 }
 
 impl JobKind {
@@ -236,6 +237,7 @@ impl JobKind {
             JobKind::Postgres(_) => "postgres",
             JobKind::Kubernetes(_) => "kubernetes",
             JobKind::S3(_) => "s3",
+            JobKind::Volume(_) => "volume",
         }
     }
 }
@@ -420,6 +422,13 @@ impl Config {
                         .chain(k.ca_file.iter_mut())
                         .for_each(fix);
                 }
+                JobKind::Volume(v) => {
+                    v.kubeconfig
+                        .iter_mut()
+                        .chain(v.token_file.iter_mut())
+                        .chain(v.ca_file.iter_mut())
+                        .for_each(fix);
+                }
                 JobKind::Postgres(p) => {
                     p.password_file.iter_mut().for_each(fix);
                     p.bin_dirs.iter_mut().for_each(fix);
@@ -483,6 +492,10 @@ impl Config {
                 }
                 JobKind::S3(j) => {
                     crate::kinds::s3::validate(j).map_err(|(key, m)| (job_key(name, key), m))?;
+                }
+                JobKind::Volume(v) => {
+                    crate::kinds::volume::validate(v)
+                        .map_err(|(key, m)| (job_key(name, key), m))?;
                 }
                 JobKind::Kubernetes(k) => {
                     let encrypted = !self.repository.recipients.is_empty()
@@ -562,6 +575,18 @@ impl Config {
             if let JobKind::S3(j) = &job.kind {
                 found.push((job_key(name, "access_key_file"), &j.access_key_file));
                 found.push((job_key(name, "secret_key_file"), &j.secret_key_file));
+            }
+            if let JobKind::Volume(k) = &job.kind {
+                found.extend(
+                    k.kubeconfig
+                        .iter()
+                        .map(|p| (job_key(name, "kubeconfig"), p))
+                        .chain(
+                            k.token_file
+                                .iter()
+                                .map(|p| (job_key(name, "token_file"), p)),
+                        ),
+                );
             }
             if let JobKind::Kubernetes(k) = &job.kind {
                 found.extend(

@@ -143,6 +143,9 @@ pub fn secret_files(config: &Config) -> Vec<std::path::PathBuf> {
         crate::config::JobKind::Kubernetes(k) => {
             k.kubeconfig.iter().chain(k.token_file.iter()).collect()
         }
+        crate::config::JobKind::Volume(k) => {
+            k.kubeconfig.iter().chain(k.token_file.iter()).collect()
+        }
         crate::config::JobKind::S3(j) => vec![&j.access_key_file, &j.secret_key_file],
         _ => Vec::new(),
     });
@@ -593,8 +596,12 @@ impl Context {
             }
             let job = &ctx.config.jobs[&name];
             let encrypted = !repo.config().recipients.is_empty();
-            let mut source =
-                crate::source::from_config(&job.kind, ctx.redactor.clone(), encrypted)?;
+            let mut source = crate::source::from_config(
+                name.as_str(),
+                &job.kind,
+                ctx.redactor.clone(),
+                encrypted,
+            )?;
             let policy = job.retention_policy();
             JobRun {
                 repo: &repo,

@@ -12,6 +12,7 @@ mod maint;
 mod postgres;
 mod read;
 mod s3;
+mod volume;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -138,6 +139,8 @@ enum Command {
     RestoreKubernetes(kubernetes::RestoreKubernetesArgs),
     /// Upload an s3 job's objects back into a bucket of any S3 server.
     RestoreS3(s3::RestoreS3Args),
+    /// Write a volume job's volume back into a PVC through a short-lived writer pod.
+    RestoreVolume(volume::RestoreVolumeArgs),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<u8> {
@@ -166,6 +169,7 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Drill(a) => postgres::drill(a),
         Command::RestoreKubernetes(a) => kubernetes::restore_kubernetes(a),
         Command::RestoreS3(a) => s3::restore_s3(a),
+        Command::RestoreVolume(a) => volume::restore_volume(a),
     }
 }
 

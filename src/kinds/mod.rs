@@ -8,10 +8,13 @@
 //!   `restore-s3` into any S3 server.
 //! - [`postgres`]: per-database dumps (custom, plain or row-ordered), `restore-postgres`,
 //!   weekly restore drills into a throwaway server.
+//! - [`volume`]: PVC contents (filesystem and block) from CSI snapshots through the API
+//!   server, `restore-volume` back into a PVC.
 
 pub mod kubernetes;
 pub mod postgres;
 pub mod s3;
+pub mod volume;
 
 /// A glob set over names (`*` matches `/` too: S3 keys and `resource.group` names are
 /// not paths), with the pattern named in an error.

@@ -126,6 +126,7 @@ pub trait Source: Send {
 
 /// Builds the source for a configured job. Adding a kind adds one arm here.
 pub fn from_config(
+    job: &str,
     kind: &crate::config::JobKind,
     redactor: crate::redact::Redactor,
     encrypted: bool,
@@ -152,6 +153,9 @@ pub fn from_config(
         JobKind::Kubernetes(k) => Box::new(
             crate::kinds::kubernetes::source::KubernetesSource::new(k, redactor, encrypted),
         ),
+        JobKind::Volume(v) => Box::new(crate::kinds::volume::source::VolumeSource::new(
+            v, job, redactor,
+        )),
     })
 }
 

@@ -5,9 +5,77 @@
 //! off and each request has one deadline (`request_timeout_secs`): a failing group costs
 //! one request, and the source decides what to retry (a 410 on a continue token).
 
+use std::path::Path;
 use std::time::Duration;
 
-use super::{KubeError, KubernetesJob};
+use super::KubeError;
+
+/// How to reach the API server; the kinds that talk to it (`kubernetes`, `volume`) share
+/// these settings and their validation.
+#[derive(Clone, Copy, Debug)]
+pub struct Connection<'a> {
+    pub kubeconfig: Option<&'a Path>,
+    pub context: Option<&'a str>,
+    pub server: Option<&'a str>,
+    pub token_file: Option<&'a Path>,
+    pub ca_file: Option<&'a Path>,
+    pub request_timeout_secs: u64,
+}
+
+impl Connection<'_> {
+    /// Checked at config load: one way in (a kubeconfig, or server + token), and a sane
+    /// timeout. Returns the offending key and the message.
+    pub fn validate(&self) -> Result<(), (&'static str, String)> {
+        match (self.kubeconfig, self.server, self.token_file) {
+            (Some(_), None, None) => {}
+            (None, Some(s), Some(_)) => {
+                if !(s.starts_with("https://") || s.starts_with("http://")) {
+                    return Err((
+                        "server",
+                        format!("{s:?} must be an http:// or https:// URL"),
+                    ));
+                }
+            }
+            (None, Some(_), None) => {
+                return Err(("token_file", "is needed with `server`".into()));
+            }
+            (None, None, _) => {
+                return Err((
+                    "kubeconfig",
+                    "give a kubeconfig, or `server` and `token_file`".into(),
+                ));
+            }
+            _ => {
+                return Err((
+                    "kubeconfig",
+                    "give either a kubeconfig or `server` and `token_file`, not both".into(),
+                ));
+            }
+        }
+        if self.context.is_some() && self.kubeconfig.is_none() {
+            return Err(("context", "needs `kubeconfig`".into()));
+        }
+        if self.ca_file.is_some() && self.kubeconfig.is_some() {
+            return Err((
+                "ca_file",
+                "goes with `server`; a kubeconfig carries its own certificate-authority".into(),
+            ));
+        }
+        if !(1..=600).contains(&self.request_timeout_secs) {
+            return Err(("request_timeout_secs", "must be between 1 and 600".into()));
+        }
+        Ok(())
+    }
+
+    /// For descriptions: the kubeconfig's path or the server's URL (never a secret).
+    pub fn describe(&self) -> String {
+        match (self.kubeconfig, self.server) {
+            (Some(k), _) => format!("kubeconfig {}", k.display()),
+            (None, Some(s)) => s.to_string(),
+            _ => String::new(),
+        }
+    }
+}
 
 /// A failed request: the HTTP status if the server answered, and its message (from the
 /// `Status` body when there was one).
@@ -45,8 +113,12 @@ pub struct Kube {
 
 impl Kube {
     /// Builds the client (reads the kubeconfig or token). Makes no request.
-    pub fn connect(job: &KubernetesJob) -> Result<Kube, KubeError> {
-        let rt = tokio::runtime::Builder::new_current_thread()
+    pub fn connect(job: &Connection<'_>) -> Result<Kube, KubeError> {
+        // One worker thread: an exec's WebSocket is driven in the background while the
+        // caller reads its output synchronously from another thread.
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("backuphub-kube")
             .enable_all()
             .build()
             .map_err(|err| KubeError::Io {
@@ -54,13 +126,13 @@ impl Kube {
                 err,
             })?;
         let timeout = Duration::from_secs(job.request_timeout_secs);
-        let mut config = match (&job.kubeconfig, &job.server) {
+        let mut config = match (job.kubeconfig, job.server) {
             (Some(path), _) => {
                 let kc = kube::config::Kubeconfig::read_from(path).map_err(|e| {
                     KubeError::Settings(format!("kubeconfig {}: {e}", path.display()))
                 })?;
                 let opts = kube::config::KubeConfigOptions {
-                    context: job.context.clone(),
+                    context: job.context.map(str::to_string),
                     ..Default::default()
                 };
                 rt.block_on(kube::Config::from_custom_kubeconfig(kc, &opts))
@@ -73,14 +145,14 @@ impl Kube {
                     .parse()
                     .map_err(|e| KubeError::Settings(format!("server {server:?}: {e}")))?;
                 let mut c = kube::Config::new(uri);
-                if let Some(t) = &job.token_file {
+                if let Some(t) = job.token_file {
                     let token = std::fs::read_to_string(t).map_err(|err| KubeError::Io {
                         context: format!("token file {}", t.display()),
                         err,
                     })?;
                     c.auth_info.token = Some(secrecy::SecretString::from(token.trim().to_string()));
                 }
-                if let Some(ca) = &job.ca_file {
+                if let Some(ca) = job.ca_file {
                     use rustls::pki_types::pem::PemObject;
                     let certs = rustls::pki_types::CertificateDer::pem_file_iter(ca)
                         .and_then(|i| i.collect::<Result<Vec<_>, _>>())
@@ -120,30 +192,109 @@ impl Kube {
         &self,
         path_and_query: &str,
     ) -> Result<T, RequestError> {
-        let req = http::Request::get(path_and_query)
-            .header(http::header::ACCEPT, "application/json")
-            .body(Vec::new())
-            .map_err(|e| RequestError {
-                status: None,
-                reason: String::new(),
-                message: format!("bad request {path_and_query}: {e}"),
-            })?;
+        self.call(http::Method::GET, path_and_query, None)
+    }
+
+    /// POSTs `body` (a new object) to a collection; returns the object as stored.
+    pub fn create(
+        &self,
+        collection: &str,
+        body: &serde_json::Value,
+    ) -> Result<serde_json::Value, RequestError> {
+        self.call(http::Method::POST, collection, Some(body))
+    }
+
+    /// DELETEs one object; `Ok(false)` when it was not there (already gone is fine).
+    pub fn delete(&self, path: &str) -> Result<bool, RequestError> {
+        match self.call::<serde_json::Value>(http::Method::DELETE, path, None) {
+            Ok(_) => Ok(true),
+            Err(e) if e.status == Some(404) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn call<T: serde::de::DeserializeOwned>(
+        &self,
+        method: http::Method,
+        path_and_query: &str,
+        body: Option<&serde_json::Value>,
+    ) -> Result<T, RequestError> {
+        let bad = |e: &dyn std::fmt::Display| RequestError {
+            status: None,
+            reason: String::new(),
+            message: format!("bad request {path_and_query}: {e}"),
+        };
+        let mut req = http::Request::builder()
+            .method(method)
+            .uri(path_and_query)
+            .header(http::header::ACCEPT, "application/json");
+        let bytes = match body {
+            Some(b) => {
+                req = req.header(http::header::CONTENT_TYPE, "application/json");
+                serde_json::to_vec(b).map_err(|e| bad(&e))?
+            }
+            None => Vec::new(),
+        };
+        let req = req.body(bytes).map_err(|e| bad(&e))?;
         let call = self.client.request::<T>(req);
         let result = self
             .rt
             .block_on(async { tokio::time::timeout(self.timeout, call).await });
         match result {
-            Err(_) => Err(RequestError {
-                status: Some(504),
-                reason: "Timeout".into(),
-                message: format!(
-                    "no answer within {} s (request_timeout_secs)",
-                    self.timeout.as_secs()
-                ),
-            }),
+            Err(_) => Err(self.timed_out()),
             Ok(Ok(v)) => Ok(v),
             Ok(Err(e)) => Err(classify(e, &self.server)),
         }
+    }
+
+    fn timed_out(&self) -> RequestError {
+        RequestError {
+            status: Some(504),
+            reason: "Timeout".into(),
+            message: format!(
+                "no answer within {} s (request_timeout_secs)",
+                self.timeout.as_secs()
+            ),
+        }
+    }
+
+    /// Runs `argv` in a pod's container over the exec WebSocket (`v5.channel.k8s.io`,
+    /// falling back to v4), with stdin, stdout and stderr attached.
+    pub fn exec(
+        &self,
+        namespace: &str,
+        pod: &str,
+        container: &str,
+        argv: Vec<String>,
+    ) -> Result<kube::api::AttachedProcess, RequestError> {
+        let api: kube::Api<k8s_openapi::api::core::v1::Pod> =
+            kube::Api::namespaced(self.client.clone(), namespace);
+        let params = kube::api::AttachParams::default()
+            .container(container)
+            .stdin(true)
+            .stdout(true)
+            .stderr(true);
+        let call = api.exec(pod, argv, &params);
+        match self
+            .rt
+            .block_on(async { tokio::time::timeout(self.timeout, call).await })
+        {
+            Err(_) => Err(self.timed_out()),
+            Ok(Ok(p)) => Ok(p),
+            Ok(Err(kube::Error::UpgradeConnection(
+                kube::client::UpgradeConnectionError::ProtocolSwitch(code),
+            ))) => Err(RequestError {
+                status: Some(code.as_u16()),
+                reason: String::new(),
+                message: "the API server refused the exec".into(),
+            }),
+            Ok(Err(e)) => Err(classify(e, &self.server)),
+        }
+    }
+
+    /// The runtime's handle, for bridging an exec's streams into synchronous readers.
+    pub fn handle(&self) -> tokio::runtime::Handle {
+        self.rt.handle().clone()
     }
 }
 

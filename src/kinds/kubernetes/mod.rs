@@ -61,6 +61,19 @@ pub struct KubernetesJob {
     pub page_size: u32,
 }
 
+impl KubernetesJob {
+    pub fn connection(&self) -> client::Connection<'_> {
+        client::Connection {
+            kubeconfig: self.kubeconfig.as_deref(),
+            context: self.context.as_deref(),
+            server: self.server.as_deref(),
+            token_file: self.token_file.as_deref(),
+            ca_file: self.ca_file.as_deref(),
+            request_timeout_secs: self.request_timeout_secs,
+        }
+    }
+}
+
 fn everything() -> Vec<String> {
     vec!["*".into()]
 }
@@ -210,41 +223,7 @@ impl KubeError {
 /// Validation at config load; `encrypted` says whether the repository will encrypt
 /// (recipients configured). Returns the key and the message.
 pub fn validate(job: &KubernetesJob, encrypted: bool) -> Result<(), (&'static str, String)> {
-    match (&job.kubeconfig, &job.server, &job.token_file) {
-        (Some(_), None, None) => {}
-        (None, Some(s), Some(_)) => {
-            if !(s.starts_with("https://") || s.starts_with("http://")) {
-                return Err((
-                    "server",
-                    format!("{s:?} must be an http:// or https:// URL"),
-                ));
-            }
-        }
-        (None, Some(_), None) => {
-            return Err(("token_file", "is needed with `server`".into()));
-        }
-        (None, None, _) => {
-            return Err((
-                "kubeconfig",
-                "give a kubeconfig, or `server` and `token_file`".into(),
-            ));
-        }
-        _ => {
-            return Err((
-                "kubeconfig",
-                "give either a kubeconfig or `server` and `token_file`, not both".into(),
-            ));
-        }
-    }
-    if job.context.is_some() && job.kubeconfig.is_none() {
-        return Err(("context", "needs `kubeconfig`".into()));
-    }
-    if job.ca_file.is_some() && job.kubeconfig.is_some() {
-        return Err((
-            "ca_file",
-            "goes with `server`; a kubeconfig carries its own certificate-authority".into(),
-        ));
-    }
+    job.connection().validate()?;
     for (key, list) in [
         ("include_namespaces", &job.include_namespaces),
         ("exclude_namespaces", &job.exclude_namespaces),
@@ -264,9 +243,6 @@ pub fn validate(job: &KubernetesJob, encrypted: bool) -> Result<(), (&'static st
             "include_resources",
             "names \"secrets\", but the repository is not encrypted: Secrets go only into an encrypted repository (set repository.recipients)".into(),
         ));
-    }
-    if !(1..=600).contains(&job.request_timeout_secs) {
-        return Err(("request_timeout_secs", "must be between 1 and 600".into()));
     }
     if !(1..=10_000).contains(&job.page_size) {
         return Err(("page_size", "must be between 1 and 10000".into()));

@@ -49,12 +49,10 @@ impl KubernetesSource {
 
 impl Source for KubernetesSource {
     fn description(&self) -> String {
-        let via = match (&self.job.kubeconfig, &self.job.server) {
-            (Some(k), _) => format!("kubeconfig {}", k.display()),
-            (None, Some(s)) => s.clone(),
-            _ => String::new(),
-        };
-        format!("kubernetes objects via {via}")
+        format!(
+            "kubernetes objects via {}",
+            self.job.connection().describe()
+        )
     }
 
     fn entries<'a>(
@@ -153,7 +151,7 @@ impl Walk {
             return Err("include_resources names \"secrets\", but the repository is not encrypted: Secrets go only into an encrypted repository".into());
         }
         let filter = Filter::new(job)?;
-        let kube = Kube::connect(job).map_err(|e| e.to_string())?;
+        let kube = Kube::connect(&job.connection()).map_err(|e| e.to_string())?;
         let found = discover(&kube).map_err(|e| unreachable_message(&kube, &e))?;
         let mut out = VecDeque::new();
         for (gv, e) in found.failures {
@@ -397,7 +395,7 @@ fn object_entry(r: &Resource, ns: Option<&str>, name: &str, obj: &mut Value) -> 
 }
 
 /// Percent-encodes a query value.
-fn urlencode(s: &str) -> String {
+pub fn urlencode(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for b in s.bytes() {
         if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {

@@ -1,0 +1,267 @@
+//! An exec in a pod as synchronous streams whose end is verified.
+//!
+//! The reader side ([`Stream`]) counts and hashes stdout as it is read; at EOF it waits
+//! for the exec's status and the script's end mark on stderr ([`script::end_mark`]) and
+//! turns any difference into the final read's error. A WebSocket that simply stops
+//! (a node reboot, a proxy's idle timeout, a killed kubelet) thus fails the read, and
+//! with it the entry or the volume, never passing as a complete stream.
+
+use std::io::Read;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+use tokio::io::AsyncReadExt;
+use tokio_util::io::SyncIoBridge;
+
+use super::script::{self, EndMark};
+use crate::kinds::kubernetes::client::{Kube, RequestError};
+
+/// The stderr kept (the end of it: the end mark comes last).
+const STDERR_TAIL: usize = 64 * 1024;
+/// How long after stdout ends the status and end mark may take.
+const END_WAIT: Duration = Duration::from_secs(60);
+
+/// An exec under way.
+pub struct Exec {
+    /// `pod` in `namespace`, for messages.
+    pub what: String,
+    process: Option<kube::api::AttachedProcess>,
+    stdout: Option<SyncIoBridge<tokio::io::ReadHalf<tokio::io::SimplexStream>>>,
+    stdin: Option<SyncIoBridge<tokio::io::WriteHalf<tokio::io::SimplexStream>>>,
+    stderr: Arc<Mutex<Vec<u8>>>,
+    stderr_done: Option<tokio::task::JoinHandle<()>>,
+    handle: tokio::runtime::Handle,
+    hasher: Sha256,
+    received: u64,
+    /// Set once the end was checked: the verdict, repeated to later reads.
+    verdict: Option<Result<EndMark, String>>,
+}
+
+impl Exec {
+    /// Starts `sh -c script sh args…` in the pod's container.
+    pub fn start(
+        kube: &Kube,
+        namespace: &str,
+        pod: &str,
+        container: &str,
+        script: &str,
+        args: &[String],
+    ) -> Result<Exec, RequestError> {
+        let mut argv = vec!["sh".into(), "-c".into(), script.to_string(), "sh".into()];
+        argv.extend(args.iter().cloned());
+        let mut process = kube.exec(namespace, pod, container, argv)?;
+        let handle = kube.handle();
+        let stderr = Arc::new(Mutex::new(Vec::new()));
+        let stderr_done = process.stderr().map(|mut r| {
+            let tail = stderr.clone();
+            handle.spawn(async move {
+                let mut buf = vec![0u8; 8192];
+                while let Ok(n) = r.read(&mut buf).await {
+                    if n == 0 {
+                        break;
+                    }
+                    let mut t = tail.lock().unwrap_or_else(|p| p.into_inner());
+                    t.extend_from_slice(&buf[..n]);
+                    if t.len() > STDERR_TAIL {
+                        let cut = t.len() - STDERR_TAIL;
+                        t.drain(..cut);
+                    }
+                }
+            })
+        });
+        let stdout = process
+            .stdout()
+            .map(|r| SyncIoBridge::new_with_handle(r, handle.clone()));
+        let stdin = process
+            .stdin()
+            .map(|w| SyncIoBridge::new_with_handle(w, handle.clone()));
+        Ok(Exec {
+            what: format!("pod {pod} in {namespace}"),
+            process: Some(process),
+            stdout,
+            stdin,
+            stderr,
+            stderr_done,
+            handle,
+            hasher: Sha256::new(),
+            received: 0,
+            verdict: None,
+        })
+    }
+
+    /// The writer to the command's stdin (once); dropping it closes stdin.
+    pub fn take_stdin(&mut self) -> Option<impl std::io::Write + Send + use<>> {
+        self.stdin.take()
+    }
+
+    /// Waits for the command's end and checks its end mark against what was read from
+    /// stdout (`expected` overrides: for a writer, what was sent to stdin).
+    pub fn finish(&mut self, expected: Option<(u64, String)>) -> Result<EndMark, String> {
+        if let Some(v) = &self.verdict {
+            return v.clone();
+        }
+        // stdin must be closed for a reader of it to end.
+        self.stdin = None;
+        let status = match self.process.as_mut().and_then(|p| p.take_status()) {
+            Some(fut) => self
+                .handle
+                .block_on(async { tokio::time::timeout(END_WAIT, fut).await })
+                .ok()
+                .flatten(),
+            None => None,
+        };
+        if let Some(task) = self.stderr_done.take() {
+            let _ = self
+                .handle
+                .block_on(async { tokio::time::timeout(END_WAIT, task).await });
+        }
+        let stderr = self
+            .stderr
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let (bytes, sha) = expected.unwrap_or_else(|| {
+            (
+                self.received,
+                hex::encode(std::mem::take(&mut self.hasher).finalize()),
+            )
+        });
+        let verdict = verdict(&self.what, bytes, &sha, status.as_ref(), &stderr);
+        self.verdict = Some(verdict.clone());
+        verdict
+    }
+
+    /// What the command wrote on stderr besides its end mark.
+    pub fn complaint(&self) -> String {
+        script::complaint(&self.stderr.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+}
+
+/// The pure part of [`Exec::finish`]: the stream counts only when the end mark is there,
+/// matches what arrived, and the commands succeeded.
+fn verdict(
+    what: &str,
+    bytes: u64,
+    sha: &str,
+    status: Option<&k8s_openapi::apimachinery::pkg::apis::meta::v1::Status>,
+    stderr: &[u8],
+) -> Result<EndMark, String> {
+    let said = script::complaint(stderr);
+    let said = if said.is_empty() {
+        String::new()
+    } else {
+        format!(" ({said})")
+    };
+    let Some(mark) = script::end_mark(stderr) else {
+        let how = match status {
+            Some(s) if s.status.as_deref() == Some("Success") => {
+                "the command ended without its end mark".to_string()
+            }
+            Some(s) => format!(
+                "the command failed: {}",
+                s.message.clone().unwrap_or_default()
+            ),
+            None => "the stream was cut short".to_string(),
+        };
+        return Err(format!("{what}: {how} after {bytes} bytes{said}"));
+    };
+    if mark.bytes != bytes || !mark.sha256.eq_ignore_ascii_case(sha) {
+        return Err(format!(
+            "{what}: the stream does not match its end mark: {bytes} bytes arrived, the pod sent {} (SHA-256 {} vs {})",
+            mark.bytes,
+            &sha[..sha.len().min(12)],
+            &mark.sha256[..12],
+        ));
+    }
+    if mark.status != 0 {
+        return Err(format!(
+            "{what}: the command exited with status {}{said}",
+            mark.status
+        ));
+    }
+    if let Some(s) = status
+        && s.status.as_deref() != Some("Success")
+    {
+        return Err(format!(
+            "{what}: {}{said}",
+            s.message
+                .clone()
+                .unwrap_or_else(|| "the exec failed".into())
+        ));
+    }
+    Ok(mark)
+}
+
+impl Read for Exec {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if let Some(v) = &self.verdict {
+            return v.clone().map(|_| 0).map_err(std::io::Error::other);
+        }
+        let n = match self.stdout.as_mut() {
+            Some(r) => r.read(buf)?,
+            None => 0,
+        };
+        if n > 0 {
+            self.hasher.update(&buf[..n]);
+            self.received += n as u64;
+            return Ok(n);
+        }
+        self.finish(None).map(|_| 0).map_err(std::io::Error::other)
+    }
+}
+
+impl Drop for Exec {
+    fn drop(&mut self) {
+        // An exec left mid-stream (an error elsewhere, cancellation) is ended, not left
+        // running in the pod: the pod goes soon anyway, but its WebSocket task would not.
+        self.stdout = None;
+        self.stdin = None;
+        if let Some(p) = self.process.take() {
+            p.abort();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Status;
+
+    fn ok() -> Status {
+        Status {
+            status: Some("Success".into()),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn only_a_matching_end_mark_passes() {
+        let sha = "ab".repeat(32);
+        let mark = format!("backuphub-end 10 {sha} 0\n");
+        assert!(verdict("pod p", 10, &sha, Some(&ok()), mark.as_bytes()).is_ok());
+        // Cut short: no status, no mark.
+        let e = verdict("pod p", 7, &sha, None, b"").unwrap_err();
+        assert!(e.contains("cut short after 7 bytes"), "{e}");
+        // Fewer bytes than the pod sent.
+        let e = verdict("pod p", 7, &sha, Some(&ok()), mark.as_bytes()).unwrap_err();
+        assert!(e.contains("does not match"), "{e}");
+        // Same count, other bytes.
+        let e = verdict("pod p", 10, &"cd".repeat(32), Some(&ok()), mark.as_bytes()).unwrap_err();
+        assert!(e.contains("does not match"), "{e}");
+        // The commands failed: their words are in the message.
+        let failed = format!("tar: ./x: Permission denied\nbackuphub-end 10 {sha} 1\n");
+        let e = verdict("pod p", 10, &sha, Some(&ok()), failed.as_bytes()).unwrap_err();
+        assert!(
+            e.contains("status 1") && e.contains("Permission denied"),
+            "{e}"
+        );
+        let refused = Status {
+            status: Some("Failure".into()),
+            message: Some("command terminated with non-zero exit code: 70".into()),
+            ..Default::default()
+        };
+        let e = verdict("pod p", 0, &sha, Some(&refused), b"sh: cd: can't cd").unwrap_err();
+        assert!(e.contains("exit code: 70") && e.contains("can't cd"), "{e}");
+    }
+}
