@@ -84,6 +84,7 @@ let
   commandJobs = lib.filterAttrs (_: j: j.kind == "command") jobs;
   postgresJobs = lib.filterAttrs (_: j: j.kind == "postgres") jobs;
   kubernetesJobs = lib.filterAttrs (_: j: j.kind == "kubernetes") jobs;
+  volumeJobs = lib.filterAttrs (_: j: j.kind == "volume") jobs;
   s3Jobs = lib.filterAttrs (_: j: j.kind == "s3") jobs;
   jobPaths = lib.concatLists (
     lib.mapAttrsToList (_: j: lib.filter lib.isString (lib.toList (j.paths or [ ]))) pathJobs
@@ -208,6 +209,7 @@ let
     "command"
     "postgres"
     "kubernetes"
+    "volume"
     "s3"
   ];
 
@@ -230,7 +232,11 @@ let
             of a cluster's API, as YAML (`kubeconfig`, or `server`, `token_file` and optional
             `ca_file`; `include_namespaces`, `exclude_namespaces`, `include_resources`,
             `exclude_resources`, `label_selector`, `cluster_scoped`, …); the kubeconfig or the
-            token is a secret: pass it with `services.backuphub.credentials`. `s3`: the objects
+            token is a secret: pass it with `services.backuphub.credentials`. `volume`: the
+            contents of a cluster's PersistentVolumeClaims, read from a CSI snapshot by a
+            short-lived pod (the same connection keys as `kubernetes`; `volumes`, a list of
+            `"namespace/pvc"`, and/or `selector`; `snapshot_class`, `reader_image`, `include`,
+            `exclude`, `snapshot_timeout_secs`, `pod_timeout_secs`). `s3`: the objects
             of an S3 server's buckets, such as Ceph RGW or MinIO (`endpoint`, `access_key_file`,
             `secret_key_file`; `region`, `path_style`, `buckets`, `include`, `exclude`,
             `concurrency`, `attempts`, `request_timeout_secs`); both keys are secrets: pass them
@@ -426,6 +432,7 @@ let
       ]
       ++ lib.optionals (job.kind == "postgres") (postgresJobAssertions name job)
       ++ lib.optionals (job.kind == "kubernetes") (kubernetesJobAssertions name job)
+      ++ lib.optionals (job.kind == "volume") (volumeJobAssertions name job)
       ++ lib.optionals (job.kind == "s3") (s3JobAssertions name job)
     ) jobs
   );
@@ -496,7 +503,10 @@ let
       ++ drillDir "work_dir"
     );
 
-  kubernetesJobAssertions =
+  # How a job reaches a cluster's API server, the same for kinds "kubernetes" and "volume" (the
+  # daemon checks both with one Connection): a kubeconfig, or `server` and `token_file` (and
+  # optionally `ca_file`). The kubeconfig and the token are secrets.
+  kubeConnectionAssertions =
     name: job:
     let
       prefix = "services.backuphub.settings.jobs.${name}";
@@ -507,13 +517,12 @@ let
       hasKubeconfig = kubeconfig != null;
       hasServer = server != null;
       hasToken = token != null;
-      includeResources = job.include_resources or [ "*" ];
       intIn = intSettingAssertion prefix job;
     in
     [
       {
         assertion = hasKubeconfig || (hasServer && hasToken);
-        message = "${prefix}: a job of kind \"kubernetes\" needs `kubeconfig` (a kubeconfig file, passed as a credential: \"${credentialsDirectory}/kubeconfig\"), or `server` (the API server's URL) and `token_file` (a bearer token, passed as a credential)${
+        message = "${prefix}: a job of kind \"${job.kind}\" needs `kubeconfig` (a kubeconfig file, passed as a credential: \"${credentialsDirectory}/kubeconfig\"), or `server` (the API server's URL) and `token_file` (a bearer token, passed as a credential)${
           if hasServer then
             "; `token_file` is missing"
           else if hasToken then
@@ -536,20 +545,7 @@ let
         assertion = (job.context or null) == null || hasKubeconfig;
         message = "${prefix}.context is set, but only a kubeconfig has contexts: use it with `kubeconfig`, not with `server` and `token_file`.";
       }
-      {
-        assertion =
-          lib.isList includeResources
-          && includeResources != [ ]
-          && lib.all lib.isString includeResources;
-        message = "${prefix}.include_resources must be a non-empty list of globs over \"resource.group\" names (default [ \"*\" ]), not ${lib.generators.toPretty { } includeResources}.";
-      }
-      {
-        assertion =
-          !(lib.isList includeResources && lib.elem "secrets" includeResources) || settingsEncrypt;
-        message = "${prefix}.include_resources names \"secrets\", but the repository is not encrypted (neither settings.repository.recipients nor settings.repository.recipients_file is set): Kubernetes Secrets go only into an encrypted repository, and the daemon refuses this configuration. Set repository.recipients, or leave \"secrets\" out (\"*\" never includes Secrets).";
-      }
       (intIn "request_timeout_secs" 1 600 30)
-      (intIn "page_size" 1 10000 500)
       (credentialAssertion "jobs.${name}.kubeconfig" kubeconfig "/path/to/the/kubeconfig")
       (credentialAssertion "jobs.${name}.token_file" token "/path/to/the/token")
       (credentialAssertion "jobs.${name}.ca_file" ca "/path/to/the/ca.pem")
@@ -562,6 +558,91 @@ let
     ]
     ++ optionalFileAssertions secretSettingAssertions "jobs.${name}.kubeconfig" kubeconfig
     ++ optionalFileAssertions secretSettingAssertions "jobs.${name}.token_file" token;
+
+  kubernetesJobAssertions =
+    name: job:
+    let
+      prefix = "services.backuphub.settings.jobs.${name}";
+      includeResources = job.include_resources or [ "*" ];
+      intIn = intSettingAssertion prefix job;
+    in
+    kubeConnectionAssertions name job
+    ++ [
+      {
+        assertion =
+          lib.isList includeResources
+          && includeResources != [ ]
+          && lib.all lib.isString includeResources;
+        message = "${prefix}.include_resources must be a non-empty list of globs over \"resource.group\" names (default [ \"*\" ]), not ${lib.generators.toPretty { } includeResources}.";
+      }
+      {
+        assertion =
+          !(lib.isList includeResources && lib.elem "secrets" includeResources) || settingsEncrypt;
+        message = "${prefix}.include_resources names \"secrets\", but the repository is not encrypted (neither settings.repository.recipients nor settings.repository.recipients_file is set): Kubernetes Secrets go only into an encrypted repository, and the daemon refuses this configuration. Set repository.recipients, or leave \"secrets\" out (\"*\" never includes Secrets).";
+      }
+      (intIn "page_size" 1 10000 500)
+    ];
+
+  # Kubernetes' names, as the daemon checks them (VolumeRef): a namespace is a DNS label, a
+  # PVC's name (and a VolumeSnapshotClass's) a DNS subdomain, such labels joined by ".".
+  dnsLabelRegex = "[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?";
+  dnsSubdomainRegex = "${dnsLabelRegex}(\\.${dnsLabelRegex})*";
+  isDnsSubdomain =
+    s: lib.isString s && lib.stringLength s <= 253 && builtins.match dnsSubdomainRegex s != null;
+  isVolumeRef =
+    v:
+    let
+      m = if lib.isString v then builtins.match "(${dnsLabelRegex})/(.*)" v else null;
+    in
+    m != null && isDnsSubdomain (lib.last m);
+
+  volumeJobAssertions =
+    name: job:
+    let
+      prefix = "services.backuphub.settings.jobs.${name}";
+      volumes = job.volumes or [ ];
+      selector = job.selector or "";
+      snapshotClass = job.snapshot_class or "";
+      volumeList = if lib.isList volumes then volumes else [ ];
+      named = lib.unique (lib.filter (v: lib.count (x: x == v) volumeList > 1) volumeList);
+      intIn = intSettingAssertion prefix job;
+    in
+    kubeConnectionAssertions name job
+    ++ [
+      # The daemon refuses ca_file beside a kubeconfig: fail here, not in `config check` or
+      # (checkConfig off) when the service starts.
+      {
+        assertion = (job.kubeconfig or null) == null || (job.ca_file or null) == null;
+        message = "${prefix}.ca_file goes with `server` and `token_file`, not with `kubeconfig`: the kubeconfig carries its own certificate-authority(-data). Put the CA into the kubeconfig, or drop ca_file.";
+      }
+      {
+        assertion = lib.isList volumes;
+        message = "${prefix}.volumes must be a list of \"namespace/pvc\" names (default [ ]), not ${lib.generators.toPretty { } volumes}.";
+      }
+      {
+        assertion = lib.isString selector;
+        message = "${prefix}.selector must be a label selector, a string (default \"\": none), not ${lib.generators.toPretty { } selector}.";
+      }
+      {
+        assertion = volumeList != [ ] || nonEmptyString selector;
+        message = "${prefix}: a job of kind \"volume\" needs `volumes`, a list of \"namespace/pvc\" names (e.g. [ \"immich/library\" ]), or `selector`, a label selector over the PVCs of every namespace (e.g. \"backuphub.io/backup=true\"); with neither, nothing would be backed up.";
+      }
+      {
+        assertion = named == [ ];
+        message = "${prefix}.volumes names ${lib.concatMapStringsSep ", " (v: lib.generators.toPretty { } v) named} more than once.";
+      }
+      {
+        # "none" (the live volume) has the shape of a class name too
+        assertion = snapshotClass == "" || isDnsSubdomain snapshotClass;
+        message = "${prefix}.snapshot_class = ${lib.generators.toPretty { } snapshotClass}: \"\" (the default: the CSI driver's default VolumeSnapshotClass), \"none\" (the live volume, mounted read-only: not point-in-time) or the name of a VolumeSnapshotClass (a DNS subdomain, e.g. \"csi-rbdplugin-snapclass\").";
+      }
+      (intIn "snapshot_timeout_secs" 1 86400 600)
+      (intIn "pod_timeout_secs" 1 86400 300)
+    ]
+    ++ lib.imap0 (i: v: {
+      assertion = isVolumeRef v;
+      message = "${prefix}.volumes: ${lib.generators.toPretty { } v} (item ${toString i}) is not \"namespace/pvc\": the namespace is a DNS label (lower-case letters, digits and '-', at most 63, e.g. \"immich\"), the PVC's name a DNS subdomain (such labels joined by '.', e.g. \"data-postgresql-0\").";
+    }) volumeList;
 
   s3JobAssertions =
     name: job:
@@ -644,13 +725,18 @@ let
     ++ lib.optional (lib.isAttrs drill && cfg.user == "root")
       "${prefix}.drill: services.backuphub.user is root, but initdb refuses root and the unit has no capabilities to switch to drill.run_as: the drill will fail. Run the service as an unprivileged user (the default, \"backuphub\").";
 
+  # The kubeconfig and the token of kinds "kubernetes" and "volume".
+  kubeConnectionWarnings =
+    name: job:
+    notCredentialWarning "jobs.${name}.kubeconfig" (job.kubeconfig or null)
+    ++ notCredentialWarning "jobs.${name}.token_file" (job.token_file or null);
+
   kubernetesJobWarnings =
     name: job:
     let
       prefix = "services.backuphub.settings.jobs.${name}";
     in
-    notCredentialWarning "jobs.${name}.kubeconfig" (job.kubeconfig or null)
-    ++ notCredentialWarning "jobs.${name}.token_file" (job.token_file or null)
+    kubeConnectionWarnings name job
     # The daemon reads ca_file only with `server`; a kubeconfig brings its own CA.
     ++ lib.optional ((job.kubeconfig or null) != null && (job.ca_file or null) != null)
       "${prefix}.ca_file is ignored with `kubeconfig`: the daemon trusts the kubeconfig's certificate-authority(-data). Put the CA into the kubeconfig, or drop ca_file.";
@@ -899,6 +985,12 @@ in
                   schedule = "0 0 1 * * *";
                   kubeconfig = "/run/credentials/backuphub.service/kubeconfig"; # services.backuphub.credentials.kubeconfig
                   exclude_namespaces = [ "kube-system" ];
+                };
+                volumes = {
+                  kind = "volume";
+                  schedule = "0 30 1 * * *";
+                  kubeconfig = "/run/credentials/backuphub.service/kubeconfig";
+                  volumes = [ "immich/library" "database/data-postgresql-0" ];
                 };
                 rgw = {
                   kind = "s3";
@@ -1170,6 +1262,7 @@ in
     warnings =
       lib.concatLists (lib.mapAttrsToList postgresJobWarnings postgresJobs)
       ++ lib.concatLists (lib.mapAttrsToList kubernetesJobWarnings kubernetesJobs)
+      ++ lib.concatLists (lib.mapAttrsToList kubeConnectionWarnings volumeJobs)
       ++ lib.concatLists (lib.mapAttrsToList s3JobWarnings s3Jobs);
 
     users.users = mkIf (cfg.user == "backuphub") {
@@ -1288,8 +1381,9 @@ in
         # directory, and the drill's server listens on one only), nscd for host names;
         # AF_INET/AF_INET6: the HTTP endpoint and the sources jobs pull from (pg_dump over TCP,
         # the Kubernetes API over HTTPS, which the daemon speaks itself, with the CA of the
-        # kubeconfig or ca_file, else the system's in /etc/ssl/certs; S3 over HTTP(S), also the
-        # daemon's own). No AF_NETLINK (the drill's
+        # kubeconfig or ca_file, else the system's in /etc/ssl/certs, and for volume jobs exec
+        # streams over WebSocket to the same API server; S3 over HTTP(S), also the daemon's
+        # own). No AF_NETLINK (the drill's
         # server has no samehost/samenet rule that would enumerate interfaces), no AF_PACKET.
         RestrictAddressFamilies = [
           "AF_UNIX"

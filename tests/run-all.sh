@@ -11,6 +11,8 @@ command -v nix-instantiate >/dev/null || need_apt+=(nix-bin)
 command -v promtool >/dev/null || need_apt+=(prometheus) # promtool lints /metrics
 # Real PostgreSQL servers for the postgres job's tests (initdb, postgres, pg_dump, psql).
 compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || need_apt+=(postgresql postgresql-client)
+# Debian's busybox: the fake Kubernetes API server runs the volume job's execs with it.
+[ -x /bin/busybox ] || need_apt+=(busybox)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "installing: ${need_apt[*]}" >&2
   export DEBIAN_FRONTEND=noninteractive

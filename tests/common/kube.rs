@@ -41,6 +41,21 @@ impl FakeKube {
             .collect()
     }
 
+    /// GETs a path of the fake: its status and JSON body (for what a test inspects).
+    pub fn get_json(&self, path: &str) -> (u16, serde_json::Value) {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .build()
+            .into();
+        let mut resp = agent
+            .get(&format!("{}{path}", self.url()))
+            .header("Authorization", &format!("Bearer {TOKEN}"))
+            .call()
+            .unwrap_or_else(|e| panic!("GET {path}: {e}"));
+        let body = resp.body_mut().read_to_string().unwrap();
+        (resp.status().as_u16(), serde_json::from_str(&body).unwrap())
+    }
+
     pub fn stop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();

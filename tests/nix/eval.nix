@@ -3,7 +3,8 @@
 #  - module.nix under lib.evalModules: the generated unit (ExecStart, Type, hardening,
 #    RequiresMountsFor, LoadCredential), settings, users, firewall ports, assertion messages;
 #  - flake.nix's outputs, nix/package.nix's arguments, the machine of nix/tests/vm.nix, the
-#    Pi example of README.md and the postgres, kubernetes and s3 examples of nix/module.md;
+#    Pi example of README.md and the postgres, kubernetes, volume and s3 examples of
+#    nix/module.md;
 #  - flake.lock against the pin in ../shared/nixpkgs-pin.md.
 #
 #   nix-instantiate --eval --strict --json tests/nix/eval.nix --arg shared /path/to/shared \
@@ -29,6 +30,8 @@
   postgresExample ? null,
   # nix/module.md's example of a kubernetes job with a kubeconfig credential, extracted by run.sh
   kubernetesExample ? null,
+  # nix/module.md's example of a volume job with a kubeconfig credential, extracted by run.sh
+  volumeExample ? null,
   # nix/module.md's example of an s3 job with its keys as credentials, extracted by run.sh
   s3Example ? null,
   # the module under test (see above)
@@ -1001,6 +1004,308 @@ let
     };
   };
 
+  # ---- volume jobs
+  # with a kubeconfig (every key the daemon knows, none of them at its default)
+  volJob = {
+    kind = "volume";
+    schedule = "0 30 1 * * *";
+    kubeconfig = "${creds}/kubeconfig";
+    context = "homelab";
+    volumes = [ "immich/library" "database/data-postgresql-0" ];
+    selector = "backuphub.io/backup=true";
+    snapshot_class = "csi-rbdplugin-snapclass";
+    reader_image = "registry.lan/library/busybox:1.37";
+    include = [ "library/**" "upload/**" ];
+    exclude = [ "upload/tmp" ];
+    snapshot_timeout_secs = 1200;
+    pod_timeout_secs = 600;
+    request_timeout_secs = 60;
+  };
+  # with the API server's URL and a token instead
+  volServerJob = {
+    kind = "volume";
+    schedule = "0 30 1 * * *";
+    server = "https://10.0.0.10:6443";
+    token_file = "${creds}/k8s-token";
+    ca_file = "/etc/kubernetes/homelab-ca.pem";
+    volumes = [ "immich/library" ];
+  };
+  # baseSettings plus the volume job `volumes` (volJob with `job` over it, or `replaceJob`) and
+  # its secrets as credentials (those of the kubernetes jobs); checkConfig off, so that the
+  # generated value is at hand
+  volWith =
+    {
+      job ? { },
+      replaceJob ? volJob // job,
+      svc ? { },
+      modules ? [ ],
+    }:
+    eval {
+      imports = modules;
+      networking.hostName = "pi";
+      services.backuphub = {
+        enable = true;
+        checkConfig = false;
+        credentials = k8sCredentials;
+        settings = lib.recursiveUpdate baseSettings { jobs.volumes = replaceJob; };
+      }
+      // svc;
+    };
+  volJob' = job: volWith { inherit job; };
+  volServerWith = job: volWith { replaceJob = volServerJob // job; };
+  # the longest names Kubernetes allows: a namespace of 63, a PVC name of 253 characters
+  label63 = lib.strings.replicate 63 "a";
+  subdomain253 = lib.concatStringsSep "." [ label63 label63 label63 (lib.strings.replicate 61 "b") ];
+
+  vol = volWith { };
+  volServer = volWith { replaceJob = volServerJob; };
+  volMinimal = volWith {
+    replaceJob = {
+      kind = "volume";
+      schedule = "@daily";
+      kubeconfig = "${creds}/kubeconfig";
+      volumes = [ "immich/library" ];
+    };
+  };
+  # accepted as well
+  volAccepted = {
+    "a selector alone" = volWith {
+      replaceJob = removeAttrs volJob [ "volumes" ] // {
+        selector = "app.kubernetes.io/part-of=immich";
+      };
+    };
+    "volumes alone, selector \"\"" = volJob' { selector = ""; };
+    "snapshot_class \"none\" (the live volume)" = volJob' { snapshot_class = "none"; };
+    "snapshot_class \"\" (the driver's default)" = volJob' { snapshot_class = ""; };
+    "names at Kubernetes' limits: dotted, 63-character namespace, 253-character PVC name" = volJob' {
+      volumes = [
+        "a/b.c"
+        "${label63}/x"
+        "n/${subdomain253}"
+        "0/0-0"
+      ];
+    };
+    "the bounds of the timeouts" = volJob' {
+      snapshot_timeout_secs = 86400;
+      pod_timeout_secs = 86400;
+      request_timeout_secs = 600;
+    };
+    "... and their lower bounds" = volJob' {
+      snapshot_timeout_secs = 1;
+      pod_timeout_secs = 1;
+      request_timeout_secs = 1;
+    };
+    "server over http:// (kubectl proxy)" = volServerWith {
+      server = "http://127.0.0.1:8001";
+      ca_file = null;
+    };
+    "ca_file as a Nix path (it is public)" = volServerWith { ca_file = ./eval.nix; };
+  };
+
+  # warnings, not errors
+  volPlainKubeconfig = volJob' { kubeconfig = "/etc/secrets/backuphub-kubeconfig"; };
+  volPlainToken = volServerWith { token_file = "/var/lib/secrets/k8s-token"; };
+
+  # each must fail with its message
+  invalidVolume = {
+    vol-no-connection = {
+      config = volWith {
+        replaceJob = removeAttrs volJob [
+          "kubeconfig"
+          "context"
+        ];
+      };
+      message = "jobs.volumes: a job of kind \"volume\" needs `kubeconfig` (a kubeconfig file, passed as a credential: \"${creds}/kubeconfig\"), or `server` (the API server's URL) and `token_file` (a bearer token, passed as a credential).";
+    };
+    vol-server-without-token = {
+      config = volWith { replaceJob = removeAttrs volServerJob [ "token_file" ]; };
+      message = "and `token_file` (a bearer token, passed as a credential); `token_file` is missing.";
+    };
+    vol-token-without-server = {
+      config = volWith { replaceJob = removeAttrs volServerJob [ "server" ]; };
+      message = "; `server` is missing.";
+    };
+    vol-kubeconfig-and-server = {
+      config = volJob' {
+        inherit (volServerJob) server token_file;
+      };
+      message = "jobs.volumes: give either `kubeconfig` or `server` and `token_file`, not both";
+    };
+    vol-server-scheme = {
+      config = volServerWith { server = "10.0.0.10:6443"; };
+      message = "jobs.volumes.server = \"10.0.0.10:6443\": the API server's URL, starting with https:// (or http://)";
+    };
+    vol-context-without-kubeconfig = {
+      config = volServerWith { context = "homelab"; };
+      message = "jobs.volumes.context is set, but only a kubeconfig has contexts";
+    };
+    vol-ca-with-kubeconfig = {
+      config = volJob' { ca_file = "/etc/kubernetes/homelab-ca.pem"; };
+      message = "jobs.volumes.ca_file goes with `server` and `token_file`, not with `kubeconfig`";
+    };
+    vol-store-kubeconfig = {
+      config = volJob' { kubeconfig = "/nix/store/00000000000000000000000000000000-kubeconfig"; };
+      message = "settings.jobs.volumes.kubeconfig = \"/nix/store/00000000000000000000000000000000-kubeconfig\" is in the world-readable Nix store";
+    };
+    vol-nix-path-kubeconfig = {
+      config = volJob' { kubeconfig = ./eval.nix; };
+      message = "settings.jobs.volumes.kubeconfig is a Nix path";
+    };
+    vol-relative-kubeconfig = {
+      config = volJob' { kubeconfig = "kubeconfig"; };
+      message = "settings.jobs.volumes.kubeconfig must be an absolute path, not \"kubeconfig\"";
+    };
+    vol-unknown-credential-kubeconfig = {
+      config = volJob' { kubeconfig = "${creds}/kube"; };
+      message = "jobs.volumes.kubeconfig = \"${creds}/kube\" is the credential \"kube\", which the unit does not get";
+    };
+    vol-store-token = {
+      config = volServerWith { token_file = "/nix/store/00000000000000000000000000000000-token"; };
+      message = "settings.jobs.volumes.token_file = \"/nix/store/00000000000000000000000000000000-token\" is in the world-readable Nix store";
+    };
+    vol-relative-token = {
+      config = volServerWith { token_file = "token"; };
+      message = "settings.jobs.volumes.token_file must be an absolute path, not \"token\"";
+    };
+    vol-unknown-credential-token = {
+      config = volServerWith { token_file = "${creds}/token"; };
+      message = "jobs.volumes.token_file = \"${creds}/token\" is the credential \"token\", which the unit does not get";
+    };
+    vol-relative-ca = {
+      config = volServerWith { ca_file = "ca.pem"; };
+      message = "settings.jobs.volumes.ca_file must be an absolute path (or a Nix path: the CA certificate is public), not \"ca.pem\"";
+    };
+    vol-unknown-credential-ca = {
+      config = volServerWith { ca_file = "${creds}/k8s-ca"; };
+      message = "jobs.volumes.ca_file = \"${creds}/k8s-ca\" is the credential \"k8s-ca\", which the unit does not get";
+    };
+    vol-request-timeout-zero = {
+      config = volJob' { request_timeout_secs = 0; };
+      message = "jobs.volumes.request_timeout_secs = 0: an integer from 1 to 600 (default 30).";
+    };
+    vol-request-timeout-big = {
+      config = volJob' { request_timeout_secs = 601; };
+      message = "jobs.volumes.request_timeout_secs = 601: an integer from 1 to 600";
+    };
+    vol-nothing = {
+      config = volJob' {
+        volumes = [ ];
+        selector = "";
+      };
+      message = "jobs.volumes: a job of kind \"volume\" needs `volumes`, a list of \"namespace/pvc\" names (e.g. [ \"immich/library\" ]), or `selector`, a label selector over the PVCs of every namespace (e.g. \"backuphub.io/backup=true\"); with neither, nothing would be backed up.";
+    };
+    vol-blank-selector = {
+      config = volJob' {
+        volumes = [ ];
+        selector = " ";
+      };
+      message = "jobs.volumes: a job of kind \"volume\" needs `volumes`";
+    };
+    vol-no-volumes-key = {
+      config = volWith {
+        replaceJob = removeAttrs volJob [
+          "volumes"
+          "selector"
+        ];
+      };
+      message = "jobs.volumes: a job of kind \"volume\" needs `volumes`";
+    };
+    vol-volumes-string = {
+      config = volJob' { volumes = "immich/library"; };
+      message = "jobs.volumes.volumes must be a list of \"namespace/pvc\" names (default [ ]), not \"immich/library\".";
+    };
+    vol-selector-list = {
+      config = volJob' { selector = [ "app=immich" ]; };
+      message = "jobs.volumes.selector must be a label selector, a string (default \"\": none), not [";
+    };
+    vol-duplicate = {
+      config = volJob' {
+        volumes = [
+          "immich/library"
+          "database/data-postgresql-0"
+          "immich/library"
+        ];
+      };
+      message = "jobs.volumes.volumes names \"immich/library\" more than once.";
+    };
+    vol-ref-no-slash = {
+      config = volJob' { volumes = [ "library" ]; };
+      message = "jobs.volumes.volumes: \"library\" (item 0) is not \"namespace/pvc\": the namespace is a DNS label";
+    };
+    vol-ref-upper = {
+      config = volJob' { volumes = [ "immich/library" "Immich/library" ]; };
+      message = "jobs.volumes.volumes: \"Immich/library\" (item 1) is not \"namespace/pvc\"";
+    };
+    vol-ref-upper-name = {
+      config = volJob' { volumes = [ "a/B" ]; };
+      message = "jobs.volumes.volumes: \"a/B\" (item 0) is not \"namespace/pvc\"";
+    };
+    vol-ref-three = {
+      config = volJob' { volumes = [ "a/b/c" ]; };
+      message = "jobs.volumes.volumes: \"a/b/c\" (item 0) is not \"namespace/pvc\"";
+    };
+    vol-ref-empty-namespace = {
+      config = volJob' { volumes = [ "/b" ]; };
+      message = "jobs.volumes.volumes: \"/b\" (item 0) is not \"namespace/pvc\"";
+    };
+    vol-ref-empty-name = {
+      config = volJob' { volumes = [ "a/" ]; };
+      message = "jobs.volumes.volumes: \"a/\" (item 0) is not \"namespace/pvc\"";
+    };
+    vol-ref-leading-dash = {
+      config = volJob' { volumes = [ "-a/b" ]; };
+      message = "jobs.volumes.volumes: \"-a/b\" (item 0) is not \"namespace/pvc\"";
+    };
+    vol-ref-trailing-dash = {
+      config = volJob' { volumes = [ "a/b-" ]; };
+      message = "jobs.volumes.volumes: \"a/b-\" (item 0) is not \"namespace/pvc\"";
+    };
+    vol-ref-underscore = {
+      config = volJob' { volumes = [ "a/b_c" ]; };
+      message = "jobs.volumes.volumes: \"a/b_c\" (item 0) is not \"namespace/pvc\"";
+    };
+    vol-ref-dotted-namespace = {
+      config = volJob' { volumes = [ "a.b/c" ]; };
+      message = "jobs.volumes.volumes: \"a.b/c\" (item 0) is not \"namespace/pvc\"";
+    };
+    vol-ref-long-namespace = {
+      config = volJob' { volumes = [ "${label63}a/x" ]; };
+      message = "jobs.volumes.volumes: \"${label63}a/x\" (item 0) is not \"namespace/pvc\"";
+    };
+    vol-ref-long-name = {
+      config = volJob' { volumes = [ "n/${subdomain253}b" ]; };
+      message = "jobs.volumes.volumes: \"n/${subdomain253}b\" (item 0) is not \"namespace/pvc\"";
+    };
+    vol-ref-not-a-string = {
+      config = volJob' { volumes = [ 42 ]; };
+      message = "jobs.volumes.volumes: 42 (item 0) is not \"namespace/pvc\"";
+    };
+    vol-snapshot-class-bad = {
+      config = volJob' { snapshot_class = "Bad Class"; };
+      message = "jobs.volumes.snapshot_class = \"Bad Class\": \"\" (the default: the CSI driver's default VolumeSnapshotClass), \"none\" (the live volume, mounted read-only: not point-in-time) or the name of a VolumeSnapshotClass";
+    };
+    vol-snapshot-class-None = {
+      config = volJob' { snapshot_class = "None"; };
+      message = "jobs.volumes.snapshot_class = \"None\": \"\"";
+    };
+    vol-snapshot-timeout-zero = {
+      config = volJob' { snapshot_timeout_secs = 0; };
+      message = "jobs.volumes.snapshot_timeout_secs = 0: an integer from 1 to 86400 (default 600).";
+    };
+    vol-snapshot-timeout-big = {
+      config = volJob' { snapshot_timeout_secs = 86401; };
+      message = "jobs.volumes.snapshot_timeout_secs = 86401: an integer from 1 to 86400";
+    };
+    vol-pod-timeout-zero = {
+      config = volJob' { pod_timeout_secs = 0; };
+      message = "jobs.volumes.pod_timeout_secs = 0: an integer from 1 to 86400 (default 300).";
+    };
+    vol-pod-timeout-big = {
+      config = volJob' { pod_timeout_secs = 86401; };
+      message = "jobs.volumes.pod_timeout_secs = 86401: an integer from 1 to 86400";
+    };
+  };
+
   # ---- s3 jobs
   # every key the daemon knows, none of them at its default
   s3Job = {
@@ -1306,6 +1611,20 @@ let
   k8sDocUnit = k8sDoc.systemd.services.backuphub or { };
   k8sDocJob = k8sDoc.services.backuphub.configFile.value.jobs.cluster or { };
 
+  # nix/module.md's volume example (extracted by run.sh like the others)
+  volDoc =
+    (lib.evalModules {
+      modules = [
+        nixosStubs
+        modulePath
+        { _module.args.pkgs = pkgs; }
+        { services.backuphub.checkConfig = false; }
+        (if volumeExample != null then volumeExample else { })
+      ];
+    }).config;
+  volDocUnit = volDoc.systemd.services.backuphub or { };
+  volDocJob = volDoc.services.backuphub.configFile.value.jobs.volumes or { };
+
   # nix/module.md's s3 example (extracted by run.sh like the others)
   s3Doc =
     (lib.evalModules {
@@ -1600,6 +1919,74 @@ let
     ++ lib.mapAttrsToList (
       n: c: expect "kubernetes: accepted: ${n}" [ (failedAssertions c) c.warnings ] [ [ ] [ ] ]
     ) k8sAccepted;
+
+  # volume jobs (see volWith): as kubernetes jobs, the daemon does it all itself
+  volChecks =
+    let
+      volumes = c: (pgValue c).jobs.volumes or "<unset>";
+      sc' = c: (pgUnit c).serviceConfig;
+      baseUnit = (pgUnit unchecked) // {
+        serviceConfig = removeAttrs (pgUnit unchecked).serviceConfig [ "LoadCredential" "ExecStart" ];
+      };
+      unitWithout = c: (pgUnit c) // { serviceConfig = removeAttrs (sc' c) [ "LoadCredential" "ExecStart" ]; };
+    in
+    [
+      (expect "volume: a kubeconfig job: no failed assertions, no warnings" [ (failedAssertions vol) vol.warnings ] [ [ ] [ ] ])
+      (expect "volume: the kubeconfig job is generated as written (timezone added)" (volumes vol) (
+        volJob // { timezone = "UTC"; }
+      ))
+      (expect "volume: the kubeconfig is a credential of the unit, and the setting points at it" [
+        (lib.elem "kubeconfig:/etc/secrets/backuphub-kubeconfig" (sc' vol).LoadCredential)
+        (volumes vol).kubeconfig
+      ] [ true "/run/credentials/backuphub.service/kubeconfig" ])
+      (expect "volume: a server+token+CA job: no failed assertions, no warnings" [
+        (failedAssertions volServer)
+        volServer.warnings
+      ] [ [ ] [ ] ])
+      (expect "volume: the server job is generated as written" (volumes volServer) (
+        volServerJob // { timezone = "UTC"; }
+      ))
+      (expect "volume: the token is a credential of the unit, and the setting points at it" [
+        (lib.elem "k8s-token:/etc/secrets/backuphub-k8s-token" (sc' volServer).LoadCredential)
+        (volumes volServer).token_file
+      ] [ true "/run/credentials/backuphub.service/k8s-token" ])
+      (expect "volume: a minimal job: nothing filled in (the daemon has the defaults)" [
+        (failedAssertions volMinimal)
+        (volumes volMinimal)
+      ] [
+        [ ]
+        {
+          kind = "volume";
+          schedule = "@daily";
+          timezone = "UTC";
+          kubeconfig = "${creds}/kubeconfig";
+          volumes = [ "immich/library" ];
+        }
+      ])
+      # snapshots, PVCs and pods are made through the API server, the data comes over exec:
+      # no packages, no devices, no more writable paths or mounts
+      (expect "volume: the unit is the one without the job (but for its credentials and config file)" [
+        (unitWithout vol)
+        (unitWithout volServer)
+      ] [ baseUnit baseUnit ])
+      (expectWarning "volume: warning for a kubeconfig that is no credential" volPlainKubeconfig
+        "services.backuphub.settings.jobs.volumes.kubeconfig = \"/etc/secrets/backuphub-kubeconfig\" is not a credential: the service user must be able to read it, and so can every command job. Pass it with services.backuphub.credentials.<name> = \"/etc/secrets/backuphub-kubeconfig\" and set kubeconfig = \"${creds}/<name>\""
+      )
+      (expectWarning "volume: warning for a token_file that is no credential" volPlainToken
+        "services.backuphub.settings.jobs.volumes.token_file = \"/var/lib/secrets/k8s-token\" is not a credential: the service user must be able to read it, and so can every command job. Pass it with services.backuphub.credentials.<name> = \"/var/lib/secrets/k8s-token\" and set token_file = \"${creds}/<name>\""
+      )
+      (expect "volume: one warning each, and they are warnings, not errors" [
+        (lib.length volPlainKubeconfig.warnings)
+        (lib.length volPlainToken.warnings)
+        (lib.concatMap failedAssertions [
+          volPlainKubeconfig
+          volPlainToken
+        ])
+      ] [ 1 1 [ ] ])
+    ]
+    ++ lib.mapAttrsToList (
+      n: c: expect "volume: accepted: ${n}" [ (failedAssertions c) c.warnings ] [ [ ] [ ] ]
+    ) volAccepted;
 
   # s3 jobs (see s3With)
   s3Checks =
@@ -1922,6 +2309,8 @@ let
   ++ pgChecks
   ++ lib.mapAttrsToList (n: c: expectAssertion "assertion: ${n}" c.config c.message) invalidKubernetes
   ++ k8sChecks
+  ++ lib.mapAttrsToList (n: c: expectAssertion "assertion: ${n}" c.config c.message) invalidVolume
+  ++ volChecks
   ++ lib.mapAttrsToList (n: c: expectAssertion "assertion: ${n}" c.config c.message) invalidS3
   ++ s3Checks
   ++ lib.mapAttrsToList (n: c: expectTrue "does not evaluate: ${n}" (fails c)) badCases
@@ -2138,6 +2527,35 @@ let
       lib.hasInfix "`deploy/kubernetes/`" (builtins.readFile base.meta.doc)
       && builtins.pathExists ../../deploy/kubernetes/rbac.yaml
       && builtins.pathExists ../../deploy/kubernetes/make-kubeconfig.sh
+    ))
+  ]
+  ++ [
+    # nix/module.md: the volume example
+    (expectTrue "module.md: volume example given (--arg volumeExample FILE)" (volumeExample != null))
+    (expect "module.md: volume: no failed assertions, no warnings" [ (failedAssertions volDoc) volDoc.warnings ] [
+      [ ]
+      [ ]
+    ])
+    (expect "module.md: volume: a filesystem and a block volume, the kubeconfig from services.backuphub.credentials, nothing on PATH"
+      [
+        (volDocJob.kind or null)
+        (volDocJob.volumes or null)
+        (volDocJob.kubeconfig or null)
+        (volDocUnit.serviceConfig.LoadCredential or null)
+        (volDocUnit.path or null)
+      ]
+      [
+        "volume"
+        [ "immich/library" "database/data-postgresql-0" ]
+        "${creds}/kubeconfig"
+        [ "kubeconfig:/etc/secrets/backuphub-kubeconfig" ]
+        [ ]
+      ]
+    )
+    (expectTrue "module.md: volume: needs rbac.yaml plus volume-rbac.yaml, which exist" (
+      lib.hasInfix "`deploy/kubernetes/rbac.yaml` plus `deploy/kubernetes/volume-rbac.yaml`" (builtins.readFile base.meta.doc)
+      && builtins.pathExists ../../deploy/kubernetes/rbac.yaml
+      && builtins.pathExists ../../deploy/kubernetes/volume-rbac.yaml
     ))
   ]
   ++ [

@@ -20,21 +20,25 @@ DOC = "nix/module.md"
 
 # (expectations of eval.nix that must fail, file, text, replacement)
 MUTANTS = [
-    # ---- kubernetes jobs: assertions
+    # ---- kubernetes jobs: assertions (the connection's are volume jobs' too: kubeConnectionAssertions)
     (
-        ["assertion: k8s-no-connection"],
+        ["assertion: k8s-no-connection", "assertion: vol-no-connection"],
         MODULE,
         "assertion = hasKubeconfig || (hasServer && hasToken);",
         "assertion = true;",
     ),
     (
-        ["assertion: k8s-server-without-token", "assertion: k8s-server-without-token-says-so"],
+        [
+            "assertion: k8s-server-without-token",
+            "assertion: k8s-server-without-token-says-so",
+            "assertion: vol-server-without-token",
+        ],
         MODULE,
         "assertion = hasKubeconfig || (hasServer && hasToken);",
         "assertion = hasKubeconfig || hasServer;",
     ),
     (
-        ["assertion: k8s-token-without-server"],
+        ["assertion: k8s-token-without-server", "assertion: vol-token-without-server"],
         MODULE,
         "assertion = hasKubeconfig || (hasServer && hasToken);",
         "assertion = hasKubeconfig || hasToken;",
@@ -52,7 +56,11 @@ MUTANTS = [
         'else if hasToken then\n            ""',
     ),
     (
-        ["assertion: k8s-kubeconfig-and-token", "assertion: k8s-kubeconfig-and-server"],
+        [
+            "assertion: k8s-kubeconfig-and-token",
+            "assertion: k8s-kubeconfig-and-server",
+            "assertion: vol-kubeconfig-and-server",
+        ],
         MODULE,
         "assertion = !(hasKubeconfig && (hasServer || hasToken));",
         "assertion = true;",
@@ -64,7 +72,7 @@ MUTANTS = [
         "assertion = !(hasKubeconfig && hasServer);",
     ),
     (
-        ["assertion: k8s-server-scheme"],
+        ["assertion: k8s-server-scheme", "assertion: vol-server-scheme"],
         MODULE,
         '|| (lib.isString server && (lib.hasPrefix "https://" server || lib.hasPrefix "http://" server));',
         "|| lib.isString server;",
@@ -76,13 +84,13 @@ MUTANTS = [
         '(lib.hasPrefix "https://" (lib.toLower server) || lib.hasPrefix "http://" (lib.toLower server))',
     ),
     (
-        ["kubernetes: accepted: server over http:// (kubectl proxy)"],
+        ["kubernetes: accepted: server over http:// (kubectl proxy)", "volume: accepted: server over http:// (kubectl proxy)"],
         MODULE,
         '(lib.hasPrefix "https://" server || lib.hasPrefix "http://" server)',
         '(lib.hasPrefix "https://" server)',
     ),
     (
-        ["assertion: k8s-context-without-kubeconfig"],
+        ["assertion: k8s-context-without-kubeconfig", "assertion: vol-context-without-kubeconfig"],
         MODULE,
         "assertion = (job.context or null) == null || hasKubeconfig;",
         "assertion = true;",
@@ -127,13 +135,13 @@ MUTANTS = [
         "lib.isList includeResources\n",
     ),
     (
-        ["assertion: k8s-request-timeout-zero"],
+        ["assertion: k8s-request-timeout-zero", "assertion: vol-request-timeout-zero"],
         MODULE,
         '(intIn "request_timeout_secs" 1 600 30)',
         '(intIn "request_timeout_secs" 0 600 30)',
     ),
     (
-        ["assertion: k8s-request-timeout-big"],
+        ["assertion: k8s-request-timeout-big", "assertion: vol-request-timeout-big"],
         MODULE,
         '(intIn "request_timeout_secs" 1 600 30)',
         '(intIn "request_timeout_secs" 1 601 30)',
@@ -157,68 +165,73 @@ MUTANTS = [
         "(lib.isString v || lib.isInt v && v >= min && (max == null || v <= max))",
     ),
     (
-        ["kubernetes: accepted: the bounds of request_timeout_secs and page_size"],
+        ["kubernetes: accepted: the bounds of request_timeout_secs and page_size", "volume: accepted: the bounds of the timeouts"],
         MODULE,
         "(lib.isInt v && v >= min && (max == null || v <= max))",
         "(lib.isInt v && v >= min && (max == null || v < max))",
     ),
     (
-        ["kubernetes: accepted: ... and their lower bounds"],
+        ["kubernetes: accepted: ... and their lower bounds", "volume: accepted: ... and their lower bounds"],
         MODULE,
         "(lib.isInt v && v >= min && (max == null || v <= max))",
         "(lib.isInt v && v > min && (max == null || v <= max))",
     ),
     # secret files: outside the store, absolute, credentials the unit gets
     (
-        ["assertion: k8s-store-kubeconfig"],
+        ["assertion: k8s-store-kubeconfig", "assertion: vol-store-kubeconfig"],
         MODULE,
         '++ optionalFileAssertions secretSettingAssertions "jobs.${name}.kubeconfig" kubeconfig',
         '++ optionalFileAssertions fileSettingAssertions "jobs.${name}.kubeconfig" kubeconfig',
     ),
     (
-        ["assertion: k8s-relative-kubeconfig", "assertion: k8s-nix-path-kubeconfig"],
+        [
+            "assertion: k8s-relative-kubeconfig",
+            "assertion: k8s-nix-path-kubeconfig",
+            "assertion: vol-relative-kubeconfig",
+            "assertion: vol-nix-path-kubeconfig",
+        ],
         MODULE,
         '++ optionalFileAssertions secretSettingAssertions "jobs.${name}.kubeconfig" kubeconfig',
         "",
     ),
     (
-        ["assertion: k8s-store-token"],
+        ["assertion: k8s-store-token", "assertion: vol-store-token"],
         MODULE,
         '++ optionalFileAssertions secretSettingAssertions "jobs.${name}.token_file" token;',
         '++ optionalFileAssertions fileSettingAssertions "jobs.${name}.token_file" token;',
     ),
     (
-        ["assertion: k8s-relative-token", "assertion: k8s-nix-path-token"],
+        ["assertion: k8s-relative-token", "assertion: k8s-nix-path-token", "assertion: vol-relative-token"],
         MODULE,
         '++ optionalFileAssertions secretSettingAssertions "jobs.${name}.token_file" token;',
         ";",
     ),
     (
-        ["assertion: k8s-unknown-credential-kubeconfig"],
+        ["assertion: k8s-unknown-credential-kubeconfig", "assertion: vol-unknown-credential-kubeconfig"],
         MODULE,
         '(credentialAssertion "jobs.${name}.kubeconfig" kubeconfig "/path/to/the/kubeconfig")',
         "",
     ),
     (
-        ["assertion: k8s-unknown-credential-token"],
+        ["assertion: k8s-unknown-credential-token", "assertion: vol-unknown-credential-token"],
         MODULE,
         '(credentialAssertion "jobs.${name}.token_file" token "/path/to/the/token")',
         "",
     ),
     (
-        ["assertion: k8s-unknown-credential-ca"],
+        ["assertion: k8s-unknown-credential-ca", "assertion: vol-unknown-credential-ca"],
         MODULE,
         '(credentialAssertion "jobs.${name}.ca_file" ca "/path/to/the/ca.pem")',
         "",
     ),
     (
-        ["assertion: k8s-relative-ca"],
+        ["assertion: k8s-relative-ca", "assertion: vol-relative-ca"],
         MODULE,
         "assertion = ca == null || builtins.isPath ca || isAbsolute ca;",
         "assertion = true;",
     ),
     (
-        ["kubernetes: accepted: ca_file as a Nix path (it is public)"],
+        ["kubernetes: accepted: ca_file as a Nix path (it is public)", "volume: accepted: ca_file as a Nix path (it is public)"],
         MODULE,
         "assertion = ca == null || builtins.isPath ca || isAbsolute ca;",
         "assertion = ca == null || isAbsolute ca;",
@@ -241,6 +254,8 @@ MUTANTS = [
             "kubernetes: a kubeconfig job: no failed assertions, no warnings",
             "kubernetes: a server+token+CA job: no failed assertions, no warnings",
             "module.md: kubernetes: no failed assertions, no warnings",
+            "volume: a kubeconfig job: no failed assertions, no warnings",
+            "module.md: volume: no failed assertions, no warnings",
         ],
         MODULE,
         "assertion = credential == null || lib.elem credential unitCredentialNames;",
@@ -254,13 +269,13 @@ MUTANTS = [
     ),
     # ---- kubernetes jobs: warnings
     (
-        ["kubernetes: warning for a kubeconfig that is no credential"],
+        ["kubernetes: warning for a kubeconfig that is no credential", "volume: warning for a kubeconfig that is no credential"],
         MODULE,
         'notCredentialWarning "jobs.${name}.kubeconfig" (job.kubeconfig or null)\n    ++ ',
         "",
     ),
     (
-        ["kubernetes: warning for a token_file that is no credential"],
+        ["kubernetes: warning for a token_file that is no credential", "volume: warning for a token_file that is no credential"],
         MODULE,
         '++ notCredentialWarning "jobs.${name}.token_file" (job.token_file or null)',
         "",
@@ -294,6 +309,9 @@ MUTANTS = [
             "kubernetes: a kubeconfig job: no failed assertions, no warnings",
             "kubernetes: a server+token+CA job: no failed assertions, no warnings",
             "module.md: kubernetes: no failed assertions, no warnings",
+            "volume: a kubeconfig job: no failed assertions, no warnings",
+            "volume: a server+token+CA job: no failed assertions, no warnings",
+            "module.md: volume: no failed assertions, no warnings",
         ],
         MODULE,
         "lib.optional (isAbsolute value && credentialOf value == null && !inStore value)",
@@ -307,7 +325,7 @@ MUTANTS = [
         'if j.kind == "postgres" then withPostgresDefaults j else removeAttrs j [ "context" ]',
     ),
     (
-        ["kubernetes: the server job is generated as written"],
+        ["kubernetes: the server job is generated as written", "volume: the server job is generated as written"],
         MODULE,
         'if j.kind == "postgres" then withPostgresDefaults j else j',
         'if j.kind == "postgres" then withPostgresDefaults j else removeAttrs j [ "ca_file" ]',
@@ -323,6 +341,9 @@ MUTANTS = [
             "kubernetes: the kubeconfig is a credential of the unit, and the setting points at it",
             "kubernetes: the token is a credential of the unit",
             "module.md: kubernetes: the kubeconfig from services.backuphub.credentials, nothing on PATH",
+            "volume: the kubeconfig is a credential of the unit, and the setting points at it",
+            "volume: the token is a credential of the unit, and the setting points at it",
+            "module.md: volume: a filesystem and a block volume, the kubeconfig from services.backuphub.credentials, nothing on PATH",
         ],
         MODULE,
         'LoadCredential = lib.mapAttrsToList (name: path: "${name}:${path}") cfg.credentials;',
@@ -358,6 +379,196 @@ MUTANTS = [
         MODULE,
         "        LockPersonality = true;\n",
         '        LockPersonality = true;\n        IPAddressDeny = "any";\n',
+    ),
+    # ---- volume jobs: assertions (the connection's: see kubernetes jobs above)
+    (
+        ["assertion: vol-no-connection", "assertion: vol-nothing"],
+        MODULE,
+        '      ++ lib.optionals (job.kind == "volume") (volumeJobAssertions name job)\n',
+        "",
+    ),
+    (
+        ["assertion: vol-ca-with-kubeconfig"],
+        MODULE,
+        'assertion = (job.kubeconfig or null) == null || (job.ca_file or null) == null;',
+        "assertion = true;",
+    ),
+    (
+        ["assertion: vol-volumes-string"],
+        MODULE,
+        "assertion = lib.isList volumes;",
+        "assertion = true;",
+    ),
+    (
+        ["assertion: vol-selector-list"],
+        MODULE,
+        "assertion = lib.isString selector;",
+        "assertion = true;",
+    ),
+    (
+        ["assertion: vol-nothing", "assertion: vol-blank-selector", "assertion: vol-no-volumes-key"],
+        MODULE,
+        "assertion = volumeList != [ ] || nonEmptyString selector;",
+        "assertion = true;",
+    ),
+    (
+        ["assertion: vol-blank-selector"],
+        MODULE,
+        "assertion = volumeList != [ ] || nonEmptyString selector;",
+        'assertion = volumeList != [ ] || selector != "";',
+    ),
+    (
+        ["volume: accepted: a selector alone"],
+        MODULE,
+        "assertion = volumeList != [ ] || nonEmptyString selector;",
+        "assertion = volumeList != [ ];",
+    ),
+    (
+        ["assertion: vol-duplicate"],
+        MODULE,
+        "assertion = named == [ ];",
+        "assertion = true;",
+    ),
+    # each duplicate named once
+    (
+        ["assertion: vol-duplicate"],
+        MODULE,
+        "named = lib.unique (lib.filter (v: lib.count (x: x == v) volumeList > 1) volumeList);",
+        "named = lib.filter (v: lib.count (x: x == v) volumeList > 1) volumeList;",
+    ),
+    (
+        ["assertion: vol-snapshot-class-bad", "assertion: vol-snapshot-class-None"],
+        MODULE,
+        'assertion = snapshotClass == "" || isDnsSubdomain snapshotClass;',
+        'assertion = snapshotClass == "" || lib.isString snapshotClass;',
+    ),
+    (
+        ["volume: accepted: snapshot_class \"\" (the driver's default)"],
+        MODULE,
+        'assertion = snapshotClass == "" || isDnsSubdomain snapshotClass;',
+        "assertion = isDnsSubdomain snapshotClass;",
+    ),
+    (
+        ["assertion: vol-snapshot-timeout-zero"],
+        MODULE,
+        '(intIn "snapshot_timeout_secs" 1 86400 600)',
+        '(intIn "snapshot_timeout_secs" 0 86400 600)',
+    ),
+    (
+        ["assertion: vol-snapshot-timeout-big"],
+        MODULE,
+        '(intIn "snapshot_timeout_secs" 1 86400 600)',
+        '(intIn "snapshot_timeout_secs" 1 null 600)',
+    ),
+    (
+        ["assertion: vol-pod-timeout-zero"],
+        MODULE,
+        '(intIn "pod_timeout_secs" 1 86400 300)',
+        '(intIn "pod_timeout_secs" 0 86400 300)',
+    ),
+    (
+        ["assertion: vol-pod-timeout-big"],
+        MODULE,
+        '(intIn "pod_timeout_secs" 1 86400 300)',
+        '(intIn "pod_timeout_secs" 1 null 300)',
+    ),
+    # "namespace/pvc": Kubernetes' name rules
+    (
+        [
+            "assertion: vol-ref-no-slash",
+            "assertion: vol-ref-upper",
+            "assertion: vol-ref-empty-name",
+            "assertion: vol-ref-three",
+            "assertion: vol-ref-underscore",
+            "assertion: vol-ref-not-a-string",
+        ],
+        MODULE,
+        "assertion = isVolumeRef v;",
+        "assertion = true;",
+    ),
+    (
+        [
+            "assertion: vol-ref-upper",
+            "assertion: vol-ref-empty-namespace",
+            "assertion: vol-ref-leading-dash",
+            "assertion: vol-ref-dotted-namespace",
+            "assertion: vol-ref-long-namespace",
+        ],
+        MODULE,
+        'builtins.match "(${dnsLabelRegex})/(.*)" v',
+        'builtins.match "([^/]*)/(.*)" v',
+    ),
+    (
+        ["assertion: vol-ref-three", "assertion: vol-ref-underscore", "assertion: vol-ref-upper-name"],
+        MODULE,
+        "m != null && isDnsSubdomain (lib.last m);",
+        'm != null && lib.last m != "";',
+    ),
+    (
+        ["assertion: vol-ref-long-namespace"],
+        MODULE,
+        'dnsLabelRegex = "[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?";',
+        'dnsLabelRegex = "[a-z0-9]([-a-z0-9]{0,62}[a-z0-9])?";',
+    ),
+    (
+        ["assertion: vol-ref-leading-dash", "assertion: vol-ref-trailing-dash"],
+        MODULE,
+        'dnsLabelRegex = "[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?";',
+        'dnsLabelRegex = "[-a-z0-9]{1,63}";',
+    ),
+    (
+        ["volume: accepted: names at Kubernetes' limits: dotted, 63-character namespace, 253-character PVC name"],
+        MODULE,
+        'dnsSubdomainRegex = "${dnsLabelRegex}(\\\\.${dnsLabelRegex})*";',
+        'dnsSubdomainRegex = dnsLabelRegex;',
+    ),
+    (
+        ["assertion: vol-ref-long-name"],
+        MODULE,
+        "lib.isString s && lib.stringLength s <= 253 && ",
+        "lib.isString s && ",
+    ),
+    (
+        ["volume: accepted: names at Kubernetes' limits: dotted, 63-character namespace, 253-character PVC name"],
+        MODULE,
+        "lib.isString s && lib.stringLength s <= 253 && ",
+        "lib.isString s && lib.stringLength s < 253 && ",
+    ),
+    # ---- volume jobs: warnings
+    (
+        [
+            "volume: warning for a kubeconfig that is no credential",
+            "volume: warning for a token_file that is no credential",
+        ],
+        MODULE,
+        "      ++ lib.concatLists (lib.mapAttrsToList kubeConnectionWarnings volumeJobs)\n",
+        "",
+    ),
+    (
+        ["volume: one warning each, and they are warnings, not errors"],
+        MODULE,
+        "      ++ lib.concatLists (lib.mapAttrsToList kubeConnectionWarnings volumeJobs)\n",
+        "      ++ lib.concatLists (lib.mapAttrsToList kubernetesJobWarnings volumeJobs)\n"
+        "      ++ lib.concatLists (lib.mapAttrsToList kubeConnectionWarnings volumeJobs)\n",
+    ),
+    # ---- volume jobs: the generated configuration and the unit
+    (
+        ["volume: the kubeconfig job is generated as written (timezone added)"],
+        MODULE,
+        'if j.kind == "postgres" then withPostgresDefaults j else j',
+        'if j.kind == "postgres" then withPostgresDefaults j else removeAttrs j [ "selector" ]',
+    ),
+    (
+        ["volume: a minimal job: nothing filled in (the daemon has the defaults)"],
+        MODULE,
+        'if j.kind == "postgres" then withPostgresDefaults j else j',
+        'if j.kind == "postgres" then withPostgresDefaults j else if j.kind == "volume" then { snapshot_class = ""; } // j else j',
+    ),
+    (
+        ["volume: the unit is the one without the job (but for its credentials and config file)"],
+        MODULE,
+        "ReadWritePaths = [ repoPath ] ++",
+        'ReadWritePaths = [ repoPath ] ++ lib.optional (volumeJobs != { }) "/dev/rbd0" ++',
     ),
     # ---- s3 jobs: assertions
     (
@@ -464,8 +675,8 @@ MUTANTS = [
     (
         ["does not evaluate: bad-kind"],
         MODULE,
-        '    "kubernetes"\n    "s3"\n  ];',
-        '    "kubernetes"\n    "s3"\n    "tape"\n  ];',
+        '    "volume"\n    "s3"\n  ];',
+        '    "volume"\n    "s3"\n    "tape"\n  ];',
     ),
     # ---- s3 jobs: warnings
     (
@@ -523,6 +734,12 @@ MUTANTS = [
         DOC,
         "`deploy/kubernetes/` in backuphub's repository",
         "`deploy/` in backuphub's repository",
+    ),
+    (
+        ["module.md: volume: needs rbac.yaml plus volume-rbac.yaml, which exist"],
+        DOC,
+        "`deploy/kubernetes/rbac.yaml` plus `deploy/kubernetes/volume-rbac.yaml`",
+        "`deploy/kubernetes/rbac.yaml`",
     ),
     (
         ["module.md: restoring into the Pi's MinIO: backuphub-admin restore-s3"],

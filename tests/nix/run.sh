@@ -2,8 +2,8 @@
 # Nix checks that run without nixpkgs (Debian's Nix 2.8 plus ../shared/nixpkgs-lib):
 #  - every .nix file of the repository parses;
 #  - tests/nix/eval.nix: module.nix under lib.evalModules with stubs (unit, hardening, firewall,
-#    credentials, postgres, kubernetes and s3 jobs, assertion messages), the examples of README.md
-#    and nix/module.md, and flake.lock against ../shared/nixpkgs-pin.md;
+#    credentials, postgres, kubernetes, volume and s3 jobs, assertion messages), the examples of
+#    README.md and nix/module.md, and flake.lock against ../shared/nixpkgs-pin.md;
 #  - configurations that must not evaluate fail with the expected message (and, in eval.nix,
 #    every assertion of the module with a configuration that fails it);
 #  - backuphub-admin, as the module writes it, linted and run against a stand-in systemd-run;
@@ -64,6 +64,11 @@ awk '/^```nix$/ { inb = 1; buf = ""; next }
      inb && /^```$/ { if (buf ~ /kind = "kubernetes"/ && buf ~ /kubeconfig = /) printf "%s", buf; inb = 0; next }
      inb { buf = buf $0 "\n" }' nix/module.md >"$tmp/kubernetes.nix"
 [ -s "$tmp/kubernetes.nix" ] || fail "no \`\`\`nix block with a kubernetes job and a kubeconfig in nix/module.md"
+# and its example of a volume job with a kubeconfig credential
+awk '/^```nix$/ { inb = 1; buf = ""; next }
+     inb && /^```$/ { if (buf ~ /kind = "volume"/ && buf ~ /kubeconfig = /) printf "%s", buf; inb = 0; next }
+     inb { buf = buf $0 "\n" }' nix/module.md >"$tmp/volume.nix"
+[ -s "$tmp/volume.nix" ] || fail "no \`\`\`nix block with a volume job and a kubeconfig in nix/module.md"
 # and its example of an s3 job with its keys as credentials
 awk '/^```nix$/ { inb = 1; buf = ""; next }
      inb && /^```$/ { if (buf ~ /kind = "s3"/ && buf ~ /access_key_file = /) printf "%s", buf; inb = 0; next }
@@ -73,7 +78,8 @@ awk '/^```nix$/ { inb = 1; buf = ""; next }
 evalnix() {
   nix-instantiate --eval --strict --json tests/nix/eval.nix --arg shared "$shared" \
     --arg piExample "$tmp/pi.nix" --arg postgresExample "$tmp/postgres.nix" \
-    --arg kubernetesExample "$tmp/kubernetes.nix" --arg s3Example "$tmp/s3.nix" "$@"
+    --arg kubernetesExample "$tmp/kubernetes.nix" --arg volumeExample "$tmp/volume.nix" \
+    --arg s3Example "$tmp/s3.nix" "$@"
 }
 
 # 2. the expectations of eval.nix (each counted)
@@ -101,7 +107,7 @@ expect_error() { # case, message fragment
     cat "$log" >&2
   fi
 }
-expect_error bad-kind 'jobs.k8s.kind'"'"' is not of type `one of "path", "command", "postgres", "kubernetes", "s3"'"'"'.'
+expect_error bad-kind 'jobs.k8s.kind'"'"' is not of type `one of "path", "command", "postgres", "kubernetes", "volume", "s3"'"'"'.'
 expect_error store-credential 'absolute path not in the Nix store'
 expect_error relative-credential 'absolute path not in the Nix store'
 

@@ -11,8 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
-use tokio::io::AsyncReadExt;
-use tokio_util::io::SyncIoBridge;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::script::{self, EndMark};
 use crate::kinds::kubernetes::client::{Kube, RequestError};
@@ -22,16 +21,71 @@ const STDERR_TAIL: usize = 64 * 1024;
 /// How long after stdout ends the status and end mark may take.
 const END_WAIT: Duration = Duration::from_secs(60);
 
+/// How an exec's WebSocket task ended: its status if one came, else why not.
+#[derive(Clone, Debug)]
+struct Ended {
+    status: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Status>,
+}
+
+/// Waits, inside the runtime, for the exec's task to end; a pipe of kube's is not
+/// closed when its task fails (only when it ends cleanly), so every read and write here
+/// also watches this, and none can hang on a dead connection.
+async fn ended(rx: &mut tokio::sync::watch::Receiver<Option<Ended>>) {
+    let _ = rx.wait_for(Option::is_some).await;
+}
+
+/// An exec's stdin as a synchronous writer; [`Stdin::shutdown`] closes it (dropping it
+/// does not: the halves of kube's pipe share it).
+pub struct Stdin {
+    w: tokio::io::WriteHalf<tokio::io::SimplexStream>,
+    handle: tokio::runtime::Handle,
+    ended: tokio::sync::watch::Receiver<Option<Ended>>,
+}
+
+impl Stdin {
+    pub fn shutdown(&mut self) -> std::io::Result<()> {
+        let (w, rx) = (&mut self.w, &mut self.ended);
+        self.handle.block_on(async {
+            tokio::select! {
+                biased;
+                r = w.shutdown() => r,
+                _ = ended(rx) => Ok(()),
+            }
+        })
+    }
+}
+
+impl std::io::Write for Stdin {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let (w, rx) = (&mut self.w, &mut self.ended);
+        self.handle.block_on(async {
+            tokio::select! {
+                biased;
+                _ = ended(rx) => Err(std::io::Error::new(
+                    std::io::ErrorKind::BrokenPipe,
+                    "the command in the pod has ended",
+                )),
+                r = w.write(buf) => r,
+            }
+        })
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 /// An exec under way.
 pub struct Exec {
     /// `pod` in `namespace`, for messages.
     pub what: String,
-    process: Option<kube::api::AttachedProcess>,
-    stdout: Option<SyncIoBridge<tokio::io::ReadHalf<tokio::io::SimplexStream>>>,
-    stdin: Option<SyncIoBridge<tokio::io::WriteHalf<tokio::io::SimplexStream>>>,
+    stdout: Option<tokio::io::ReadHalf<tokio::io::SimplexStream>>,
+    stdin: Option<Stdin>,
     stderr: Arc<Mutex<Vec<u8>>>,
     stderr_done: Option<tokio::task::JoinHandle<()>>,
     handle: tokio::runtime::Handle,
+    ended: tokio::sync::watch::Receiver<Option<Ended>>,
+    /// Tells the monitor to abort the exec (on drop).
+    abort: Option<tokio::sync::oneshot::Sender<()>>,
     hasher: Sha256,
     received: u64,
     /// Set once the end was checked: the verdict, repeated to later reads.
@@ -52,12 +106,50 @@ impl Exec {
         argv.extend(args.iter().cloned());
         let mut process = kube.exec(namespace, pod, container, argv)?;
         let handle = kube.handle();
+        let (ended_tx, ended_rx) = tokio::sync::watch::channel(None);
+        let (abort_tx, abort_rx) = tokio::sync::oneshot::channel::<()>();
+        let status = process.take_status();
+        let stdout = process.stdout();
+        let stderr_half = process.stderr();
+        let stdin_half = process.stdin();
+        // The monitor: the status (if any), then the task's end.
+        handle.spawn(async move {
+            let status = async {
+                match status {
+                    Some(s) => s.await,
+                    None => None,
+                }
+            };
+            tokio::select! {
+                s = status => {
+                    let _ = process.join().await;
+                    let _ = ended_tx.send(Some(Ended { status: s }));
+                }
+                _ = abort_rx => {
+                    process.abort();
+                    let _ = ended_tx.send(Some(Ended { status: None }));
+                }
+            }
+        });
         let stderr = Arc::new(Mutex::new(Vec::new()));
-        let stderr_done = process.stderr().map(|mut r| {
+        let stderr_done = stderr_half.map(|mut r| {
             let tail = stderr.clone();
+            let mut rx = ended_rx.clone();
             handle.spawn(async move {
                 let mut buf = vec![0u8; 8192];
-                while let Ok(n) = r.read(&mut buf).await {
+                loop {
+                    let n = tokio::select! {
+                        biased;
+                        r = r.read(&mut buf) => r.unwrap_or(0),
+                        // Ended: what is buffered still counts (the end mark may be there).
+                        _ = ended(&mut rx) => {
+                            tokio::time::timeout(Duration::ZERO, r.read(&mut buf))
+                                .await
+                                .ok()
+                                .and_then(Result::ok)
+                                .unwrap_or(0)
+                        }
+                    };
                     if n == 0 {
                         break;
                     }
@@ -70,28 +162,28 @@ impl Exec {
                 }
             })
         });
-        let stdout = process
-            .stdout()
-            .map(|r| SyncIoBridge::new_with_handle(r, handle.clone()));
-        let stdin = process
-            .stdin()
-            .map(|w| SyncIoBridge::new_with_handle(w, handle.clone()));
+        let stdin = stdin_half.map(|w| Stdin {
+            w,
+            handle: handle.clone(),
+            ended: ended_rx.clone(),
+        });
         Ok(Exec {
             what: format!("pod {pod} in {namespace}"),
-            process: Some(process),
             stdout,
             stdin,
             stderr,
             stderr_done,
             handle,
+            ended: ended_rx,
+            abort: Some(abort_tx),
             hasher: Sha256::new(),
             received: 0,
             verdict: None,
         })
     }
 
-    /// The writer to the command's stdin (once); dropping it closes stdin.
-    pub fn take_stdin(&mut self) -> Option<impl std::io::Write + Send + use<>> {
+    /// The writer to the command's stdin (once); shut it down to close stdin.
+    pub fn take_stdin(&mut self) -> Option<Stdin> {
         self.stdin.take()
     }
 
@@ -102,15 +194,19 @@ impl Exec {
             return v.clone();
         }
         // stdin must be closed for a reader of it to end.
-        self.stdin = None;
-        let status = match self.process.as_mut().and_then(|p| p.take_status()) {
-            Some(fut) => self
-                .handle
-                .block_on(async { tokio::time::timeout(END_WAIT, fut).await })
-                .ok()
-                .flatten(),
-            None => None,
-        };
+        if let Some(mut s) = self.stdin.take() {
+            let _ = s.shutdown();
+        }
+        let mut rx = self.ended.clone();
+        let end = self.handle.block_on(async {
+            tokio::time::timeout(END_WAIT, async {
+                ended(&mut rx).await;
+                rx.borrow().clone()
+            })
+            .await
+            .ok()
+            .flatten()
+        });
         if let Some(task) = self.stderr_done.take() {
             let _ = self
                 .handle
@@ -127,6 +223,7 @@ impl Exec {
                 hex::encode(std::mem::take(&mut self.hasher).finalize()),
             )
         });
+        let status = end.and_then(|e| e.status);
         let verdict = verdict(&self.what, bytes, &sha, status.as_ref(), &stderr);
         self.verdict = Some(verdict.clone());
         verdict
@@ -135,6 +232,25 @@ impl Exec {
     /// What the command wrote on stderr besides its end mark.
     pub fn complaint(&self) -> String {
         script::complaint(&self.stderr.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Reads stdout, or returns 0 once the exec's task has ended and nothing is left.
+    fn read_stdout(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let Some(r) = self.stdout.as_mut() else {
+            return Ok(0);
+        };
+        let rx = &mut self.ended;
+        self.handle.block_on(async {
+            tokio::select! {
+                biased;
+                n = r.read(buf) => n,
+                _ = ended(rx) => Ok(tokio::time::timeout(Duration::ZERO, r.read(buf))
+                    .await
+                    .ok()
+                    .and_then(Result::ok)
+                    .unwrap_or(0)),
+            }
+        })
     }
 }
 
@@ -198,10 +314,7 @@ impl Read for Exec {
         if let Some(v) = &self.verdict {
             return v.clone().map(|_| 0).map_err(std::io::Error::other);
         }
-        let n = match self.stdout.as_mut() {
-            Some(r) => r.read(buf)?,
-            None => 0,
-        };
+        let n = self.read_stdout(buf)?;
         if n > 0 {
             self.hasher.update(&buf[..n]);
             self.received += n as u64;
@@ -214,11 +327,11 @@ impl Read for Exec {
 impl Drop for Exec {
     fn drop(&mut self) {
         // An exec left mid-stream (an error elsewhere, cancellation) is ended, not left
-        // running in the pod: the pod goes soon anyway, but its WebSocket task would not.
-        self.stdout = None;
-        self.stdin = None;
-        if let Some(p) = self.process.take() {
-            p.abort();
+        // running: the pod goes soon anyway, but its WebSocket task would not.
+        if self.verdict.is_none()
+            && let Some(a) = self.abort.take()
+        {
+            let _ = a.send(());
         }
     }
 }

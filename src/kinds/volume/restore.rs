@@ -179,8 +179,8 @@ pub fn restore(
             }
             let pvc = json!({
                 "apiVersion": "v1", "kind": "PersistentVolumeClaim",
-                "metadata": { "name": opts.into.name, "namespace": ns,
-                              "labels": { cluster::MANAGED_BY: "backuphub" } },
+                // Not labelled as ours: it is the user's volume from now on.
+                "metadata": { "name": opts.into.name, "namespace": ns },
                 "spec": spec,
             });
             kube.create(
@@ -215,7 +215,8 @@ pub fn restore(
         }
     }
     let run = cluster::run_id();
-    let labels = cluster::labels("restore", &run);
+    // No job label: a volume job's sweep must never take a restore's pod.
+    let labels = json!({ cluster::MANAGED_BY: "backuphub", "backuphub.io/restore": run });
     let pod_name = format!("backuphub-restore-{run}");
     let mut temps = Temporaries::new(kube.clone());
     let pod = cluster::pod_manifest(
@@ -246,11 +247,11 @@ pub fn restore(
     })
     .map_err(|m| RestoreError::Cluster(format!("the writer pod did not start: {m}")))?;
 
-    let args: Vec<String> = if opts.overwrite {
-        vec!["overwrite".into()]
-    } else {
-        Vec::new()
-    };
+    let times_file = format!("./.backuphub-dir-times-{run}");
+    let args: Vec<String> = vec![
+        if opts.overwrite { "overwrite" } else { "keep" }.into(),
+        times_file.clone(),
+    ];
     let mut exec = Exec::start(
         &kube,
         ns,
@@ -275,14 +276,24 @@ pub fn restore(
             report.bytes = n;
         })
     } else {
-        write_tar(repo, snap, &root_path, opts, &mut out, &mut report)
+        write_tar(
+            repo,
+            snap,
+            &root_path,
+            opts,
+            &times_file,
+            &mut out,
+            &mut report,
+        )
     };
     let Counted {
-        inner,
+        mut inner,
         hasher,
         bytes,
     } = out;
-    drop(inner); // closes stdin: the writer's end
+    // The end of stdin: the writer's tar ends, and with it the script.
+    let closed = inner.flush().and_then(|_| inner.shutdown());
+    let sent = sent.and(closed);
     let verdict = exec.finish(Some((bytes, hex::encode(hasher.finalize()))));
     match (sent, verdict) {
         (_, Err(m))
@@ -306,6 +317,7 @@ fn write_tar(
     snap: &Snapshot,
     root_path: &str,
     opts: &RestoreOptions,
+    times_file: &str,
     out: &mut dyn Write,
     report: &mut RestoreReport,
 ) -> std::io::Result<()> {
@@ -324,12 +336,7 @@ fn write_tar(
         let mut name = b"./".to_vec();
         name.extend_from_slice(&rel);
         let name = std::ffi::OsStr::from_bytes(&name);
-        let mut h = tar::Header::new_gnu();
-        h.set_mode(e.mode);
-        h.set_uid(e.uid as u64);
-        h.set_gid(e.gid as u64);
-        h.set_mtime(e.mtime_ns.max(0) as u64 / 1_000_000_000);
-        h.set_size(0);
+        let mut h = header(&e);
         match e.kind {
             EntryKind::Dir => {
                 h.set_entry_type(tar::EntryType::Directory);
@@ -362,7 +369,61 @@ fn write_tar(
         }
         report.entries += 1;
     }
+    // Directory times go last, in a file the writer applies after unpacking (see
+    // `script::writer`): a pass to size it, one to write it, so memory stays flat.
+    let dir_lines = |f: &mut dyn FnMut(&[u8]) -> std::io::Result<()>| -> std::io::Result<()> {
+        for e in repo.entries(snap) {
+            let e = e.map_err(std::io::Error::other)?;
+            if e.kind != EntryKind::Dir {
+                continue;
+            }
+            let rel = if e.path.as_bytes() == root_path.as_bytes() {
+                if opts.path.is_some() {
+                    continue;
+                }
+                Vec::new()
+            } else {
+                match selected(&e, root_path.as_bytes(), opts.path.as_deref()) {
+                    Some(r) => r,
+                    None => continue,
+                }
+            };
+            let mut line = format!("{} ./", e.mtime_ns.max(0) / 1_000_000_000).into_bytes();
+            line.extend_from_slice(&rel);
+            line.push(b'\n');
+            f(&line)?;
+        }
+        Ok(())
+    };
+    let mut size = 0u64;
+    dir_lines(&mut |l| {
+        size += l.len() as u64;
+        Ok(())
+    })?;
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(tar::EntryType::Regular);
+    h.set_mode(0o600);
+    h.set_size(size);
+    let (r, mut w) = std::io::pipe()?;
+    // The lines are produced by a second pass while the builder reads them.
+    std::thread::scope(|scope| -> std::io::Result<()> {
+        let producer = scope.spawn(move || dir_lines(&mut |l| w.write_all(l)));
+        b.append_data(&mut h, times_file, r)?;
+        producer
+            .join()
+            .map_err(|_| std::io::Error::other("the directory pass panicked"))?
+    })?;
     b.finish()
+}
+
+fn header(e: &Entry) -> tar::Header {
+    let mut h = tar::Header::new_gnu();
+    h.set_mode(e.mode);
+    h.set_uid(e.uid as u64);
+    h.set_gid(e.gid as u64);
+    h.set_mtime(e.mtime_ns.max(0) as u64 / 1_000_000_000);
+    h.set_size(0);
+    h
 }
 
 #[cfg(test)]

@@ -94,6 +94,11 @@ pub const NOT_EMPTY: i32 = 73;
 /// `overwrite` (an empty file system's `lost+found` does not count), then unpacks the
 /// tar stream on stdin (numeric owners; modes and times as stored), or for a block
 /// volume copies stdin onto the device.
+///
+/// Directory times: busybox tar creates symlinks only after everything else, which
+/// changes their directories' times again. So the stream ends with a file `$2` of lines
+/// `<mtime> ./<dir>`, applied after the unpacking (and removed first, since removing it
+/// changes the root's time).
 pub fn writer(block: bool) -> String {
     if block {
         return framed_input("", &format!("cat > {DEVICE_PATH}"));
@@ -105,7 +110,13 @@ if [ "${{1:-}}" != overwrite ] && [ -n "$(ls -A | grep -v '^lost+found$')" ]; th
         ),
         // busybox tar may stop at the first zero block: the rest is drained so that
         // `tee` does not fail writing it.
-        "tar -x -f - --numeric-owner; t=$?; cat > /dev/null; exit $t",
+        r#"tar -x -f - --numeric-owner; t=$?; cat > /dev/null
+if [ "$t" = 0 ] && [ -f "$2" ]; then
+  times=$(mktemp) && mv -f "$2" "$times" || exit 72
+  while IFS= read -r line; do touch -c -d "@${line%% *}" -- "${line#* }" || t=1; done < "$times"
+  rm -f "$times"
+fi
+exit $t"#,
     )
 }
 

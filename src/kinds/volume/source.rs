@@ -243,7 +243,12 @@ impl Walk {
         // Leftovers first: a volume cannot be snapshotted twice at once on some drivers,
         // and a forgotten reader pod holds an RBD image.
         match cluster::sweep(&kube, job_name, &run) {
-            Ok(n) if n > 0 => tracing::info!(job = job_name, deleted = n, "swept leftovers"),
+            // Worth a warning: an earlier run died without cleaning up.
+            Ok(n) if n > 0 => tracing::warn!(
+                job = job_name,
+                deleted = n,
+                "deleted leftovers of an earlier run that did not finish"
+            ),
             Ok(_) => {}
             Err(e) if e.is_fatal() => return Err(e.to_string()),
             Err(e) => tracing::warn!(job = job_name, error = %e, "could not sweep leftovers"),
