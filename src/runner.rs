@@ -601,6 +601,7 @@ impl Context {
                 &job.kind,
                 ctx.redactor.clone(),
                 encrypted,
+                cancel.clone(),
             )?;
             let policy = job.retention_policy();
             JobRun {

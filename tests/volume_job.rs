@@ -543,3 +543,90 @@ fn the_shipped_volume_role_writes_only_what_a_run_creates_and_only_per_namespace
     }
     assert!(bindings > 0);
 }
+
+#[test]
+fn sigterm_stops_a_waiting_run_and_removes_its_objects() {
+    let env = Env::new();
+    let c = start(&env, &["--unschedulable", "media/cache"]);
+    let cfg = config(
+        &env,
+        &c,
+        "volumes = [\"media/cache\"]\npod_timeout_secs = 600",
+    );
+    let child = env
+        .cmd(&[
+            "run",
+            "--config",
+            cfg.to_str().unwrap(),
+            "volumes",
+            "--json",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !c
+        .kube
+        .requests()
+        .iter()
+        .any(|r| r.starts_with("POST /api/v1/namespaces/media/pods"))
+    {
+        assert!(std::time::Instant::now() < deadline, "no pod was created");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let started = std::time::Instant::now();
+    rustix::process::kill_process(
+        rustix::process::Pid::from_child(&child),
+        rustix::process::Signal::TERM,
+    )
+    .unwrap();
+    let out = child.wait_with_output().unwrap();
+    // Stopped long before the pod's 600 s, without a snapshot, leaving nothing.
+    assert!(started.elapsed() < std::time::Duration::from_secs(30));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["status"], "failed", "{v}: {}", text(&out));
+    assert_eq!(v["snapshot"], serde_json::Value::Null, "{v}");
+    assert_eq!(c.leftovers(), Vec::<String>::new());
+}
+
+#[test]
+fn the_live_volume_is_read_without_a_snapshot_and_says_so() {
+    let env = Env::new();
+    let c = start(&env, &[]);
+    let cfg = config(
+        &env,
+        &c,
+        "volumes = [\"immich/library\"]\nsnapshot_class = \"none\"\ninclude = [\"documents/**\"]",
+    );
+    let (out, v) = run(&env, &cfg);
+    assert_eq!(v["status"], "complete", "{v}: {}", text(&out));
+    assert!(
+        !c.kube
+            .requests()
+            .iter()
+            .any(|r| r.contains("volumesnapshots") && r.starts_with("POST")),
+        "a snapshot was made"
+    );
+    let entries = ls(&env);
+    let root = entries
+        .iter()
+        .find(|e| e["path"] == "immich/library")
+        .unwrap();
+    assert_eq!(root["meta"]["pointInTime"], "false", "{root}");
+    let paths: Vec<&str> = entries
+        .iter()
+        .map(|e| e["path"].as_str().unwrap())
+        .collect();
+    assert!(
+        paths.contains(&"immich/library/documents/notes.txt"),
+        "{paths:?}"
+    );
+    assert!(
+        !paths
+            .iter()
+            .any(|p| p.contains("photos") || p.contains("cache")),
+        "{paths:?}"
+    );
+    assert_eq!(c.leftovers(), Vec::<String>::new());
+}

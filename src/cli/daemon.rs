@@ -64,8 +64,18 @@ pub(super) fn run_job(a: RunArgs) -> anyhow::Result<u8> {
     let result = rt.block_on(async move {
         let _metrics = crate::metrics::install();
         let ctx = crate::runner::Context::new(config);
+        // SIGTERM or Ctrl-C stops the run the way the daemon stops one: cancelled, its
+        // temporary objects removed, no snapshot.
+        let token = ctx.cancel.clone();
+        let stopper = tokio::spawn(async move {
+            crate::daemon::wait_for_signal().await;
+            tracing::warn!("stopping the run");
+            token.cancel();
+        });
         let run_id = crate::repo::random_hex()[..12].to_string();
-        ctx.execute(&name, &run_id, "manual").await
+        let result = ctx.execute(&name, &run_id, "manual").await;
+        stopper.abort();
+        result
     });
     if a.json {
         println!("{}", serde_json::to_string_pretty(&result)?);

@@ -130,6 +130,7 @@ pub fn from_config(
     kind: &crate::config::JobKind,
     redactor: crate::redact::Redactor,
     encrypted: bool,
+    cancel: std::sync::Arc<std::sync::atomic::AtomicBool>,
 ) -> Result<Box<dyn Source>, SourceError> {
     use crate::config::JobKind;
     Ok(match kind {
@@ -154,7 +155,7 @@ pub fn from_config(
             crate::kinds::kubernetes::source::KubernetesSource::new(k, redactor, encrypted),
         ),
         JobKind::Volume(v) => Box::new(crate::kinds::volume::source::VolumeSource::new(
-            v, job, redactor,
+            v, job, redactor, cancel,
         )),
     })
 }

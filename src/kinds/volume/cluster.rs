@@ -8,6 +8,7 @@
 //! more than one run.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
@@ -361,24 +362,33 @@ impl Drop for Temporaries {
     }
 }
 
-/// Polls `check` every half second up to `timeout`; `check` returns `Ok(Some(v))` when
-/// done, `Ok(None)` to go on and `Err(reason)` when it failed for good. On timeout,
-/// `last` says what the state was.
+/// Polls `check` (backing off to every 2 s) up to `timeout`; `check` returns
+/// `Ok(Some(v))` when done, `Ok(None)` to go on and `Err(reason)` when it failed for
+/// good. On timeout, `last` says what the state was. `cancel` (the daemon stopping)
+/// ends the wait at once.
 pub fn wait_for<T>(
     timeout: Duration,
+    cancel: &AtomicBool,
     mut check: impl FnMut(&mut String) -> Result<Option<T>, String>,
 ) -> Result<T, String> {
     let start = Instant::now();
     let mut last = String::new();
     let mut pause = Duration::from_millis(100);
     loop {
+        if cancel.load(Ordering::Relaxed) {
+            return Err("cancelled".into());
+        }
         if let Some(v) = check(&mut last)? {
             return Ok(v);
         }
         if start.elapsed() >= timeout {
             return Err(last);
         }
-        std::thread::sleep(pause.min(timeout.saturating_sub(start.elapsed())));
+        // In short steps, so that cancellation is seen within 100 ms.
+        let until = Instant::now() + pause.min(timeout.saturating_sub(start.elapsed()));
+        while Instant::now() < until && !cancel.load(Ordering::Relaxed) {
+            std::thread::sleep(Duration::from_millis(100).min(until - Instant::now()));
+        }
         pause = (pause * 2).min(Duration::from_secs(2));
     }
 }
@@ -529,15 +539,19 @@ mod tests {
     #[test]
     fn waiting_ends_with_the_last_state() {
         let mut n = 0;
-        let r: Result<(), String> = wait_for(Duration::from_millis(300), |last| {
+        let no = AtomicBool::new(false);
+        let r: Result<(), String> = wait_for(Duration::from_millis(300), &no, |last| {
             n += 1;
             *last = format!("pending {n}");
             Ok(None)
         });
         assert!(r.unwrap_err().starts_with("pending"));
         assert_eq!(
-            wait_for(Duration::from_secs(5), |_| Ok(Some(7))).unwrap(),
+            wait_for(Duration::from_secs(5), &no, |_| Ok(Some(7))).unwrap(),
             7
         );
+        let yes = AtomicBool::new(true);
+        let r: Result<(), String> = wait_for(Duration::from_secs(60), &yes, |_| Ok(None));
+        assert_eq!(r.unwrap_err(), "cancelled");
     }
 }

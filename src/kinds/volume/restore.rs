@@ -7,6 +7,7 @@
 use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
 use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use serde::Serialize;
@@ -232,7 +233,7 @@ pub fn restore(
         .create(&format!("/api/v1/namespaces/{ns}/pods"), &pod)
         .map_err(|e| cluster_err("creating the writer pod", &e))?;
     let path = cluster::pod_path(ns, &pod_name);
-    cluster::wait_for(opts.pod_timeout, |last| {
+    cluster::wait_for(opts.pod_timeout, &AtomicBool::new(false), |last| {
         let p: Value = kube
             .get(&path)
             .map_err(|e| format!("reading the writer pod: {e}"))?;

@@ -17,6 +17,7 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::io::{BufRead, BufReader, Read};
 use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use crossbeam_channel::{Receiver, bounded};
@@ -47,14 +48,22 @@ pub struct VolumeSource {
     job: VolumeJob,
     job_name: String,
     redactor: Redactor,
+    /// The run's cancellation: waits for snapshots and pods end on it.
+    cancel: Arc<AtomicBool>,
 }
 
 impl VolumeSource {
-    pub fn new(job: &VolumeJob, job_name: &str, redactor: Redactor) -> VolumeSource {
+    pub fn new(
+        job: &VolumeJob,
+        job_name: &str,
+        redactor: Redactor,
+        cancel: Arc<AtomicBool>,
+    ) -> VolumeSource {
         VolumeSource {
             job: job.clone(),
             job_name: job_name.to_string(),
             redactor,
+            cancel,
         }
     }
 }
@@ -71,7 +80,7 @@ impl Source for VolumeSource {
         &'a mut self,
         previous: Previous,
     ) -> Box<dyn Iterator<Item = Result<SourceEntry, SourceError>> + 'a> {
-        match Walk::start(&self.job, &self.job_name, previous) {
+        match Walk::start(&self.job, &self.job_name, previous, self.cancel.clone()) {
             Ok(w) => Box::new(w),
             Err(m) => Box::new(std::iter::once(Err(SourceError::Fatal(
                 self.redactor.redact(&m),
@@ -225,6 +234,7 @@ struct Walk {
     /// The volume whose children are being listed, and its batch.
     current: Option<usize>,
     batch: Option<Batch>,
+    cancel: Arc<AtomicBool>,
 }
 
 fn fatal_or(e: RequestError, what: impl FnOnce(&RequestError) -> String) -> Result<String, String> {
@@ -236,7 +246,12 @@ fn fatal_or(e: RequestError, what: impl FnOnce(&RequestError) -> String) -> Resu
 }
 
 impl Walk {
-    fn start(job: &VolumeJob, job_name: &str, previous: Previous) -> Result<Walk, String> {
+    fn start(
+        job: &VolumeJob,
+        job_name: &str,
+        previous: Previous,
+        cancel: Arc<AtomicBool>,
+    ) -> Result<Walk, String> {
         let kube = Arc::new(Kube::connect(&job.connection()).map_err(|e| e.to_string())?);
         let run = cluster::run_id();
         let selection = Selection::new(&job.include, &job.exclude)?;
@@ -272,6 +287,7 @@ impl Walk {
             close_pending: None,
             current: None,
             batch: None,
+            cancel,
         };
         let mut keyed: Vec<(Vec<u8>, Unit)> = Vec::new();
         for r in refs {
@@ -381,7 +397,7 @@ impl Walk {
                     .map_err(|e| request("creating the VolumeSnapshot", e))?;
                 let timeout = Duration::from_secs(self.job.snapshot_timeout_secs);
                 let path = cluster::snapshot_path(ns, &base);
-                let size = cluster::wait_for(timeout, |last| {
+                let size = cluster::wait_for(timeout, &self.cancel, |last| {
                     let s: Value = kube
                         .get(&path)
                         .map_err(|e| request("reading the VolumeSnapshot", e))?;
@@ -432,7 +448,7 @@ impl Walk {
             .map_err(|e| request("creating the reader pod", e))?;
         let timeout = Duration::from_secs(self.job.pod_timeout_secs);
         let path = cluster::pod_path(ns, &base);
-        cluster::wait_for(timeout, |last| {
+        cluster::wait_for(timeout, &self.cancel, |last| {
             let p: Value = kube
                 .get(&path)
                 .map_err(|e| request("reading the reader pod", e))?;
