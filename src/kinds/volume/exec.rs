@@ -88,6 +88,8 @@ pub struct Exec {
     abort: Option<tokio::sync::oneshot::Sender<()>>,
     hasher: Sha256,
     received: u64,
+    /// Where received bytes are also counted (a run's total).
+    tally: Option<Arc<std::sync::atomic::AtomicU64>>,
     /// Set once the end was checked: the verdict, repeated to later reads.
     verdict: Option<Result<EndMark, String>>,
 }
@@ -178,8 +180,15 @@ impl Exec {
             abort: Some(abort_tx),
             hasher: Sha256::new(),
             received: 0,
+            tally: None,
             verdict: None,
         })
+    }
+
+    /// Also counts what stdout delivers into `tally`.
+    pub fn tally_into(mut self, tally: Arc<std::sync::atomic::AtomicU64>) -> Exec {
+        self.tally = Some(tally);
+        self
     }
 
     /// The writer to the command's stdin (once); shut it down to close stdin.
@@ -318,6 +327,9 @@ impl Read for Exec {
         if n > 0 {
             self.hasher.update(&buf[..n]);
             self.received += n as u64;
+            if let Some(t) = &self.tally {
+                t.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+            }
             return Ok(n);
         }
         self.finish(None).map(|_| 0).map_err(std::io::Error::other)

@@ -17,7 +17,7 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::io::{BufRead, BufReader, Read};
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use crossbeam_channel::{Receiver, bounded};
@@ -199,6 +199,8 @@ struct Session {
     _temps: Temporaries,
     pod: String,
     listing: Option<BufReader<Exec>>,
+    /// The run's transferred bytes when the session opened.
+    tally_start: u64,
 }
 
 struct Unit {
@@ -235,6 +237,8 @@ struct Walk {
     current: Option<usize>,
     batch: Option<Batch>,
     cancel: Arc<AtomicBool>,
+    /// Bytes received from pods in this run (listings, tar batches, block devices).
+    tally: Arc<AtomicU64>,
 }
 
 fn fatal_or(e: RequestError, what: impl FnOnce(&RequestError) -> String) -> Result<String, String> {
@@ -288,6 +292,7 @@ impl Walk {
             current: None,
             batch: None,
             cancel,
+            tally: Arc::new(AtomicU64::new(0)),
         };
         let mut keyed: Vec<(Vec<u8>, Unit)> = Vec::new();
         for r in refs {
@@ -353,6 +358,14 @@ impl Walk {
             self.batch = None;
         }
         self.sessions.remove(&v);
+    }
+
+    /// A volume is done: its objects go, and what it cost is logged.
+    fn close(&mut self, v: usize) {
+        if let Some(s) = self.sessions.remove(&v) {
+            let bytes = self.tally.load(Ordering::Relaxed) - s.tally_start;
+            tracing::info!(volume = %self.vols[v].r, transferred = bytes, "volume read");
+        }
     }
 
     /// Snapshot, PVC and pod for volume `v`, waited for until the pod runs.
@@ -475,6 +488,7 @@ impl Walk {
             _temps: temps,
             pod: base,
             listing: None,
+            tally_start: self.tally.load(Ordering::Relaxed),
         })
     }
 
@@ -505,6 +519,7 @@ impl Walk {
             script,
             args,
         )
+        .map(|x| x.tally_into(self.tally.clone()))
         .map_err(|e| format!("exec in the reader pod refused: {e}"))
     }
 
@@ -797,7 +812,7 @@ impl Iterator for Walk {
 
     fn next(&mut self) -> Option<Self::Item> {
         if let Some(v) = self.close_pending.take() {
-            self.sessions.remove(&v);
+            self.close(v);
         }
         loop {
             if let Some((item, close)) = self.out.pop_front() {
@@ -821,7 +836,7 @@ impl Iterator for Walk {
                     Ok(false) => {
                         // The listing ended and was verified: the volume is done.
                         self.current = None;
-                        self.sessions.remove(&v);
+                        self.close(v);
                     }
                     Err(m) => self.fail(v, m),
                 }
