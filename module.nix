@@ -541,6 +541,12 @@ let
           || (lib.isString server && (lib.hasPrefix "https://" server || lib.hasPrefix "http://" server));
         message = "${prefix}.server = ${lib.generators.toPretty { } server}: the API server's URL, starting with https:// (or http://), e.g. \"https://10.0.0.10:6443\".";
       }
+      # The daemon (Connection::validate, for both kinds) refuses ca_file beside a kubeconfig:
+      # fail here, not in `config check` or (checkConfig off) when the service starts.
+      {
+        assertion = !(hasKubeconfig && ca != null);
+        message = "${prefix}.ca_file goes with `server` and `token_file`, not with `kubeconfig`: the kubeconfig carries its own certificate-authority(-data). Put the CA into the kubeconfig, or drop ca_file.";
+      }
       {
         assertion = (job.context or null) == null || hasKubeconfig;
         message = "${prefix}.context is set, but only a kubeconfig has contexts: use it with `kubeconfig`, not with `server` and `token_file`.";
@@ -609,12 +615,6 @@ let
     in
     kubeConnectionAssertions name job
     ++ [
-      # The daemon refuses ca_file beside a kubeconfig: fail here, not in `config check` or
-      # (checkConfig off) when the service starts.
-      {
-        assertion = (job.kubeconfig or null) == null || (job.ca_file or null) == null;
-        message = "${prefix}.ca_file goes with `server` and `token_file`, not with `kubeconfig`: the kubeconfig carries its own certificate-authority(-data). Put the CA into the kubeconfig, or drop ca_file.";
-      }
       {
         assertion = lib.isList volumes;
         message = "${prefix}.volumes must be a list of \"namespace/pvc\" names (default [ ]), not ${lib.generators.toPretty { } volumes}.";
@@ -730,16 +730,6 @@ let
     name: job:
     notCredentialWarning "jobs.${name}.kubeconfig" (job.kubeconfig or null)
     ++ notCredentialWarning "jobs.${name}.token_file" (job.token_file or null);
-
-  kubernetesJobWarnings =
-    name: job:
-    let
-      prefix = "services.backuphub.settings.jobs.${name}";
-    in
-    kubeConnectionWarnings name job
-    # The daemon reads ca_file only with `server`; a kubeconfig brings its own CA.
-    ++ lib.optional ((job.kubeconfig or null) != null && (job.ca_file or null) != null)
-      "${prefix}.ca_file is ignored with `kubeconfig`: the daemon trusts the kubeconfig's certificate-authority(-data). Put the CA into the kubeconfig, or drop ca_file.";
 
   s3JobWarnings =
     name: job:
@@ -1261,7 +1251,7 @@ in
 
     warnings =
       lib.concatLists (lib.mapAttrsToList postgresJobWarnings postgresJobs)
-      ++ lib.concatLists (lib.mapAttrsToList kubernetesJobWarnings kubernetesJobs)
+      ++ lib.concatLists (lib.mapAttrsToList kubeConnectionWarnings kubernetesJobs)
       ++ lib.concatLists (lib.mapAttrsToList kubeConnectionWarnings volumeJobs)
       ++ lib.concatLists (lib.mapAttrsToList s3JobWarnings s3Jobs);
 

@@ -873,7 +873,13 @@ let
   # warnings, not errors
   k8sPlainKubeconfig = k8sWith { job.kubeconfig = "/etc/secrets/backuphub-kubeconfig"; };
   k8sPlainToken = k8sServerWith { token_file = "/var/lib/secrets/k8s-token"; };
+
+  # ca_file beside a kubeconfig: the daemon refuses it for both kinds (Connection::validate),
+  # so one assertion (kubeConnectionAssertions) fails, and nothing is only a warning
   k8sCaWithKubeconfig = k8sWith { job.ca_file = "/etc/kubernetes/homelab-ca.pem"; };
+  caWithKubeconfigMessage =
+    name:
+    "services.backuphub.settings.jobs.${name}.ca_file goes with `server` and `token_file`, not with `kubeconfig`: the kubeconfig carries its own certificate-authority(-data). Put the CA into the kubeconfig, or drop ca_file.";
 
   # each must fail with its message
   invalidKubernetes = {
@@ -953,6 +959,10 @@ let
     k8s-unknown-credential-token = {
       config = k8sServerWith { token_file = "${creds}/token"; };
       message = "jobs.cluster.token_file = \"${creds}/token\" is the credential \"token\", which the unit does not get";
+    };
+    k8s-ca-with-kubeconfig = {
+      config = k8sCaWithKubeconfig;
+      message = caWithKubeconfigMessage "cluster";
     };
     k8s-relative-ca = {
       config = k8sServerWith { ca_file = "ca.pem"; };
@@ -1106,6 +1116,9 @@ let
   volPlainKubeconfig = volJob' { kubeconfig = "/etc/secrets/backuphub-kubeconfig"; };
   volPlainToken = volServerWith { token_file = "/var/lib/secrets/k8s-token"; };
 
+  # refused, as for kubernetes jobs (k8sCaWithKubeconfig)
+  volCaWithKubeconfig = volJob' { ca_file = "/etc/kubernetes/homelab-ca.pem"; };
+
   # each must fail with its message
   invalidVolume = {
     vol-no-connection = {
@@ -1140,8 +1153,8 @@ let
       message = "jobs.volumes.context is set, but only a kubeconfig has contexts";
     };
     vol-ca-with-kubeconfig = {
-      config = volJob' { ca_file = "/etc/kubernetes/homelab-ca.pem"; };
-      message = "jobs.volumes.ca_file goes with `server` and `token_file`, not with `kubeconfig`";
+      config = volCaWithKubeconfig;
+      message = caWithKubeconfigMessage "volumes";
     };
     vol-store-kubeconfig = {
       config = volJob' { kubeconfig = "/nix/store/00000000000000000000000000000000-kubeconfig"; };
@@ -1902,19 +1915,19 @@ let
       (expectWarning "kubernetes: warning for a token_file that is no credential" k8sPlainToken
         "services.backuphub.settings.jobs.cluster.token_file = \"/var/lib/secrets/k8s-token\" is not a credential: the service user must be able to read it, and so can every command job. Pass it with services.backuphub.credentials.<name> = \"/var/lib/secrets/k8s-token\" and set token_file = \"${creds}/<name>\""
       )
-      (expectWarning "kubernetes: warning for a ca_file beside a kubeconfig (the daemon ignores it)" k8sCaWithKubeconfig
-        "services.backuphub.settings.jobs.cluster.ca_file is ignored with `kubeconfig`"
-      )
       (expect "kubernetes: one warning each, and they are warnings, not errors" [
         (lib.length k8sPlainKubeconfig.warnings)
         (lib.length k8sPlainToken.warnings)
-        (lib.length k8sCaWithKubeconfig.warnings)
         (lib.concatMap failedAssertions [
           k8sPlainKubeconfig
           k8sPlainToken
-          k8sCaWithKubeconfig
         ])
-      ] [ 1 1 1 [ ] ])
+      ] [ 1 1 [ ] ])
+      # the daemon refuses it (`config check`, or the service's start): an error, not a warning
+      (expect "kubernetes: a ca_file beside a kubeconfig fails one assertion, and warns of nothing" [
+        (failedAssertions k8sCaWithKubeconfig)
+        k8sCaWithKubeconfig.warnings
+      ] [ [ (caWithKubeconfigMessage "cluster") ] [ ] ])
     ]
     ++ lib.mapAttrsToList (
       n: c: expect "kubernetes: accepted: ${n}" [ (failedAssertions c) c.warnings ] [ [ ] [ ] ]
@@ -1983,6 +1996,10 @@ let
           volPlainToken
         ])
       ] [ 1 1 [ ] ])
+      (expect "volume: a ca_file beside a kubeconfig fails one assertion, and warns of nothing" [
+        (failedAssertions volCaWithKubeconfig)
+        volCaWithKubeconfig.warnings
+      ] [ [ (caWithKubeconfigMessage "volumes") ] [ ] ])
     ]
     ++ lib.mapAttrsToList (
       n: c: expect "volume: accepted: ${n}" [ (failedAssertions c) c.warnings ] [ [ ] [ ] ]

@@ -90,6 +90,29 @@ MUTANTS = [
         '(lib.hasPrefix "https://" server)',
     ),
     (
+        [
+            "assertion: k8s-ca-with-kubeconfig",
+            "assertion: vol-ca-with-kubeconfig",
+            "kubernetes: a ca_file beside a kubeconfig fails one assertion, and warns of nothing",
+            "volume: a ca_file beside a kubeconfig fails one assertion, and warns of nothing",
+        ],
+        MODULE,
+        "assertion = !(hasKubeconfig && ca != null);",
+        "assertion = true;",
+    ),
+    (
+        ["assertion: k8s-ca-with-kubeconfig", "kubernetes: a ca_file beside a kubeconfig fails one assertion, and warns of nothing"],
+        MODULE,
+        "assertion = !(hasKubeconfig && ca != null);",
+        'assertion = !(hasKubeconfig && ca != null) || job.kind == "kubernetes";',
+    ),
+    (
+        ["assertion: vol-ca-with-kubeconfig", "volume: a ca_file beside a kubeconfig fails one assertion, and warns of nothing"],
+        MODULE,
+        "assertion = !(hasKubeconfig && ca != null);",
+        'assertion = !(hasKubeconfig && ca != null) || job.kind == "volume";',
+    ),
+    (
         ["assertion: k8s-context-without-kubeconfig", "assertion: vol-context-without-kubeconfig"],
         MODULE,
         "assertion = (job.context or null) == null || hasKubeconfig;",
@@ -281,27 +304,32 @@ MUTANTS = [
         "",
     ),
     (
-        ["kubernetes: warning for a ca_file beside a kubeconfig (the daemon ignores it)"],
-        MODULE,
-        "lib.optional ((job.kubeconfig or null) != null && (job.ca_file or null) != null)",
-        "lib.optional false",
-    ),
-    (
         [
             "kubernetes: warning for a kubeconfig that is no credential",
             "kubernetes: warning for a token_file that is no credential",
-            "kubernetes: warning for a ca_file beside a kubeconfig (the daemon ignores it)",
         ],
         MODULE,
-        "++ lib.concatLists (lib.mapAttrsToList kubernetesJobWarnings kubernetesJobs)\n",
+        "++ lib.concatLists (lib.mapAttrsToList kubeConnectionWarnings kubernetesJobs)\n",
         "\n",
+    ),
+    # ca_file beside a kubeconfig is an error (the daemon refuses it), not a warning
+    (
+        [
+            "kubernetes: a ca_file beside a kubeconfig fails one assertion, and warns of nothing",
+            "volume: a ca_file beside a kubeconfig fails one assertion, and warns of nothing",
+        ],
+        MODULE,
+        '    ++ notCredentialWarning "jobs.${name}.token_file" (job.token_file or null);\n',
+        '    ++ notCredentialWarning "jobs.${name}.token_file" (job.token_file or null)\n'
+        '    ++ lib.optional ((job.kubeconfig or null) != null && (job.ca_file or null) != null)\n'
+        '      "services.backuphub.settings.jobs.${name}.ca_file is ignored with `kubeconfig`.";\n',
     ),
     (
         ["kubernetes: one warning each, and they are warnings, not errors"],
         MODULE,
-        "++ lib.concatLists (lib.mapAttrsToList kubernetesJobWarnings kubernetesJobs)\n",
-        "++ lib.concatLists (lib.mapAttrsToList kubernetesJobWarnings kubernetesJobs)\n"
-        "      ++ lib.concatLists (lib.mapAttrsToList kubernetesJobWarnings kubernetesJobs)\n",
+        "++ lib.concatLists (lib.mapAttrsToList kubeConnectionWarnings kubernetesJobs)\n",
+        "++ lib.concatLists (lib.mapAttrsToList kubeConnectionWarnings kubernetesJobs)\n"
+        "      ++ lib.concatLists (lib.mapAttrsToList kubeConnectionWarnings kubernetesJobs)\n",
     ),
     # a credential taken for a plain file
     (
@@ -387,11 +415,17 @@ MUTANTS = [
         '      ++ lib.optionals (job.kind == "volume") (volumeJobAssertions name job)\n',
         "",
     ),
+    # the shared assertion once more, for volume jobs alone: it must fail once
     (
-        ["assertion: vol-ca-with-kubeconfig"],
+        ["volume: a ca_file beside a kubeconfig fails one assertion, and warns of nothing"],
         MODULE,
-        'assertion = (job.kubeconfig or null) == null || (job.ca_file or null) == null;',
-        "assertion = true;",
+        "    kubeConnectionAssertions name job\n    ++ [\n      {\n        assertion = lib.isList volumes;",
+        "    kubeConnectionAssertions name job\n    ++ [\n"
+        "      {\n"
+        "        assertion = (job.kubeconfig or null) == null || (job.ca_file or null) == null;\n"
+        '        message = "${prefix}.ca_file goes with `server` and `token_file`, not with `kubeconfig`: the kubeconfig carries its own certificate-authority(-data). Put the CA into the kubeconfig, or drop ca_file.";\n'
+        "      }\n"
+        "      {\n        assertion = lib.isList volumes;",
     ),
     (
         ["assertion: vol-volumes-string"],
@@ -548,7 +582,7 @@ MUTANTS = [
         ["volume: one warning each, and they are warnings, not errors"],
         MODULE,
         "      ++ lib.concatLists (lib.mapAttrsToList kubeConnectionWarnings volumeJobs)\n",
-        "      ++ lib.concatLists (lib.mapAttrsToList kubernetesJobWarnings volumeJobs)\n"
+        "      ++ lib.concatLists (lib.mapAttrsToList kubeConnectionWarnings volumeJobs)\n"
         "      ++ lib.concatLists (lib.mapAttrsToList kubeConnectionWarnings volumeJobs)\n",
     ),
     # ---- volume jobs: the generated configuration and the unit
