@@ -90,6 +90,8 @@ fn fill_library(dir: &Path) {
     .unwrap();
     std::fs::write(p("cache/tmp.bin"), common::noise(10_000, 3)).unwrap();
     symlink("../photos/2026/b.jpg", p("documents/latest.jpg")).unwrap();
+    // Two names of one file: tar would send the second as a link without data.
+    std::fs::hard_link(p("photos/2026/b.jpg"), p("photos/2026/b-link.jpg")).unwrap();
     // Children first: setting a file's time leaves its directory's alone, but the
     // directories were changed by creating the files.
     fn times(p: &Path) {
@@ -628,5 +630,22 @@ fn the_live_volume_is_read_without_a_snapshot_and_says_so() {
             .any(|p| p.contains("photos") || p.contains("cache")),
         "{paths:?}"
     );
+    assert_eq!(c.leftovers(), Vec::<String>::new());
+}
+
+#[test]
+fn a_name_with_a_newline_is_reported_not_lost_silently() {
+    let env = Env::new();
+    let c = start(&env, &[]);
+    let dir = c.data("media", "cache");
+    std::fs::write(dir.join("bad\nname"), b"x").unwrap();
+    std::fs::create_dir(dir.join("sub\ndir")).unwrap();
+    std::fs::write(dir.join("sub\ndir/inside"), b"y").unwrap();
+    let cfg = config(&env, &c, "volumes = [\"media/cache\"]");
+    let (out, v) = run(&env, &cfg);
+    let log = text(&out);
+    assert_eq!(v["status"], "partial", "{v}: {log}");
+    assert!(log.contains("2 path(s) with a newline"), "{log}");
+    assert!(ls(&env).iter().any(|e| e["path"] == "media/cache/x"));
     assert_eq!(c.leftovers(), Vec::<String>::new());
 }

@@ -13,7 +13,7 @@ use crate::kinds::volume::restore::{NewClaim, RestoreOptions, restore};
 
 #[derive(Args)]
 #[command(
-    after_help = "Examples:\n  backuphub restore-volume latest:volumes --volume immich/library --into immich/library-restored \\\n      --create --kubeconfig ~/.kube/config\n  backuphub restore-volume 3f2a9c1e --volume immich/library --into immich/library --path photos/2026 --overwrite\n  backuphub restore-volume latest:volumes --volume database/data-postgresql-0 --into database/data-postgresql-0\n\nOr onto the Pi's disk: backuphub restore latest:volumes --path immich/library --target /mnt/restore"
+    after_help = "Examples:\n  backuphub restore-volume latest:volumes --volume immich/library --into immich/library-restored \\\n      --create --kubeconfig ~/.kube/config\n  backuphub restore-volume 3f2a9c1e --volume immich/library --into immich/library --path photos/2026 --overwrite\n  backuphub restore-volume latest:volumes --volume database/data-postgresql-0 --into database/data-postgresql-0 --overwrite\n\nOr onto the Pi's disk: backuphub restore latest:volumes --path immich/library --target /mnt/restore"
 )]
 pub(super) struct RestoreVolumeArgs {
     #[command(flatten)]

@@ -105,6 +105,10 @@ impl RequestError {
 
 pub struct Kube {
     client: kube::Client,
+    /// For exec: the same, without a read timeout. kube's read timeout sits on the TCP
+    /// stream and survives the WebSocket upgrade, so an exec quiet for that long (a
+    /// listing sorting 100,000 names, a writer that prints nothing) would be cut.
+    exec_client: kube::Client,
     timeout: Duration,
     rt: tokio::runtime::Runtime,
     /// The server's address, for messages.
@@ -174,13 +178,19 @@ impl Kube {
         config.read_timeout = Some(timeout);
         config.write_timeout = Some(timeout);
         let server = config.cluster_url.to_string();
-        let client = {
+        let mut exec_config = config.clone();
+        exec_config.read_timeout = None;
+        let (client, exec_client) = {
             let _guard = rt.enter();
-            kube::Client::try_from(config)
-                .map_err(|e| KubeError::Settings(format!("building the client: {e}")))?
+            let build = |c: kube::Config| {
+                kube::Client::try_from(c)
+                    .map_err(|e| KubeError::Settings(format!("building the client: {e}")))
+            };
+            (build(config)?, build(exec_config)?)
         };
         Ok(Kube {
             client,
+            exec_client,
             timeout,
             rt,
             server,
@@ -268,12 +278,16 @@ impl Kube {
         argv: Vec<String>,
     ) -> Result<kube::api::AttachedProcess, RequestError> {
         let api: kube::Api<k8s_openapi::api::core::v1::Pod> =
-            kube::Api::namespaced(self.client.clone(), namespace);
+            kube::Api::namespaced(self.exec_client.clone(), namespace);
+        // kube's default pipes are 1 KiB: a hand-off between tasks per KiB.
         let params = kube::api::AttachParams::default()
             .container(container)
             .stdin(true)
             .stdout(true)
-            .stderr(true);
+            .stderr(true)
+            .max_stdin_buf_size(256 * 1024)
+            .max_stdout_buf_size(256 * 1024)
+            .max_stderr_buf_size(64 * 1024);
         let call = api.exec(pod, argv, &params);
         match self
             .rt

@@ -166,7 +166,8 @@ pub fn pod_manifest(
         },
         "resources": {
             "requests": { "cpu": "50m", "memory": "32Mi" },
-            "limits": { "cpu": "1", "memory": "256Mi" },
+            // busybox `sort` holds the listing in memory: ~200 B per file.
+            "limits": { "cpu": "1", "memory": "1Gi" },
         },
         "volumeMounts": [{ "name": "tmp", "mountPath": "/tmp" }],
     });
@@ -335,9 +336,21 @@ impl Temporaries {
     /// Creates an object; it is deleted with the others.
     pub fn create(&mut self, collection: &str, object: &Value) -> Result<Value, RequestError> {
         let name = object["metadata"]["name"].as_str().unwrap_or_default();
-        let made = self.kube.create(collection, object)?;
-        self.created.push(format!("{collection}/{name}"));
-        Ok(made)
+        let path = format!("{collection}/{name}");
+        match self.kube.create(collection, object) {
+            Ok(made) => {
+                self.created.push(path);
+                Ok(made)
+            }
+            Err(e) => {
+                // No answer or a 5xx: the object may exist all the same, so it is
+                // deleted with the others (a 404 then is fine).
+                if e.status.is_none_or(|c| c >= 500) {
+                    self.created.push(path);
+                }
+                Err(e)
+            }
+        }
     }
 
     /// Deletes everything created, newest first; failures are logged (the next run's

@@ -92,12 +92,15 @@ pub struct Exec {
     tally: Option<Arc<std::sync::atomic::AtomicU64>>,
     /// Set once the end was checked: the verdict, repeated to later reads.
     verdict: Option<Result<EndMark, String>>,
+    /// The client and its runtime live as long as any exec does (an exec read on the
+    /// tar thread may outlive the source that started it).
+    _kube: Arc<Kube>,
 }
 
 impl Exec {
     /// Starts `sh -c script sh args…` in the pod's container.
     pub fn start(
-        kube: &Kube,
+        kube: Arc<Kube>,
         namespace: &str,
         pod: &str,
         container: &str,
@@ -182,6 +185,7 @@ impl Exec {
             received: 0,
             tally: None,
             verdict: None,
+            _kube: kube,
         })
     }
 
@@ -236,6 +240,14 @@ impl Exec {
         let verdict = verdict(&self.what, bytes, &sha, status.as_ref(), &stderr);
         self.verdict = Some(verdict.clone());
         verdict
+    }
+
+    /// stderr's lines (its kept tail).
+    pub fn stderr_lines(&self) -> Vec<String> {
+        String::from_utf8_lossy(&self.stderr.lock().unwrap_or_else(|p| p.into_inner()))
+            .lines()
+            .map(str::to_string)
+            .collect()
     }
 
     /// What the command wrote on stderr besides its end mark.

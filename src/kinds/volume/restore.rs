@@ -145,6 +145,14 @@ pub fn restore(
             "--path applies to filesystem volumes; this one is a block volume".into(),
         ));
     }
+    // An image over an existing block device replaces all of it, and whether it holds
+    // data cannot be told from outside: only with --overwrite.
+    if block && opts.create.is_none() && !opts.overwrite {
+        return Err(RestoreError::NotEmpty(format!(
+            "writing the block image into PVC {} replaces everything on it: give --overwrite (or --create for a new PVC)",
+            opts.into
+        )));
+    }
     let ns = opts.into.namespace.as_str();
     let mut report = RestoreReport {
         volume: root_path.clone(),
@@ -254,7 +262,7 @@ pub fn restore(
         times_file.clone(),
     ];
     let mut exec = Exec::start(
-        &kube,
+        kube.clone(),
         ns,
         &pod_name,
         cluster::WRITER,
@@ -296,16 +304,16 @@ pub fn restore(
     let closed = inner.flush().and_then(|_| inner.shutdown());
     let sent = sent.and(closed);
     let verdict = exec.finish(Some((bytes, hex::encode(hasher.finalize()))));
+    let refused = !opts.overwrite
+        && exec
+            .stderr_lines()
+            .iter()
+            .any(|l| l == script::NOT_EMPTY_LINE);
     match (sent, verdict) {
-        (_, Err(m))
-            if m.contains(&format!("status {}", script::NOT_EMPTY))
-                || exec.complaint().contains("not empty") =>
-        {
-            Err(RestoreError::NotEmpty(format!(
-                "PVC {} is not empty: give --overwrite to write into it",
-                opts.into
-            )))
-        }
+        _ if refused => Err(RestoreError::NotEmpty(format!(
+            "PVC {} is not empty: give --overwrite to write into it",
+            opts.into
+        ))),
         (_, Err(m)) => Err(RestoreError::Cluster(m)),
         (Err(e), Ok(_)) => Err(RestoreError::Cluster(format!("sending the data: {e}"))),
         (Ok(()), Ok(_)) => Ok(report),

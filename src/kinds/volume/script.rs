@@ -15,9 +15,10 @@ pub const MOUNT_PATH: &str = "/backuphub/volume";
 pub const DEVICE_PATH: &str = "/dev/backuphub-volume";
 
 /// The `stat` format of a listing line: raw mode (hex), uid, gid, size, mtime (s),
-/// device major and minor (hex), name. The name comes last, so it may hold spaces.
-const STAT_FORMAT: &str = "%f %u %g %s %Y %t %T %n";
-const NAME_FIELD: usize = 8;
+/// device major and minor (hex), link count, name. The name comes last, so it may hold
+/// spaces.
+const STAT_FORMAT: &str = "%f %u %g %s %Y %t %T %h %n";
+const NAME_FIELD: usize = 9;
 /// What `find` prints, instead of a name, for a path with a newline in it: `-T`-less
 /// tools cannot pass such a name on, so it is counted and reported rather than lost
 /// silently. Sorts before every name (`#` < `.`).
@@ -89,6 +90,8 @@ rm -rf "$d"
 
 /// Exit status of the writer when the target is not empty and `overwrite` was not given.
 pub const NOT_EMPTY: i32 = 73;
+/// What the writer says then (matched exactly: tar's own "Directory not empty" is not it).
+pub const NOT_EMPTY_LINE: &str = "backuphub: the target volume is not empty";
 
 /// The writer's side of `restore-volume`: refuses a non-empty target unless `$1` is
 /// `overwrite` (an empty file system's `lost+found` does not count), then unpacks the
@@ -106,15 +109,15 @@ pub fn writer(block: bool) -> String {
     framed_input(
         &format!(
             r#"cd {MOUNT_PATH} || exit 70
-if [ "${{1:-}}" != overwrite ] && [ -n "$(ls -A | grep -v '^lost+found$')" ]; then echo "backuphub: the target volume is not empty" >&2; exit {NOT_EMPTY}; fi"#
+if [ "${{1:-}}" != overwrite ] && [ -n "$(ls -A | grep -v '^lost+found$')" ]; then echo "{NOT_EMPTY_LINE}" >&2; exit {NOT_EMPTY}; fi"#
         ),
         // busybox tar may stop at the first zero block: the rest is drained so that
         // `tee` does not fail writing it.
         r#"tar -x -f - --numeric-owner; t=$?; cat > /dev/null
 if [ "$t" = 0 ] && [ -f "$2" ]; then
-  times=$(mktemp) && mv -f "$2" "$times" || exit 72
-  while IFS= read -r line; do touch -c -d "@${line%% *}" -- "${line#* }" || t=1; done < "$times"
-  rm -f "$times"
+  exec 3< "$2" && rm -f "$2" || exit 72
+  while IFS= read -r line <&3; do touch -c -d "@${line%% *}" -- "${line#* }" || t=1; done
+  exec 3<&-
 fi
 exit $t"#,
     )
@@ -135,6 +138,9 @@ pub struct Listed {
     pub mtime: i64,
     /// `(major, minor)` of a device.
     pub rdev: (u32, u32),
+    /// Hard links to the inode (a file with more is sent alone: tar sends a second name
+    /// in one archive as a link without data).
+    pub nlink: u64,
 }
 
 /// A line of a listing: an entry, or a path that was skipped for a newline in its name.
@@ -170,6 +176,7 @@ pub fn parse_line(line: &[u8]) -> Result<Line, String> {
     let mtime = text(next()?)?.parse().map_err(|_| bad())?;
     let major = u32::from_str_radix(&text(next()?)?, 16).map_err(|_| bad())?;
     let minor = u32::from_str_radix(&text(next()?)?, 16).map_err(|_| bad())?;
+    let nlink = text(next()?)?.parse().map_err(|_| bad())?;
     let name = next()?;
     let rel = if name == b"." {
         Vec::new()
@@ -198,6 +205,7 @@ pub fn parse_line(line: &[u8]) -> Result<Line, String> {
         size,
         mtime,
         rdev: (major, minor),
+        nlink,
     }))
 }
 
@@ -250,7 +258,7 @@ mod tests {
     #[test]
     fn listing_lines_parse_with_spaces_in_names() {
         let Line::Entry(l) =
-            parse_line(b"81a4 1001 1001 12 1796423922 0 0 ./photos/a b.jpg").unwrap()
+            parse_line(b"81a4 1001 1001 12 1796423922 0 0 1 ./photos/a b.jpg").unwrap()
         else {
             panic!()
         };
@@ -260,24 +268,25 @@ mod tests {
             (l.mode, l.uid, l.gid, l.size, l.mtime),
             (0o644, 1001, 1001, 12, 1796423922)
         );
-        let Line::Entry(root) = parse_line(b"41ed 0 0 4096 1 0 0 .").unwrap() else {
+        let Line::Entry(root) = parse_line(b"41ed 0 0 4096 1 0 0 3 .").unwrap() else {
             panic!()
         };
         assert_eq!((root.rel.len(), root.kind), (0, Some(EntryKind::Dir)));
-        let Line::Entry(dev) = parse_line(b"21b6 0 0 0 1 1 3 ./null").unwrap() else {
+        let Line::Entry(dev) = parse_line(b"21b6 0 0 0 1 1 3 1 ./null").unwrap() else {
             panic!()
         };
         assert_eq!((dev.kind, dev.rdev), (Some(EntryKind::CharDevice), (1, 3)));
-        let Line::Entry(sock) = parse_line(b"c1ed 0 0 0 1 0 0 ./sock").unwrap() else {
+        let Line::Entry(sock) = parse_line(b"c1ed 0 0 0 1 0 0 1 ./sock").unwrap() else {
             panic!()
         };
         assert_eq!(sock.kind, None);
         assert_eq!(parse_line(SKIPPED_MARK).unwrap(), Line::Skipped);
         for bad in [
-            &b"81a4 0 0 1 1 0 0 photos"[..],
-            b"81a4 0 0 1 1 0 0 ./",
-            b"zz 0 0 1 1 0 0 ./a",
-            b"81a4 0 0 -1 1 0 0 ./a",
+            &b"81a4 0 0 1 1 0 0 1 photos"[..],
+            b"81a4 0 0 1 1 0 0 1 ./",
+            b"zz 0 0 1 1 0 0 1 ./a",
+            b"81a4 0 0 -1 1 0 0 1 ./a",
+            b"81a4 0 0 1 1 0 0 x ./a",
             b"81a4 0 0",
         ] {
             assert!(parse_line(bad).is_err(), "{}", String::from_utf8_lossy(bad));
@@ -307,6 +316,6 @@ mod tests {
             assert!(s.contains("backuphub-end"), "{s}");
             assert!(s.contains("sha256sum"), "{s}");
         }
-        assert!(listing().contains("sort -t ' ' -k 8"));
+        assert!(listing().contains("sort -t ' ' -k 9"));
     }
 }

@@ -199,6 +199,10 @@ struct Session {
     _temps: Temporaries,
     pod: String,
     listing: Option<BufReader<Exec>>,
+    /// A listed entry read and decided ahead (it starts the next batch).
+    pending: Option<(Listed, Action)>,
+    /// Listed paths with a newline in their names (reported at the listing's end).
+    skipped: u64,
     /// The run's transferred bytes when the session opened.
     tally_start: u64,
 }
@@ -219,26 +223,28 @@ enum Item {
     Error(SourceError),
 }
 
+/// Fields drop in order: what streams from the pods (`out`, `batch`) before the sessions
+/// whose objects their pods are, and the client last.
 struct Walk {
-    kube: Arc<Kube>,
+    /// Ready to hand out; the flag closes that volume's session once the item is used.
+    out: VecDeque<(Item, Option<usize>)>,
+    /// The volume whose children are being listed, and its batch.
+    current: Option<usize>,
+    batch: Option<Batch>,
+    sessions: BTreeMap<usize, Session>,
+    close_pending: Option<usize>,
     job: VolumeJob,
     job_name: String,
     run: String,
     vols: Vec<Vol>,
     units: VecDeque<Unit>,
-    sessions: BTreeMap<usize, Session>,
     failed: BTreeSet<usize>,
     previous: Previous,
     selection: Selection,
-    /// Ready to hand out; the flag closes that volume's session once the item is used.
-    out: VecDeque<(Item, Option<usize>)>,
-    close_pending: Option<usize>,
-    /// The volume whose children are being listed, and its batch.
-    current: Option<usize>,
-    batch: Option<Batch>,
     cancel: Arc<AtomicBool>,
     /// Bytes received from pods in this run (listings, tar batches, block devices).
     tally: Arc<AtomicU64>,
+    kube: Arc<Kube>,
 }
 
 fn fatal_or(e: RequestError, what: impl FnOnce(&RequestError) -> String) -> Result<String, String> {
@@ -488,6 +494,8 @@ impl Walk {
             _temps: temps,
             pod: base,
             listing: None,
+            pending: None,
+            skipped: 0,
             tally_start: self.tally.load(Ordering::Relaxed),
         })
     }
@@ -512,7 +520,7 @@ impl Walk {
 
     fn exec(&self, v: usize, pod: &str, script: &str, args: &[String]) -> Result<Exec, String> {
         Exec::start(
-            &self.kube,
+            self.kube.clone(),
             &self.vols[v].r.namespace,
             pod,
             cluster::READER,
@@ -584,7 +592,14 @@ impl Walk {
             Ok(x) => BufReader::with_capacity(64 * 1024, x),
             Err(m) => return self.fail(v, m),
         };
-        match read_line(&mut listing) {
+        // Paths with a newline sort first (their mark has no name): counted, then the root.
+        let first = loop {
+            match read_line(&mut listing) {
+                Ok(Some(Line::Skipped)) => session.skipped += 1,
+                other => break other,
+            }
+        };
+        match first {
             Ok(Some(Line::Entry(l))) if l.rel.is_empty() && l.kind == Some(EntryKind::Dir) => {
                 let mut e = entry_of(&root, &l);
                 self.root_meta(v, &mut e);
@@ -613,64 +628,81 @@ impl Walk {
             return Ok(false);
         };
         let pod = session.pod.clone();
-        let listing = session
-            .listing
-            .as_mut()
-            .expect("a filesystem session lists");
         let mut items = VecDeque::new();
         let mut names = Vec::new();
         let mut arg_bytes = 0;
-        let mut skipped = 0u64;
         let mut ended = false;
         while items.len() < BATCH_ITEMS && arg_bytes < BATCH_ARG_BYTES {
-            let l = match read_line(listing)? {
+            let (l, action) = match session.pending.take() {
+                Some(decided) => decided,
                 None => {
-                    ended = true;
-                    break;
+                    let line = read_line(
+                        session
+                            .listing
+                            .as_mut()
+                            .expect("a filesystem session lists"),
+                    )?;
+                    let l = match line {
+                        None => {
+                            ended = true;
+                            break;
+                        }
+                        Some(Line::Skipped) => {
+                            session.skipped += 1;
+                            continue;
+                        }
+                        Some(Line::Entry(l)) => l,
+                    };
+                    if l.rel.is_empty() || !EntryPath::new(l.rel.clone()).is_safe() {
+                        return Err(format!(
+                            "the listing names an unsafe path {:?}",
+                            String::from_utf8_lossy(&l.rel)
+                        ));
+                    }
+                    let Some(kind) = l.kind else {
+                        continue; // sockets: nothing to keep
+                    };
+                    if !self.selection.takes(&l.rel, kind == EntryKind::Dir) {
+                        continue;
+                    }
+                    let path = entry_of(&root, &l).path;
+                    let prev = self.previous.find(path.as_bytes());
+                    let action = decide(&l, prev.as_ref());
+                    (l, action)
                 }
-                Some(Line::Skipped) => {
-                    skipped += 1;
-                    continue;
-                }
-                Some(Line::Entry(l)) => l,
             };
-            if l.rel.is_empty() || !EntryPath::new(l.rel.clone()).is_safe() {
-                return Err(format!(
-                    "the listing names an unsafe path {:?}",
-                    String::from_utf8_lossy(&l.rel)
-                ));
+            let fetch = action == Action::Fetch;
+            // A file with several names goes in a tar of its own: within one archive,
+            // tar sends its second name as a link without the data.
+            let alone = fetch && l.kind == Some(EntryKind::File) && l.nlink > 1;
+            if alone && !names.is_empty() {
+                session.pending = Some((l, action));
+                break;
             }
-            let Some(kind) = l.kind else {
-                continue; // sockets: nothing to keep
-            };
-            if !self.selection.takes(&l.rel, kind == EntryKind::Dir) {
-                continue;
-            }
-            let path = entry_of(&root, &l).path;
-            let prev = self.previous.find(path.as_bytes());
-            let action = decide(&l, prev.as_ref());
-            if action == Action::Fetch {
-                let mut name = b"./".to_vec();
-                name.extend_from_slice(&l.rel);
-                arg_bytes += name.len() * 3;
-                names.push(String::from_utf8_lossy(&name).into_owned());
+            if fetch {
                 // A name that is not UTF-8 cannot travel in the exec's URL intact.
-                if std::str::from_utf8(&l.rel).is_err() {
+                let Ok(rel) = std::str::from_utf8(&l.rel) else {
                     self.out.push_back((
                         Item::Error(SourceError::Entry {
-                            path,
+                            path: entry_of(&root, &l).path,
                             message: "the name is not UTF-8 and cannot be passed to the reader pod"
                                 .into(),
                         }),
                         None,
                     ));
-                    names.pop();
                     continue;
-                }
+                };
+                let name = format!("./{rel}");
+                arg_bytes += name.len() * 3;
+                names.push(name);
             }
             items.push_back((l, action));
+            if alone {
+                break;
+            }
         }
-        if skipped > 0 {
+        if ended && session.skipped > 0 {
+            let skipped = session.skipped;
             self.out.push_back((
                 Item::Error(SourceError::Entry {
                     path: EntryPath::from(root.as_str()),
@@ -738,6 +770,13 @@ impl Walk {
                         e.size = if e.kind == EntryKind::File { m.size } else { 0 };
                         if m.mtime != 0 {
                             e.mtime_ns = m.mtime.saturating_mul(1_000_000_000);
+                        }
+                        if e.kind == EntryKind::File && !m.is_file {
+                            // No data follows a link or a directory: nothing to read.
+                            return Ok(Some(Item::Error(SourceError::Entry {
+                                path: e.path,
+                                message: "is no longer a regular file (changed while read)".into(),
+                            })));
                         }
                         if e.kind == EntryKind::File {
                             Content::Read(Box::new(Member {
@@ -861,6 +900,8 @@ struct Head {
     size: u64,
     mtime: i64,
     link: Option<Vec<u8>>,
+    /// A regular file: its data follows, then the end of the member.
+    is_file: bool,
 }
 
 enum Msg {
@@ -901,8 +942,9 @@ impl TarFeed {
                             size: m.size(),
                             mtime: m.header().mtime().unwrap_or(0) as i64,
                             link: m.link_name_bytes().map(|l| l.into_owned()),
+                            is_file: m.header().entry_type().is_file(),
                         };
-                        let is_file = m.header().entry_type().is_file();
+                        let is_file = head.is_file;
                         if tx.send(Msg::Head(head)).is_err() {
                             return Ok(());
                         }
@@ -1061,6 +1103,7 @@ mod tests {
             size,
             mtime,
             rdev: (0, 0),
+            nlink: 1,
         }
     }
 
