@@ -88,6 +88,8 @@ pub struct Exec {
     abort: Option<tokio::sync::oneshot::Sender<()>>,
     hasher: Sha256,
     received: u64,
+    /// A non-zero status of the framed commands is only logged (see [`Exec::lenient`]).
+    lenient: bool,
     /// Where received bytes are also counted (a run's total).
     tally: Option<Arc<std::sync::atomic::AtomicU64>>,
     /// Set once the end was checked: the verdict, repeated to later reads.
@@ -184,9 +186,18 @@ impl Exec {
             hasher: Sha256::new(),
             received: 0,
             tally: None,
+            lenient: false,
             verdict: None,
             _kube: kube,
         })
+    }
+
+    /// For a stream whose parts are checked one by one (a tar batch): a command that
+    /// failed on some parts (a file that vanished from a live volume: tar names it and
+    /// goes on) does not fail the stream; the missing parts fail on their own.
+    pub fn lenient(mut self) -> Exec {
+        self.lenient = true;
+        self
     }
 
     /// Also counts what stdout delivers into `tally`.
@@ -237,7 +248,14 @@ impl Exec {
             )
         });
         let status = end.and_then(|e| e.status);
-        let verdict = verdict(&self.what, bytes, &sha, status.as_ref(), &stderr);
+        let verdict = verdict(
+            &self.what,
+            bytes,
+            &sha,
+            status.as_ref(),
+            &stderr,
+            self.lenient,
+        );
         self.verdict = Some(verdict.clone());
         verdict
     }
@@ -283,6 +301,7 @@ fn verdict(
     sha: &str,
     status: Option<&k8s_openapi::apimachinery::pkg::apis::meta::v1::Status>,
     stderr: &[u8],
+    lenient: bool,
 ) -> Result<EndMark, String> {
     let said = script::complaint(stderr);
     let said = if said.is_empty() {
@@ -311,7 +330,9 @@ fn verdict(
             &mark.sha256[..12],
         ));
     }
-    if mark.status != 0 {
+    if mark.status != 0 && lenient {
+        tracing::warn!(exec = what, status = mark.status, said = %said, "the command reported errors; the stream itself is whole");
+    } else if mark.status != 0 {
         return Err(format!(
             "{what}: the command exited with status {}{said}",
             mark.status
@@ -376,19 +397,29 @@ mod tests {
     fn only_a_matching_end_mark_passes() {
         let sha = "ab".repeat(32);
         let mark = format!("backuphub-end 10 {sha} 0\n");
-        assert!(verdict("pod p", 10, &sha, Some(&ok()), mark.as_bytes()).is_ok());
+        assert!(verdict("pod p", 10, &sha, Some(&ok()), mark.as_bytes(), false).is_ok());
         // Cut short: no status, no mark.
-        let e = verdict("pod p", 7, &sha, None, b"").unwrap_err();
+        let e = verdict("pod p", 7, &sha, None, b"", false).unwrap_err();
         assert!(e.contains("cut short after 7 bytes"), "{e}");
         // Fewer bytes than the pod sent.
-        let e = verdict("pod p", 7, &sha, Some(&ok()), mark.as_bytes()).unwrap_err();
+        let e = verdict("pod p", 7, &sha, Some(&ok()), mark.as_bytes(), false).unwrap_err();
         assert!(e.contains("does not match"), "{e}");
         // Same count, other bytes.
-        let e = verdict("pod p", 10, &"cd".repeat(32), Some(&ok()), mark.as_bytes()).unwrap_err();
+        let e = verdict(
+            "pod p",
+            10,
+            &"cd".repeat(32),
+            Some(&ok()),
+            mark.as_bytes(),
+            false,
+        )
+        .unwrap_err();
         assert!(e.contains("does not match"), "{e}");
         // The commands failed: their words are in the message.
         let failed = format!("tar: ./x: Permission denied\nbackuphub-end 10 {sha} 1\n");
-        let e = verdict("pod p", 10, &sha, Some(&ok()), failed.as_bytes()).unwrap_err();
+        // A tar batch only logs it: its missing members fail one by one.
+        assert!(verdict("pod p", 10, &sha, Some(&ok()), failed.as_bytes(), true).is_ok());
+        let e = verdict("pod p", 10, &sha, Some(&ok()), failed.as_bytes(), false).unwrap_err();
         assert!(
             e.contains("status 1") && e.contains("Permission denied"),
             "{e}"
@@ -398,7 +429,7 @@ mod tests {
             message: Some("command terminated with non-zero exit code: 70".into()),
             ..Default::default()
         };
-        let e = verdict("pod p", 0, &sha, Some(&refused), b"sh: cd: can't cd").unwrap_err();
+        let e = verdict("pod p", 0, &sha, Some(&refused), b"sh: cd: can't cd", false).unwrap_err();
         assert!(e.contains("exit code: 70") && e.contains("can't cd"), "{e}");
     }
 }

@@ -719,12 +719,9 @@ impl Walk {
         let tar = if names.is_empty() {
             None
         } else {
-            Some(TarFeed::start(self.exec(
-                v,
-                &pod,
-                &script::tar_batch(),
-                &names,
-            )?))
+            Some(TarFeed::start(
+                self.exec(v, &pod, &script::tar_batch(), &names)?.lenient(),
+            ))
         };
         self.batch = Some(Batch { items, tar });
         Ok(true)
