@@ -9,7 +9,8 @@
 //! (sealed bytes are copied as they are, so no identity is needed). Prune holds the
 //! exclusive lock and checks before every deletion that it still does; a new pack is
 //! durable before the old one goes, so a crash at any point leaves at worst duplicates,
-//! which the next prune removes.
+//! which the next prune removes. That next prune's repack may write a pack identical to
+//! one it replaces (names are content hashes): a pack this prune wrote is never deleted.
 
 use std::fs::File;
 
@@ -325,6 +326,11 @@ struct Executor<'a> {
     repo: &'a Repository,
     lock: &'a LockGuard,
     report: PruneReport,
+    /// Packs this prune wrote. A pack's name is its content's hash, so a repack can
+    /// write, byte for byte, a pack it is replacing (after a crash left a repack's
+    /// output beside its sources, the next prune's repack of those may come out the
+    /// same): such a pack is the new copy and must never be deleted.
+    written: std::collections::HashSet<Id>,
 }
 
 impl Executor<'_> {
@@ -345,7 +351,11 @@ impl Executor<'_> {
         let path = pack::pack_path(&packs_dir, &id);
         self.report.bytes_written += std::fs::metadata(&path).map_err(io(&path))?.len();
         self.repo.register_pack(id, &entries)?;
+        self.written.insert(id);
         for (old, size) in replaced.drain(..) {
+            if self.written.contains(&old) {
+                continue; // rewritten as it was: it is the new copy
+            }
             self.delete_pack(&old, size)?;
             self.report.packs_repacked += 1;
         }
@@ -464,6 +474,7 @@ fn execute_locked(
         repo,
         lock,
         report: PruneReport::default(),
+        written: std::collections::HashSet::new(),
     };
     // Whole garbage packs first: on a nearly full disk this makes the room repacking
     // needs.

@@ -451,3 +451,39 @@ proptest::proptest! {
         proptest::prop_assert_eq!(again.blobs_removed, 0);
     }
 }
+
+/// A repack can produce, byte for byte, a pack it is replacing (names are content
+/// hashes): after a power cut left a repack's output beside its sources, the next prune
+/// did exactly that and then deleted the pack it had just written, with the only copies
+/// of live blobs (seen as an intermittent `power_loss_during_prune` failure). Here the
+/// plan repacks a wholly live pack, which rewrites it as it is.
+#[test]
+fn a_repack_that_rewrites_a_pack_as_it_was_keeps_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = open(tmp.path());
+    let data = tmp.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(data.join("f"), noise(200 << 10, 7)).unwrap();
+    backup(&repo, "j", &data);
+    let lock = exclusive(&repo);
+    let mut plan = plan(&repo).unwrap();
+    assert!(plan.is_empty(), "nothing to prune yet");
+    let target = packs(&repo)[0];
+    let path = pack::pack_path(&repo.packs_dir(), &target);
+    let keep = pack::read_header(&path).unwrap();
+    plan.repack.push(backuphub::prune::RepackPack {
+        pack: target,
+        size: std::fs::metadata(&path).unwrap().len(),
+        blobs: keep.len() as u64,
+        keep_bytes: keep.iter().map(|e| e.length as u64).sum(),
+        keep,
+    });
+    let before = packs(&repo);
+    backuphub::prune::execute(&repo, &lock, &plan).unwrap();
+    assert_eq!(
+        packs(&repo),
+        before,
+        "the rewritten pack is the same pack, and stays"
+    );
+    assert!(check(&repo, ReadData::All).unwrap().ok());
+}
