@@ -260,3 +260,26 @@ fn backup_applies_a_given_retention_policy() {
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v.as_array().unwrap().len(), 3, "{v}");
 }
+
+#[test]
+fn every_command_has_an_example_in_its_help() {
+    let env = Env::new();
+    let top = String::from_utf8(env.ok(&["--help"]).stdout).unwrap();
+    let commands: Vec<&str> = top
+        .lines()
+        .skip_while(|l| !l.starts_with("Commands:"))
+        .skip(1)
+        .take_while(|l| l.starts_with("  "))
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|c| *c != "help")
+        .collect();
+    assert!(commands.len() > 15, "{commands:?}");
+    for c in commands {
+        let help = String::from_utf8(env.ok(&[c, "--help"]).stdout).unwrap();
+        assert!(
+            help.contains("Example:") || help.contains("Examples:"),
+            "`backuphub {c} --help` shows no example"
+        );
+        assert!(help.contains(&format!("backuphub {c}")), "{c}: {help}");
+    }
+}

@@ -91,49 +91,93 @@ impl RepoArgs {
 #[derive(Subcommand)]
 enum Command {
     /// Create a repository in an empty or missing directory.
+    #[command(
+        after_help = "Examples:\n  backuphub init --repo /mnt/backup/repo\n  backuphub init --repo /mnt/backup/repo --recipient age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p"
+    )]
     Init(maint::InitArgs),
     /// Back up paths, stdin or a command's output as a new snapshot of JOB.
+    #[command(
+        after_help = "Examples:\n  backuphub backup --repo /mnt/backup/repo --job home /home/pi --exclude '**/.cache'\n  backuphub backup --repo /mnt/backup/repo --job etcd --command 'etcdctl snapshot save /dev/stdout' --name etcd.db\n  backuphub backup --repo /mnt/backup/repo --job docs /srv/docs --keep-daily 14"
+    )]
     Backup(backup::BackupArgs),
     /// List snapshots.
+    #[command(
+        after_help = "Examples:\n  backuphub snapshots --repo /mnt/backup/repo\n  backuphub snapshots --repo /mnt/backup/repo --job postgres --json"
+    )]
     Snapshots(read::SnapshotsArgs),
     /// List a snapshot's entries (SNAPSHOT: id prefix, `latest` or `latest:JOB`).
+    #[command(
+        after_help = "Examples:\n  backuphub ls --repo /mnt/backup/repo latest:volumes immich/library/photos\n  backuphub ls --repo /mnt/backup/repo 3f2a9c1e --json"
+    )]
     Ls(read::LsArgs),
     /// Restore a snapshot, or part of it, below a directory.
+    #[command(
+        after_help = "Examples:\n  backuphub restore --repo /mnt/backup/repo latest:home --target /tmp/home\n  backuphub restore --repo /mnt/backup/repo 3f2a9c1e --path home/pi/notes --target /tmp/r --overwrite"
+    )]
     Restore(read::RestoreArgs),
     /// Write one file of a snapshot to stdout.
+    #[command(
+        after_help = "Examples:\n  backuphub cat --repo /mnt/backup/repo latest:etcd etcd.db > etcd.db\n  backuphub cat --repo /mnt/backup/repo latest:volumes database/data-postgresql-0 > pg.img"
+    )]
     Cat(read::CatArgs),
     /// Verify the repository; non-zero when anything is wrong.
+    #[command(
+        after_help = "Examples:\n  backuphub check --repo /mnt/backup/repo\n  backuphub check --repo /mnt/backup/repo --read-data-subset 5\n  backuphub check --repo /mnt/backup/repo --read-data --identity ~/.config/backuphub/identity.txt"
+    )]
     Check(maint::CheckArgs),
     /// Repair the repository's caches.
+    #[command(after_help = "Example:\n  backuphub repair index --repo /mnt/backup/repo")]
     Repair {
         #[command(subcommand)]
         what: maint::RepairCommand,
     },
     /// Key management.
+    #[command(
+        after_help = "Example:\n  backuphub key cache --repo /mnt/backup/repo --identity ~/.config/backuphub/identity.txt"
+    )]
     Key {
         #[command(subcommand)]
         what: maint::KeyCommand,
     },
     /// Configuration files.
+    #[command(after_help = "Example:\n  backuphub config check /etc/backuphub/config.toml")]
     Config {
         #[command(subcommand)]
         what: daemon::ConfigCommand,
     },
     /// Run the daemon: every job on its schedule, status and metrics over HTTP.
+    #[command(
+        after_help = "Examples:\n  backuphub daemon --config /etc/backuphub/config.toml\n  backuphub daemon --config examples/local.toml   # the embedded local demo"
+    )]
     Daemon(daemon::DaemonArgs),
     /// Run one configured job once, in the foreground, exactly as the daemon would.
+    #[command(
+        after_help = "Examples:\n  backuphub run --config /etc/backuphub/config.toml postgres\n  backuphub run --config /etc/backuphub/config.toml volumes --json"
+    )]
     Run(daemon::RunArgs),
     /// Remove a job's snapshots that its retention policy does not keep (data goes at
     /// the next prune).
+    #[command(
+        after_help = "Examples:\n  backuphub forget --repo /mnt/backup/repo --job home --keep-daily 14 --keep-weekly 8 --dry-run\n  backuphub forget --repo /mnt/backup/repo --job etcd --keep-last 3"
+    )]
     Forget(maint::ForgetArgs),
     /// Delete data no snapshot references and repack mostly-empty packs.
+    #[command(
+        after_help = "Examples:\n  backuphub prune --repo /mnt/backup/repo --dry-run\n  backuphub prune --repo /mnt/backup/repo --json"
+    )]
     Prune(maint::PruneArgs),
     /// Show a running daemon's status.
+    #[command(
+        after_help = "Examples:\n  backuphub status\n  backuphub status --url http://pi.lan:9750 --json"
+    )]
     Status(daemon::StatusArgs),
     /// Restore a postgres job's databases into a PostgreSQL server.
     RestorePostgres(postgres::RestorePostgresArgs),
     /// Run a postgres job's restore drill now: throwaway server, latest complete
     /// snapshot, checks.
+    #[command(
+        after_help = "Example:\n  backuphub drill --config /etc/backuphub/config.toml postgres"
+    )]
     Drill(postgres::DrillArgs),
     /// Write a kubernetes job's objects as apply-ready YAML, numbered in a safe order.
     RestoreKubernetes(kubernetes::RestoreKubernetesArgs),
