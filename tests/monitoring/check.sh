@@ -183,6 +183,25 @@ if not names:
 with open(f"{tmp}/names", "w") as f:
     f.write("".join(n + "\n" for n in names))
 
+# --- every runbook link names a heading of the README (GitHub's anchors)
+readme = open(re.sub(r"alerts/[^/]*$", "README.md", rules_file)) if rules_file.endswith("alerts/backuphub.rules.yml") else None
+if readme is not None:
+    anchors = set()
+    for line in readme:
+        m = re.match(r"#+\s+(.*)", line)
+        if m:
+            anchors.add(re.sub(r"[^\w\- ]", "", m.group(1).strip().lower()).replace(" ", "-"))
+    links = [(f"{rules_file}: {r['alert']}", r.get("annotations", {}).get("runbook_url", ""))
+             for g in rules["groups"] for r in g["rules"] if "alert" in r]
+    links += [(f"{grafana_file}: {r.get('title')}", r.get("annotations", {}).get("runbook_url", ""))
+              for g in gp.get("groups", []) for r in g.get("rules", [])]
+    for where, url in links:
+        anchor = url.partition("#")[2]
+        if not anchor:
+            errors.append(f"{where}: runbook_url {url!r} has no #anchor")
+        elif anchor not in anchors:
+            errors.append(f"{where}: runbook anchor #{anchor} is not a heading of README.md")
+
 print(f"{len(exprs)} expressions, {len(names)} metric names")
 if errors:
     for e in errors:
