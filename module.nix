@@ -29,6 +29,17 @@ let
 
   cfg = config.services.backuphub;
 
+  # A file the package installs in share/backuphub, offered read-only to other hosts' config.
+  shareFile =
+    file: description:
+    mkOption {
+      type = types.pathInStore;
+      readOnly = true;
+      default = "${cfg.package}/share/backuphub/${file}";
+      defaultText = literalExpression ''"''${config.services.backuphub.package}/share/backuphub/${file}"'';
+      inherit description;
+    };
+
   settingsFormat = pkgs.formats.toml { };
 
   # systemd exposes the files of `LoadCredential=` here (for the unit backuphub.service).
@@ -1191,6 +1202,33 @@ in
       description = ''
         A scrape configuration for this daemon, ready for `services.prometheus.scrapeConfigs` of
         the machine that runs Prometheus (e.g. `nixosConfigurations.pi.config.services.backuphub.prometheusScrapeConfig`).
+      '';
+    };
+
+    # The monitoring files the package installs (nix/package.nix, postInstall), for the machine
+    # that runs Prometheus or Grafana, which may be another host of the same flake.
+    monitoring = {
+      prometheusRules = shareFile "alerts/backuphub.rules.yml" ''
+        backuphub's Prometheus alerting rules (`alerts/backuphub.rules.yml`), for
+        `services.prometheus.ruleFiles` of the machine that runs Prometheus, e.g.
+        `[ self.nixosConfigurations.pi.config.services.backuphub.monitoring.prometheusRules ]`.
+        They expect the scrape job of `prometheusScrapeConfig` (`job_name = "backuphub"`,
+        `honor_labels = true`). Load these or `grafanaAlertRules`, not both.
+      '';
+
+      grafanaAlertRules = shareFile "alerts/grafana-provisioning.yml" ''
+        The same alerts as `prometheusRules`, as Grafana-managed rules in Grafana's
+        provisioning format (`alerts/grafana-provisioning.yml`), for
+        `services.grafana.provision.alerting.rules.path`. Grafana expands
+        `''${DS_PROMETHEUS}` in it from its environment: set
+        `systemd.services.grafana.environment.DS_PROMETHEUS` to the uid of the Prometheus
+        data source.
+      '';
+
+      grafanaDashboard = shareFile "dashboards/backuphub.json" ''
+        backuphub's Grafana dashboard (`dashboards/backuphub.json`, with a `datasource`
+        variable), for a file provider of Grafana's dashboard provisioning, e.g.
+        `services.grafana.provision.dashboards.settings.providers = [ { name = "backuphub"; options.path = self.nixosConfigurations.pi.config.services.backuphub.monitoring.grafanaDashboard; } ]`.
       '';
     };
   };

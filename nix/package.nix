@@ -35,12 +35,18 @@ rustPlatform.buildRustPackage {
       ../Cargo.toml
       ../Cargo.lock
       ../src
+      # askama.toml: where the web UI's templates are (src/web/templates).
+      (fs.maybeMissing ../askama.toml)
       (fs.maybeMissing ../build.rs)
       (fs.difference (fs.maybeMissing ../tests) (fs.maybeMissing ../tests/nix))
       (fs.maybeMissing ../benches)
       (fs.maybeMissing ../examples)
       # docs/openapi.json: a unit test checks the router against it.
       (fs.maybeMissing ../docs)
+      # The monitoring and cluster files that postInstall installs into share/backuphub.
+      (fs.maybeMissing ../dashboards)
+      (fs.maybeMissing ../alerts)
+      (fs.maybeMissing ../deploy)
     ];
   };
 
@@ -52,9 +58,20 @@ rustPlatform.buildRustPackage {
   # `cargo test --lib --test repo_… --test cli_…`
   cargoTestFlags = [ "--lib" ] ++ map (name: "--test=${name}") offlineTests;
 
+  # For the machines that watch the daemon (NixOS module: services.backuphub.monitoring) and
+  # the cluster it backs up: the Grafana dashboard, the alert rules (Prometheus, and the same
+  # as Grafana-managed rules) and the Kubernetes RBAC manifests with make-kubeconfig.sh.
+  postInstall = ''
+    install -Dm644 dashboards/backuphub.json -t $out/share/backuphub/dashboards
+    install -Dm644 alerts/backuphub.rules.yml alerts/grafana-provisioning.yml \
+      -t $out/share/backuphub/alerts
+    install -Dm644 deploy/kubernetes/*.yaml -t $out/share/backuphub/kubernetes
+    install -Dm755 deploy/kubernetes/make-kubeconfig.sh -t $out/share/backuphub/kubernetes
+  '';
+
   meta = {
-    # Cargo.toml is the one source: what this release does (path and command jobs), where it
-    # lives, and its licence (LICENSE, Apache-2.0).
+    # Cargo.toml is the one source: what this release does (path, command, postgres,
+    # kubernetes, s3 and volume jobs), where it lives, and its licence (LICENSE, Apache-2.0).
     description = cargoToml.package.description;
     homepage = cargoToml.package.homepage or cargoToml.package.repository;
     license = lib.licenses.asl20;

@@ -40,6 +40,8 @@ pub struct Config {
     pub daemon: DaemonConfig,
     #[serde(default)]
     pub prune: PruneConfig,
+    /// Scheduled verification; none without this section.
+    pub verify: Option<crate::verify::VerifyConfig>,
     #[serde(default)]
     pub jobs: BTreeMap<JobName, JobConfig>,
 }

@@ -147,6 +147,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
             .map_err(|e| DaemonError::Scheduler(e.to_string()))?;
     }
     ctx.export_drills();
+    ctx.export_counters();
     for (name, job) in &ctx.config.jobs {
         let crate::config::JobKind::Postgres(pg) = &job.kind else {
             continue;
@@ -162,6 +163,23 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
             })
         })
         .map_err(|e| DaemonError::Scheduler(format!("drill of {name}: {e}")))?;
+        sched
+            .add(j)
+            .await
+            .map_err(|e| DaemonError::Scheduler(e.to_string()))?;
+    }
+    if let Some(v) = &ctx.config.verify {
+        ctx.export_verify(&crate::verify::load(&ctx.config.state_dir()));
+        let c = ctx.clone();
+        let j = Job::new_async(v.schedule.as_cron(), move |_, _| {
+            let c = c.clone();
+            Box::pin(async move {
+                if !c.cancel.is_cancelled() {
+                    let _ = c.trigger_verify();
+                }
+            })
+        })
+        .map_err(|e| DaemonError::Scheduler(format!("verify: {e}")))?;
         sched
             .add(j)
             .await

@@ -234,6 +234,7 @@ pub struct Http {
 }
 
 pub fn router(http: Http) -> Router {
+    let web = crate::web::router(http.ctx.clone(), http.token.clone());
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
@@ -241,8 +242,10 @@ pub fn router(http: Http) -> Router {
         .route("/api/v1/status", get(status))
         .route("/api/v1/jobs/{job}/snapshots", get(snapshots))
         .route("/api/v1/jobs/{job}/run", post(run))
+        .route("/api/v1/verify/run", post(verify))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such endpoint") })
         .with_state(http)
+        .merge(web)
 }
 
 fn error(code: StatusCode, message: &str) -> Response {
@@ -307,12 +310,13 @@ async fn snapshots(State(h): State<Http>, Path(job): Path<String>) -> Response {
     }
 }
 
-async fn run(State(h): State<Http>, Path(job): Path<String>, headers: HeaderMap) -> Response {
+/// The bearer token check of the POST endpoints: `Some` is the refusal to send.
+fn refusal(h: &Http, headers: &HeaderMap) -> Option<Response> {
     let Some(token) = &h.token else {
-        return error(
+        return Some(error(
             StatusCode::FORBIDDEN,
             "triggering runs is disabled: no http.token_file configured",
-        );
+        ));
     };
     let given = headers
         .get(header::AUTHORIZATION)
@@ -322,12 +326,21 @@ async fn run(State(h): State<Http>, Path(job): Path<String>, headers: HeaderMap)
     // Compared without an early exit, so response time says nothing about the token.
     if !given.is_some_and(|g| crate::repo::crypto::constant_time_eq(g.as_bytes(), token.as_bytes()))
     {
-        return (
-            StatusCode::UNAUTHORIZED,
-            [(header::WWW_AUTHENTICATE, "Bearer")],
-            Json(json!({ "error": "missing or wrong bearer token" })),
-        )
-            .into_response();
+        return Some(
+            (
+                StatusCode::UNAUTHORIZED,
+                [(header::WWW_AUTHENTICATE, "Bearer")],
+                Json(json!({ "error": "missing or wrong bearer token" })),
+            )
+                .into_response(),
+        );
+    }
+    None
+}
+
+async fn run(State(h): State<Http>, Path(job): Path<String>, headers: HeaderMap) -> Response {
+    if let Some(r) = refusal(&h, &headers) {
+        return r;
     }
     match h.ctx.trigger(&job, "http") {
         Ok(run) => (
@@ -335,10 +348,25 @@ async fn run(State(h): State<Http>, Path(job): Path<String>, headers: HeaderMap)
             Json(json!({ "job": job, "run": run })),
         )
             .into_response(),
-        Err(TriggerError::UnknownJob) => error(StatusCode::NOT_FOUND, "no such job"),
+        Err(TriggerError::UnknownJob | TriggerError::NotConfigured) => {
+            error(StatusCode::NOT_FOUND, "no such job")
+        }
         Err(TriggerError::AlreadyRunning) => {
             error(StatusCode::CONFLICT, "the job is already running")
         }
+    }
+}
+
+async fn verify(State(h): State<Http>, headers: HeaderMap) -> Response {
+    if let Some(r) = refusal(&h, &headers) {
+        return r;
+    }
+    match h.ctx.trigger_verify() {
+        Ok(()) => (StatusCode::ACCEPTED, Json(json!({ "verify": "started" }))).into_response(),
+        Err(TriggerError::AlreadyRunning) => {
+            error(StatusCode::CONFLICT, "a verification is already running")
+        }
+        Err(_) => error(StatusCode::NOT_FOUND, "no [verify] section is configured"),
     }
 }
 
@@ -452,12 +480,13 @@ mod router_tests {
             "/api/v1/status",
             "/api/v1/jobs/{job}/snapshots",
             "/api/v1/jobs/{job}/run",
+            "/api/v1/verify/run",
         ] {
             assert!(paths.contains_key(p), "{p} missing from docs/openapi.json");
         }
         assert_eq!(
             paths.len(),
-            6,
+            7,
             "the document lists endpoints the router does not serve"
         );
     }

@@ -19,6 +19,9 @@
 //!   cache. Knows nothing about sources.
 //! - [`restore`], [`check`]: reading a repository back, and verifying it.
 //! - [`retention`], [`schedule`]: pure planning of what to keep and when to run.
+//! - [`verify`]: scheduled checks that read a rotating subset of the packs.
+//! - [`http`], [`web`]: the status API and metrics, and the web UI; both only read state
+//!   (and trigger runs through the same function as the schedule).
 //! - [`redact`]: keeping secrets out of errors and logs; [`error`]: the one table of
 //!   error kinds (metric labels, status API).
 //! - [`cli`], [`logging`], [`memory`]: the binary's edge (allocator settings for a Pi).
@@ -44,3 +47,5 @@ pub mod runner;
 pub mod schedule;
 pub mod source;
 pub mod state;
+pub mod verify;
+pub mod web;

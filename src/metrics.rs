@@ -29,6 +29,12 @@ pub const BUILD_INFO: &str = "backuphub_build_info";
 pub const DRILL_LAST_SUCCESS: &str = "backuphub_drill_last_success_timestamp_seconds";
 pub const DRILL_LAST_STATUS: &str = "backuphub_drill_last_status";
 pub const DRILL_DURATION: &str = "backuphub_drill_duration_seconds";
+pub const VERIFY_LAST_SUCCESS: &str = "backuphub_verify_last_success_timestamp_seconds";
+pub const VERIFY_LAST_RUN: &str = "backuphub_verify_last_run_timestamp_seconds";
+pub const VERIFY_DAMAGED: &str = "backuphub_verify_damaged_chunks";
+pub const VERIFY_BYTES_READ: &str = "backuphub_verify_bytes_read_total";
+pub const VERIFY_DURATION: &str = "backuphub_verify_duration_seconds";
+pub const VERIFY_CYCLE: &str = "backuphub_verify_cycle_ratio";
 
 /// Installs the global recorder once per process and returns its handle.
 pub fn install() -> PrometheusHandle {
@@ -127,6 +133,34 @@ fn describe() {
         DRILL_DURATION,
         Unit::Seconds,
         "Duration of the job's last restore drill."
+    );
+    describe_gauge!(
+        VERIFY_LAST_SUCCESS,
+        Unit::Seconds,
+        "Unix time of the last scheduled verification that found no damage."
+    );
+    describe_gauge!(
+        VERIFY_LAST_RUN,
+        Unit::Seconds,
+        "Unix time of the last scheduled verification that ran to the end."
+    );
+    describe_gauge!(
+        VERIFY_DAMAGED,
+        "Damaged or missing chunks the last verification found (a damaged pack header, snapshot or key file counts one)."
+    );
+    describe_counter!(
+        VERIFY_BYTES_READ,
+        Unit::Bytes,
+        "Pack bytes read by scheduled verification."
+    );
+    describe_gauge!(
+        VERIFY_DURATION,
+        Unit::Seconds,
+        "Duration of the last scheduled verification."
+    );
+    describe_gauge!(
+        VERIFY_CYCLE,
+        "Fraction of the current verification cycle's packs read (1 when a cycle completed)."
     );
     describe_gauge!(
         BUILD_INFO,

@@ -219,6 +219,7 @@ impl Context {
                             name.as_str(),
                         ),
                         drill_running: false,
+                        recent_runs: Default::default(),
                     },
                 )
             })
@@ -230,6 +231,13 @@ impl Context {
                 ..Default::default()
             },
             prune: Default::default(),
+            verify: config.verify.as_ref().map(|v| crate::state::VerifyState {
+                schedule: v.schedule.to_string(),
+                read_data_subset: v.read_data_subset.to_string(),
+                next_run: v.schedule.next_after(Utc::now(), chrono_tz::UTC),
+                running: false,
+                last: crate::verify::load(&config.state_dir()).last,
+            }),
             jobs,
             min_free_bytes: config.daemon.min_free_space.as_u64(),
         });
@@ -644,6 +652,8 @@ impl Context {
                 j.last_success = Some(r.end);
             }
             j.last_run = Some(r.clone());
+            j.recent_runs.push_front(r.clone());
+            j.recent_runs.truncate(crate::state::RECENT_RUNS);
         });
     }
 
@@ -731,6 +741,11 @@ impl Context {
                 0.0
             });
             metrics::gauge!(m::DRILL_DURATION, "job" => job.clone()).set(r.duration_seconds);
+            // Without this, a restart would hide a recent good drill until the next one.
+            if r.ok {
+                metrics::gauge!(m::DRILL_LAST_SUCCESS, "job" => job.clone())
+                    .set(r.time.timestamp() as f64);
+            }
         }
     }
 
@@ -821,7 +836,7 @@ impl Context {
     /// A repository handle that can read contents: the daemon's own when the repository
     /// is not encrypted; with an encrypted one, a second handle opened with
     /// `repository.identity_file` (the daemon's own never holds the identity).
-    fn repository_for_reading(&self) -> Result<Arc<Repository>, RunError> {
+    pub fn repository_for_reading(&self) -> Result<Arc<Repository>, RunError> {
         let repo = self.repository()?;
         if repo.config().recipients.is_empty() {
             return Ok(repo);
@@ -839,6 +854,163 @@ impl Context {
             Repository::open(&self.config.repository.path, &opts)
                 .map_err(|e| RunError::Unavailable(e.to_string()))?,
         ))
+    }
+
+    /// Every counter series the daemon can have, at zero: a counter that first appears at 1
+    /// hides that first increase from `increase()`, and an alert or dashboard query over a
+    /// series that does not exist yet sees nothing at all.
+    pub fn export_counters(&self) {
+        for name in self.config.jobs.keys() {
+            let job = name.to_string();
+            metrics::counter!(m::JOB_SKIPPED, "job" => job.clone()).increment(0);
+            metrics::counter!(m::JOB_READ_BYTES, "job" => job.clone()).increment(0);
+            metrics::counter!(m::JOB_STORED_BYTES, "job" => job.clone()).increment(0);
+            for status in [RunStatus::Complete, RunStatus::Partial, RunStatus::Failed] {
+                metrics::counter!(m::JOB_RUNS, "job" => job.clone(), "status" => status.as_str())
+                    .increment(0);
+            }
+            for kind in crate::error::ErrorKind::ALL {
+                metrics::counter!(m::JOB_FAILURES, "job" => job.clone(), "kind" => kind.as_str())
+                    .increment(0);
+            }
+        }
+        metrics::counter!(m::PRUNE_FREED).increment(0);
+    }
+
+    /// Publishes the verification figures as metrics (also at start, from the saved
+    /// state, so a restart does not make a recent success or known damage disappear).
+    pub fn export_verify(&self, saved: &crate::verify::Saved) {
+        if let Some(t) = saved.last_completed {
+            metrics::gauge!(m::VERIFY_LAST_RUN).set(t.timestamp() as f64);
+            metrics::gauge!(m::VERIFY_DAMAGED).set(saved.damaged_chunks as f64);
+        }
+        if let Some(t) = saved.last_success {
+            metrics::gauge!(m::VERIFY_LAST_SUCCESS).set(t.timestamp() as f64);
+        }
+        if let Some(r) = saved.last.as_ref().filter(|r| r.error.is_none()) {
+            metrics::gauge!(m::VERIFY_DURATION).set(r.duration_seconds);
+            metrics::gauge!(m::VERIFY_CYCLE).set(r.cycle_ratio);
+        }
+        // Present from the start, so a verification that never completes is visible.
+        metrics::counter!(m::VERIFY_BYTES_READ).increment(0);
+    }
+
+    /// Runs one scheduled verification (`[verify]`) and records its result: status,
+    /// metrics and the state directory (with the cursor of the rotating subset).
+    pub async fn verify(self: &Arc<Self>) -> Result<crate::verify::VerifyResult, RunError> {
+        let Some(cfg) = self.config.verify.clone() else {
+            return Err(RunError::Source(SourceError::Fatal(
+                "no [verify] section is configured".into(),
+            )));
+        };
+        let started = self.state.write(|s| {
+            s.verify
+                .as_mut()
+                .is_some_and(|v| !std::mem::replace(&mut v.running, true))
+        });
+        if !started {
+            return Err(RunError::Source(SourceError::Fatal(
+                "a verification is already running".into(),
+            )));
+        }
+        let ctx = self.clone();
+        let now = Utc::now();
+        let state_dir = self.config.state_dir();
+        let result = tokio::task::spawn_blocking(move || {
+            let repo = ctx.repository_for_verifying()?;
+            let _lock = repo.lock_for_reading(None, Duration::from_secs(3600))?;
+            let saved = crate::verify::load(&ctx.config.state_dir());
+            let (result, cursor) =
+                crate::verify::run(&repo, cfg.read_data_subset, saved.cursor, now)?;
+            Ok::<_, RunError>((result, cursor))
+        })
+        .await
+        .unwrap_or_else(|e| Err(RunError::Internal(e.to_string())));
+        let previous = crate::verify::load(&state_dir);
+        let (result, cursor) = match result {
+            Ok((r, c)) => (r, c),
+            Err(e) => {
+                let r = crate::verify::VerifyResult {
+                    time: now,
+                    ok: false,
+                    duration_seconds: (Utc::now() - now).num_milliseconds() as f64 / 1000.0,
+                    read_data_subset: cfg.read_data_subset.to_string(),
+                    packs: 0,
+                    packs_read: 0,
+                    bytes_read: 0,
+                    snapshots: 0,
+                    damaged_chunks: 0,
+                    contents_verified: false,
+                    cycle_ratio: 0.0,
+                    cycle_completed: false,
+                    problems: Vec::new(),
+                    damaged_files: Vec::new(),
+                    notes: Vec::new(),
+                    error: Some(self.redactor.redact(&e.to_string())),
+                };
+                (r, previous.cursor)
+            }
+        };
+        metrics::counter!(m::VERIFY_BYTES_READ).increment(result.bytes_read);
+        let saved = previous.after(&result, cursor);
+        self.export_verify(&saved);
+        match (&result.error, result.ok) {
+            (Some(e), _) => tracing::error!(error = %e, "verification could not run"),
+            (None, true) => tracing::info!(
+                packs_read = result.packs_read,
+                bytes_read = result.bytes_read,
+                cycle = result.cycle_ratio,
+                contents = result.contents_verified,
+                "verification found no damage"
+            ),
+            (None, false) => tracing::error!(
+                damaged = result.damaged_chunks,
+                files = ?result.damaged_files,
+                "verification FOUND DAMAGE"
+            ),
+        }
+        if let Err(e) = crate::verify::save(&state_dir, &saved) {
+            tracing::warn!(error = %e, "verification result not saved to the state directory");
+        }
+        self.state.write(|s| {
+            if let Some(v) = s.verify.as_mut() {
+                v.running = false;
+                v.last = Some(result.clone());
+                v.next_run = cfg.schedule.next_after(Utc::now(), chrono_tz::UTC);
+            }
+        });
+        Ok(result)
+    }
+
+    /// The handle verification reads with: one holding the identity when
+    /// `repository.identity_file` is set (blob contents are then checked too), otherwise
+    /// the daemon's own, which checks pack hashes and structure (the result says so).
+    fn repository_for_verifying(&self) -> Result<Arc<Repository>, RunError> {
+        let repo = self.repository()?;
+        if repo.config().recipients.is_empty() || self.config.repository.identity_file.is_none() {
+            return Ok(repo);
+        }
+        self.repository_for_reading()
+    }
+
+    /// Starts a verification in the background (the schedule, or the HTTP API).
+    pub fn trigger_verify(self: &Arc<Self>) -> Result<(), TriggerError> {
+        if self.config.verify.is_none() {
+            return Err(TriggerError::NotConfigured);
+        }
+        if self
+            .state
+            .read(|s| s.verify.as_ref().is_some_and(|v| v.running))
+        {
+            return Err(TriggerError::AlreadyRunning);
+        }
+        let ctx = self.clone();
+        self.tasks.spawn(async move {
+            if let Err(e) = ctx.verify().await {
+                tracing::warn!(error = %e, "verification not started");
+            }
+        });
+        Ok(())
     }
 
     /// Starts a drill in the background (the daemon's schedule).
@@ -861,6 +1033,8 @@ pub enum TriggerError {
     UnknownJob,
     #[error("the job is already running")]
     AlreadyRunning,
+    #[error("not configured")]
+    NotConfigured,
 }
 
 #[cfg(test)]

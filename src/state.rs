@@ -70,7 +70,14 @@ pub struct JobState {
     /// The last restore drill, if the job has drills (kept across restarts).
     pub drill: Option<DrillResult>,
     pub drill_running: bool,
+    /// The last runs since the daemon started, newest first (for the web UI; the
+    /// repository's snapshots are the lasting record).
+    #[serde(skip)]
+    pub recent_runs: std::collections::VecDeque<RunResult>,
 }
+
+/// How many runs per job [`JobState::recent_runs`] keeps.
+pub const RECENT_RUNS: usize = 20;
 
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct RepoState {
@@ -94,6 +101,17 @@ pub struct PruneState {
     pub error: Option<String>,
 }
 
+/// Scheduled verification (`[verify]`): its settings, whether it runs, the last result.
+#[derive(Clone, Debug, Serialize)]
+pub struct VerifyState {
+    pub schedule: String,
+    pub read_data_subset: String,
+    pub next_run: Option<DateTime<Utc>>,
+    pub running: bool,
+    /// The last result (kept across restarts).
+    pub last: Option<crate::verify::VerifyResult>,
+}
+
 #[derive(Clone, Debug, Serialize)]
 pub struct Status {
     pub version: &'static str,
@@ -103,6 +121,8 @@ pub struct Status {
     pub ready_reason: Option<String>,
     pub repository: RepoState,
     pub prune: PruneState,
+    /// `null` when no `[verify]` is configured.
+    pub verify: Option<VerifyState>,
     pub jobs: Vec<JobState>,
 }
 
@@ -111,6 +131,7 @@ pub struct Inner {
     pub started: DateTime<Utc>,
     pub repository: RepoState,
     pub prune: PruneState,
+    pub verify: Option<VerifyState>,
     pub jobs: BTreeMap<String, JobState>,
     pub min_free_bytes: u64,
 }
@@ -172,6 +193,7 @@ impl SharedState {
             ready_reason: reason,
             repository: s.repository.clone(),
             prune: s.prune.clone(),
+            verify: s.verify.clone(),
             jobs: s.jobs.values().cloned().collect(),
         })
     }

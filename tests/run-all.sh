@@ -13,6 +13,10 @@ command -v promtool >/dev/null || need_apt+=(prometheus) # promtool lints /metri
 compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || need_apt+=(postgresql postgresql-client)
 # Debian's busybox: the fake Kubernetes API server runs the volume job's execs with it.
 [ -x /bin/busybox ] || need_apt+=(busybox)
+# Headless browser and its WebDriver for the web UI's end-to-end test (Debian's builds:
+# Selenium is pointed at this chromedriver and never downloads one).
+command -v chromium >/dev/null || need_apt+=(chromium)
+command -v chromedriver >/dev/null || need_apt+=(chromium-driver)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "installing: ${need_apt[*]}" >&2
   export DEBIAN_FRONTEND=noninteractive
@@ -27,8 +31,19 @@ if ! python3 -c 'import moto.server, flask' >/dev/null 2>&1; then
     python3 -m pip install --quiet --break-system-packages 'moto[server]'
 fi
 
+# Selenium, to drive chromium in the web UI's end-to-end test.
+if ! python3 -c 'import selenium' >/dev/null 2>&1; then
+  echo "installing: selenium (pip)" >&2
+  python3 -m pip install --quiet selenium 2>/dev/null ||
+    python3 -m pip install --quiet --break-system-packages selenium
+fi
+
 # Rust: unit, property and integration tests (real binary, real processes).
 cargo test --locked --all-targets
+
+# Web UI: the daemon cargo test just built, driven by headless chromium (screenshots and
+# the metrics scrape it checks go to target/test-artifacts/).
+python3 tests/web_ui/browser_test.py --bin target/debug/backuphub
 
 # Monitoring: alert rules checked and unit-tested with promtool; dashboard queries parse.
 bash tests/monitoring/check.sh

@@ -2,9 +2,9 @@
 # ./stub-nixpkgs, stub declarations of the NixOS options used):
 #  - module.nix under lib.evalModules: the generated unit (ExecStart, Type, hardening,
 #    RequiresMountsFor, LoadCredential), settings, users, firewall ports, assertion messages;
-#  - flake.nix's outputs, nix/package.nix's arguments, the machine of nix/tests/vm.nix, the
-#    Pi example of README.md and the postgres, kubernetes, volume and s3 examples of
-#    nix/module.md;
+#  - flake.nix's outputs, nix/package.nix's arguments (its source fileset too), the machine of
+#    nix/tests/vm.nix, the Pi example of README.md and the postgres, kubernetes, volume, s3 and
+#    monitoring-host examples of nix/module.md;
 #  - flake.lock against the pin in ../shared/nixpkgs-pin.md.
 #
 #   nix-instantiate --eval --strict --json tests/nix/eval.nix --arg shared /path/to/shared \
@@ -22,7 +22,10 @@
   case ? null,
   selfTest ? false,
   # `print = "admin"`: the text of the backuphub-admin script of `base` (run.sh runs it);
-  # `print = "vm-script"`: the VM test's Python script (run.sh compiles it)
+  # `print = "vm-script"`: the VM test's Python script (run.sh compiles it);
+  # `print = "postInstall"`: nix/package.nix's postInstall (run.sh runs it into a directory);
+  # `print = "monitoring"`: services.backuphub.monitoring of `base` (run.sh finds each file
+  # there)
   print ? null,
   # README.md's pi.nix example, extracted to a file by run.sh
   piExample ? null,
@@ -34,6 +37,10 @@
   volumeExample ? null,
   # nix/module.md's example of an s3 job with its keys as credentials, extracted by run.sh
   s3Example ? null,
+  # nix/module.md's examples of a monitoring host (Prometheus rules and the Grafana dashboard;
+  # Grafana-managed alert rules), extracted by run.sh
+  monitoringExample ? null,
+  grafanaAlertsExample ? null,
   # the module under test (see above)
   modulePath ? ../../module.nix,
 }:
@@ -1528,9 +1535,35 @@ let
         services.backuphub.credentials.identity = "secrets/identity";
       }
     );
+  }
+  # the read-only options: set (to a value of their type), they fail
+  // lib.listToAttrs (
+    map (name: {
+      name = "read-only-${name}";
+      value = eval (
+        lib.recursiveUpdate (withSettings { }) {
+          services.backuphub.monitoring.${name} = "/nix/store/00000000000000000000000000000000-elsewhere/${name}";
+        }
+      );
+    }) [ "prometheusRules" "grafanaAlertRules" "grafanaDashboard" ]
+  )
+  // {
+    read-only-prometheusScrapeConfig = eval (
+      lib.recursiveUpdate (withSettings { }) {
+        services.backuphub.prometheusScrapeConfig = { job_name = "other"; };
+      }
+    );
   };
-  # what forcing a bad case evaluates: the unit (as a system build would) and the settings
-  force = c: builtins.deepSeq [ c.services.backuphub.settings c.systemd.services ] true;
+  # what forcing a bad case evaluates: the unit (as a system build would), the settings and the
+  # read-only options another host reads
+  force =
+    c:
+    builtins.deepSeq [
+      c.services.backuphub.settings
+      c.systemd.services
+      c.services.backuphub.prometheusScrapeConfig
+      c.services.backuphub.monitoring
+    ] true;
   fails = c: !(builtins.tryEval (force c)).success;
 
   # ---------------------------------------------------------------- flake.lock
@@ -1551,6 +1584,60 @@ let
     "x86_64-linux"
   ];
   pkgArgs = outputs.packages.x86_64-linux.default.args;
+  # The package's source: lib.fileset needs builtins.readFileType (Nix 2.14), here polyfilled
+  # as nixpkgs' lib did before it required it. The filter of fs.toSource says what is in the
+  # source; its outPath (a copy into the store) is never forced.
+  libReadFileType = lib.extend (
+    _: prev: {
+      filesystem = prev.filesystem // {
+        pathType =
+          builtins.readFileType or (
+            p: if toString p == "/" then "directory" else (builtins.readDir (dirOf p)).${baseNameOf p}
+          );
+      };
+    }
+  );
+  pkgSrc =
+    (import stubNixpkgs {
+      lib = libReadFileType;
+      overlays = [ outputs.overlays.default ];
+    }).backuphub.args.src;
+  inPkgSrc = type: p: pkgSrc.filter (toString p) type;
+  # what postInstall installs, from the repository (run.sh runs it and compares)
+  kubernetesYaml = lib.attrNames (
+    lib.filterAttrs (n: t: t == "regular" && lib.hasSuffix ".yaml" n) (
+      builtins.readDir ../../deploy/kubernetes
+    )
+  );
+  installedFiles =
+    [
+      ../../dashboards/backuphub.json
+      ../../alerts/backuphub.rules.yml
+      ../../alerts/grafana-provisioning.yml
+      ../../deploy/kubernetes/make-kubeconfig.sh
+    ]
+    ++ map (n: ../../deploy/kubernetes + "/${n}") kubernetesYaml;
+
+  # services.backuphub.monitoring for a package
+  monitoringOf = package: {
+    prometheusRules = "${package}/share/backuphub/alerts/backuphub.rules.yml";
+    grafanaAlertRules = "${package}/share/backuphub/alerts/grafana-provisioning.yml";
+    grafanaDashboard = "${package}/share/backuphub/dashboards/backuphub.json";
+  };
+  otherPackage = fakeDrv "backuphub-0.2.0" // {
+    meta.mainProgram = "backuphub";
+  };
+  moduleOptions =
+    (lib.evalModules {
+      modules = [
+        nixosStubs
+        modulePath
+        { _module.args.pkgs = pkgs; }
+      ];
+    }).options;
+  ownPackage = eval (
+    lib.recursiveUpdate (withSettings { }) { services.backuphub.package = otherPackage; }
+  );
   cargoToml = lib.importTOML ../../Cargo.toml;
   # integration tests the Nix build runs (tests/repo_*.rs, tests/cli_*.rs)
   testFiles = lib.attrNames (
@@ -1651,6 +1738,79 @@ let
     }).config;
   s3DocUnit = s3Doc.systemd.services.backuphub or { };
   s3DocJob = s3Doc.services.backuphub.configFile.value.jobs.rgw or { };
+
+  # nix/module.md's monitoring-host examples: another machine of the flake, which reaches the
+  # Pi (`base`) through `self` (specialArgs), with the NixOS options it sets declared as in
+  # nixpkgs (prometheus.nix, grafana.nix: only what the examples use)
+  monitorStubs = {
+    options.services.prometheus = {
+      enable = mkOption {
+        type = types.bool;
+        default = false;
+      };
+      scrapeConfigs = mkOption {
+        type = types.listOf types.attrs;
+        default = [ ];
+      };
+      ruleFiles = mkOption {
+        type = types.listOf types.path;
+        default = [ ];
+      };
+    };
+    options.services.grafana = {
+      enable = mkOption {
+        type = types.bool;
+        default = false;
+      };
+      provision.dashboards.settings = mkOption {
+        type = types.nullOr (
+          types.submodule {
+            options.apiVersion = mkOption {
+              type = types.int;
+              default = 1;
+            };
+            options.providers = mkOption {
+              type = types.listOf (
+                types.submodule {
+                  freeformType = types.attrsOf types.anything;
+                  options = {
+                    name = mkOption {
+                      type = types.str;
+                      default = "default";
+                    };
+                    type = mkOption {
+                      type = types.str;
+                      default = "file";
+                    };
+                    options.path = mkOption { type = types.path; };
+                  };
+                }
+              );
+              default = [ ];
+            };
+          }
+        );
+        default = null;
+      };
+      provision.alerting.rules.path = mkOption {
+        type = types.nullOr types.path;
+        default = null;
+      };
+    };
+  };
+  monitorDoc =
+    example:
+    (lib.evalModules {
+      specialArgs.self.nixosConfigurations.pi.config = base;
+      modules = [
+        nixosStubs
+        monitorStubs
+        { _module.args.pkgs = pkgs; }
+        (if example != null then example else { })
+      ];
+    }).config;
+  monDoc = monitorDoc monitoringExample;
+  alertsDoc = monitorDoc grafanaAlertsExample;
 
   # ---------------------------------------------------------------- expectations
   show = lib.generators.toPretty { };
@@ -2107,6 +2267,26 @@ let
       static_configs = [ { targets = [ "pi:9750" ]; } ];
     })
     (expect "credentialsDirectory" base.services.backuphub.credentialsDirectory creds)
+    (expect "monitoring: the package's alert rules and dashboard" base.services.backuphub.monitoring {
+      prometheusRules = "/nix/store/00000000000000000000000000000000-backuphub-0.1.0/share/backuphub/alerts/backuphub.rules.yml";
+      grafanaAlertRules = "/nix/store/00000000000000000000000000000000-backuphub-0.1.0/share/backuphub/alerts/grafana-provisioning.yml";
+      grafanaDashboard = "/nix/store/00000000000000000000000000000000-backuphub-0.1.0/share/backuphub/dashboards/backuphub.json";
+    })
+    (expect "monitoring: follows services.backuphub.package" ownPackage.services.backuphub.monitoring (
+      monitoringOf otherPackage
+    ))
+    (expect "monitoring: read-only, documented, with a defaultText"
+      (lib.mapAttrs (_: o: {
+        readOnly = o.readOnly or false;
+        described = (o.description or "") != "";
+        defaultText = o.defaultText._type or null;
+      }) moduleOptions.services.backuphub.monitoring)
+      (lib.genAttrs [ "grafanaAlertRules" "grafanaDashboard" "prometheusRules" ] (_: {
+        readOnly = true;
+        described = true;
+        defaultText = "literalExpression";
+      }))
+    )
   ]
   ++ lib.mapAttrsToList (k: v: expect "hardening ${k}" (sc.${k} or "<unset>") v) hardening
   ++ [
@@ -2406,6 +2586,32 @@ let
         license = cargoToml.package.license;
       }
     )
+    (expectTrue "package: postInstall installs the dashboard, both alert files and deploy/kubernetes (run.sh runs it)" (
+      lib.all (x: lib.hasInfix x (pkgArgs.postInstall or "")) [
+        "dashboards/backuphub.json"
+        "alerts/backuphub.rules.yml"
+        "alerts/grafana-provisioning.yml"
+        "deploy/kubernetes/*.yaml"
+        "-Dm755 deploy/kubernetes/make-kubeconfig.sh"
+        "$out/share/backuphub/dashboards"
+        "$out/share/backuphub/alerts"
+        "$out/share/backuphub/kubernetes"
+      ]
+    ))
+    (expect "package: the source has what postInstall installs"
+      (map (p: inPkgSrc "regular" p) installedFiles ++ map (inPkgSrc "directory") [
+        ../../dashboards
+        ../../alerts
+        ../../deploy/kubernetes
+      ])
+      (map (_: true) installedFiles ++ [ true true true ])
+    )
+    (expect "package: the source still leaves out tests/nix, bench/ and README.md" [
+      (inPkgSrc "directory" ../../tests/nix)
+      (inPkgSrc "regular" ../../tests/nix/eval.nix)
+      (inPkgSrc "directory" ../../bench)
+      (inPkgSrc "regular" ../../README.md)
+    ] [ false false false false ])
     (expect "Cargo.toml's licence is Apache-2.0" cargoToml.package.license "Apache-2.0")
     (expectTrue "LICENSE is the Apache License 2.0 text" (
       let
@@ -2415,8 +2621,8 @@ let
       && lib.hasInfix "Version 2.0, January 2004" text
       && lib.hasInfix "END OF TERMS AND CONDITIONS" text
     ))
-    (expectTrue "description names only what the release does (no S3 jobs yet)" (
-      !(lib.hasInfix "S3" pkgArgs.meta.description)
+    (expectTrue "description names what the release does (every job kind)" (
+      lib.all (k: lib.hasInfix k pkgArgs.meta.description) [ "PostgreSQL" "Kubernetes" "volumes" "S3" "local paths" "command output" ]
     ))
 
     # nix/tests/vm.nix
@@ -2607,6 +2813,42 @@ let
       lib.hasInfix "backuphub-admin restore-s3 " (builtins.readFile base.meta.doc)
     ))
   ]
+  ++ [
+    # nix/module.md: the monitoring host
+    (expectTrue "module.md: monitoring example given (--arg monitoringExample FILE)" (monitoringExample != null))
+    (expect "module.md: monitoring: Prometheus gets the Pi's scrape configuration and rules, Grafana its dashboard"
+      [
+        monDoc.services.prometheus.ruleFiles
+        (map (c: c.job_name) monDoc.services.prometheus.scrapeConfigs)
+        (map (p: p.options.path) (monDoc.services.grafana.provision.dashboards.settings.providers or [ ]))
+        (monDoc.services.grafana.provision.alerting.rules.path)
+      ]
+      [
+        [ base.services.backuphub.monitoring.prometheusRules ]
+        [ "backuphub" ]
+        [ base.services.backuphub.monitoring.grafanaDashboard ]
+        null
+      ]
+    )
+    (expectTrue "module.md: Grafana-managed alerts example given (--arg grafanaAlertsExample FILE)" (
+      grafanaAlertsExample != null
+    ))
+    (expect "module.md: Grafana-managed alerts: the Pi's rules file, DS_PROMETHEUS for its data source, no Prometheus rules"
+      [
+        alertsDoc.services.grafana.provision.alerting.rules.path
+        (alertsDoc.systemd.services.grafana.environment ? DS_PROMETHEUS)
+        alertsDoc.services.prometheus.ruleFiles
+      ]
+      [ base.services.backuphub.monitoring.grafanaAlertRules true [ ] ]
+    )
+    (expectTrue "module.md: names each of services.backuphub.monitoring" (
+      lib.all (o: lib.hasInfix "`services.backuphub.monitoring.${o}`" (builtins.readFile base.meta.doc)) [
+        "prometheusRules"
+        "grafanaAlertRules"
+        "grafanaDashboard"
+      ]
+    ))
+  ]
   ++ lib.optional selfTest (expectTrue "self-test: this expectation must fail" false);
 
   failures = lib.filter (c: !c.ok) checks;
@@ -2615,6 +2857,10 @@ if print == "admin" then
   adminScript.text
 else if print == "vm-script" then
   vmTest.testScript
+else if print == "postInstall" then
+  pkgArgs.postInstall
+else if print == "monitoring" then
+  base.services.backuphub.monitoring
 else if case != null then
   force badCases.${case}
 else if failures == [ ] then

@@ -762,6 +762,55 @@ MUTANTS = [
         "ReadWritePaths = [ repoPath ] ++",
         'ReadWritePaths = [ repoPath ] ++ lib.optional (s3Jobs != { }) "/var/cache/s3" ++',
     ),
+    # ---- services.backuphub.monitoring: the package's files, for a Prometheus or Grafana host
+    (
+        ["monitoring: the package's alert rules and dashboard", "monitoring: follows services.backuphub.package"],
+        MODULE,
+        'prometheusRules = shareFile "alerts/backuphub.rules.yml"',
+        'prometheusRules = shareFile "alerts/backuphub.rules.yaml"',
+    ),
+    (
+        ["monitoring: the package's alert rules and dashboard", "monitoring: follows services.backuphub.package"],
+        MODULE,
+        'grafanaAlertRules = shareFile "alerts/grafana-provisioning.yml"',
+        'grafanaAlertRules = shareFile "alerts/backuphub.rules.yml"',
+    ),
+    (
+        ["monitoring: the package's alert rules and dashboard", "monitoring: follows services.backuphub.package"],
+        MODULE,
+        'grafanaDashboard = shareFile "dashboards/backuphub.json"',
+        'grafanaDashboard = shareFile "dashboard/backuphub.json"',
+    ),
+    (
+        ["monitoring: follows services.backuphub.package"],
+        MODULE,
+        'default = "${cfg.package}/share/backuphub/${file}";',
+        'default = "${pkgs.backuphub}/share/backuphub/${file}";',
+    ),
+    (
+        # One helper makes all three: dropping readOnly there must break each one's check.
+        [
+            "does not evaluate: read-only-prometheusRules",
+            "does not evaluate: read-only-grafanaAlertRules",
+            "does not evaluate: read-only-grafanaDashboard",
+            "monitoring: read-only, documented, with a defaultText",
+        ],
+        MODULE,
+        "type = types.pathInStore;\n      readOnly = true;\n      default = \"${cfg.package}/share/backuphub/${file}\";",
+        "type = types.pathInStore;\n      default = \"${cfg.package}/share/backuphub/${file}\";",
+    ),
+    (
+        ["does not evaluate: read-only-prometheusScrapeConfig"],
+        MODULE,
+        "prometheusScrapeConfig = mkOption {\n      type = types.attrs;\n      readOnly = true;",
+        "prometheusScrapeConfig = mkOption {\n      type = types.attrs;",
+    ),
+    (
+        ["monitoring: read-only, documented, with a defaultText"],
+        MODULE,
+        """defaultText = literalExpression ''"''${config.services.backuphub.package}/share/backuphub/${file}"'';""",
+        "",
+    ),
     # ---- the manual
     (
         ["module.md: names deploy/kubernetes/, which has rbac.yaml and make-kubeconfig.sh"],
@@ -774,6 +823,12 @@ MUTANTS = [
         DOC,
         "`deploy/kubernetes/rbac.yaml` plus `deploy/kubernetes/volume-rbac.yaml`",
         "`deploy/kubernetes/rbac.yaml`",
+    ),
+    (
+        ["module.md: names each of services.backuphub.monitoring"],
+        DOC,
+        "- `services.backuphub.monitoring.grafanaAlertRules`: the same alerts",
+        "- `grafanaAlertRules`: the same alerts",
     ),
     (
         ["module.md: restoring into the Pi's MinIO: backuphub-admin restore-s3"],

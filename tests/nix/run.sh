@@ -2,11 +2,14 @@
 # Nix checks that run without nixpkgs (Debian's Nix 2.8 plus ../shared/nixpkgs-lib):
 #  - every .nix file of the repository parses;
 #  - tests/nix/eval.nix: module.nix under lib.evalModules with stubs (unit, hardening, firewall,
-#    credentials, postgres, kubernetes, volume and s3 jobs, assertion messages), the examples of
-#    README.md and nix/module.md, and flake.lock against ../shared/nixpkgs-pin.md;
+#    credentials, postgres, kubernetes, volume and s3 jobs, assertion messages, the monitoring
+#    options), the examples of README.md and nix/module.md, nix/package.nix's arguments and
+#    source, and flake.lock against ../shared/nixpkgs-pin.md;
 #  - configurations that must not evaluate fail with the expected message (and, in eval.nix,
 #    every assertion of the module with a configuration that fails it);
 #  - backuphub-admin, as the module writes it, linted and run against a stand-in systemd-run;
+#  - nix/package.nix's postInstall, run into a directory: what it installs, and that the files
+#    of services.backuphub.monitoring are there;
 #  - the VM test's Python script compiles (the VM itself needs KVM and real nixpkgs);
 #  - the expectations catch deliberate mistakes in the module (tests/nix/mutants.py);
 #  - the harness itself can fail (a deliberately false expectation).
@@ -74,12 +77,22 @@ awk '/^```nix$/ { inb = 1; buf = ""; next }
      inb && /^```$/ { if (buf ~ /kind = "s3"/ && buf ~ /access_key_file = /) printf "%s", buf; inb = 0; next }
      inb { buf = buf $0 "\n" }' nix/module.md >"$tmp/s3.nix"
 [ -s "$tmp/s3.nix" ] || fail "no \`\`\`nix block with an s3 job and its access_key_file in nix/module.md"
+# and its examples of a monitoring machine: Prometheus rules and the dashboard, Grafana-managed alerts
+awk '/^```nix$/ { inb = 1; buf = ""; next }
+     inb && /^```$/ { if (buf ~ /monitoring\.prometheusRules/ && buf ~ /monitoring\.grafanaDashboard/) printf "%s", buf; inb = 0; next }
+     inb { buf = buf $0 "\n" }' nix/module.md >"$tmp/monitoring.nix"
+[ -s "$tmp/monitoring.nix" ] || fail "no \`\`\`nix block with monitoring.prometheusRules and monitoring.grafanaDashboard in nix/module.md"
+awk '/^```nix$/ { inb = 1; buf = ""; next }
+     inb && /^```$/ { if (buf ~ /monitoring\.grafanaAlertRules/ && buf ~ /DS_PROMETHEUS/) printf "%s", buf; inb = 0; next }
+     inb { buf = buf $0 "\n" }' nix/module.md >"$tmp/grafana-alerts.nix"
+[ -s "$tmp/grafana-alerts.nix" ] || fail "no \`\`\`nix block with monitoring.grafanaAlertRules and DS_PROMETHEUS in nix/module.md"
 
 evalnix() {
   nix-instantiate --eval --strict --json tests/nix/eval.nix --arg shared "$shared" \
     --arg piExample "$tmp/pi.nix" --arg postgresExample "$tmp/postgres.nix" \
     --arg kubernetesExample "$tmp/kubernetes.nix" --arg volumeExample "$tmp/volume.nix" \
-    --arg s3Example "$tmp/s3.nix" "$@"
+    --arg s3Example "$tmp/s3.nix" --arg monitoringExample "$tmp/monitoring.nix" \
+    --arg grafanaAlertsExample "$tmp/grafana-alerts.nix" "$@"
 }
 
 # 2. the expectations of eval.nix (each counted)
@@ -110,6 +123,9 @@ expect_error() { # case, message fragment
 expect_error bad-kind 'jobs.k8s.kind'"'"' is not of type `one of "path", "command", "postgres", "kubernetes", "volume", "s3"'"'"'.'
 expect_error store-credential 'absolute path not in the Nix store'
 expect_error relative-credential 'absolute path not in the Nix store'
+for o in monitoring.prometheusRules monitoring.grafanaAlertRules monitoring.grafanaDashboard prometheusScrapeConfig; do
+  expect_error "read-only-${o#monitoring.}" "The option \`services.backuphub.$o' is read-only"
+done
 
 # 4. backuphub-admin: the script the module writes, run with a stand-in systemd-run that prints
 #    its arguments (one a line), so the translation of ARGS and --identity is checked for real
@@ -220,7 +236,54 @@ else
   cat "$log" >&2
 fi
 
-# 6. the expectations can fail: each mutant of tests/nix/mutants.py (a copy of module.nix, or of
+# 6. nix/package.nix's postInstall, run (as the build does, from the source's root) into a
+#    directory: each file with its mode and content, and the files the module's
+#    services.backuphub.monitoring names (under the stub package's store path) all there
+if evalnix --json --argstr print postInstall >"$tmp/postInstall.json" 2>"$log" \
+  && evalnix --json --argstr print monitoring >"$tmp/monitoring.json" 2>>"$log"; then
+  jq -r . "$tmp/postInstall.json" >"$tmp/postInstall.sh"
+  pkg=$tmp/pkg-out
+  if ! out=$pkg bash -euo pipefail "$tmp/postInstall.sh" 2>"$log"; then
+    fail "postInstall failed:"; cat "$log" >&2
+  else
+    expected=$(
+      {
+        echo "share/backuphub/dashboards/backuphub.json 644 dashboards/backuphub.json"
+        echo "share/backuphub/alerts/backuphub.rules.yml 644 alerts/backuphub.rules.yml"
+        echo "share/backuphub/alerts/grafana-provisioning.yml 644 alerts/grafana-provisioning.yml"
+        echo "share/backuphub/kubernetes/make-kubeconfig.sh 755 deploy/kubernetes/make-kubeconfig.sh"
+        for y in deploy/kubernetes/*.yaml; do echo "share/backuphub/kubernetes/${y##*/} 644 $y"; done
+      }
+    )
+    want=$(printf '%s\n' "$expected" | cut -d' ' -f1,2 | sort)
+    got=$(cd "$pkg" && find . -type f -printf '%P %m\n' | sort)
+    if [ "$got" = "$want" ]; then pass; else
+      fail "postInstall: expected these files and modes:"; printf '%s\n' "$want" >&2
+      echo "got:" >&2; printf '%s\n' "$got" >&2
+    fi
+    different=
+    while read -r dest _ src; do
+      cmp -s "$src" "$pkg/$dest" || different+=" $dest"
+    done <<<"$expected"
+    if [ -z "$different" ]; then pass; else fail "postInstall: not copies of the repository's files:$different"; fi
+    store=/nix/store/00000000000000000000000000000000-backuphub-0.1.0
+    absent=
+    while IFS= read -r p; do
+      case $p in
+        "$store"/*) [ -f "$pkg/${p#"$store"/}" ] || absent+=" $p" ;;
+        *) absent+=" $p (not in $store)" ;;
+      esac
+    done < <(jq -r '.[]' "$tmp/monitoring.json")
+    if [ -z "$absent" ] && [ "$(jq length "$tmp/monitoring.json")" -eq 3 ]; then pass; else
+      fail "services.backuphub.monitoring names files postInstall does not install:$absent"
+    fi
+  fi
+else
+  fail "eval.nix --argstr print postInstall / monitoring"
+  cat "$log" >&2
+fi
+
+# 7. the expectations can fail: each mutant of tests/nix/mutants.py (a copy of module.nix, or of
 #    nix/module.md, with one deliberate mistake) fails the expectations it names
 mkdir "$tmp/mutants"
 if python3 tests/nix/mutants.py "$root" "$tmp/mutants" 2>"$log"; then
@@ -248,7 +311,7 @@ else
   cat "$log" >&2
 fi
 
-# 7. the harness can fail
+# 8. the harness can fail
 if evalnix --arg selfTest true >/dev/null 2>"$log"; then
   fail "eval.nix passed with a deliberately false expectation"
 elif grep -qF 'FAIL self-test: this expectation must fail' "$log"; then
