@@ -920,8 +920,13 @@ impl Context {
             let repo = ctx.repository_for_verifying()?;
             let _lock = repo.lock_for_reading(None, Duration::from_secs(3600))?;
             let saved = crate::verify::load(&ctx.config.state_dir());
-            let (result, cursor) =
-                crate::verify::run(&repo, cfg.read_data_subset, saved.cursor, now)?;
+            let (result, cursor) = crate::verify::run(
+                &repo,
+                cfg.read_data_subset,
+                saved.cursor,
+                now,
+                saved.last.as_ref(),
+            )?;
             Ok::<_, RunError>((result, cursor))
         })
         .await

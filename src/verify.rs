@@ -7,6 +7,7 @@
 //! Packs are ordered by id (a content hash), so packs written during a cycle land at
 //! random places in it: those before the cursor are read in the next cycle.
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use bytesize::ByteSize;
@@ -253,11 +254,17 @@ pub fn save(state_dir: &Path, saved: &Saved) -> std::io::Result<()> {
 /// Runs one verification: the structure of everything, the data of the chosen subset.
 /// Returns the result and the cursor for the next run. Errors mean the check could not
 /// run (no repository, a lock held for too long); damage is in the result.
+///
+/// Damage found by an earlier run stays in the result until it is healed (a backup stored
+/// an intact copy, or prune dropped the data): a run that reads other packs must not
+/// report a clean repository, or the alert would clear while the damage is still there.
+/// `previous` is the last result, whose damaged files are carried over while that lasts.
 pub fn run(
     repo: &Repository,
     subset: ReadDataSubset,
     cursor: Option<Id>,
     now: DateTime<Utc>,
+    previous: Option<&VerifyResult>,
 ) -> Result<(VerifyResult, Option<Id>), RepoError> {
     let started = std::time::Instant::now();
     let mut ids: Vec<Id> = repo.list_packs()?.into_iter().collect();
@@ -277,22 +284,85 @@ pub fn run(
         packs: ids,
         read: chosen.read.iter().copied().collect(),
     };
-    let report = crate::check::execute(repo, &plan)?;
+    let mut report = crate::check::execute(repo, &plan)?;
+    // Recorded damage without an intact copy: found now (check records what it finds) or
+    // by an earlier run. A damaged copy whose data a later backup stored afresh is healed
+    // (prune drops it), even when this run read the bad copy but not the good one.
+    let on_disk = repo.list_packs()?;
+    let outstanding: BTreeSet<String> = repo
+        .damaged_copies()
+        .into_iter()
+        .filter(|(id, bad)| {
+            // Another pack on disk lists the blob: an intact copy, read in its turn. (Not
+            // `has_blob`: the index may point at either copy.)
+            let others = repo.index().packs_listing(id, None).unwrap_or_default();
+            !others
+                .iter()
+                .any(|p| !bad.contains(p) && on_disk.contains(p))
+        })
+        .map(|(id, _)| id.to_hex())
+        .collect();
     let mut damaged_files = Vec::new();
-    let mut damaged_chunks = 0u64;
+    let mut add_file = |f: &String| {
+        if damaged_files.len() < MAX_LISTED && !damaged_files.contains(f) {
+            damaged_files.push(f.clone());
+        }
+    };
+    // Packs whose damaged chunks are all healed: their hash mismatch is no news either.
+    let (mut healed_packs, mut damaged_packs) = (BTreeSet::new(), BTreeSet::new());
     for p in &report.problems {
-        damaged_chunks += 1;
-        if let Problem::DamagedChunk { used_by, .. } | Problem::MissingChunk { used_by, .. } = p {
-            for u in used_by {
-                if damaged_files.len() < MAX_LISTED && !damaged_files.contains(u) {
-                    damaged_files.push(u.clone());
-                }
+        if let Problem::DamagedChunk { chunk, pack, .. } = p {
+            if outstanding.contains(chunk) {
+                damaged_packs.insert(pack.clone());
+            } else {
+                healed_packs.insert(pack.clone());
             }
         }
     }
+    let mut found = BTreeSet::new();
+    let mut problems = Vec::new();
+    let mut healed = 0usize;
+    for p in std::mem::take(&mut report.problems) {
+        match &p {
+            Problem::DamagedChunk { chunk, .. } if !outstanding.contains(chunk) => {
+                healed += 1;
+                continue;
+            }
+            Problem::DamagedPack { pack, .. }
+                if healed_packs.contains(pack) && !damaged_packs.contains(pack) =>
+            {
+                continue;
+            }
+            Problem::DamagedChunk { chunk, used_by, .. }
+            | Problem::MissingChunk { chunk, used_by } => {
+                found.insert(chunk.clone());
+                used_by.iter().for_each(&mut add_file);
+            }
+            _ => {}
+        }
+        problems.push(p);
+    }
+    if healed > 0 {
+        report.notes.push(format!(
+            "{healed} damaged chunk copies read now have an intact copy stored since; prune drops the bad ones"
+        ));
+    }
+    let earlier = outstanding.iter().filter(|c| !found.contains(*c)).count();
+    if earlier > 0 {
+        report.notes.push(format!(
+            "{earlier} chunk(s) found damaged by an earlier verification have no intact copy yet: the next backup that has their data stores it afresh, and prune then drops the bad copy"
+        ));
+        previous
+            .map(|p| &p.damaged_files)
+            .into_iter()
+            .flatten()
+            .for_each(&mut add_file);
+    }
+    let damaged_chunks = (problems.len() + earlier) as u64;
+    report.problems = problems;
     let result = VerifyResult {
         time: now,
-        ok: report.ok(),
+        ok: damaged_chunks == 0,
         duration_seconds: started.elapsed().as_secs_f64(),
         read_data_subset: subset.to_string(),
         packs: report.packs,

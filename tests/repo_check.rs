@@ -118,3 +118,40 @@ fn a_missing_refs_blob_is_named_with_the_snapshot_using_it() {
         report.problems
     );
 }
+
+/// Pack names are content hashes: storing the same blobs again (unencrypted) writes a pack
+/// of the same name, replacing a damaged file with a good one. The damage record of that
+/// copy must go with it, or the blob would count as damaged for ever (every backup storing
+/// it again, scheduled verification reporting damage that is gone).
+#[test]
+fn a_pack_written_afresh_under_its_name_clears_its_damage_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = test_repo(dir.path(), 64 * 1024, 1 << 20);
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(data.join("f"), noise(300_000, 3)).unwrap();
+    archive_paths(&repo, "j", std::slice::from_ref(&data));
+    let packs = common::walk(&dir.path().join("repo/packs"));
+    let path = &packs[0];
+    let name: backuphub::repo::id::Id =
+        path.file_name().unwrap().to_str().unwrap().parse().unwrap();
+    let header = backuphub::repo::pack::read_header(path).unwrap();
+    let blob = header[0].id;
+    repo.record_damage(&name, &[blob]).unwrap();
+    assert!(!repo.has_blob(&blob).unwrap());
+    // Another pack holds a bad copy of the same blob too: that record stays.
+    let other = backuphub::repo::id::Id::of(b"another pack");
+    repo.record_damage(&other, &[blob]).unwrap();
+
+    repo.register_pack(name, &header).unwrap();
+    assert_eq!(repo.damaged_copies().get(&blob), Some(&vec![other]));
+    assert!(repo.has_blob(&blob).unwrap());
+    // The record on disk says the same after a reopen.
+    drop(repo);
+    let opts = backuphub::repo::OpenOptions {
+        identity: None,
+        state_dir: dir.path().join("state"),
+    };
+    let repo = backuphub::repo::Repository::open(&dir.path().join("repo"), &opts).unwrap();
+    assert_eq!(repo.damaged_copies().get(&blob), Some(&vec![other]));
+}

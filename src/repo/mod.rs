@@ -639,6 +639,21 @@ impl Repository {
             .unwrap_or_else(|p| p.into_inner())
             .insert(id);
         self.index.add_pack(id, entries)?;
+        // Pack names are content hashes: a pack written afresh under the name of one with
+        // a recorded bad copy (the same blobs stored again, unencrypted) replaced the bad
+        // file with a good one. Its records must go, or the blob would count as damaged
+        // (and be stored again by every backup) for ever.
+        let stale: Vec<Id> = {
+            let damage = self.damage.lock().unwrap_or_else(|p| p.into_inner());
+            entries
+                .iter()
+                .map(|e| e.id)
+                .filter(|b| damage.get(b).is_some_and(|packs| packs.contains(&id)))
+                .collect()
+        };
+        for blob in stale {
+            self.forget_damage(&blob, &id)?;
+        }
         Ok(())
     }
 
@@ -1210,17 +1225,22 @@ impl Repository {
             if !packs.contains(pack) {
                 packs.push(*pack);
             }
-            let text: String = packs.iter().map(|p| format!("{}\n", p.to_hex())).collect();
-            let dest = dir.join(blob.to_hex());
-            let tmp = self.tmp_dir().join(format!("{}.tmp", random_hex()));
-            std::fs::write(&tmp, text)
-                .and_then(|()| std::fs::rename(&tmp, &dest))
-                .map_err(|e| {
-                    let _ = std::fs::remove_file(&tmp);
-                    io_err(&dest)(e)
-                })?;
+            self.write_damage_record(blob, packs)?;
         }
         fsync_dir(&dir).map_err(io_err(&dir))
+    }
+
+    /// `damaged/<blob>`: the packs holding a bad copy, one per line (write and rename).
+    fn write_damage_record(&self, blob: &Id, packs: &[Id]) -> Result<(), RepoError> {
+        let text: String = packs.iter().map(|p| format!("{}\n", p.to_hex())).collect();
+        let dest = self.root.join(DAMAGE_DIR).join(blob.to_hex());
+        let tmp = self.tmp_dir().join(format!("{}.tmp", random_hex()));
+        std::fs::write(&tmp, text)
+            .and_then(|()| std::fs::rename(&tmp, &dest))
+            .map_err(|e| {
+                let _ = std::fs::remove_file(&tmp);
+                io_err(&dest)(e)
+            })
     }
 
     /// Damaged copies recorded by `check`: blob → packs holding a bad copy of it.
@@ -1229,6 +1249,24 @@ impl Repository {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
+    }
+
+    /// Forgets the bad copy of `blob` in `pack` (that pack file was written afresh).
+    fn forget_damage(&self, blob: &Id, pack: &Id) -> Result<(), RepoError> {
+        let rest = {
+            let mut damage = self.damage.lock().unwrap_or_else(|p| p.into_inner());
+            let Some(packs) = damage.get_mut(blob) else {
+                return Ok(());
+            };
+            packs.retain(|p| p != pack);
+            packs.clone()
+        };
+        if rest.is_empty() {
+            return self.clear_damage(blob);
+        }
+        self.write_damage_record(blob, &rest)?;
+        let dir = self.root.join(DAMAGE_DIR);
+        fsync_dir(&dir).map_err(io_err(&dir))
     }
 
     /// Forgets damage records whose packs are all gone (prune removed the bad copies).

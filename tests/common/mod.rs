@@ -319,6 +319,7 @@ pub fn tree_blobs(
         .map(|r| r.unwrap().tree)
         .collect()
 }
+pub mod daemon;
 pub mod kube;
 /// A free TCP port on 127.0.0.1 (free when asked; the caller binds it soon after).
 pub fn free_port() -> u16 {
