@@ -86,7 +86,7 @@ pub struct Progress {
 /// `has_blob` answers for them).
 fn finish_pack(repo: &Repository, w: PackWriter, shared: &Shared) -> Result<(), RepoError> {
     let (id, entries) = w.finish(&repo.packs_dir())?;
-    repo.register_pack(id, &entries)?;
+    repo.register_written_pack(id, &entries)?;
     let mut pending = shared.pending.lock().unwrap_or_else(|p| p.into_inner());
     for e in &entries {
         pending.remove(&e.id);

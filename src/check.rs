@@ -156,6 +156,7 @@ pub fn execute(repo: &Repository, plan: &CheckPlan) -> Result<CheckReport, RepoE
     let mut on_disk: Vec<Id> = Vec::new();
     // Blobs with at least one copy that read back intact.
     let mut good: BTreeSet<Id> = BTreeSet::new();
+    let recorded = repo.damaged_copies();
 
     report.packs = plan.packs.len() as u64;
     for p in &plan.packs {
@@ -213,6 +214,14 @@ pub fn execute(repo: &Repository, plan: &CheckPlan) -> Result<CheckReport, RepoE
                     // An intact copy makes the blob sound, whatever other copies hold.
                     good.insert(e.id);
                     bad.remove(&e.id);
+                    // This very copy was recorded bad, and reads intact now: the failure
+                    // was passing (a USB hiccup), and a lasting record would keep the
+                    // blob damaged for ever.
+                    if recorded.get(&e.id).is_some_and(|packs| packs.contains(p))
+                        && let Err(err) = repo.forget_damage(&e.id, p)
+                    {
+                        tracing::warn!(error = %err, "a stale damage record stays");
+                    }
                 }
             }
         }

@@ -350,7 +350,7 @@ impl Executor<'_> {
         let (id, entries) = w.finish(&packs_dir)?;
         let path = pack::pack_path(&packs_dir, &id);
         self.report.bytes_written += std::fs::metadata(&path).map_err(io(&path))?.len();
-        self.repo.register_pack(id, &entries)?;
+        self.repo.register_written_pack(id, &entries)?;
         self.written.insert(id);
         for (old, size) in replaced.drain(..) {
             if self.written.contains(&old) {

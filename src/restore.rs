@@ -86,6 +86,9 @@ pub enum EntryError {
         next: Option<String>,
         err: RepoError,
     },
+    /// The sink cannot go on (a stream that was cut): the restore stops here.
+    #[error("{0}")]
+    Aborted(String),
 }
 
 impl EntryError {
@@ -93,7 +96,7 @@ impl EntryError {
         match self {
             EntryError::Chunk { err, .. } | EntryError::Tree { err, .. } => err.kind(),
             EntryError::Size { .. } | EntryError::UnsafePath => ErrorKind::Corrupt,
-            EntryError::Io { .. } => ErrorKind::Io,
+            EntryError::Io { .. } | EntryError::Aborted(_) => ErrorKind::Io,
             EntryError::InTheWay { .. } => ErrorKind::UnsafeTarget,
             EntryError::Exists | EntryError::DirInTheWay => ErrorKind::Exists,
             EntryError::Special { .. } => ErrorKind::NotPermitted,
@@ -113,6 +116,7 @@ impl EntryError {
                     | std::io::ErrorKind::ReadOnlyFilesystem
                     | std::io::ErrorKind::QuotaExceeded
             ),
+            EntryError::Aborted(_) => true,
             _ => false,
         }
     }

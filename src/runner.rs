@@ -132,6 +132,8 @@ pub struct Context {
     pub tasks: tokio_util::task::TaskTracker,
     permits: Semaphore,
     repo: Mutex<Option<Arc<Repository>>>,
+    /// The handle holding the identity (encrypted repositories with `identity_file`).
+    reader: Mutex<Option<Arc<Repository>>>,
 }
 
 /// Every file a config names that holds a secret: their contents are masked wherever
@@ -224,6 +226,7 @@ impl Context {
                 )
             })
             .collect();
+        let saved_verify = crate::verify::load(&config.state_dir());
         let state = SharedState::new(Inner {
             started: Utc::now(),
             repository: RepoState {
@@ -236,7 +239,9 @@ impl Context {
                 read_data_subset: v.read_data_subset.to_string(),
                 next_run: v.schedule.next_after(Utc::now(), chrono_tz::UTC),
                 running: false,
-                last: crate::verify::load(&config.state_dir()).last,
+                last: saved_verify.last.clone(),
+                last_damaged_chunks: saved_verify.damaged_chunks,
+                last_damaged_files: saved_verify.damaged_files.clone(),
             }),
             jobs,
             min_free_bytes: config.daemon.min_free_space.as_u64(),
@@ -249,6 +254,7 @@ impl Context {
             cancel: CancellationToken::new(),
             tasks: tokio_util::task::TaskTracker::new(),
             repo: Mutex::new(None),
+            reader: Mutex::new(None),
         })
     }
 
@@ -792,8 +798,7 @@ impl Context {
                 unreachable!("checked above")
             };
             let drill = pg.drill.as_ref().expect("checked above");
-            let repo = ctx.repository_for_reading()?;
-            let _lock = repo.lock_for_reading(None, Duration::from_secs(3600))?;
+            let (repo, _lock) = ctx.read_locked(Duration::from_secs(3600), true)?;
             Ok::<_, RunError>(crate::kinds::postgres::drill::run(
                 &repo,
                 name2.as_str(),
@@ -846,14 +851,46 @@ impl Context {
                 "the repository is encrypted and this machine holds no identity: a restore drill must read the snapshot, so set repository.identity_file (or drill on a machine that has it)".into(),
             )
         })?;
+        // Kept: opening it builds a (temporary) index from every pack header, which must
+        // not happen for each page, download or drill. Callers bring it up to date with
+        // `sync_index` under their lock.
+        let mut slot = self.reader.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(r) = slot.as_ref() {
+            match r.root_status() {
+                RootStatus::Same | RootStatus::Unknown => return Ok(r.clone()),
+                RootStatus::Changed => *slot = None,
+            }
+        }
         let opts = OpenOptions {
             identity: Some(identity),
             state_dir: self.config.state_dir(),
         };
-        Ok(Arc::new(
+        let r = Arc::new(
             Repository::open(&self.config.repository.path, &opts)
                 .map_err(|e| RunError::Unavailable(e.to_string()))?,
-        ))
+        );
+        *slot = Some(r.clone());
+        Ok(r)
+    }
+
+    /// A handle that reads contents where it can, with the shared lock (so prune cannot
+    /// delete packs under it), its index in step with the packs on disk.
+    pub fn read_locked(
+        &self,
+        wait: Duration,
+        contents: bool,
+    ) -> Result<(Arc<Repository>, crate::repo::lock::LockGuard), RunError> {
+        let own = self.repository()?;
+        let repo = if contents || self.config.repository.identity_file.is_some() {
+            self.repository_for_reading()?
+        } else {
+            own.clone()
+        };
+        let lock = repo.lock_for_reading(None, wait)?;
+        if !Arc::ptr_eq(&repo, &own) {
+            repo.sync_index()?;
+        }
+        Ok((repo, lock))
     }
 
     /// Every counter series the daemon can have, at zero: a counter that first appears at 1
@@ -895,70 +932,82 @@ impl Context {
         metrics::counter!(m::VERIFY_BYTES_READ).increment(0);
     }
 
-    /// Runs one scheduled verification (`[verify]`) and records its result: status,
-    /// metrics and the state directory (with the cursor of the rotating subset).
-    pub async fn verify(self: &Arc<Self>) -> Result<crate::verify::VerifyResult, RunError> {
-        let Some(cfg) = self.config.verify.clone() else {
-            return Err(RunError::Source(SourceError::Fatal(
-                "no [verify] section is configured".into(),
-            )));
-        };
-        let started = self.state.write(|s| {
+    /// Marks a verification running; false when one already is (or none is configured).
+    fn mark_verify_running(&self) -> bool {
+        self.state.write(|s| {
             s.verify
                 .as_mut()
                 .is_some_and(|v| !std::mem::replace(&mut v.running, true))
-        });
-        if !started {
+        })
+    }
+
+    /// Runs one scheduled verification (`[verify]`) and records its result: status,
+    /// metrics and the state directory (with the cursor of the rotating subset).
+    pub async fn verify(self: &Arc<Self>) -> Result<crate::verify::VerifyResult, RunError> {
+        if self.config.verify.is_none() {
+            return Err(RunError::Source(SourceError::Fatal(
+                "no [verify] section is configured".into(),
+            )));
+        }
+        if !self.mark_verify_running() {
             return Err(RunError::Source(SourceError::Fatal(
                 "a verification is already running".into(),
             )));
         }
+        Ok(self.verify_marked().await)
+    }
+
+    /// [`Context::verify`] once marked running; clears the mark whatever happens.
+    async fn verify_marked(self: &Arc<Self>) -> crate::verify::VerifyResult {
+        let cfg = self.config.verify.clone().expect("checked by the caller");
         let ctx = self.clone();
         let now = Utc::now();
-        let state_dir = self.config.state_dir();
-        let result = tokio::task::spawn_blocking(move || {
-            let repo = ctx.repository_for_verifying()?;
-            let _lock = repo.lock_for_reading(None, Duration::from_secs(3600))?;
-            let saved = crate::verify::load(&ctx.config.state_dir());
-            let (result, cursor) = crate::verify::run(
-                &repo,
-                cfg.read_data_subset,
-                saved.cursor,
-                now,
-                saved.last.as_ref(),
-            )?;
-            Ok::<_, RunError>((result, cursor))
-        })
-        .await
-        .unwrap_or_else(|e| Err(RunError::Internal(e.to_string())));
-        let previous = crate::verify::load(&state_dir);
-        let (result, cursor) = match result {
-            Ok((r, c)) => (r, c),
-            Err(e) => {
-                let r = crate::verify::VerifyResult {
-                    time: now,
-                    ok: false,
-                    duration_seconds: (Utc::now() - now).num_milliseconds() as f64 / 1000.0,
-                    read_data_subset: cfg.read_data_subset.to_string(),
-                    packs: 0,
-                    packs_read: 0,
-                    bytes_read: 0,
-                    snapshots: 0,
-                    damaged_chunks: 0,
-                    contents_verified: false,
-                    cycle_ratio: 0.0,
-                    cycle_completed: false,
-                    problems: Vec::new(),
-                    damaged_files: Vec::new(),
-                    notes: Vec::new(),
-                    error: Some(self.redactor.redact(&e.to_string())),
-                };
+        // Everything that touches the disk (the check, the state file and its fsync) on a
+        // blocking thread: an SD card's fsync must not stall the runtime.
+        let done = tokio::task::spawn_blocking(move || {
+            let state_dir = ctx.config.state_dir();
+            let previous = crate::verify::load(&state_dir);
+            // With the identity, blob contents too; without it, pack hashes and structure
+            // through the daemon's own handle (the result says so).
+            let outcome =
+                ctx.read_locked(Duration::from_secs(3600), false)
+                    .and_then(|(repo, _lock)| {
+                        Ok(crate::verify::run(
+                            &repo,
+                            cfg.read_data_subset,
+                            previous.cursor,
+                            now,
+                            Some(&previous.damaged_files),
+                        )?)
+                    });
+            let (result, cursor) = outcome.unwrap_or_else(|e| {
+                let error = ctx.redactor.redact(&e.to_string());
+                let r = crate::verify::VerifyResult::failed(now, cfg.read_data_subset, error);
                 (r, previous.cursor)
+            });
+            let saved = previous.after(&result, cursor);
+            if let Err(e) = crate::verify::save(&state_dir, &saved) {
+                tracing::warn!(error = %e, "verification result not saved to the state directory");
+            }
+            (result, saved)
+        })
+        .await;
+        let (result, saved) = match done {
+            Ok(x) => x,
+            // A bug; the state keeps the previous figures.
+            Err(e) => {
+                let r = crate::verify::VerifyResult::failed(
+                    now,
+                    cfg.read_data_subset,
+                    format!("internal error: {e}"),
+                );
+                (r, crate::verify::Saved::default())
             }
         };
         metrics::counter!(m::VERIFY_BYTES_READ).increment(result.bytes_read);
-        let saved = previous.after(&result, cursor);
-        self.export_verify(&saved);
+        if saved.last.is_some() {
+            self.export_verify(&saved);
+        }
         match (&result.error, result.ok) {
             (Some(e), _) => tracing::error!(error = %e, "verification could not run"),
             (None, true) => tracing::info!(
@@ -974,28 +1023,16 @@ impl Context {
                 "verification FOUND DAMAGE"
             ),
         }
-        if let Err(e) = crate::verify::save(&state_dir, &saved) {
-            tracing::warn!(error = %e, "verification result not saved to the state directory");
-        }
         self.state.write(|s| {
             if let Some(v) = s.verify.as_mut() {
                 v.running = false;
                 v.last = Some(result.clone());
+                v.last_damaged_chunks = saved.damaged_chunks;
+                v.last_damaged_files = saved.damaged_files.clone();
                 v.next_run = cfg.schedule.next_after(Utc::now(), chrono_tz::UTC);
             }
         });
-        Ok(result)
-    }
-
-    /// The handle verification reads with: one holding the identity when
-    /// `repository.identity_file` is set (blob contents are then checked too), otherwise
-    /// the daemon's own, which checks pack hashes and structure (the result says so).
-    fn repository_for_verifying(&self) -> Result<Arc<Repository>, RunError> {
-        let repo = self.repository()?;
-        if repo.config().recipients.is_empty() || self.config.repository.identity_file.is_none() {
-            return Ok(repo);
-        }
-        self.repository_for_reading()
+        result
     }
 
     /// Starts a verification in the background (the schedule, or the HTTP API).
@@ -1003,17 +1040,13 @@ impl Context {
         if self.config.verify.is_none() {
             return Err(TriggerError::NotConfigured);
         }
-        if self
-            .state
-            .read(|s| s.verify.as_ref().is_some_and(|v| v.running))
-        {
+        // Test and set in one step: two triggers at once start one verification.
+        if !self.mark_verify_running() {
             return Err(TriggerError::AlreadyRunning);
         }
         let ctx = self.clone();
         self.tasks.spawn(async move {
-            if let Err(e) = ctx.verify().await {
-                tracing::warn!(error = %e, "verification not started");
-            }
+            ctx.verify_marked().await;
         });
         Ok(())
     }

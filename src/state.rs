@@ -110,6 +110,10 @@ pub struct VerifyState {
     pub running: bool,
     /// The last result (kept across restarts).
     pub last: Option<crate::verify::VerifyResult>,
+    /// What the last run that ran to the end found: still true when the last run could
+    /// not run at all.
+    pub last_damaged_chunks: u64,
+    pub last_damaged_files: Vec<String>,
 }
 
 #[derive(Clone, Debug, Serialize)]

@@ -184,6 +184,30 @@ pub struct VerifyResult {
     pub error: Option<String>,
 }
 
+impl VerifyResult {
+    /// The result of a run that could not check at all, and why.
+    pub fn failed(time: DateTime<Utc>, subset: ReadDataSubset, error: String) -> VerifyResult {
+        VerifyResult {
+            time,
+            ok: false,
+            duration_seconds: (Utc::now() - time).num_milliseconds() as f64 / 1000.0,
+            read_data_subset: subset.to_string(),
+            packs: 0,
+            packs_read: 0,
+            bytes_read: 0,
+            snapshots: 0,
+            damaged_chunks: 0,
+            contents_verified: false,
+            cycle_ratio: 0.0,
+            cycle_completed: false,
+            problems: Vec::new(),
+            damaged_files: Vec::new(),
+            notes: Vec::new(),
+            error: Some(error),
+        }
+    }
+}
+
 /// How many problems and files a result lists; the counts are always complete.
 pub const MAX_LISTED: usize = 200;
 
@@ -202,6 +226,9 @@ pub struct Saved {
     pub last_completed: Option<DateTime<Utc>>,
     #[serde(default)]
     pub damaged_chunks: u64,
+    /// The files the last completed run named as damaged.
+    #[serde(default)]
+    pub damaged_files: Vec<String>,
 }
 
 impl Saved {
@@ -225,6 +252,11 @@ impl Saved {
                 r.damaged_chunks
             } else {
                 self.damaged_chunks
+            },
+            damaged_files: if completed {
+                r.damaged_files.clone()
+            } else {
+                self.damaged_files.clone()
             },
         }
     }
@@ -258,13 +290,14 @@ pub fn save(state_dir: &Path, saved: &Saved) -> std::io::Result<()> {
 /// Damage found by an earlier run stays in the result until it is healed (a backup stored
 /// an intact copy, or prune dropped the data): a run that reads other packs must not
 /// report a clean repository, or the alert would clear while the damage is still there.
-/// `previous` is the last result, whose damaged files are carried over while that lasts.
+/// `previous` are the damaged files of the last completed run, carried over while that
+/// damage lasts.
 pub fn run(
     repo: &Repository,
     subset: ReadDataSubset,
     cursor: Option<Id>,
     now: DateTime<Utc>,
-    previous: Option<&VerifyResult>,
+    previous: Option<&[String]>,
 ) -> Result<(VerifyResult, Option<Id>), RepoError> {
     let started = std::time::Instant::now();
     let mut ids: Vec<Id> = repo.list_packs()?.into_iter().collect();
@@ -285,91 +318,17 @@ pub fn run(
         read: chosen.read.iter().copied().collect(),
     };
     let mut report = crate::check::execute(repo, &plan)?;
-    // Recorded damage without an intact copy: found now (check records what it finds) or
-    // by an earlier run. A damaged copy whose data a later backup stored afresh is healed
-    // (prune drops it), even when this run read the bad copy but not the good one.
-    let on_disk = repo.list_packs()?;
-    let outstanding: BTreeSet<String> = repo
-        .damaged_copies()
-        .into_iter()
-        .filter(|(id, bad)| {
-            // Another pack on disk lists the blob: an intact copy, read in its turn. (Not
-            // `has_blob`: the index may point at either copy.)
-            let others = repo.index().packs_listing(id, None).unwrap_or_default();
-            !others
-                .iter()
-                .any(|p| !bad.contains(p) && on_disk.contains(p))
-        })
-        .map(|(id, _)| id.to_hex())
-        .collect();
-    let mut damaged_files = Vec::new();
-    let mut add_file = |f: &String| {
-        if damaged_files.len() < MAX_LISTED && !damaged_files.contains(f) {
-            damaged_files.push(f.clone());
-        }
-    };
-    // Packs whose damaged chunks are all healed: their hash mismatch is no news either.
-    let (mut healed_packs, mut damaged_packs) = (BTreeSet::new(), BTreeSet::new());
-    for p in &report.problems {
-        if let Problem::DamagedChunk { chunk, pack, .. } = p {
-            if outstanding.contains(chunk) {
-                damaged_packs.insert(pack.clone());
-            } else {
-                healed_packs.insert(pack.clone());
-            }
-        }
-    }
-    let mut found = BTreeSet::new();
-    let mut problems = Vec::new();
-    let mut healed = 0usize;
-    for p in std::mem::take(&mut report.problems) {
-        match &p {
-            Problem::DamagedChunk { chunk, .. } if !outstanding.contains(chunk) => {
-                healed += 1;
-                continue;
-            }
-            Problem::DamagedPack { pack, .. }
-                if healed_packs.contains(pack) && !damaged_packs.contains(pack) =>
-            {
-                continue;
-            }
-            Problem::DamagedChunk { chunk, used_by, .. }
-            | Problem::MissingChunk { chunk, used_by } => {
-                found.insert(chunk.clone());
-                used_by.iter().for_each(&mut add_file);
-            }
-            _ => {}
-        }
-        problems.push(p);
-    }
-    if healed > 0 {
-        report.notes.push(format!(
-            "{healed} damaged chunk copies read now have an intact copy stored since; prune drops the bad ones"
-        ));
-    }
-    let earlier = outstanding.iter().filter(|c| !found.contains(*c)).count();
-    if earlier > 0 {
-        report.notes.push(format!(
-            "{earlier} chunk(s) found damaged by an earlier verification have no intact copy yet: the next backup that has their data stores it afresh, and prune then drops the bad copy"
-        ));
-        previous
-            .map(|p| &p.damaged_files)
-            .into_iter()
-            .flatten()
-            .for_each(&mut add_file);
-    }
-    let damaged_chunks = (problems.len() + earlier) as u64;
-    report.problems = problems;
+    let damage = account(repo, &mut report, previous.unwrap_or_default())?;
     let result = VerifyResult {
         time: now,
-        ok: damaged_chunks == 0,
+        ok: damage.count == 0,
         duration_seconds: started.elapsed().as_secs_f64(),
         read_data_subset: subset.to_string(),
         packs: report.packs,
         packs_read: report.packs_read,
         bytes_read: chosen.bytes,
         snapshots: report.snapshots,
-        damaged_chunks,
+        damaged_chunks: damage.count,
         contents_verified: repo.sealer().can_open(),
         cycle_ratio: chosen.cycle_ratio,
         cycle_completed: chosen.completes_cycle,
@@ -379,11 +338,126 @@ pub fn run(
             .take(MAX_LISTED)
             .map(|p| p.to_string())
             .collect(),
-        damaged_files,
+        damaged_files: damage.files,
         notes: report.notes,
         error: None,
     };
     Ok((result, chosen.cursor))
+}
+
+/// What a run's check means for the operator: damage that lasts, and the files it hits.
+struct Damage {
+    /// Damaged or missing chunks without an intact copy, plus other problems (a damaged
+    /// snapshot, key file, or a damaged pack whose chunks are not listed).
+    count: u64,
+    files: Vec<String>,
+}
+
+/// Turns a check report into lasting damage. A chunk counts as damaged while no pack on
+/// disk holds another copy of it (judged from the pack headers, not the index); a copy
+/// found bad now or recorded bad by an earlier run both count, so a run that reads other
+/// packs does not clear the alert, and a failed damage record does not hide what this run
+/// found. A bad copy whose data was stored again since is healed: a note, not a problem.
+fn account(
+    repo: &Repository,
+    report: &mut crate::check::CheckReport,
+    previous_files: &[String],
+) -> Result<Damage, RepoError> {
+    // Candidate chunks and the packs known to hold bad copies of them.
+    let mut bad: std::collections::BTreeMap<Id, (BTreeSet<Id>, BTreeSet<String>)> =
+        Default::default();
+    for (id, packs) in repo.damaged_copies() {
+        bad.entry(id).or_default().0.extend(packs);
+    }
+    for p in &report.problems {
+        if let Problem::DamagedChunk { chunk, pack, .. } = p
+            && let Ok(id) = chunk.parse::<Id>()
+        {
+            bad.entry(id).or_default().1.insert(pack.clone());
+        }
+    }
+    // One pass over the headers, only when there is something to look for.
+    let mut intact = BTreeSet::new();
+    if !bad.is_empty() {
+        let dir = repo.packs_dir();
+        for p in repo.list_packs()? {
+            let Ok(entries) = pack::read_header(&pack::pack_path(&dir, &p)) else {
+                continue;
+            };
+            for e in entries {
+                if let Some((full, short)) = bad.get(&e.id)
+                    && !full.contains(&p)
+                    && !short.contains(&p.short())
+                {
+                    intact.insert(e.id);
+                }
+            }
+        }
+    }
+    let lasting: BTreeSet<String> = bad
+        .keys()
+        .filter(|id| !intact.contains(*id))
+        .map(|id| id.to_hex())
+        .collect();
+
+    let (mut healed_packs, mut damaged_packs) = (BTreeSet::new(), BTreeSet::new());
+    for p in &report.problems {
+        if let Problem::DamagedChunk { chunk, pack, .. } = p {
+            if lasting.contains(chunk) {
+                damaged_packs.insert(pack.clone());
+            } else {
+                healed_packs.insert(pack.clone());
+            }
+        }
+    }
+    let mut files = Vec::new();
+    let mut add_file = |f: &String| {
+        if files.len() < MAX_LISTED && !files.contains(f) {
+            files.push(f.clone());
+        }
+    };
+    let (mut found, mut others, mut healed) = (BTreeSet::new(), 0u64, 0usize);
+    let mut problems = Vec::new();
+    for p in std::mem::take(&mut report.problems) {
+        match &p {
+            Problem::DamagedChunk { chunk, .. } if !lasting.contains(chunk) => {
+                healed += 1;
+                continue;
+            }
+            Problem::DamagedPack { pack, .. } if !damaged_packs.contains(pack) => {
+                if healed_packs.contains(pack) {
+                    continue;
+                }
+                others += 1;
+            }
+            // Counted with its chunks.
+            Problem::DamagedPack { .. } => {}
+            Problem::DamagedChunk { chunk, used_by, .. }
+            | Problem::MissingChunk { chunk, used_by } => {
+                found.insert(chunk.clone());
+                used_by.iter().for_each(&mut add_file);
+            }
+            Problem::DamagedSnapshot { .. } | Problem::DamagedKeyFile { .. } => others += 1,
+        }
+        problems.push(p);
+    }
+    report.problems = problems;
+    if healed > 0 {
+        report.notes.push(format!(
+            "{healed} damaged chunk copies read now have an intact copy stored since; prune drops the bad ones"
+        ));
+    }
+    let earlier = lasting.iter().filter(|c| !found.contains(*c)).count();
+    if earlier > 0 {
+        report.notes.push(format!(
+            "{earlier} chunk(s) found damaged by an earlier verification have no intact copy yet: the next backup that has their data stores it afresh, and prune then drops the bad copy"
+        ));
+        previous_files.iter().for_each(&mut add_file);
+    }
+    Ok(Damage {
+        count: (found.len() + earlier) as u64 + others,
+        files,
+    })
 }
 
 #[cfg(test)]

@@ -198,3 +198,20 @@ fn the_readme_blocks_are_valid_configuration() {
         }
     }
 }
+
+#[test]
+fn every_example_configuration_loads() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/examples");
+    let mut seen = 0;
+    for f in std::fs::read_dir(dir).unwrap() {
+        let path = f.unwrap().path();
+        if path.extension().is_none_or(|e| e != "toml") {
+            continue;
+        }
+        seen += 1;
+        if let Err(e) = backuphub::config::Config::load(&path) {
+            panic!("{}: {e}", path.display());
+        }
+    }
+    assert!(seen >= 4, "only {seen} examples found");
+}

@@ -177,6 +177,15 @@ fn a_byte_budget_rotates_through_every_pack_and_damage_stays_reported_until_heal
     );
     let (_, page) = d.get("/").unwrap();
     assert!(page.contains("DAMAGE FOUND"), "{page}");
+    assert!(
+        !page.contains("/data/a"),
+        "file names only behind the login"
+    );
+    let cookie = login(&d);
+    let page = get_with(&d, "/", &cookie)
+        .into_body()
+        .read_to_string()
+        .unwrap();
     assert!(page.contains("/data/a"), "the overview names the file");
 
     // Healing: the next backup stores the damaged data afresh; verification is clean again.

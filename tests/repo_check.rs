@@ -143,7 +143,7 @@ fn a_pack_written_afresh_under_its_name_clears_its_damage_records() {
     let other = backuphub::repo::id::Id::of(b"another pack");
     repo.record_damage(&other, &[blob]).unwrap();
 
-    repo.register_pack(name, &header).unwrap();
+    repo.register_written_pack(name, &header).unwrap();
     assert_eq!(repo.damaged_copies().get(&blob), Some(&vec![other]));
     assert!(repo.has_blob(&blob).unwrap());
     // The record on disk says the same after a reopen.

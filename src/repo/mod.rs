@@ -632,27 +632,38 @@ impl Repository {
         Ok(())
     }
 
-    /// Records a pack this process just made durable.
+    /// Records a pack already on disk (reindexing it).
     pub fn register_pack(&self, id: Id, entries: &[pack::PackEntry]) -> Result<(), RepoError> {
         self.packs_on_disk
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(id);
         self.index.add_pack(id, entries)?;
-        // Pack names are content hashes: a pack written afresh under the name of one with
-        // a recorded bad copy (the same blobs stored again, unencrypted) replaced the bad
-        // file with a good one. Its records must go, or the blob would count as damaged
-        // (and be stored again by every backup) for ever.
-        let stale: Vec<Id> = {
-            let damage = self.damage.lock().unwrap_or_else(|p| p.into_inner());
-            entries
-                .iter()
-                .map(|e| e.id)
-                .filter(|b| damage.get(b).is_some_and(|packs| packs.contains(&id)))
-                .collect()
-        };
-        for blob in stale {
-            self.forget_damage(&blob, &id)?;
+        Ok(())
+    }
+
+    /// Records a pack this process just wrote and made durable.
+    ///
+    /// Pack names are content hashes: a pack written afresh under the name of one with a
+    /// recorded bad copy (the same blobs stored again, unencrypted) replaced the bad file
+    /// with a good one. Its records go, or the blob would count as damaged (and be stored
+    /// again by every backup) for ever. Best effort: the pack is durable either way.
+    pub fn register_written_pack(
+        &self,
+        id: Id,
+        entries: &[pack::PackEntry],
+    ) -> Result<(), RepoError> {
+        self.register_pack(id, entries)?;
+        // A cached descriptor of a file this one replaced reads the old (bad) bytes.
+        let mut cached = self.open_pack.lock().unwrap_or_else(|p| p.into_inner());
+        if cached.as_ref().is_some_and(|(p, _)| *p == id) {
+            *cached = None;
+        }
+        drop(cached);
+        for e in entries {
+            if let Err(err) = self.forget_damage(&e.id, &id) {
+                tracing::warn!(error = %err, "a stale damage record stays");
+            }
         }
         Ok(())
     }
@@ -1251,21 +1262,26 @@ impl Repository {
             .clone()
     }
 
-    /// Forgets the bad copy of `blob` in `pack` (that pack file was written afresh).
-    fn forget_damage(&self, blob: &Id, pack: &Id) -> Result<(), RepoError> {
-        let rest = {
-            let mut damage = self.damage.lock().unwrap_or_else(|p| p.into_inner());
-            let Some(packs) = damage.get_mut(blob) else {
-                return Ok(());
-            };
-            packs.retain(|p| p != pack);
-            packs.clone()
+    /// Forgets the bad copy of `blob` in `pack` (that pack was written afresh, or the
+    /// copy read back intact: the earlier failure was passing, an I/O hiccup).
+    pub fn forget_damage(&self, blob: &Id, pack: &Id) -> Result<(), RepoError> {
+        // The file is written under the lock, like `record_damage`, so neither can undo
+        // the other's record on disk.
+        let mut damage = self.damage.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(packs) = damage.get_mut(blob) else {
+            return Ok(());
         };
-        if rest.is_empty() {
-            return self.clear_damage(blob);
+        if !packs.contains(pack) {
+            return Ok(());
         }
-        self.write_damage_record(blob, &rest)?;
+        packs.retain(|p| p != pack);
         let dir = self.root.join(DAMAGE_DIR);
+        if packs.is_empty() {
+            damage.remove(blob);
+            remove_file_if_present(&dir.join(blob.to_hex()))?;
+        } else {
+            self.write_damage_record(blob, packs)?;
+        }
         fsync_dir(&dir).map_err(io_err(&dir))
     }
 

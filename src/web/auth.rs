@@ -100,7 +100,16 @@ pub(crate) fn csrf_ok(me: &LoggedIn, given: &str) -> bool {
 /// Where to go after login: only a path on this site (no `//host`, no scheme).
 fn safe_next(next: Option<&str>) -> String {
     match next {
-        Some(n) if n.starts_with('/') && !n.starts_with("//") && !n.contains('\\') => n.to_string(),
+        // Visible ASCII only: browsers drop tabs and newlines from a URL, so `/\t/host`
+        // would become `//host`.
+        Some(n)
+            if n.starts_with('/')
+                && !n.starts_with("//")
+                && !n.contains('\\')
+                && n.bytes().all(|b| b.is_ascii_graphic()) =>
+        {
+            n.to_string()
+        }
         _ => "/".to_string(),
     }
 }
@@ -242,6 +251,9 @@ mod tests {
             "https://evil.example/",
             "/\\evil",
             "jobs",
+            "/\t/evil.example",
+            "/\n/evil.example",
+            "/ /x",
         ] {
             assert_eq!(safe_next(Some(bad)), "/", "{bad}");
         }

@@ -1,9 +1,9 @@
 //! Downloads: one file, or a directory as a tar stream. Both stream from the repository
 //! through a small channel (memory does not grow with the file), and both fail the
-//! transfer — the connection is cut, never a short "complete" download — when a chunk
-//! cannot be read.
+//! transfer — the body breaks, never a short "complete" download — when a chunk cannot
+//! be read, a content is not the size its entry says, or the producer dies.
 
-use std::io::Write;
+use std::io::{Read, Write};
 
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, RawQuery, State};
@@ -18,22 +18,29 @@ use crate::repo::Repository;
 use crate::repo::id::Id;
 use crate::repo::snapshot::Snapshot;
 use crate::repo::tree::{Entry, EntryKind, EntryPath};
-use crate::restore::{EntryContent, EntryError, RestoreError, RestoreOptions, RestoreStats, Sink};
+use crate::restore::{EntryContent, EntryError, RestoreOptions, RestoreStats, Sink};
 
-/// Bytes per message on the way to the client; a few are in flight at most.
+/// Bytes per message on the way to the client; a few are in flight at most, so a
+/// download holds about a megabyte whatever the chunk size.
 const PIECE: usize = 256 * 1024;
 const PIECES_IN_FLIGHT: usize = 4;
 
-type Piece = Result<Bytes, std::io::Error>;
+/// What travels to the response body. A channel that closes without `Done` (the producer
+/// panicked) breaks the body too: only an explicit end ends it cleanly.
+enum Msg {
+    Data(Bytes),
+    Done,
+    Fail(String),
+}
 
 /// A blocking writer feeding the response body.
 struct ChannelWriter {
-    tx: mpsc::Sender<Piece>,
+    tx: mpsc::Sender<Msg>,
     buf: Vec<u8>,
 }
 
 impl ChannelWriter {
-    fn new(tx: mpsc::Sender<Piece>) -> ChannelWriter {
+    fn new(tx: mpsc::Sender<Msg>) -> ChannelWriter {
         ChannelWriter {
             tx,
             buf: Vec::with_capacity(PIECE),
@@ -42,17 +49,29 @@ impl ChannelWriter {
 
     /// Ends the body with an error: the client sees a broken transfer.
     fn fail(&self, why: String) {
-        let _ = self.tx.blocking_send(Err(std::io::Error::other(why)));
+        let _ = self.tx.blocking_send(Msg::Fail(why));
     }
+
+    /// Sends what is left and ends the body cleanly.
+    fn finish(&mut self) -> std::io::Result<()> {
+        self.flush()?;
+        self.tx.blocking_send(Msg::Done).map_err(|_| gone())
+    }
+}
+
+fn gone() -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the client went away")
 }
 
 impl Write for ChannelWriter {
     fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
-        self.buf.extend_from_slice(data);
         if self.buf.len() >= PIECE {
             self.flush()?;
         }
-        Ok(data.len())
+        // At most one piece at a time, whatever the caller hands over (a 4 MiB chunk).
+        let n = data.len().min(PIECE - self.buf.len());
+        self.buf.extend_from_slice(&data[..n]);
+        Ok(n)
     }
 
     fn flush(&mut self) -> std::io::Result<()> {
@@ -60,16 +79,33 @@ impl Write for ChannelWriter {
             return Ok(());
         }
         let piece = Bytes::from(std::mem::replace(&mut self.buf, Vec::with_capacity(PIECE)));
-        self.tx.blocking_send(Ok(piece)).map_err(|_| {
-            std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the client went away")
-        })
+        self.tx.blocking_send(Msg::Data(piece)).map_err(|_| gone())
     }
 }
 
-fn body(rx: mpsc::Receiver<Piece>) -> Body {
-    Body::from_stream(futures::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|p| (p, rx))
-    }))
+fn body(rx: mpsc::Receiver<Msg>) -> Body {
+    let stream = futures::stream::unfold(Some(rx), |rx| async move {
+        let mut rx = rx?;
+        let why = match rx.recv().await {
+            Some(Msg::Data(b)) => return Some((Ok(b), Some(rx))),
+            Some(Msg::Done) => return None,
+            Some(Msg::Fail(why)) => why,
+            None => "the download ended before its end".to_string(),
+        };
+        Some((Err(std::io::Error::other(why)), None))
+    });
+    Body::from_stream(stream)
+}
+
+/// Ends a download that failed: logged (damage is a warning, a client that left is not)
+/// and the body broken.
+fn cut(out: &ChannelWriter, path: &EntryPath, why: String) {
+    if out.tx.is_closed() {
+        tracing::debug!(path = %path, "download ended: the client went away");
+    } else {
+        tracing::warn!(path = %path, error = %why, "download cut");
+        out.fail(why);
+    }
 }
 
 /// `attachment` with an ASCII fallback name and the exact name in RFC 5987 form.
@@ -120,7 +156,7 @@ async fn respond(
     web: &Web,
     headers: &HeaderMap,
     started: oneshot::Receiver<Start>,
-    rx: mpsc::Receiver<Piece>,
+    rx: mpsc::Receiver<Msg>,
 ) -> Response {
     let Ok(start) = started.await else {
         return message(
@@ -221,101 +257,132 @@ pub(crate) async fn file(
     Path(id): Path<String>,
     RawQuery(query): RawQuery,
 ) -> Response {
-    download(
-        web,
-        headers,
-        id,
-        "file",
-        query,
-        |repo, snap, _, path, start, mut out| {
-            let entry = match crate::restore::find_entry(repo, &snap, &path) {
-                Ok(e) if e.kind == EntryKind::File => e,
-                Ok(_) => {
-                    let _ = start.send(Start::Refused(
-                        StatusCode::BAD_REQUEST,
-                        format!("{path} is not a file (a directory downloads as a tar)"),
-                    ));
-                    return;
-                }
-                Err(e) => {
-                    let _ = start.send(Start::Refused(StatusCode::NOT_FOUND, e.to_string()));
-                    return;
-                }
-            };
-            let _ = start.send(Start::File {
-                name: last_component(&path).to_vec(),
-                size: entry.size,
-            });
-            let copied = EntryContent::new(repo, &entry)
-                .copy_to(&mut out)
-                .map_err(|e| e.to_string())
-                .and_then(|n| out.flush().map(|()| n).map_err(|e| e.to_string()));
-            match copied {
-                Ok(n) if n == entry.size => {}
-                Ok(n) => out.fail(format!(
-                    "{path}: {n} bytes read, the snapshot says {}",
-                    entry.size
-                )),
-                Err(why) => {
-                    tracing::warn!(path = %path, error = %why, "download cut: content unreadable");
-                    out.fail(why)
-                }
-            }
+    download(web, headers, id, "file", query, send_file).await
+}
+
+fn send_file(
+    repo: &Repository,
+    snap: Snapshot,
+    _: Id,
+    path: EntryPath,
+    start: oneshot::Sender<Start>,
+    mut out: ChannelWriter,
+) {
+    let entry = match crate::restore::find_entry(repo, &snap, &path) {
+        Ok(e) if e.kind == EntryKind::File => e,
+        Ok(_) => {
+            let _ = start.send(Start::Refused(
+                StatusCode::BAD_REQUEST,
+                format!("{path} is not a file (a directory downloads as a tar)"),
+            ));
+            return;
+        }
+        Err(e) => {
+            let _ = start.send(Start::Refused(StatusCode::NOT_FOUND, e.to_string()));
+            return;
+        }
+    };
+    let _ = start.send(Start::File {
+        name: last_component(&path).to_vec(),
+        size: entry.size,
+    });
+    let mut content = EntryContent::new(repo, &entry);
+    // Exactly the size the headers promised, and nothing after it: a longer content is
+    // damage too, and must not reach the client as a "complete" file cut at its length.
+    let copied = std::io::copy(&mut (&mut content).take(entry.size), &mut out);
+    let mut probe = [0u8; 1];
+    let outcome = match copied {
+        Ok(n) if n < entry.size => Err(format!(
+            "{path}: {n} bytes, the snapshot says {}",
+            entry.size
+        )),
+        Ok(_) => match content.read(&mut probe) {
+            Ok(0) => out.finish().map_err(|e| e.to_string()),
+            Ok(_) => Err(format!("{path}: longer than the snapshot says")),
+            Err(e) => Err(e.to_string()),
         },
-    )
-    .await
+        Err(e) => Err(e.to_string()),
+    };
+    if let Err(why) = outcome {
+        cut(&out, &path, why);
+    }
 }
 
 /// Writes the selected entries as a tar stream. Paths in the archive start at the
-/// directory asked for (`photos/2024/a.jpg` for `srv/photos`).
+/// directory asked for (`photos/2024/a.jpg` for `srv/photos`). The headers go out with
+/// the first entry, so a path with nothing below it is a 404, not an empty archive.
 struct TarSink {
     tar: tar::Builder<ChannelWriter>,
     /// Bytes of the path to strip: the parent of the directory asked for.
     strip: usize,
-    broken: Option<String>,
+    start: Option<oneshot::Sender<Start>>,
+    name: Vec<u8>,
+    /// Symlinks written that later entries could lie below (entries come sorted, so only
+    /// those whose path is a prefix of the current one are kept: a stack, not a set).
+    links: Vec<Vec<u8>>,
 }
 
 impl TarSink {
-    fn name_of(&self, e: &Entry) -> Vec<u8> {
-        e.restore_path().as_bytes()[self.strip..].to_vec()
+    /// What makes the archive unsafe to unpack or untrue: the entry fails, and the
+    /// restore stops (the error is fatal), so the body is cut.
+    fn refuse(&self, e: &Entry, why: &str) -> EntryError {
+        EntryError::Aborted(format!("{}: {why}; the archive is cut", e.path))
     }
-}
-
-fn io(err: std::io::Error) -> EntryError {
-    EntryError::Io { op: "tar", err }
 }
 
 impl Sink for TarSink {
     fn entry(&mut self, e: &Entry, content: &mut EntryContent<'_>) -> Result<u64, EntryError> {
-        if let Some(why) = &self.broken {
-            // The archive is already cut; say so for each entry rather than write on.
-            return Err(io(std::io::Error::other(why.clone())));
-        }
         use std::os::unix::ffi::OsStrExt;
-        let name = self.name_of(e);
-        let name = std::path::Path::new(std::ffi::OsStr::from_bytes(&name));
+        if let Some(start) = self.start.take() {
+            let _ = start.send(Start::Tar {
+                name: self.name.clone(),
+            });
+        }
+        let path = e.restore_path();
+        // A hostile repository could name `../../etc/cron.d/x`, or a symlink `d/l -> /etc`
+        // and then `d/l/cron.d/x`: neither goes into an archive someone will unpack.
+        if !path.is_safe() {
+            return Err(self.refuse(e, "unsafe path in the snapshot"));
+        }
+        let p = path.as_bytes();
+        self.links.retain(|l| p.starts_with(l));
+        if self
+            .links
+            .iter()
+            .any(|l| p.len() > l.len() && p[l.len()] == b'/')
+        {
+            return Err(self.refuse(e, "lies below a symlink of the snapshot"));
+        }
+        let name = &p[self.strip..];
+        let name = std::path::Path::new(std::ffi::OsStr::from_bytes(name));
         let mut h = tar::Header::new_gnu();
-        h.set_mode(e.mode & 0o7777);
+        // No setuid/setgid bits: `restore` clears them unless asked, and so does this.
+        h.set_mode(e.mode & 0o1777);
         h.set_uid(e.uid.into());
         h.set_gid(e.gid.into());
         h.set_mtime(e.mtime_ns.div_euclid(1_000_000_000).max(0) as u64);
-        let result = match e.kind {
+        let written = match e.kind {
             EntryKind::File => {
                 h.set_entry_type(tar::EntryType::Regular);
                 h.set_size(e.size);
-                // The size is in the header already: a short read must not pass.
+                // The header promises `size` bytes: exactly those are read, and a content
+                // that is shorter or longer fails (tar pads a short one silently).
+                let mut limited = (&mut *content).take(e.size);
                 let mut counted = CountingReader {
-                    inner: content,
+                    inner: &mut limited,
                     n: 0,
                 };
                 let r = self.tar.append_data(&mut h, name, &mut counted);
+                let n = counted.n;
+                let mut probe = [0u8; 1];
                 match r {
-                    Ok(()) if counted.n == e.size => Ok(e.size),
-                    Ok(()) => Err(std::io::Error::other(format!(
-                        "{}: {} bytes, the snapshot says {}",
-                        e.path, counted.n, e.size
-                    ))),
-                    Err(err) => Err(err),
+                    Ok(()) if n == e.size => match content.read(&mut probe) {
+                        Ok(0) => Ok(e.size),
+                        Ok(_) => Err("longer than the snapshot says".to_string()),
+                        Err(err) => Err(err.to_string()),
+                    },
+                    Ok(()) => Err(format!("{n} bytes, the snapshot says {}", e.size)),
+                    Err(err) => Err(err.to_string()),
                 }
             }
             EntryKind::Dir => {
@@ -324,36 +391,37 @@ impl Sink for TarSink {
                 self.tar
                     .append_data(&mut h, name, std::io::empty())
                     .map(|()| 0)
+                    .map_err(|err| err.to_string())
             }
             EntryKind::Symlink => {
                 h.set_entry_type(tar::EntryType::Symlink);
                 h.set_size(0);
                 let target = e.link_target.clone().unwrap_or_default();
                 let target = std::path::Path::new(std::ffi::OsStr::from_bytes(&target));
-                self.tar.append_link(&mut h, name, target).map(|()| 0)
+                self.links.push(p.to_vec());
+                self.tar
+                    .append_link(&mut h, name, target)
+                    .map(|()| 0)
+                    .map_err(|err| err.to_string())
             }
             // Device nodes and FIFOs carry no data; a download has no use for them.
-            _ => return Ok(0),
+            _ => Ok(0),
         };
-        result.map_err(|err| {
-            let why = err.to_string();
-            self.broken = Some(why);
-            io(err)
-        })
+        written.map_err(|why| self.refuse(e, &why))
     }
 
-    fn finish(&mut self, _stats: &mut RestoreStats) -> Result<(), RestoreError> {
+    fn finish(&mut self, _stats: &mut RestoreStats) -> Result<(), crate::restore::RestoreError> {
         Ok(())
     }
 }
 
 /// Counts what the tar builder read from an entry (it pads a short read with nothing).
-struct CountingReader<'a, 'r> {
-    inner: &'a mut EntryContent<'r>,
+struct CountingReader<'a, R> {
+    inner: &'a mut R,
     n: u64,
 }
 
-impl std::io::Read for CountingReader<'_, '_> {
+impl<R: Read> Read for CountingReader<'_, R> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         let n = self.inner.read(buf)?;
         self.n += n as u64;
@@ -367,64 +435,75 @@ pub(crate) async fn tar(
     Path(id): Path<String>,
     RawQuery(query): RawQuery,
 ) -> Response {
-    download(
-        web,
-        headers,
-        id,
-        "tar",
-        query,
-        |repo, snap, sid, path, start, out| {
-            let name = if path.as_bytes().is_empty() {
-                format!("{}-{}", snap.job, sid.short()).into_bytes()
-            } else {
-                last_component(&path).to_vec()
-            };
-            let strip = match path.as_bytes().iter().rposition(|b| *b == b'/') {
-                Some(i) => i + 1,
-                None => 0,
-            };
-            let _ = start.send(Start::Tar { name });
-            let mut sink = TarSink {
-                tar: tar::Builder::new(out),
-                strip,
-                broken: None,
-            };
-            let opts = RestoreOptions {
-                only: (!path.as_bytes().is_empty()).then(|| path.clone()),
-                overwrite: false,
-            };
-            let result = crate::restore::restore_to(repo, &snap, &mut sink, &opts, &mut || {});
-            let why = match (result, sink.broken.take()) {
-                (_, Some(why)) => Some(why),
-                (Ok(_), None) => None,
-                (Err(RestoreError::Incomplete(stats)), None) => Some(format!(
-                    "{} entries could not be read: {}",
-                    stats.failures.len(),
-                    stats
-                        .failures
-                        .iter()
-                        .take(3)
-                        .map(|f| format!("{} ({})", f.path, f.error))
-                        .collect::<Vec<_>>()
-                        .join("; ")
-                )),
-                (Err(e), None) => Some(e.to_string()),
-            };
-            match why {
-                None => {
-                    if let Err(e) = sink.tar.into_inner().and_then(|mut w| w.flush()) {
-                        tracing::debug!(error = %e, "tar download not finished");
+    download(web, headers, id, "tar", query, send_tar).await
+}
+
+fn send_tar(
+    repo: &Repository,
+    snap: Snapshot,
+    sid: Id,
+    path: EntryPath,
+    start: oneshot::Sender<Start>,
+    out: ChannelWriter,
+) {
+    let name = if path.as_bytes().is_empty() {
+        format!("{}-{}", snap.job, sid.short()).into_bytes()
+    } else {
+        last_component(&path).to_vec()
+    };
+    let strip = match path.as_bytes().iter().rposition(|b| *b == b'/') {
+        Some(i) => i + 1,
+        None => 0,
+    };
+    let mut sink = TarSink {
+        tar: tar::Builder::new(out),
+        strip,
+        start: Some(start),
+        name,
+        links: Vec::new(),
+    };
+    let opts = RestoreOptions {
+        only: (!path.as_bytes().is_empty()).then(|| path.clone()),
+        overwrite: false,
+    };
+    let result = crate::restore::restore_to(repo, &snap, &mut sink, &opts, &mut || {});
+    if let Some(start) = sink.start.take() {
+        // Nothing was written: no archive at all, and the reason.
+        let why = match result {
+            Ok(_) => format!("nothing at {path} in this snapshot"),
+            Err(e) => e.to_string(),
+        };
+        let _ = start.send(Start::Refused(StatusCode::NOT_FOUND, why));
+        return;
+    }
+    let why = match result {
+        Ok(_) => {
+            // The end-of-archive blocks, the last piece, then the clean end.
+            match sink.tar.into_inner() {
+                Ok(mut out) => {
+                    if let Err(e) = out.finish() {
+                        cut(&out, &path, e.to_string());
                     }
                 }
-                Some(why) => {
-                    tracing::warn!(path = %path, error = %why, "tar download cut");
-                    // The end-of-archive blocks are never written: `tar` reports the cut.
-                    sink.tar.get_ref().fail(why);
-                }
+                Err(e) => tracing::debug!(error = %e, "tar download not finished"),
             }
-        },
-    )
-    .await
+            return;
+        }
+        Err(crate::restore::RestoreError::Incomplete(stats)) => format!(
+            "{} entries could not be read: {}",
+            stats.failures.len(),
+            stats
+                .failures
+                .iter()
+                .take(3)
+                .map(|f| format!("{} ({})", f.path, f.error))
+                .collect::<Vec<_>>()
+                .join("; ")
+        ),
+        Err(e) => e.to_string(),
+    };
+    // The end-of-archive blocks are never sent: the body breaks, and `tar` reports it.
+    cut(sink.tar.get_ref(), &path, why);
 }
 
 #[cfg(test)]

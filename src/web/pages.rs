@@ -204,6 +204,9 @@ struct VerifyView {
     last: Option<crate::verify::VerifyResult>,
     last_time: String,
     last_read: String,
+    /// From the last run that ran to the end.
+    damaged_chunks: u64,
+    damaged_files: Vec<String>,
 }
 
 #[derive(Template)]
@@ -249,6 +252,8 @@ pub(crate) async fn overview(State(web): State<Web>, headers: HeaderMap) -> Resp
             .map(|l| bytes(l.bytes_read))
             .unwrap_or_default(),
         last: v.last.clone(),
+        damaged_chunks: v.last_damaged_chunks,
+        damaged_files: v.last_damaged_files.clone(),
     });
     let page = Overview {
         page: Page::new(&web, &headers, "backuphub"),
@@ -414,17 +419,16 @@ pub(crate) fn reader(
     ctx: &Arc<Context>,
 ) -> Result<(Arc<Repository>, crate::repo::lock::LockGuard), String> {
     let repo = ctx.repository().map_err(|e| e.to_string())?;
-    let repo = if repo.config().recipients.is_empty() {
-        repo
-    } else if ctx.config.repository.identity_file.is_none() {
+    if !repo.config().recipients.is_empty() && ctx.config.repository.identity_file.is_none() {
         return Err(NO_IDENTITY.into());
-    } else {
-        ctx.repository_for_reading().map_err(|e| e.to_string())?
-    };
-    let lock = repo.lock_for_reading(None, LOCK_WAIT).map_err(|e| {
-        format!("the repository is busy (a prune holds it); try again in a minute ({e})")
-    })?;
-    Ok((repo, lock))
+    }
+    ctx.read_locked(LOCK_WAIT, true).map_err(|e| {
+        if e.kind() == crate::error::ErrorKind::Locked {
+            format!("the repository is busy (a prune holds it); try again in a minute ({e})")
+        } else {
+            e.to_string()
+        }
+    })
 }
 
 /// A snapshot id from a URL: the whole hex id, nothing else.
@@ -489,6 +493,39 @@ fn entry_row(id: &str, e: &Entry) -> EntryRow {
     }
 }
 
+/// The first component of `e` below `dir`, when `e` lies deeper than directly in it.
+fn first_below<'a>(dir: &EntryPath, e: &'a EntryPath) -> Option<&'a [u8]> {
+    let (d, p) = (dir.as_bytes(), e.as_bytes());
+    let rest = if d.is_empty() {
+        p
+    } else if p.len() > d.len() + 1 && p.starts_with(d) && p[d.len()] == b'/' {
+        &p[d.len() + 1..]
+    } else {
+        return None;
+    };
+    let slash = rest.iter().position(|b| *b == b'/')?;
+    (slash > 0).then(|| &rest[..slash])
+}
+
+/// A directory that only the paths below it imply.
+fn implied_dir_row(id: &str, path: &EntryPath) -> EntryRow {
+    let enc = encode_path(path.as_bytes());
+    let b = path.as_bytes();
+    EntryRow {
+        path: path.display(),
+        name: String::from_utf8_lossy(b.rsplit(|c| *c == b'/').next().unwrap_or(b)).into_owned(),
+        kind: "dir",
+        mode: String::new(),
+        size: String::new(),
+        mtime: String::new(),
+        link_target: None,
+        meta: Vec::new(),
+        browse: Some(format!("/snapshots/{id}?path={enc}")),
+        download: None,
+        tar: Some(format!("/snapshots/{id}/tar?path={enc}")),
+    }
+}
+
 /// True when `e` lies directly in `dir` (the root when `dir` is empty).
 fn is_child(dir: &EntryPath, e: &EntryPath) -> bool {
     let (d, p) = (dir.as_bytes(), e.as_bytes());
@@ -522,7 +559,8 @@ struct SnapshotPage {
     total: String,
     stored: String,
     crumbs: Vec<(String, String)>,
-    up_tar: Option<String>,
+    up_tar: String,
+    up_tar_label: &'static str,
     listing: Result<Listing, String>,
 }
 
@@ -559,17 +597,42 @@ pub(crate) async fn snapshot(
             let mut entries = Vec::new();
             let mut more = 0u64;
             let mut errors = Vec::new();
+            // Names listed here: a directory that has no entry of its own (S3 keys,
+            // Kubernetes objects: `ns/kind/name.yaml`) is listed once, from its first key.
+            let mut names: std::collections::HashSet<Vec<u8>> = Default::default();
+            let mut last_implied: Option<Vec<u8>> = None;
             for e in repo.entries(&manifest) {
-                match e {
-                    Ok(e) if is_child(&dir2, &e.restore_path()) => {
-                        if entries.len() < MAX_ENTRIES {
-                            entries.push(entry_row(&id2, &e));
-                        } else {
-                            more += 1;
-                        }
+                let e = match e {
+                    Ok(e) => e,
+                    Err(e) => {
+                        errors.push(e.to_string());
+                        continue;
                     }
-                    Ok(_) => {}
-                    Err(e) => errors.push(e.to_string()),
+                };
+                let p = e.restore_path();
+                let full = entries.len() >= MAX_ENTRIES;
+                if is_child(&dir2, &p) {
+                    let name = p
+                        .as_bytes()
+                        .rsplit(|b| *b == b'/')
+                        .next()
+                        .unwrap_or_default();
+                    if full {
+                        more += 1;
+                    } else if names.insert(name.to_vec()) {
+                        entries.push(entry_row(&id2, &e));
+                    }
+                } else if let Some(first) = first_below(&dir2, &p) {
+                    // Past the limit only counted, against the previous name (keys come
+                    // sorted), so `names` stays as small as the page.
+                    if full {
+                        if last_implied.as_deref() != Some(first) {
+                            more += 1;
+                            last_implied = Some(first.to_vec());
+                        }
+                    } else if names.insert(first.to_vec()) {
+                        entries.push(implied_dir_row(&id2, &dir2.join(first)));
+                    }
                 }
             }
             Listing {
@@ -620,8 +683,12 @@ pub(crate) async fn snapshot(
         total: bytes(manifest.stats.total_bytes),
         stored: bytes(manifest.stats.stored_bytes),
         stats: manifest.stats.clone(),
-        up_tar: (!dir.as_bytes().is_empty())
-            .then(|| format!("/snapshots/{id}/tar?path={}", encode_path(dir.as_bytes()))),
+        up_tar: format!("/snapshots/{id}/tar?path={}", encode_path(dir.as_bytes())),
+        up_tar_label: if dir.as_bytes().is_empty() {
+            "download the whole snapshot (tar)"
+        } else {
+            "download this directory (tar)"
+        },
         crumbs,
         listing: listing.map_err(|e| web.ctx.redactor.redact(&e)),
     };
@@ -654,6 +721,16 @@ mod tests {
         let root = EntryPath::from("");
         assert!(is_child(&root, &EntryPath::from("a")));
         assert!(!is_child(&root, &EntryPath::from("a/b")));
+        assert_eq!(
+            first_below(&root, &EntryPath::from("a/b/c")),
+            Some(&b"a"[..])
+        );
+        assert_eq!(
+            first_below(&d, &EntryPath::from("a/b/c/d")),
+            Some(&b"c"[..])
+        );
+        assert_eq!(first_below(&d, &EntryPath::from("a/b/c")), None);
+        assert_eq!(first_below(&d, &EntryPath::from("a/bc/d")), None);
     }
 
     #[test]
