@@ -509,6 +509,147 @@ fn send_tar(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::source::{Content, Source, SourceEntry, SourceError};
+
+    /// A snapshot of exactly these entries (a hostile repository can hold anything).
+    fn snapshot(dir: &std::path::Path, entries: Vec<(Entry, Vec<u8>)>) -> (Repository, Snapshot) {
+        struct Canned(Vec<(Entry, Vec<u8>)>);
+        impl Source for Canned {
+            fn description(&self) -> String {
+                "canned".into()
+            }
+            fn entries<'a>(
+                &'a mut self,
+                _: crate::repo::index::Previous,
+            ) -> Box<dyn Iterator<Item = Result<SourceEntry, SourceError>> + 'a> {
+                Box::new(self.0.drain(..).map(|(entry, data)| {
+                    let content = if entry.kind == EntryKind::File {
+                        Content::Read(Box::new(std::io::Cursor::new(data)))
+                    } else {
+                        Content::None
+                    };
+                    Ok(SourceEntry { entry, content })
+                }))
+            }
+        }
+        let opts = crate::repo::OpenOptions {
+            identity: None,
+            state_dir: dir.join("state"),
+        };
+        let repo = Repository::init(&dir.join("repo"), &opts, &Default::default()).unwrap();
+        let (_, snap) = crate::archiver::archive(
+            &repo,
+            "job",
+            &mut Canned(entries),
+            &Default::default(),
+            &Default::default(),
+            &|| Ok(()),
+        )
+        .unwrap();
+        (repo, snap)
+    }
+
+    fn file(path: &str, data: &[u8], mode: u32) -> (Entry, Vec<u8>) {
+        let mut e = Entry::new(EntryPath::from(path), EntryKind::File);
+        e.size = data.len() as u64;
+        e.mode = mode;
+        (e, data.to_vec())
+    }
+
+    fn dir(path: &str) -> (Entry, Vec<u8>) {
+        let mut e = Entry::new(EntryPath::from(path), EntryKind::Dir);
+        e.mode = 0o755;
+        (e, Vec::new())
+    }
+
+    /// Runs `send_tar` for `path` and collects what the body would get: the start, the
+    /// bytes, and whether it ended cleanly.
+    fn tar_of(repo: &Repository, snap: &Snapshot, path: &str) -> (Start, Vec<u8>, Option<String>) {
+        let (tx, mut rx) = mpsc::channel(PIECES_IN_FLIGHT);
+        let (start_tx, start_rx) = oneshot::channel();
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                send_tar(
+                    repo,
+                    snap.clone(),
+                    Id::of(b"x"),
+                    EntryPath::from(path),
+                    start_tx,
+                    ChannelWriter::new(tx),
+                )
+            });
+            let start = start_rx.blocking_recv().unwrap();
+            let (mut bytes, mut end) = (Vec::new(), Some("closed without an end".to_string()));
+            while let Some(m) = rx.blocking_recv() {
+                match m {
+                    Msg::Data(b) => bytes.extend_from_slice(&b),
+                    Msg::Done => end = None,
+                    Msg::Fail(why) => end = Some(why),
+                }
+            }
+            (start, bytes, end)
+        })
+    }
+
+    #[test]
+    fn a_tar_carries_no_setuid_bits_and_ends_cleanly() {
+        let t = tempfile::tempdir().unwrap();
+        let (repo, snap) = snapshot(
+            t.path(),
+            vec![
+                dir("d"),
+                file("d/a", b"hello", 0o4755),
+                file("d/b", b"", 0o644),
+            ],
+        );
+        let (start, bytes, end) = tar_of(&repo, &snap, "d");
+        assert!(matches!(start, Start::Tar { .. }));
+        assert_eq!(end, None, "a clean end");
+        let mut ar = tar::Archive::new(&bytes[..]);
+        let mut seen = Vec::new();
+        for e in ar.entries().unwrap() {
+            let mut e = e.unwrap();
+            let name = e.path().unwrap().display().to_string();
+            let mode = e.header().mode().unwrap();
+            let mut data = Vec::new();
+            std::io::Read::read_to_end(&mut e, &mut data).unwrap();
+            seen.push((name, mode, data));
+        }
+        assert_eq!(
+            seen,
+            vec![
+                ("d".into(), 0o755, vec![]),
+                ("d/a".into(), 0o755, b"hello".to_vec()),
+                ("d/b".into(), 0o644, vec![]),
+            ]
+        );
+        // Nothing there: a 404, not an empty archive.
+        let (start, _, _) = tar_of(&repo, &snap, "nothing/here");
+        assert!(matches!(start, Start::Refused(StatusCode::NOT_FOUND, _)));
+    }
+
+    #[test]
+    fn a_path_below_a_symlink_cuts_the_tar() {
+        let t = tempfile::tempdir().unwrap();
+        let mut link = Entry::new(EntryPath::from("d/l"), EntryKind::Symlink);
+        link.link_target = Some(b"/etc".to_vec());
+        let (repo, snap) = snapshot(
+            t.path(),
+            vec![
+                dir("d"),
+                (link, Vec::new()),
+                file("d/l.txt", b"beside it: fine", 0o644),
+                file("d/l/cron.d/x", b"* * * * * root evil", 0o644),
+            ],
+        );
+        let (_, bytes, end) = tar_of(&repo, &snap, "d");
+        let why = end.expect("the archive must break");
+        assert!(why.contains("below a symlink"), "{why}");
+        assert!(
+            !bytes.windows(4).any(|w| w == b"evil"),
+            "the member's content never went out"
+        );
+    }
 
     #[test]
     fn dispositions_are_safe_and_exact() {
