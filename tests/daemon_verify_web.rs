@@ -73,23 +73,6 @@ fn metric(text: &str, name: &str) -> f64 {
         .unwrap_or_else(|| panic!("{name} not in /metrics"))
 }
 
-/// Flips bytes in the first data chunk of the file whose path ends with `suffix` (in the
-/// newest snapshot), read through a second handle with its own index.
-fn damage_first_chunk_of(env: &Env, suffix: &str) {
-    let opts = backuphub::repo::OpenOptions {
-        identity: None,
-        state_dir: env.path("test-state"),
-    };
-    let repo = backuphub::repo::Repository::open(&env.repo(), &opts).unwrap();
-    let snap = repo.resolve_snapshot("latest").unwrap();
-    let entry = repo
-        .entries(&snap.snapshot)
-        .map(Result::unwrap)
-        .find(|e| e.path.display().ends_with(suffix))
-        .unwrap();
-    damage_blob(&env.repo(), &entry.chunks[0]);
-}
-
 fn packs(env: &Env) -> Vec<std::path::PathBuf> {
     walk(&env.repo().join("packs"))
 }
@@ -358,7 +341,7 @@ fn downloads_need_a_session_and_a_damaged_chunk_cuts_them() {
     assert_eq!(r.status(), 403);
 
     // Bit rot in the middle of the file: the transfer breaks instead of ending short.
-    damage_oldest_pack(&env);
+    damage_first_chunk_of(&env, "dir/big.bin");
     // The break may come before the headers are out (the damage is in the first chunk):
     // then the request itself fails. Either way no complete-looking download.
     let cut = |path: &str| match try_get_with(&d, path, &cookie) {

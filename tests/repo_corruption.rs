@@ -16,8 +16,8 @@ fn flipped_bytes_are_found_and_named_and_the_rest_restores() {
     env.ok(&["backup", "--job", "a", data.to_str().unwrap()]);
     env.ok(&["check", "--read-data"]);
 
-    // Damage the oldest pack's first blob (which belongs to victim.bin).
-    damage_oldest_pack(&env);
+    // Damage victim.bin's first chunk.
+    damage_first_chunk_of(&env, "victim.bin");
 
     let out = env.run(&["check"]);
     assert!(

@@ -398,8 +398,8 @@ fn a_damaged_chunk_is_stored_afresh_and_pruned_away() {
     env.ok(&["backup", "--job", "a", data.to_str().unwrap()]);
     std::fs::write(data.join("other.bin"), noise(600 << 10, 2)).unwrap();
     env.ok(&["backup", "--job", "a", data.to_str().unwrap()]);
-    // Damage the oldest pack's first blob (victim.bin's).
-    damage_oldest_pack(&env);
+    // Damage victim.bin's first chunk.
+    damage_first_chunk_of(&env, "victim.bin");
     let out = env.run(&["check", "--read-data"]);
     assert_eq!(out.status.code(), Some(4), "{}", text(&out));
 

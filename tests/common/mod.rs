@@ -297,8 +297,9 @@ pub fn walk(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
-/// Flips 8 bytes near the start of the oldest pack: its first blob (with one-file backups
-/// in small packs, the first file's first chunk).
+/// Flips 8 bytes near the start of the oldest pack: its first blob, which may be a data
+/// chunk or a tree blob (packs written in the same instant tie on mtime). For damage to a
+/// particular file, use [`damage_first_chunk_of`].
 pub fn damage_oldest_pack(env: &Env) {
     let mut packs = walk(&env.repo().join("packs"));
     packs.sort_by_key(|p| std::fs::metadata(p).unwrap().modified().unwrap());
@@ -307,6 +308,24 @@ pub fn damage_oldest_pack(env: &Env) {
         *b ^= 0x5a;
     }
     std::fs::write(&packs[0], &bytes).unwrap();
+}
+
+/// Flips bytes in the first data chunk of the file whose path ends with `suffix` in the
+/// newest snapshot (read through a second handle with its own index, so this works beside
+/// a running daemon).
+pub fn damage_first_chunk_of(env: &Env, suffix: &str) {
+    let opts = backuphub::repo::OpenOptions {
+        identity: None,
+        state_dir: env.path("test-state"),
+    };
+    let repo = backuphub::repo::Repository::open(&env.repo(), &opts).unwrap();
+    let snap = repo.resolve_snapshot("latest").unwrap();
+    let entry = repo
+        .entries(&snap.snapshot)
+        .map(Result::unwrap)
+        .find(|e| e.path.display().ends_with(suffix))
+        .unwrap_or_else(|| panic!("no file ending in {suffix}"));
+    damage_blob(&env.repo(), &entry.chunks[0]);
 }
 
 /// A snapshot's tree blob ids in order (format 2: root → refs blobs → tree ids).
