@@ -202,3 +202,16 @@ impl SharedState {
         })
     }
 }
+
+/// Writes `value` as JSON to `path` atomically (write, fsync, rename): a state file that
+/// outlives restarts (drill and verification results) is the old one or the new one,
+/// never half of either.
+pub fn save_json(path: &std::path::Path, value: &impl Serialize) -> std::io::Result<()> {
+    let dir = path.parent().expect("a state file has a directory");
+    std::fs::create_dir_all(dir)?;
+    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
+    serde_json::to_writer_pretty(&mut tmp, value)?;
+    tmp.as_file().sync_all()?;
+    tmp.persist(path).map_err(|e| e.error)?;
+    Ok(())
+}

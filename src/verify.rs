@@ -275,12 +275,7 @@ pub fn load(state_dir: &Path) -> Saved {
 }
 
 pub fn save(state_dir: &Path, saved: &Saved) -> std::io::Result<()> {
-    std::fs::create_dir_all(state_dir)?;
-    let mut tmp = tempfile::NamedTempFile::new_in(state_dir)?;
-    serde_json::to_writer_pretty(&mut tmp, saved)?;
-    tmp.as_file().sync_all()?;
-    tmp.persist(saved_path(state_dir)).map_err(|e| e.error)?;
-    Ok(())
+    crate::state::save_json(&saved_path(state_dir), saved)
 }
 
 /// Runs one verification: the structure of everything, the data of the chosen subset.

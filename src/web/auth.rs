@@ -116,19 +116,8 @@ fn safe_next(next: Option<&str>) -> String {
 
 /// A redirect to the login page that comes back to `here` afterwards.
 pub(crate) fn to_login(here: &str) -> Response {
-    let next: String = form_encode(here);
+    let next = super::pages::encode_path(here.as_bytes());
     Redirect::to(&format!("/login?next={next}")).into_response()
-}
-
-fn form_encode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b'/' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 #[derive(Template)]
@@ -281,7 +270,7 @@ mod tests {
         );
         assert_eq!(cookie_value(&h, COOKIE), Some("abc"));
         assert_eq!(
-            form_encode("/snapshots/ab?path=a b"),
+            crate::web::pages::encode_path(b"/snapshots/ab?path=a b"),
             "/snapshots/ab%3Fpath%3Da%20b"
         );
     }

@@ -125,15 +125,8 @@ fn disposition(name: &[u8]) -> HeaderValue {
     } else {
         ascii
     };
-    let exact: String = name
-        .iter()
-        .map(|&b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect();
+    // A last path component: no `/` to keep.
+    let exact = super::pages::encode_path(name);
     HeaderValue::from_str(&format!(
         "attachment; filename=\"{ascii}\"; filename*=UTF-8''{exact}"
     ))
@@ -368,12 +361,8 @@ impl Sink for TarSink {
                 // The header promises `size` bytes: exactly those are read, and a content
                 // that is shorter or longer fails (tar pads a short one silently).
                 let mut limited = (&mut *content).take(e.size);
-                let mut counted = CountingReader {
-                    inner: &mut limited,
-                    n: 0,
-                };
-                let r = self.tar.append_data(&mut h, name, &mut counted);
-                let n = counted.n;
+                let r = self.tar.append_data(&mut h, name, &mut limited);
+                let n = e.size - limited.limit();
                 let mut probe = [0u8; 1];
                 match r {
                     Ok(()) if n == e.size => match content.read(&mut probe) {
@@ -412,20 +401,6 @@ impl Sink for TarSink {
 
     fn finish(&mut self, _stats: &mut RestoreStats) -> Result<(), crate::restore::RestoreError> {
         Ok(())
-    }
-}
-
-/// Counts what the tar builder read from an entry (it pads a short read with nothing).
-struct CountingReader<'a, R> {
-    inner: &'a mut R,
-    n: u64,
-}
-
-impl<R: Read> Read for CountingReader<'_, R> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.n += n as u64;
-        Ok(n)
     }
 }
 

@@ -493,16 +493,19 @@ fn entry_row(id: &str, e: &Entry) -> EntryRow {
     }
 }
 
+/// What follows `dir/` in `e` (all of `e` when `dir` is the root); `None` when `e` is
+/// not below `dir`.
+fn below<'a>(dir: &EntryPath, e: &'a EntryPath) -> Option<&'a [u8]> {
+    let (d, p) = (dir.as_bytes(), e.as_bytes());
+    if d.is_empty() {
+        return (!p.is_empty()).then_some(p);
+    }
+    (p.len() > d.len() + 1 && p.starts_with(d) && p[d.len()] == b'/').then(|| &p[d.len() + 1..])
+}
+
 /// The first component of `e` below `dir`, when `e` lies deeper than directly in it.
 fn first_below<'a>(dir: &EntryPath, e: &'a EntryPath) -> Option<&'a [u8]> {
-    let (d, p) = (dir.as_bytes(), e.as_bytes());
-    let rest = if d.is_empty() {
-        p
-    } else if p.len() > d.len() + 1 && p.starts_with(d) && p[d.len()] == b'/' {
-        &p[d.len() + 1..]
-    } else {
-        return None;
-    };
+    let rest = below(dir, e)?;
     let slash = rest.iter().position(|b| *b == b'/')?;
     (slash > 0).then(|| &rest[..slash])
 }
@@ -528,15 +531,7 @@ fn implied_dir_row(id: &str, path: &EntryPath) -> EntryRow {
 
 /// True when `e` lies directly in `dir` (the root when `dir` is empty).
 fn is_child(dir: &EntryPath, e: &EntryPath) -> bool {
-    let (d, p) = (dir.as_bytes(), e.as_bytes());
-    let rest = if d.is_empty() {
-        p
-    } else if p.len() > d.len() + 1 && p.starts_with(d) && p[d.len()] == b'/' {
-        &p[d.len() + 1..]
-    } else {
-        return false;
-    };
-    !rest.is_empty() && !rest.contains(&b'/')
+    below(dir, e).is_some_and(|rest| !rest.contains(&b'/'))
 }
 
 struct Listing {

@@ -621,14 +621,7 @@ pub fn result_path(state_dir: &Path, job: &str) -> PathBuf {
 
 /// Saves a result atomically (write, fsync, rename).
 pub fn save_result(state_dir: &Path, job: &str, r: &DrillResult) -> std::io::Result<()> {
-    let path = result_path(state_dir, job);
-    let dir = path.parent().expect("has a parent");
-    std::fs::create_dir_all(dir)?;
-    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
-    serde_json::to_writer_pretty(&mut tmp, r)?;
-    tmp.as_file().sync_all()?;
-    tmp.persist(&path).map_err(|e| e.error)?;
-    Ok(())
+    crate::state::save_json(&result_path(state_dir, job), r)
 }
 
 /// The last saved result, if any (an unreadable one is ignored: the next drill replaces
